@@ -1,0 +1,292 @@
+"""i×MCTS over simulated conversations: select → expand → rollout → backup, a batch of trees.
+
+One tree per user condition. Each round:
+  1. select: in every live tree, descend from the root by UCT (or PUCT with the agent's sequence
+     log-prob prior, softmax over siblings) through open children to an unexpanded leaf;
+  2. expand: ALL selected leaves of all trees form one frontier → ONE `env.expand` call
+     (k candidates each); near-duplicate siblings are dropped (`prune_similarity`);
+  3. rollout: ONE `env.rollout` call over all new children without a known reward (terminal
+     children whose reward came with the expansion skip it);
+  4. backup: every new child's reward is added (visits += 1, value_sum += r) to the child and
+     every ancestor, so a node's value is the mean of all rollout rewards below it;
+  5. optional cap on live (still expandable) leaves per tree (`max_live`): the lowest-valued are
+     closed.
+A tree is live while it has used fewer than `budget` expansions and still has an expandable node.
+Terminal (the simulator ended the chat) and truncated (turn cap) nodes are never expanded; nor are
+nodes at `max_depth`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+from typing import Callable, Sequence
+
+import numpy as np
+
+from engage_jax.data.dialogue import AGENT, Dialogue
+from engage_jax.search.env import Env, Expansion, _sub_seed
+from engage_jax.search.tree import ROOT_INDEX, UNVISITED, Trees, init_trees
+
+# Condition fields each task's simulator needs (SearchConfig.required_condition overrides).
+REQUIRED_CONDITION = {
+    "es": ("emotion_type", "problem_type", "situation"),
+    "p4g": (),  # persona fields vary by corpus; a non-empty condition is required
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchConfig:
+  """Every constant of i×MCTS (the paper gives few; GDP-Zero uses PUCT, c=1, 15-turn cap).
+
+  Tree:
+    k: candidates generated per expanded leaf (K, max children).
+    budget: expansions per tree (node capacity N = 1 + budget * k).
+    max_depth: search steps below the root that may still be expanded (nodes at this depth are
+      leaves whose value comes from rollouts only).
+    max_turns: cap on agent turns in the whole conversation (root turns included); a child that
+      reaches it is `truncated`. ModelEnv rollouts use the same cap.
+  Selection:
+    selection: "uct" (Q + c sqrt(ln N_parent / N_child)) or "puct"
+      (Q + c P sqrt(N_parent) / (1 + N_child), P = softmax(prior / prior_temperature) over siblings).
+    c: exploration constant.
+    q_normalize: min-max normalise Q over the tree's visited nodes (mctx-style) before scoring.
+  Pruning:
+    prune_similarity: drop a candidate whose agent text is at least this similar to an earlier
+      sibling (None: keep all); similarity: "difflib" (SequenceMatcher ratio) or "jaccard"
+      (whitespace-token sets).
+    max_live: cap on live (expandable) leaves per tree; 0 = no cap.
+  Pairs:
+    margin: children whose mean values differ by at least this give (chosen, rejected).
+    pair_min_visits: both children need at least this many visits.
+  Sampling (used by ModelEnv.from_config):
+    temperature, top_p, top_k, max_new_tokens: the agent's candidates.
+    sim_temperature, sim_top_p, sim_top_k, sim_max_new_tokens: the simulator's replies.
+  seed: all randomness derives from it (round r uses sub-seeds of (seed, r)).
+  required_condition: condition fields every root needs; None = REQUIRED_CONDITION[task].
+  """
+  k: int = 3
+  budget: int = 20
+  max_depth: int = 6
+  max_turns: int = 10
+  selection: str = "uct"
+  c: float = 1.0
+  prior_temperature: float = 1.0
+  q_normalize: bool = True
+  prune_similarity: float | None = 0.9
+  similarity: str = "difflib"
+  max_live: int = 0
+  margin: float = 0.2
+  pair_min_visits: int = 1
+  temperature: float = 0.9
+  top_p: float = 0.9
+  top_k: int = 0
+  max_new_tokens: int = 64
+  sim_temperature: float = 0.3
+  sim_top_p: float = 1.0
+  sim_top_k: int = 0
+  sim_max_new_tokens: int = 64
+  seed: int = 0
+  required_condition: tuple[str, ...] | None = None
+
+
+def validate(roots: Sequence[Dialogue], cfg: SearchConfig, env: Env | None = None) -> None:
+  """Raises ValueError on a bad config or root (before any model call)."""
+  if cfg.budget < 1:
+    raise ValueError(f"SearchConfig.budget must be >= 1 expansion per tree; got {cfg.budget}")
+  if cfg.k < 2:
+    raise ValueError(f"SearchConfig.k must be >= 2 candidates per leaf (pairs need siblings); "
+                     f"got {cfg.k}")
+  if cfg.max_depth < 1:
+    raise ValueError(f"SearchConfig.max_depth must be >= 1; got {cfg.max_depth}")
+  if cfg.max_turns < 1:
+    raise ValueError(f"SearchConfig.max_turns must be >= 1; got {cfg.max_turns}")
+  if cfg.selection not in ("uct", "puct"):
+    raise ValueError(f"SearchConfig.selection must be 'uct' or 'puct'; got {cfg.selection!r}")
+  if cfg.c < 0 or cfg.prior_temperature <= 0:
+    raise ValueError(f"SearchConfig: need c >= 0 and prior_temperature > 0; got c={cfg.c}, "
+                     f"prior_temperature={cfg.prior_temperature}")
+  if cfg.prune_similarity is not None and not 0.0 < cfg.prune_similarity <= 1.0:
+    raise ValueError(f"SearchConfig.prune_similarity must be in (0, 1] or None; "
+                     f"got {cfg.prune_similarity}")
+  if cfg.similarity not in ("difflib", "jaccard"):
+    raise ValueError(f"SearchConfig.similarity must be 'difflib' or 'jaccard'; "
+                     f"got {cfg.similarity!r}")
+  if cfg.max_live < 0 or cfg.margin < 0 or cfg.pair_min_visits < 1:
+    raise ValueError(f"SearchConfig: need max_live >= 0, margin >= 0, pair_min_visits >= 1; got "
+                     f"{cfg.max_live}, {cfg.margin}, {cfg.pair_min_visits}")
+  env_turns = getattr(env, "max_turns", None) if env is not None else None
+  if env_turns is not None and env_turns != cfg.max_turns:
+    raise ValueError(f"env.max_turns={env_turns} differs from SearchConfig.max_turns="
+                     f"{cfg.max_turns}; rollouts and truncation must use the same cap")
+  if not roots:
+    raise ValueError("search: no roots")
+  for r in roots:
+    if not isinstance(r, Dialogue):
+      raise ValueError(f"search: root {r!r} is not a Dialogue")
+    need = cfg.required_condition
+    if need is None:
+      need = REQUIRED_CONDITION.get(r.task, ())
+    missing = [f for f in need if not str(r.condition.get(f, "")).strip()]
+    if missing:
+      raise ValueError(f"root {r.id!r} ({r.task}): condition lacks {missing}; "
+                       f"has {sorted(r.condition)}")
+    if not r.condition:
+      raise ValueError(f"root {r.id!r} ({r.task}): empty condition; the simulator needs one")
+    if r.turns and r.turns[-1].role == AGENT:
+      raise ValueError(f"root {r.id!r}: last turn is the agent's; a root must end with the user's "
+                       f"turn (or be empty) so that the agent speaks next")
+    if r.num_agent_turns >= cfg.max_turns:
+      raise ValueError(f"root {r.id!r}: already has {r.num_agent_turns} agent turns >= "
+                       f"max_turns={cfg.max_turns}")
+
+
+def similarity(a: str, b: str, kind: str = "difflib") -> float:
+  """Similarity in [0, 1] of two agent texts: difflib ratio or whitespace-token Jaccard."""
+  if kind == "jaccard":
+    sa, sb = set(a.lower().split()), set(b.lower().split())
+    return 1.0 if not sa and not sb else len(sa & sb) / len(sa | sb)
+  return difflib.SequenceMatcher(None, a, b, autojunk=False).ratio()
+
+
+def prune_duplicates(cands: Sequence[Expansion], cfg: SearchConfig) -> list[Expansion]:
+  """Keeps candidates (in order) not too similar to an earlier kept one; the first is kept."""
+  if cfg.prune_similarity is None:
+    return list(cands)
+  kept: list[Expansion] = []
+  for e in cands:
+    if all(similarity(e.agent.text, x.agent.text, cfg.similarity) < cfg.prune_similarity
+           for x in kept):
+      kept.append(e)
+  return kept
+
+
+def update_closed(trees: Trees, max_depth: int) -> None:
+  """Recomputes `trees.closed` [B, N] bottom-up (children always have larger indices)."""
+  n_cap = trees.capacity
+  used = np.arange(n_cap)[None, :] < trees.num_nodes[:, None]
+  self_closed = (trees.terminal | trees.truncated | trees.capped | (trees.depth >= max_depth)
+                 | ~used)
+  closed = trees.closed
+  rows = np.arange(trees.batch_size)[:, None]
+  for n in range(n_cap - 1, -1, -1):
+    kids = trees.children[:, n, :]  # [B, K]
+    kid_closed = np.where(kids == UNVISITED, True, closed[rows, np.maximum(kids, 0)])
+    closed[:, n] = self_closed[:, n] | (trees.expanded[:, n] & kid_closed.all(axis=1))
+
+
+def child_scores(trees: Trees, b: int, node: int, kids: Sequence[int],
+                 cfg: SearchConfig) -> np.ndarray:
+  """UCT / PUCT scores of `kids` (children of `node` in tree b), [len(kids)] float64."""
+  kids = np.asarray(kids)
+  visits = trees.visits[b, kids].astype(np.float64)
+  q = trees.value_sum[b, kids] / np.maximum(visits, 1.0)
+  if cfg.q_normalize:
+    n = int(trees.num_nodes[b])
+    vis = trees.visits[b, :n] > 0
+    vals = trees.value_sum[b, :n][vis] / trees.visits[b, :n][vis]
+    lo, hi = (float(vals.min()), float(vals.max())) if vals.size else (0.0, 0.0)
+    q = (q - lo) / (hi - lo) if hi > lo else np.full_like(q, 0.5)
+  parent_visits = float(max(trees.visits[b, node], 1))
+  if cfg.selection == "uct":
+    bonus = cfg.c * np.sqrt(math.log(parent_visits) / np.maximum(visits, 1.0))
+    bonus = np.where(visits > 0, bonus, np.inf)
+  else:
+    siblings = trees.child_indices(b, node)
+    logits = trees.prior[b, siblings] / cfg.prior_temperature
+    p = np.exp(logits - logits.max())
+    p = dict(zip(siblings, p / p.sum()))
+    prior = np.array([p[int(c)] for c in kids])
+    bonus = cfg.c * prior * math.sqrt(parent_visits) / (1.0 + visits)
+  return q + bonus
+
+
+def select_leaf(trees: Trees, b: int, cfg: SearchConfig) -> int:
+  """Descends tree b from the root through open children by max score (first index on ties)."""
+  node = ROOT_INDEX
+  while trees.expanded[b, node]:
+    kids = [c for c in trees.child_indices(b, node) if not trees.closed[b, c]]
+    if not kids:
+      raise RuntimeError(f"tree {b}: open node {node} has no open child (closed flags stale)")
+    node = kids[int(np.argmax(child_scores(trees, b, node, kids, cfg)))]
+  return node
+
+
+def _cap_live(trees: Trees, b: int, max_live: int, max_depth: int) -> None:
+  """Closes the lowest-valued expandable leaves of tree b beyond `max_live` (ties: later first)."""
+  n = int(trees.num_nodes[b])
+  live = [i for i in range(n) if not trees.expanded[b, i] and not trees.terminal[b, i]
+          and not trees.truncated[b, i] and not trees.capped[b, i] and trees.depth[b, i] < max_depth]
+  if len(live) <= max_live:
+    return
+  value = trees.value()[b]
+  live.sort(key=lambda i: (-value[i], i))
+  for i in live[max_live:]:
+    trees.capped[b, i] = True
+
+
+@dataclasses.dataclass
+class RoundInfo:
+  """What one round did (passed to `search`'s on_round callback)."""
+  round: int
+  expansions: int  # leaves expanded this round (= live trees)
+  children: int    # children added
+  rollouts: int    # histories sent to env.rollout
+
+
+def search(env: Env, roots: Sequence[Dialogue], cfg: SearchConfig,
+           on_round: Callable[[RoundInfo], None] | None = None) -> Trees:
+  """Runs i×MCTS on one tree per root (B = len(roots)); returns the filled `Trees`.
+
+  Per round: one `env.expand` call over the frontier of all live trees and at most one
+  `env.rollout` call. Deterministic given cfg.seed (if the env is).
+  Raises ValueError on bad config/roots before calling the env.
+  """
+  validate(roots, cfg, env)
+  k = cfg.k
+  trees = init_trees(roots, 1 + cfg.budget * k, k)
+  root_turns = [r.num_agent_turns for r in roots]
+  update_closed(trees, cfg.max_depth)
+  rnd = 0
+  while True:
+    live = [b for b in range(trees.batch_size)
+            if trees.expansions[b] < cfg.budget and not trees.closed[b, ROOT_INDEX]]
+    if not live:
+      break
+    leaves = [(b, select_leaf(trees, b, cfg)) for b in live]
+    histories = [trees.history(b, n) for b, n in leaves]
+    expansions = env.expand(histories, k, _sub_seed(cfg.seed, rnd, 0))
+    if len(expansions) != len(leaves):
+      raise ValueError(f"env.expand returned {len(expansions)} rows for {len(leaves)} histories")
+    new: list[tuple[int, int]] = []
+    for (b, leaf), cands in zip(leaves, expansions):
+      if len(cands) != k:
+        raise ValueError(f"env.expand returned {len(cands)} candidates; expected k={k}")
+      kept = prune_duplicates(cands, cfg)
+      turns_after = root_turns[b] + int(trees.depth[b, leaf]) + 1
+      ids = trees.add_children(
+          b, leaf, [e.agent for e in kept], [e.user for e in kept],
+          priors=[e.agent_logprob for e in kept], terminal=[e.terminal for e in kept],
+          truncated=[turns_after >= cfg.max_turns for _ in kept],
+          agent_ids=[e.agent_ids for e in kept], user_ids=[e.user_ids for e in kept])
+      for node, e in zip(ids, kept):
+        if e.terminal and e.reward is not None:
+          trees.reward[b, node] = float(e.reward)
+        new.append((b, node))
+    need = [(b, n) for b, n in new if np.isnan(trees.reward[b, n])]
+    if need:
+      results = env.rollout([trees.history(b, n) for b, n in need], _sub_seed(cfg.seed, rnd, 1))
+      if len(results) != len(need):
+        raise ValueError(f"env.rollout returned {len(results)} results for {len(need)} histories")
+      for (b, n), res in zip(need, results):
+        trees.reward[b, n] = float(res.reward)
+    for b, n in new:
+      trees.backup(b, n, float(trees.reward[b, n]))
+    if cfg.max_live:
+      for b in live:
+        _cap_live(trees, b, cfg.max_live, cfg.max_depth)
+    update_closed(trees, cfg.max_depth)
+    if on_round is not None:
+      on_round(RoundInfo(round=rnd, expansions=len(leaves), children=len(new), rollouts=len(need)))
+    rnd += 1
+  return trees

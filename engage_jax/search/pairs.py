@@ -1,0 +1,140 @@
+"""Stepwise preference pairs from i×MCTS trees, in TRL's conversational format.
+
+At every expanded node, every ordered pair of children (a, b) whose mean values differ by at least
+`margin` (value(a) - value(b) >= margin and value(a) > value(b)) gives one pair: all of them are
+kept (the paper keeps all stepwise pairs). One JSON object per pair (DESIGN.md section 2):
+
+  {"prompt":   [{"role": "system"|"user"|"assistant", "content": str}, ...],  # agent's view
+   "chosen":   [{"role": "assistant", "content": <agent turn of a>}],
+   "rejected": [{"role": "assistant", "content": <agent turn of b>}],
+   "meta": {"tree_id", "condition_id", "task", "node", "depth", "chosen_node", "rejected_node",
+            "chosen_value", "rejected_value", "chosen_visits", "rejected_visits", "margin",
+            "chosen_strategy", "rejected_strategy"}}
+
+`depth` is the depth of the parent node (search steps before the choice); `margin` is the actual
+value difference. Pairs with the same prompt + chosen + rejected text are deduplicated.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from engage_jax.data.dialogue import AGENT, Turn
+from engage_jax.search.tree import Trees
+
+
+def agent_messages(task: str, turns: Sequence[Turn]) -> list[dict]:
+  """The agent's view of a history: `engage_jax.data.chat.agent_messages` when available."""
+  try:
+    from engage_jax.data import chat
+  except ImportError:
+    chat = None
+  if chat is not None and hasattr(chat, "agent_messages"):
+    return list(chat.agent_messages(task, list(turns)))
+  return [{"role": "assistant" if t.role == AGENT else "user", "content": t.text} for t in turns]
+
+
+def pair_key(pair: dict) -> str:
+  """Dedup key: prompt + chosen + rejected text."""
+  return json.dumps([pair["prompt"], pair["chosen"], pair["rejected"]], sort_keys=True,
+                    ensure_ascii=False)
+
+
+def tree_pairs(trees: Trees, b: int, margin: float, min_visits: int = 1,
+               tree_id: int | str | None = None) -> list[dict]:
+  """All stepwise pairs of tree b (not deduplicated), in node order then child order."""
+  root = trees.roots[b]
+  value = trees.value()[b]
+  out = []
+  for node in range(int(trees.num_nodes[b])):
+    if not trees.expanded[b, node]:
+      continue
+    kids = [c for c in trees.child_indices(b, node) if trees.visits[b, c] >= min_visits]
+    if len(kids) < 2:
+      continue
+    prompt = None
+    for a in kids:
+      for r in kids:
+        diff = float(value[a] - value[r])
+        if a == r or diff <= 0 or diff < margin:
+          continue
+        if prompt is None:
+          prompt = agent_messages(root.task, trees.history(b, node).turns)
+        ta, tr = trees.agent_turn[b][a], trees.agent_turn[b][r]
+        out.append({
+            "prompt": prompt,
+            "chosen": [{"role": "assistant", "content": ta.text}],
+            "rejected": [{"role": "assistant", "content": tr.text}],
+            "meta": {
+                "tree_id": b if tree_id is None else tree_id,
+                "condition_id": root.id,
+                "task": root.task,
+                "node": node,
+                "depth": int(trees.depth[b, node]),
+                "chosen_node": a,
+                "rejected_node": r,
+                "chosen_value": float(value[a]),
+                "rejected_value": float(value[r]),
+                "chosen_visits": int(trees.visits[b, a]),
+                "rejected_visits": int(trees.visits[b, r]),
+                "margin": diff,
+                "chosen_strategy": ta.strategy,
+                "rejected_strategy": tr.strategy,
+            },
+        })
+  return out
+
+
+def extract_pairs(trees: Trees, margin: float, min_visits: int = 1,
+                  tree_ids: Sequence[int | str] | None = None,
+                  seen: set[str] | None = None) -> list[dict]:
+  """Pairs of all B trees, deduplicated (also against `seen`, which is updated in place)."""
+  seen = set() if seen is None else seen
+  out = []
+  for b in range(trees.batch_size):
+    tid = tree_ids[b] if tree_ids is not None else b
+    for p in tree_pairs(trees, b, margin, min_visits, tid):
+      key = pair_key(p)
+      if key not in seen:
+        seen.add(key)
+        out.append(p)
+  return out
+
+
+def atomic_write_text(path: str, text: str) -> None:
+  """Writes `text` to `path` via a temp file in the same directory + os.replace."""
+  d = os.path.dirname(os.path.abspath(path))
+  os.makedirs(d, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-", suffix=os.path.basename(path))
+  try:
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+      f.write(text)
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+    raise
+
+
+def write_jsonl(path: str, records: Iterable[dict]) -> int:
+  """Atomically writes one JSON object per line; returns the number of records."""
+  lines = [json.dumps(r, ensure_ascii=False) for r in records]
+  atomic_write_text(path, "".join(line + "\n" for line in lines))
+  return len(lines)
+
+
+def read_jsonl(path: str) -> list[dict]:
+  with open(path, encoding="utf-8") as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
+def value_gap_summary(pairs: Sequence[dict]) -> dict:
+  """Count and mean value gap of a list of pairs (for logs)."""
+  gaps = [p["meta"]["margin"] for p in pairs]
+  return {"pairs": len(pairs), "mean_gap": float(np.mean(gaps)) if gaps else 0.0}

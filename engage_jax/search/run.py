@@ -1,0 +1,141 @@
+"""Resumable i×MCTS over many conditions, written shard by shard.
+
+Roots are split in order into shards of `trees_per_shard`. Shard s searches its trees with the seed
+`shard_seed(cfg.seed, s)` (independent of the other shards) and, when finished, writes atomically
+  <out>/trees/shard-XXXXX.json   per-tree stats (visits, values, depth, expansions) + shard info
+  <out>/pairs/shard-XXXXX.jsonl  its pairs (DESIGN.md section 2), written last.
+A restart skips every shard whose pairs file exists, so a resumed run yields exactly the pairs of
+an uninterrupted one; nothing is written twice. Pairs are deduplicated across shards too (a
+shard's pairs are checked against those of the shards before it).
+`<out>/search_config.json` records the config and roots; resuming with different ones is an error.
+
+Typical use (the launcher / sandbox tests):
+  env = ModelEnv.from_config(agent_model, sim_model, tokenizer, cfg, task=..., reward_cfg=...)
+  summary = run_search(env, roots, cfg, out_dir, trees_per_shard=16)
+  pairs = load_pairs(out_dir)
+"""
+from __future__ import annotations
+
+import dataclasses
+import glob
+import json
+import os
+import time
+from typing import Callable, Sequence
+
+from engage_jax.data.dialogue import Dialogue
+from engage_jax.search.env import Env, _sub_seed
+from engage_jax.search.imcts import RoundInfo, SearchConfig, search, validate
+from engage_jax.search.pairs import atomic_write_text, extract_pairs, pair_key, read_jsonl, write_jsonl
+
+
+def shard_seed(seed: int, shard: int) -> int:
+  """The search seed of shard `shard` (depends only on the run seed and the shard index)."""
+  return _sub_seed(seed, 7919, shard)
+
+
+def shard_paths(out_dir: str, shard: int) -> tuple[str, str]:
+  """(pairs path, trees path) of a shard."""
+  return (os.path.join(out_dir, "pairs", f"shard-{shard:05d}.jsonl"),
+          os.path.join(out_dir, "trees", f"shard-{shard:05d}.json"))
+
+
+def _manifest(roots: Sequence[Dialogue], cfg: SearchConfig, trees_per_shard: int) -> dict:
+  cfg_json = dataclasses.asdict(cfg)
+  if cfg_json.get("required_condition") is not None:
+    cfg_json["required_condition"] = list(cfg_json["required_condition"])
+  return {"config": cfg_json, "trees_per_shard": trees_per_shard,
+          "roots": [r.id for r in roots]}
+
+
+def run_search(env: Env, roots: Sequence[Dialogue], cfg: SearchConfig, out_dir: str, *,
+               trees_per_shard: int = 16, progress: bool = True,
+               after_shard: Callable[[int], None] | None = None) -> dict:
+  """Searches all roots shard by shard into `out_dir`; returns a summary dict.
+
+  summary: {"trees", "pairs", "expansions", "seconds", "shards", "shards_skipped",
+            "expansions_per_s", "pairs_per_min"} (pairs and expansions include skipped shards;
+            seconds and the rates count only this run's work).
+  after_shard(s) is called after shard s is written (hooks, tests).
+  Raises ValueError on bad config/roots (before any env call) or when `out_dir` holds a search
+  with a different config or roots.
+  """
+  if trees_per_shard < 1:
+    raise ValueError(f"run_search: trees_per_shard must be >= 1; got {trees_per_shard}")
+  validate(roots, cfg, env)
+  manifest = _manifest(roots, cfg, trees_per_shard)
+  man_path = os.path.join(out_dir, "search_config.json")
+  if os.path.exists(man_path):
+    with open(man_path, encoding="utf-8") as f:
+      old = json.load(f)
+    if old != json.loads(json.dumps(manifest)):
+      raise ValueError(f"{man_path}: an existing search in {out_dir} used a different config, "
+                       f"roots or trees_per_shard; use a new directory or remove it")
+  else:
+    atomic_write_text(man_path, json.dumps(manifest, indent=1))
+
+  from tqdm.auto import tqdm
+
+  n_shards = -(-len(roots) // trees_per_shard)
+  seen: set[str] = set()
+  totals = {"pairs": 0, "new_pairs": 0, "expansions": 0, "skipped": 0}
+  new_expansions = 0
+  t0 = time.perf_counter()
+  bar = tqdm(total=len(roots), unit="tree", desc="i×MCTS", disable=not progress)
+
+  def postfix():
+    dt = max(time.perf_counter() - t0, 1e-9)
+    bar.set_postfix(pairs=totals["pairs"], exp_s=f"{new_expansions / dt:.2f}")
+
+  try:
+    for s in range(n_shards):
+      lo, hi = s * trees_per_shard, min(len(roots), (s + 1) * trees_per_shard)
+      pairs_path, trees_path = shard_paths(out_dir, s)
+      if os.path.exists(pairs_path):
+        done = read_jsonl(pairs_path)
+        seen.update(pair_key(p) for p in done)
+        totals["pairs"] += len(done)
+        if os.path.exists(trees_path):
+          with open(trees_path, encoding="utf-8") as f:
+            totals["expansions"] += int(json.load(f)["expansions"])
+        totals["skipped"] += 1
+        bar.update(hi - lo)
+        postfix()
+        continue
+
+      def on_round(info: RoundInfo):
+        nonlocal new_expansions
+        new_expansions += info.expansions
+        totals["expansions"] += info.expansions
+        postfix()
+
+      shard_cfg = dataclasses.replace(cfg, seed=shard_seed(cfg.seed, s))
+      trees = search(env, roots[lo:hi], shard_cfg, on_round=on_round)
+      pairs = extract_pairs(trees, cfg.margin, cfg.pair_min_visits,
+                            tree_ids=list(range(lo, hi)), seen=seen)
+      stats = {"shard": s, "seed": shard_cfg.seed, "tree_ids": list(range(lo, hi)),
+               "expansions": int(trees.expansions.sum()), "pairs": len(pairs),
+               "trees": [trees.stats(b) for b in range(trees.batch_size)]}
+      atomic_write_text(trees_path, json.dumps(stats))
+      write_jsonl(pairs_path, pairs)
+      totals["pairs"] += len(pairs)
+      totals["new_pairs"] += len(pairs)
+      bar.update(hi - lo)
+      postfix()
+      if after_shard is not None:
+        after_shard(s)
+  finally:
+    bar.close()
+  seconds = time.perf_counter() - t0
+  return {"trees": len(roots), "pairs": totals["pairs"], "expansions": totals["expansions"],
+          "seconds": seconds, "shards": n_shards, "shards_skipped": totals["skipped"],
+          "expansions_per_s": new_expansions / max(seconds, 1e-9),
+          "pairs_per_min": 60.0 * totals["new_pairs"] / max(seconds, 1e-9)}
+
+
+def load_pairs(out_dir: str) -> list[dict]:
+  """All pairs of a search directory, in shard order."""
+  out = []
+  for path in sorted(glob.glob(os.path.join(out_dir, "pairs", "shard-*.jsonl"))):
+    out.extend(read_jsonl(path))
+  return out
