@@ -1,0 +1,191 @@
+"""ESConv loader (Liu et al., ACL 2021).
+
+Two layouts are read into `Dialogue` records (task "es", agent = supporter, user = seeker):
+- the HF release (`thu-coai/esconv`, files `esconv/{train,valid,test}.txt`): JSON lines, one
+  conversation per line, `dialog` items `{"text", "speaker": "usr"|"sys", "strategy"?}`;
+- the raw `ESConv.json` / `FailedESConv.json` layout: one JSON array, `dialog` items
+  `{"content", "speaker": "seeker"|"supporter" (or "speaker"|"listener"), "annotation":
+  {"strategy"?, "feedback"?}}`.
+
+condition = {emotion_type, problem_type, situation}; outcome = {engaged (rewards.es_engaged over
+the seeker's last turns), initial_emotion_intensity?, final_emotion_intensity? (ints 1..5),
+feedback? (list of [utterance index in
+`dialog`, score 1..5], raw layout only)}. Consecutive same-speaker utterances are merged into one
+turn by default (the merged turn keeps its first strategy). Bad records raise a ValueError naming
+the file, line / record index and field; `skip_bad=True` drops them instead and the returned
+`LoadedDialogues` tells how many (`.skipped`, `.errors`).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from engage_jax import rewards
+from engage_jax.data.dialogue import AGENT, USER, Dialogue, LoadedDialogues, Turn, merge_consecutive
+
+SPLITS = ("train", "valid", "test")
+CONDITION_KEYS = ("emotion_type", "problem_type", "situation")
+SPEAKERS = {"usr": USER, "seeker": USER, "speaker": USER,
+            "sys": AGENT, "supporter": AGENT, "listener": AGENT}
+# Older label set of the raw / failed files -> the 8 names of strategy.json.
+STRATEGY_ALIASES = {"Questions": "Question", "Other": "Others"}
+STRATEGIES = ("Question", "Restatement or Paraphrasing", "Reflection of feelings",
+              "Self-disclosure", "Affirmation and Reassurance", "Providing Suggestions",
+              "Information", "Others")
+
+log = logging.getLogger(__name__)
+
+
+def _intensity(value: Any, where: str, field: str) -> int:
+  try:
+    return int(float(value))
+  except (TypeError, ValueError):
+    raise ValueError(f"{where}: field {field!r} is not numeric: {value!r}") from None
+
+
+def record_to_dialogue(rec: Any, dialogue_id: str, where: str, *, merge: bool = True,
+                       es_pattern: str = rewards.DEFAULT_ES_PATTERN, es_last_n: int = 2
+                       ) -> Dialogue:
+  """One ESConv record (HF or raw layout) → Dialogue. `where` prefixes error messages."""
+  if not isinstance(rec, dict):
+    raise ValueError(f"{where}: record is not a JSON object")
+  condition = {}
+  for key in CONDITION_KEYS:
+    if key not in rec:
+      raise ValueError(f"{where}: missing field {key!r}")
+    condition[key] = str(rec[key] or "").strip()
+  dialog = rec.get("dialog")
+  if not isinstance(dialog, list):
+    raise ValueError(f"{where}: missing field 'dialog' (a list of utterances)")
+  turns: list[Turn] = []
+  feedback: list[list[int]] = []
+  for j, utt in enumerate(dialog):
+    uwhere = f"{where}, utterance {j}"
+    if not isinstance(utt, dict):
+      raise ValueError(f"{uwhere}: utterance is not a JSON object")
+    if "speaker" not in utt:
+      raise ValueError(f"{uwhere}: missing field 'speaker'")
+    role = SPEAKERS.get(utt["speaker"])
+    if role is None:
+      raise ValueError(f"{uwhere}: field 'speaker' has unknown value {utt['speaker']!r}; "
+                       f"expected one of {sorted(SPEAKERS)}")
+    text = utt.get("text", utt.get("content"))
+    if not isinstance(text, str):
+      raise ValueError(f"{uwhere}: missing field 'text' (or 'content')")
+    ann = utt.get("annotation") or {}
+    strategy = utt.get("strategy", ann.get("strategy") if isinstance(ann, dict) else None)
+    if role == AGENT and strategy is not None:
+      strategy = STRATEGY_ALIASES.get(strategy, strategy)
+    else:
+      strategy = None
+    text = " ".join(text.split())
+    if not text:
+      continue
+    if isinstance(ann, dict) and ann.get("feedback") not in (None, ""):
+      feedback.append([j, _intensity(ann["feedback"], uwhere, "annotation.feedback")])
+    turns.append(Turn(role, text, strategy))
+  if merge:
+    turns = merge_consecutive(turns)
+  user_texts = [t.text for t in turns if t.role == USER]
+  outcome: dict[str, Any] = {
+      "engaged": rewards.es_engaged(user_texts, es_pattern, es_last_n) if user_texts else False}
+  seeker = ((rec.get("survey_score") or {}).get("seeker") or {})
+  for key in ("initial_emotion_intensity", "final_emotion_intensity"):
+    if seeker.get(key) not in (None, ""):
+      outcome[key] = _intensity(seeker[key], where, f"survey_score.seeker.{key}")
+  if feedback:
+    outcome["feedback"] = feedback
+  return Dialogue(id=dialogue_id, task="es", turns=turns, condition=condition, outcome=outcome)
+
+
+def _finish(items: list[Dialogue], errors: list[str], path: Path) -> LoadedDialogues:
+  if errors:
+    log.warning("%s: skipped %d bad record(s); first: %s", path, len(errors), errors[0])
+  return LoadedDialogues(items, skipped=len(errors), errors=errors)
+
+
+def load_jsonl(path: str | os.PathLike, *, skip_bad: bool = False, id_prefix: str | None = None,
+               merge: bool = True) -> LoadedDialogues:
+  """HF-release JSON lines → dialogues with ids "{id_prefix}-{line_index}" (prefix: file stem)."""
+  path = Path(path)
+  prefix = id_prefix if id_prefix is not None else f"esconv-{path.stem}"
+  items, errors = [], []
+  with open(path, encoding="utf-8") as f:
+    for lineno, line in enumerate(f, start=1):
+      if not line.strip():
+        continue
+      where = f"{path}:{lineno}"
+      try:
+        try:
+          rec = json.loads(line)
+        except json.JSONDecodeError as e:
+          raise ValueError(f"{where}: malformed JSON ({e.msg})") from None
+        items.append(record_to_dialogue(rec, f"{prefix}-{lineno - 1}", where, merge=merge))
+      except ValueError as e:
+        if not skip_bad:
+          raise
+        errors.append(str(e))
+  return _finish(items, errors, path)
+
+
+def load_raw_json(path: str | os.PathLike, *, skip_bad: bool = False,
+                  id_prefix: str | None = None, merge: bool = True) -> LoadedDialogues:
+  """Raw ESConv.json / FailedESConv.json (one JSON array) → dialogues "{prefix}-{index}"."""
+  path = Path(path)
+  prefix = id_prefix if id_prefix is not None else f"esconv-{path.stem}"
+  try:
+    data = json.loads(path.read_text(encoding="utf-8"))
+  except json.JSONDecodeError as e:
+    raise ValueError(f"{path}: malformed JSON at line {e.lineno} ({e.msg})") from None
+  if not isinstance(data, list):
+    raise ValueError(f"{path}: expected a JSON array of conversations")
+  items, errors = [], []
+  for i, rec in enumerate(data):
+    try:
+      items.append(record_to_dialogue(rec, f"{prefix}-{i}", f"{path}: record {i}", merge=merge))
+    except ValueError as e:
+      if not skip_bad:
+        raise
+      errors.append(str(e))
+  return _finish(items, errors, path)
+
+
+def load_file(path: str | os.PathLike, **kw) -> LoadedDialogues:
+  """Either layout, detected by the first non-space character ('[' → raw JSON array)."""
+  path = Path(path)
+  with open(path, encoding="utf-8") as f:
+    head = f.read(4096).lstrip()
+  return load_raw_json(path, **kw) if head.startswith("[") else load_jsonl(path, **kw)
+
+
+def esconv_dir(data_dir: str | os.PathLike) -> Path:
+  """`data_dir/esconv` if it exists, else `data_dir`."""
+  d = Path(data_dir)
+  return d / "esconv" if (d / "esconv").is_dir() else d
+
+
+def load_split(data_dir: str | os.PathLike, split: str, **kw) -> LoadedDialogues:
+  """`{data_dir}/esconv/{split}.txt` (HF layout); ids "esconv-{split}-{i}"."""
+  if split not in SPLITS:
+    raise ValueError(f"unknown ESConv split {split!r}; expected one of {SPLITS}")
+  path = esconv_dir(data_dir) / f"{split}.txt"
+  if not path.is_file():
+    raise ValueError(f"ESConv split file {str(path)!r} not found")
+  return load_jsonl(path, **kw)
+
+
+def load_hub(hub_id: str = "thu-coai/esconv", split: str = "train", *, merge: bool = True
+             ) -> LoadedDialogues:
+  """Downloads a split with `datasets.load_dataset` (needs network; the release stores each
+  conversation as a JSON string in a "text" column, or as fields directly)."""
+  import datasets
+  ds = datasets.load_dataset(hub_id, split=split)
+  items = []
+  for i, row in enumerate(ds):
+    rec = json.loads(row["text"]) if "text" in row and isinstance(row["text"], str) else row
+    items.append(record_to_dialogue(rec, f"esconv-{split}-{i}", f"{hub_id}[{split}] row {i}",
+                                    merge=merge))
+  return LoadedDialogues(items)

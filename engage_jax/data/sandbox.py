@@ -1,0 +1,346 @@
+"""The embedded sandbox world: procedurally generated ES-like and P4G-like corpora with KNOWN
+dynamics, small enough that a 2-layer d=128 model learns them on 2 CPU cores in minutes.
+
+`generate(task, n, seed, ...) -> list[Dialogue]` returns the same records as the real loaders.
+Texts are short lower-case templates with a small vocabulary (a dialogue is well under 150 BPE
+tokens). Agent templates of different strategies are disjoint, so `strategy_of(text)` recovers
+the strategy of any agent text (exactly for template texts; by distinctive words otherwise).
+
+ES-like world (task "es")
+-------------------------
+condition = {emotion_type ∈ EMOTIONS, problem_type ∈ PROBLEMS, situation: a templated sentence}.
+1. The user speaks first: "hi . i feel {adjective} because of {problem phrase} ." (states both).
+2. The agent answers with one of ES_STRATEGIES (ESConv names), text drawn from its templates.
+   The corpus agent picks strategies uniformly at random (`p_optimal=0`), so SFT learns a uniform
+   policy; with `p_optimal=q` it picks the helpful strategy with probability q + (1 - q) / 4.
+3. After each agent turn the user, independently per turn, says an ENGAGED line (matches
+   `rewards.DEFAULT_ES_PATTERN`, e.g. "thank you , i feel much better now .") and the chat ends,
+   with probability
+       P_HELP = 0.6  if the agent used HELPFUL[emotion_type], else P_BASE = 0.08;
+   otherwise a non-engaged continuation line.
+4. After ES_MAX_TURNS = 3 agent turns without engagement the user's reply is a non-engaged
+   goodbye instead of a continuation, and the chat ends.
+   P(engaged) = 1 - prod_t (1 - p_t): always helpful 1 - 0.4^3 = 0.936; uniform corpus agent
+   (p_t = 0.25*0.6 + 0.75*0.08 = 0.21) 1 - 0.79^3 ≈ 0.507; never helpful 1 - 0.92^3 ≈ 0.221.
+   HELPFUL: anxiety → Affirmation and Reassurance, sadness → Reflection of feelings,
+   anger → Restatement or Paraphrasing, fear → Providing Suggestions.
+
+P4G-like world (task "p4g")
+---------------------------
+condition = {motivation ∈ MOTIVATIONS, age_group ∈ AGE_GROUPS (decorative), hobby ∈ HOBBIES
+(decorative)}.
+1. The agent speaks first with a fixed greeting ("hi ! have you heard of save the children ?",
+   strategy "Greeting"); the user replies with a line that reveals its motivation (e.g. a
+   "numbers" user: "maybe . i like to see the numbers first ."), so a policy can adapt.
+2. Then P4G_STRATEGY_TURNS = 3 persuasion turns, each one of P4G_STRATEGIES (uniform in the
+   corpus). EFFECTIVE[motivation] is the one that works: numbers → Logical appeal,
+   feelings → Emotion appeal, trust → Credibility appeal, people → Personal story.
+   After an effective turn the user replies with a positive line, otherwise a lukewarm line
+   (deterministic given effectiveness; texts drawn at random from small pools).
+3. The last user turn is a closing line; the donation is drawn from DONATION_PROBS[k] over
+   DONATION_VALUES = (0, 0.25, 0.5, 1, 2), k = number of effective persuasion turns (0..3):
+       k=0: (0.50, 0.20, 0.15, 0.10, 0.05) mean 0.325
+       k=1: (0.30, 0.20, 0.20, 0.20, 0.10) mean 0.550
+       k=2: (0.10, 0.10, 0.20, 0.30, 0.30) mean 1.025
+       k=3: (0.00, 0.05, 0.10, 0.20, 0.65) mean 1.5625
+   Uniform corpus agent: k ~ Binomial(3, 1/4), mean donation ≈ 0.537; optimum 1.5625.
+   outcome = {"donation": d, "donation_raw": d, "num_effective": k}.
+
+`optimal_strategy(task, condition)` and `expected_reward(task, condition, strategies)` expose the
+dynamics; `expected_reward` is exact given the agent's strategy sequence.
+"""
+from __future__ import annotations
+
+import random
+import re
+from typing import Mapping, Sequence
+
+from engage_jax.data.dialogue import AGENT, USER, Dialogue, Turn
+
+# ---------------------------------------------------------------- ES-like world
+EMOTIONS = ("anxiety", "sadness", "anger", "fear")
+EMOTION_ADJ = {"anxiety": "anxious", "sadness": "sad", "anger": "angry", "fear": "scared"}
+PROBLEMS = ("job crisis", "breakup with partner", "academic pressure", "problems with friends")
+PROBLEM_PHRASE = {"job crisis": "my job", "breakup with partner": "my breakup",
+                  "academic pressure": "my exams", "problems with friends": "my friends"}
+ES_STRATEGIES = ("Affirmation and Reassurance", "Reflection of feelings",
+                 "Restatement or Paraphrasing", "Providing Suggestions")
+HELPFUL = {"anxiety": "Affirmation and Reassurance", "sadness": "Reflection of feelings",
+           "anger": "Restatement or Paraphrasing", "fear": "Providing Suggestions"}
+P_HELP = 0.6
+P_BASE = 0.08
+ES_MAX_TURNS = 3
+
+ES_TEMPLATES = {
+    "Affirmation and Reassurance": (
+        "you are strong and you will get through this .",
+        "i am sure things will work out for you .",
+        "you are doing your best and that is enough ."),
+    "Reflection of feelings": (
+        "it sounds like this hurts you deeply .",
+        "that must feel very heavy inside .",
+        "i can hear how painful this is for you ."),
+    "Restatement or Paraphrasing": (
+        "so you are saying it seems unfair to you ?",
+        "if i understand right , this keeps happening ?",
+        "you mean nobody listens to your side ?"),
+    "Providing Suggestions": (
+        "maybe you could make a small plan for tomorrow .",
+        "try talking to someone you trust about it .",
+        "a short walk each day could be good for you ."),
+}
+ES_OPENING = "hi . i feel {adj} because of {phrase} ."
+ES_SITUATION = "i feel {adj} about {phrase} and i do not know what to do ."
+ES_ENGAGED = ("thank you , i feel much better now .", "that really helps , thanks .",
+              "you have been a great help , thank you .")
+ES_CONTINUE = ("i still feel {adj} about it .", "it is still hard for me .",
+               "i do not know , it is not easy .")
+ES_GOODBYE = ("ok , i have to go now . bye .", "fine , i will go now . bye .")
+
+# --------------------------------------------------------------- P4G-like world
+MOTIVATIONS = ("numbers", "feelings", "trust", "people")
+AGE_GROUPS = ("young", "middle aged", "senior")
+HOBBIES = ("reading", "sports", "music")
+P4G_STRATEGIES = ("Logical appeal", "Emotion appeal", "Credibility appeal", "Personal story")
+EFFECTIVE = {"numbers": "Logical appeal", "feelings": "Emotion appeal",
+             "trust": "Credibility appeal", "people": "Personal story"}
+P4G_STRATEGY_TURNS = 3
+GREETING_STRATEGY = "Greeting"
+P4G_GREETING = "hi ! have you heard of save the children ?"
+P4G_TEMPLATES = {
+    "Logical appeal": (
+        "one dollar buys a full meal for a child .",
+        "every dollar goes straight to food and school costs .",
+        "two dollars pay for a week of clean water ."),
+    "Emotion appeal": (
+        "imagine a hungry child waiting alone tonight .",
+        "these kids are scared and cold without help .",
+        "think how sad a child feels with no food ."),
+    "Credibility appeal": (
+        "the charity has worked for over a hundred years .",
+        "independent reviewers rate this charity very highly .",
+        "their reports are audited and public every year ."),
+    "Personal story": (
+        "last year i gave a little and met a girl it fed .",
+        "my friend grew up poor and a charity like this saved her .",
+        "my sister volunteers there and tells me great stories ."),
+}
+P4G_REVEAL = {
+    "numbers": "maybe . i like to see the numbers first .",
+    "feelings": "maybe . i care a lot about how people feel .",
+    "trust": "maybe . but i do not trust charities easily .",
+    "people": "maybe . i like hearing what other people did .",
+}
+P4G_POSITIVE = ("wow , that is a good point .", "that really moves me .", "ok , i like that .")
+P4G_LUKEWARM = ("hmm , i am not sure about that .", "i guess so .", "ok , go on .")
+P4G_CLOSING = "thanks for telling me about it ."
+DONATION_VALUES = (0.0, 0.25, 0.5, 1.0, 2.0)
+DONATION_PROBS = {
+    0: (0.50, 0.20, 0.15, 0.10, 0.05),
+    1: (0.30, 0.20, 0.20, 0.20, 0.10),
+    2: (0.10, 0.10, 0.20, 0.30, 0.30),
+    3: (0.00, 0.05, 0.10, 0.20, 0.65),
+}
+
+
+def donation_mean(k: int) -> float:
+  """Mean donation after k effective persuasion turns (k clipped to 0..3)."""
+  probs = DONATION_PROBS[max(0, min(int(k), P4G_STRATEGY_TURNS))]
+  return float(sum(p * v for p, v in zip(probs, DONATION_VALUES)))
+
+
+# ----------------------------------------------------------------- public API
+_TEMPLATE_TO_STRATEGY = {" ".join(t.split()): s
+                         for table in (ES_TEMPLATES, P4G_TEMPLATES)
+                         for s, texts in table.items() for t in texts}
+_TEMPLATE_TO_STRATEGY[P4G_GREETING] = GREETING_STRATEGY
+
+
+def _words(text: str) -> set[str]:
+  return set(re.findall(r"[a-z']+", text.lower()))
+
+
+def _distinctive(table: Mapping[str, Sequence[str]]) -> dict[str, set[str]]:
+  words = {s: set().union(*(_words(t) for t in texts)) for s, texts in table.items()}
+  return {s: w - set().union(*(v for o, v in words.items() if o != s)) for s, w in words.items()}
+
+
+_DISTINCTIVE = {"es": _distinctive(ES_TEMPLATES), "p4g": _distinctive(P4G_TEMPLATES)}
+
+
+def strategy_of(text: str, task: str | None = None) -> str | None:
+  """Strategy of an agent text: exact template match, else the strategy whose distinctive words
+  (words used by no other strategy of the task) overlap the text most; None if none or a tie.
+  task None: exact matches of both worlds, then distinctive words of both."""
+  key = " ".join(text.split()).lower()
+  if key in _TEMPLATE_TO_STRATEGY:
+    return _TEMPLATE_TO_STRATEGY[key]
+  words = _words(text)
+  tasks = (task,) if task else ("es", "p4g")
+  scores = [(len(words & dw), s) for t in tasks for s, dw in _DISTINCTIVE[t].items()]
+  scores.sort(reverse=True)
+  if not scores or scores[0][0] == 0 or (len(scores) > 1 and scores[1][0] == scores[0][0]):
+    return None
+  return scores[0][1]
+
+
+def strategies(task: str) -> tuple[str, ...]:
+  """The agent strategies of the task's world."""
+  return _world(task)[0]
+
+
+def _world(task: str):
+  if task == "es":
+    return ES_STRATEGIES, HELPFUL, "emotion_type"
+  if task == "p4g":
+    return P4G_STRATEGIES, EFFECTIVE, "motivation"
+  raise ValueError(f"unknown sandbox task {task!r}; expected 'es' or 'p4g'")
+
+
+def optimal_strategy(task: str, condition: Mapping[str, str]) -> str:
+  """The helpful (ES) / effective (P4G) strategy for the condition."""
+  _, table, key = _world(task)
+  if condition.get(key) not in table:
+    raise ValueError(f"sandbox {task}: condition field {key!r} must be one of {tuple(table)}, "
+                     f"got {condition.get(key)!r}")
+  return table[condition[key]]
+
+
+def expected_reward(task: str, condition: Mapping[str, str], strategies: Sequence[str]) -> float:
+  """Exact expected reward of a conversation whose agent uses `strategies` in order.
+
+  ES: P(engaged) = 1 - prod(1 - p_t) over the first ES_MAX_TURNS strategies (p_t = P_HELP if
+  helpful else P_BASE; a chat that ends early stops using later strategies, which does not change
+  this probability). P4G: mean donation given k = number of effective persuasion turns among the
+  first P4G_STRATEGY_TURNS non-greeting strategies.
+  """
+  best = optimal_strategy(task, condition)
+  if task == "es":
+    miss = 1.0
+    for s in list(strategies)[:ES_MAX_TURNS]:
+      miss *= 1.0 - (P_HELP if s == best else P_BASE)
+    return 1.0 - miss
+  persuasion = [s for s in strategies if s != GREETING_STRATEGY][:P4G_STRATEGY_TURNS]
+  return donation_mean(sum(s == best for s in persuasion))
+
+
+def optimal_reward(task: str) -> float:
+  """Expected reward of the always-optimal policy."""
+  if task == "es":
+    return 1.0 - (1.0 - P_HELP) ** ES_MAX_TURNS
+  _world(task)
+  return donation_mean(P4G_STRATEGY_TURNS)
+
+
+def random_conditions(task: str, n: int, seed: int) -> list[dict[str, str]]:
+  """n conditions drawn uniformly (seeded), e.g. held-out evaluation roots."""
+  rng = random.Random(f"cond-{task}-{seed}")
+  return [_sample_condition(task, rng) for _ in range(n)]
+
+
+def _sample_condition(task: str, rng: random.Random) -> dict[str, str]:
+  if task == "es":
+    emo, prob = rng.choice(EMOTIONS), rng.choice(PROBLEMS)
+    return {"emotion_type": emo, "problem_type": prob,
+            "situation": ES_SITUATION.format(adj=EMOTION_ADJ[emo], phrase=PROBLEM_PHRASE[prob])}
+  _world(task)
+  return {"motivation": rng.choice(MOTIVATIONS), "age_group": rng.choice(AGE_GROUPS),
+          "hobby": rng.choice(HOBBIES)}
+
+
+def opening_turns(task: str, condition: Mapping[str, str]) -> list[Turn]:
+  """Deterministic conversation start for a condition: ES the user's opening turn; P4G the agent's
+  greeting and the user's revealing reply (search / evaluation roots)."""
+  if task == "es":
+    return [Turn(USER, ES_OPENING.format(adj=EMOTION_ADJ[condition["emotion_type"]],
+                                         phrase=PROBLEM_PHRASE[condition["problem_type"]]))]
+  optimal_strategy(task, condition)
+  return [Turn(AGENT, P4G_GREETING, GREETING_STRATEGY), Turn(USER, P4G_REVEAL[condition["motivation"]])]
+
+
+def _pick_strategy(task: str, condition, rng: random.Random, p_optimal: float) -> str:
+  if p_optimal > 0 and rng.random() < p_optimal:
+    return optimal_strategy(task, condition)
+  return rng.choice(strategies(task))
+
+
+def _es_dialogue(i: int, seed: int, rng: random.Random, p_optimal: float, max_turns: int,
+                 p_help: float, p_base: float) -> Dialogue:
+  cond = _sample_condition("es", rng)
+  adj = EMOTION_ADJ[cond["emotion_type"]]
+  best = HELPFUL[cond["emotion_type"]]
+  turns = opening_turns("es", cond)
+  engaged = False
+  for t in range(max_turns):
+    s = _pick_strategy("es", cond, rng, p_optimal)
+    turns.append(Turn(AGENT, rng.choice(ES_TEMPLATES[s]), s))
+    if rng.random() < (p_help if s == best else p_base):
+      turns.append(Turn(USER, rng.choice(ES_ENGAGED)))
+      engaged = True
+      break
+    if t == max_turns - 1:
+      turns.append(Turn(USER, rng.choice(ES_GOODBYE)))
+    else:
+      turns.append(Turn(USER, rng.choice(ES_CONTINUE).format(adj=adj)))
+  return Dialogue(id=f"sandbox-es-{seed}-{i}", task="es", turns=turns, condition=cond,
+                  outcome={"engaged": engaged})
+
+
+def _p4g_dialogue(i: int, seed: int, rng: random.Random, p_optimal: float, n_turns: int
+                  ) -> Dialogue:
+  cond = _sample_condition("p4g", rng)
+  best = EFFECTIVE[cond["motivation"]]
+  turns = opening_turns("p4g", cond)
+  k = 0
+  for _ in range(n_turns):
+    s = _pick_strategy("p4g", cond, rng, p_optimal)
+    turns.append(Turn(AGENT, rng.choice(P4G_TEMPLATES[s]), s))
+    k += s == best
+    turns.append(Turn(USER, rng.choice(P4G_POSITIVE if s == best else P4G_LUKEWARM)))
+  turns[-1] = Turn(USER, f"{turns[-1].text} {P4G_CLOSING}")
+  probs = DONATION_PROBS[min(k, P4G_STRATEGY_TURNS)]
+  donation = rng.choices(DONATION_VALUES, weights=probs)[0]
+  return Dialogue(id=f"sandbox-p4g-{seed}-{i}", task="p4g", turns=turns, condition=cond,
+                  outcome={"donation": donation, "donation_raw": donation, "num_effective": k})
+
+
+def generate(task: str, n: int, seed: int, *, p_optimal: float = 0.0,
+             max_turns: int | None = None, p_help: float = P_HELP, p_base: float = P_BASE
+             ) -> list[Dialogue]:
+  """n seeded sandbox dialogues of `task` ("es" | "p4g"); same seed → identical output.
+
+  p_optimal: probability that the corpus agent plays the optimal strategy on a turn (else
+  uniform). max_turns: ES agent-turn cap (default ES_MAX_TURNS) / P4G persuasion turns (default
+  P4G_STRATEGY_TURNS). p_help / p_base: ES engagement probabilities (documented defaults).
+  """
+  _world(task)
+  if n < 0:
+    raise ValueError(f"sandbox.generate: n must be >= 0, got {n}")
+  rng = random.Random(f"sandbox-{task}-{seed}")
+  if task == "es":
+    cap = ES_MAX_TURNS if max_turns is None else max_turns
+    return [_es_dialogue(i, seed, rng, p_optimal, cap, p_help, p_base) for i in range(n)]
+  cap = P4G_STRATEGY_TURNS if max_turns is None else max_turns
+  return [_p4g_dialogue(i, seed, rng, p_optimal, cap) for i in range(n)]
+
+
+def all_texts(task: str | None = None) -> list[str]:
+  """Every template text of the world(s) (e.g. to train a tokenizer that covers them)."""
+  out: list[str] = []
+  if task in (None, "es"):
+    for texts in ES_TEMPLATES.values():
+      out.extend(texts)
+    for emo in EMOTIONS:
+      adj = EMOTION_ADJ[emo]
+      for prob in PROBLEMS:
+        out.append(ES_OPENING.format(adj=adj, phrase=PROBLEM_PHRASE[prob]))
+        out.append(ES_SITUATION.format(adj=adj, phrase=PROBLEM_PHRASE[prob]))
+      out.extend(t.format(adj=adj) for t in ES_CONTINUE)
+    out.extend(ES_ENGAGED + ES_GOODBYE)
+  if task in (None, "p4g"):
+    for texts in P4G_TEMPLATES.values():
+      out.extend(texts)
+    out.append(P4G_GREETING)
+    out.extend(P4G_REVEAL.values())
+    out.extend(P4G_POSITIVE + P4G_LUKEWARM + (P4G_CLOSING,))
+  return out

@@ -1,0 +1,147 @@
+"""Chat tokenizer: one wrapper over any HF tokenizer dir (trained BPE or a pretrained model's).
+
+`train_bpe` trains a byte-level BPE with the `tokenizers` library and saves it as an ordinary HF
+tokenizer dir (tokenizer.json + tokenizer_config.json + chat template), so from-scratch models go
+through the same `ChatTokenizer.load` path as Llama / Qwen / Mistral tokenizers.
+
+Our template renders a conversation as
+
+    <|bos|><|system|>{system}<|end|><|user|>{user}<|end|><|assistant|>{reply}<|end|>
+
+and a generation prompt as a trailing `<|assistant|>`. `<|end|>` closes every message and is the
+generation stop token (`end_of_turn_id`). For other tokenizer dirs, `end_of_turn_id` is the first
+of `<|end|>`, `<|im_end|>`, `<|eot_id|>`, `<end_of_turn>`, `</s>` that the chat template uses,
+else the eos token. No torch anywhere: transformers is used for tokenizers and templates only.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Iterable, Sequence
+
+BOS, EOS, PAD = "<|bos|>", "<|eos|>", "<|pad|>"
+SYSTEM, USER, ASSISTANT, END = "<|system|>", "<|user|>", "<|assistant|>", "<|end|>"
+SPECIAL_TOKENS = (PAD, BOS, EOS, SYSTEM, USER, ASSISTANT, END)  # ids 0..6 in a trained BPE
+
+CHAT_TEMPLATE = (
+    "{{ bos_token }}"
+    "{% for message in messages %}"
+    "{{ '<|' + message['role'] + '|>' + message['content'] + '<|end|>' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|assistant|>' }}{% endif %}")
+
+_END_OF_TURN_CANDIDATES = (END, "<|im_end|>", "<|eot_id|>", "<end_of_turn>", "</s>")
+
+
+def _load_hf(path: Path):
+  from transformers import AutoTokenizer, PreTrainedTokenizerFast
+  try:
+    return AutoTokenizer.from_pretrained(str(path))
+  except Exception:  # e.g. a tokenizer class that needs an optional dependency
+    return PreTrainedTokenizerFast.from_pretrained(str(path))
+
+
+class ChatTokenizer:
+  """Thin wrapper over a `transformers` fast tokenizer with a chat template.
+
+  Attributes: `vocab_size`, `pad_id`, `eos_id`, `bos_id` (None if the tokenizer has none),
+  `end_of_turn_id` (closes a chat message; the generation stop token), `hf` (the HF tokenizer).
+  """
+
+  def __init__(self, hf_tokenizer):
+    self.hf = hf_tokenizer
+    if not getattr(hf_tokenizer, "chat_template", None):
+      raise ValueError("ChatTokenizer: the tokenizer has no chat template")
+    vocab = hf_tokenizer.get_vocab()
+    self.eos_id = hf_tokenizer.eos_token_id
+    self.bos_id = hf_tokenizer.bos_token_id
+    template = hf_tokenizer.chat_template
+    eot = None
+    for tok in _END_OF_TURN_CANDIDATES:
+      if tok in vocab and tok in template:
+        eot = vocab[tok]
+        break
+    if eot is None:
+      eot = self.eos_id
+    if eot is None:
+      raise ValueError("ChatTokenizer: cannot find an end-of-turn token (no eos, no known "
+                       "end-of-turn token in the chat template)")
+    self.end_of_turn_id = int(eot)
+    if self.eos_id is None:
+      self.eos_id = self.end_of_turn_id
+    pad = hf_tokenizer.pad_token_id
+    self.pad_id = int(pad if pad is not None else self.eos_id)
+    self.vocab_size = len(hf_tokenizer)
+
+  # ---- io ----
+  @classmethod
+  def load(cls, path: str | os.PathLike) -> "ChatTokenizer":
+    """Loads an HF tokenizer dir; ValueError if it has no tokenizer.json."""
+    path = Path(path)
+    if not (path / "tokenizer.json").is_file():
+      raise ValueError(f"tokenizer dir {str(path)!r} has no tokenizer.json")
+    return cls(_load_hf(path))
+
+  def save(self, path: str | os.PathLike) -> None:
+    """Writes an HF tokenizer dir (loadable by `transformers.AutoTokenizer`)."""
+    Path(path).mkdir(parents=True, exist_ok=True)
+    self.hf.save_pretrained(str(path))
+
+  # ---- text ----
+  def encode(self, text: str) -> list[int]:
+    """Token ids of `text`, no special tokens added."""
+    return list(self.hf.encode(text, add_special_tokens=False))
+
+  def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+    """`encode` over many texts in one call (faster)."""
+    if not texts:
+      return []
+    out = self.hf(list(texts), add_special_tokens=False)["input_ids"]
+    return [list(x) for x in out]
+
+  def decode(self, ids: Iterable[int]) -> str:
+    """Text of `ids`, special tokens skipped."""
+    return self.hf.decode([int(i) for i in ids], skip_special_tokens=True,
+                          clean_up_tokenization_spaces=False)
+
+  def render_chat(self, messages: Sequence[dict], add_generation_prompt: bool = False) -> str:
+    """The chat template's text for `messages` (list of {"role", "content"})."""
+    return self.hf.apply_chat_template(list(messages), tokenize=False,
+                                       add_generation_prompt=add_generation_prompt)
+
+  def apply_chat(self, messages: Sequence[dict], add_generation_prompt: bool = False) -> list[int]:
+    """Token ids of the rendered chat (the template supplies bos / role / end tokens)."""
+    return self.encode(self.render_chat(messages, add_generation_prompt))
+
+  def __repr__(self) -> str:
+    return (f"ChatTokenizer(vocab_size={self.vocab_size}, pad_id={self.pad_id}, "
+            f"eos_id={self.eos_id}, end_of_turn_id={self.end_of_turn_id})")
+
+
+def train_bpe(texts: Iterable[str], vocab_size: int, out_dir: str | os.PathLike,
+              min_frequency: int = 2) -> ChatTokenizer:
+  """Trains a byte-level BPE on `texts`, writes an HF tokenizer dir to `out_dir`, loads it back.
+
+  Special tokens get ids 0..6 in the order of `SPECIAL_TOKENS` (pad first). The byte alphabet
+  (256 symbols) is always included, so any text is encodable; `vocab_size` must exceed 263.
+  """
+  from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+  from transformers import PreTrainedTokenizerFast
+  n_min = 256 + len(SPECIAL_TOKENS)
+  if vocab_size <= n_min:
+    raise ValueError(f"train_bpe: vocab_size must be > {n_min} (bytes + specials), got {vocab_size}")
+  tok = Tokenizer(models.BPE())
+  tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+  tok.decoder = decoders.ByteLevel()
+  trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=min_frequency,
+                                special_tokens=list(SPECIAL_TOKENS), show_progress=False,
+                                initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+  tok.train_from_iterator((t for t in texts), trainer=trainer)
+  hf = PreTrainedTokenizerFast(
+      tokenizer_object=tok, bos_token=BOS, eos_token=EOS, pad_token=PAD,
+      additional_special_tokens=[SYSTEM, USER, ASSISTANT, END], clean_up_tokenization_spaces=False)
+  hf.chat_template = CHAT_TEMPLATE
+  out = Path(out_dir)
+  out.mkdir(parents=True, exist_ok=True)
+  hf.save_pretrained(str(out))
+  return ChatTokenizer.load(out)
