@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import re
 from typing import Callable, Sequence
 
 import numpy as np
@@ -27,6 +28,8 @@ import numpy as np
 from engage_jax.data.dialogue import AGENT, Dialogue
 from engage_jax.search.env import Env, Expansion, _sub_seed
 from engage_jax.search.tree import ROOT_INDEX, UNVISITED, Trees, init_trees
+
+_WORD = re.compile(r"\w+")
 
 # Condition fields each task's simulator needs (SearchConfig.required_condition overrides).
 REQUIRED_CONDITION = {
@@ -54,7 +57,7 @@ class SearchConfig:
   Pruning:
     prune_similarity: drop a candidate whose agent text is at least this similar to an earlier
       sibling (None: keep all); similarity: "difflib" (SequenceMatcher ratio) or "jaccard"
-      (whitespace-token sets).
+      (word sets, punctuation ignored).
     max_live: cap on live (expandable) leaves per tree; 0 = no cap.
   Pairs:
     margin: children whose mean values differ by at least this give (chosen, rejected).
@@ -142,9 +145,9 @@ def validate(roots: Sequence[Dialogue], cfg: SearchConfig, env: Env | None = Non
 
 
 def similarity(a: str, b: str, kind: str = "difflib") -> float:
-  """Similarity in [0, 1] of two agent texts: difflib ratio or whitespace-token Jaccard."""
+  """Similarity in [0, 1] of two agent texts: difflib ratio or word-set Jaccard."""
   if kind == "jaccard":
-    sa, sb = set(a.lower().split()), set(b.lower().split())
+    sa, sb = set(_WORD.findall(a.lower())), set(_WORD.findall(b.lower()))
     return 1.0 if not sa and not sb else len(sa & sb) / len(sa | sb)
   return difflib.SequenceMatcher(None, a, b, autojunk=False).ratio()
 

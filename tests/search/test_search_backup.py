@@ -1,0 +1,78 @@
+"""Backup on a hand-computed tree: node values are means of the rewards below them."""
+from __future__ import annotations
+
+import numpy as np
+
+from engage_jax.data.dialogue import Dialogue, Turn
+from engage_jax.search import BanditEnv, Expansion, RolloutResult, SearchConfig, search
+from engage_jax.search.tree import NO_PARENT, ROOT_INDEX, UNVISITED
+
+from _search_helpers import ARMS, ES_CONDITION, es_roots
+
+
+class ScriptedEnv:
+  """Candidates "x" and "y"; rollout reward = fraction of agent turns that are "x";
+  a "y" after an "x" ends the chat with reward 0.25 (terminal, reward known)."""
+
+  def __init__(self):
+    self.rollout_histories = []
+
+  def expand(self, histories, k, seed):
+    out = []
+    for h in histories:
+      last = [t.text for t in h.turns if t.role == "agent"][-1:]
+      row = []
+      for text in ["x", "y"][:k]:
+        end = text == "y" and last == ["x"]
+        row.append(Expansion(agent=Turn("agent", text), user=Turn("user", "[END]" if end else "u"),
+                             agent_logprob=-1.0, terminal=end, reward=0.25 if end else None))
+      out.append(row)
+    return out
+
+  def rollout(self, histories, seed):
+    self.rollout_histories.extend(histories)
+    res = []
+    for h in histories:
+      agent = [t.text for t in h.turns if t.role == "agent"]
+      res.append(RolloutResult(reward=sum(a == "x" for a in agent) / len(agent), num_turns=0,
+                               terminal=False))
+    return res
+
+
+def test_hand_computed_tree():
+  env = ScriptedEnv()
+  cfg = SearchConfig(k=2, budget=2, max_turns=5, prune_similarity=None)
+  root = Dialogue("r", "es", [Turn("user", "hello")], dict(ES_CONDITION))
+  t = search(env, [root], cfg)
+  # round 1: root -> x (1: r=1.0), y (2: r=0.0); round 2: UCT picks x -> xx (3: r=1.0),
+  # xy (4: terminal, r=0.25, no rollout).
+  assert t.num_nodes[0] == 5
+  assert t.parent[0, :5].tolist() == [NO_PARENT, 0, 0, 1, 1]
+  assert t.children[0, 0].tolist() == [1, 2] and t.children[0, 1].tolist() == [3, 4]
+  assert (t.children[0, 2:5] == UNVISITED).all()
+  assert [t.agent_turn[0][n].text for n in (1, 2, 3, 4)] == ["x", "y", "x", "y"]
+  np.testing.assert_allclose(t.reward[0, 1:5], [1.0, 0.0, 1.0, 0.25])
+  assert t.visits[0, :5].tolist() == [4, 3, 1, 1, 1]
+  np.testing.assert_allclose(t.value()[0, :5], [2.25 / 4, 2.25 / 3, 0.0, 1.0, 0.25])
+  assert t.terminal[0, :5].tolist() == [False, False, False, False, True]
+  assert not t.truncated[0, :5].any()
+  assert len(env.rollout_histories) == 3  # the terminal child used its own reward
+  h = t.history(0, 3)
+  assert [(x.role, x.text) for x in h.turns] == [("user", "hello"), ("agent", "x"), ("user", "u"),
+                                                 ("agent", "x"), ("user", "u")]
+  assert t.path_to_root(0, 4) == [4, 1, ROOT_INDEX]
+
+
+def test_values_are_subtree_means_on_bandit_tree():
+  env = BanditEnv(ARMS, max_turns=6, p_end=0.2)
+  cfg = SearchConfig(budget=15, max_turns=6, prune_similarity=None, seed=1)
+  t = search(env, es_roots(3), cfg)
+  for b in range(3):
+    n = int(t.num_nodes[b])
+    below = {i: [i] for i in range(n)}
+    for i in range(n - 1, 0, -1):  # children have larger indices than parents
+      below[int(t.parent[b, i])].extend(below[i])
+    for i in range(n):
+      rewards = [t.reward[b, j] for j in below[i] if j != ROOT_INDEX]
+      assert t.visits[b, i] == len(rewards)
+      np.testing.assert_allclose(t.value_sum[b, i] / t.visits[b, i], np.mean(rewards))
