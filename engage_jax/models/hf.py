@@ -1,0 +1,126 @@
+"""HF checkpoint directories ↔ NNX models: `config.json` + `*.safetensors` (single or sharded), no torch.
+
+Parameter names map one to one onto transformers' (`model.layers.3.self_attn.q_proj.weight`); our
+`kernel`s are `[in, out]`, torch's `weight`s are `[out, in]`, so they are transposed on the way.
+Every load is checked: a missing, unexpected-for-shape or mis-shaped tensor is an error naming it.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from safetensors import SafetensorError, safe_open
+from safetensors.flax import save_file
+
+from engage_jax.models.config import ModelConfig
+from engage_jax.models.llama import CausalLM
+
+SAFE_INDEX = "model.safetensors.index.json"
+
+
+def hf_name(path: tuple) -> tuple[str, bool]:
+  """NNX state path → (transformers tensor name, whether to transpose)."""
+  parts = [str(p) for p in path]
+  transpose = parts[-1] == "kernel"
+  if transpose:
+    parts[-1] = "weight"
+  if parts == ["embed_tokens"]:
+    parts = ["embed_tokens", "weight"]
+  name = ".".join(parts)
+  return (name if parts[0] == "lm_head" else "model." + name), transpose
+
+
+def read_config(model_dir: str | os.PathLike) -> ModelConfig:
+  path = Path(model_dir) / "config.json"
+  if not path.is_file():
+    raise FileNotFoundError(f"{path}: no config.json in model directory")
+  try:
+    hf = json.loads(path.read_text())
+  except json.JSONDecodeError as e:
+    raise ValueError(f"{path}: invalid JSON ({e})") from None
+  return ModelConfig.from_hf_dict(hf, source=str(path))
+
+
+def _safetensor_files(model_dir: Path) -> list[Path]:
+  index = model_dir / SAFE_INDEX
+  if index.is_file():
+    try:
+      weight_map = json.loads(index.read_text())["weight_map"]
+    except (json.JSONDecodeError, KeyError) as e:
+      raise ValueError(f"{index}: malformed safetensors index ({e})") from None
+    files = sorted({model_dir / f for f in weight_map.values()})
+  else:
+    files = sorted(model_dir.glob("*.safetensors"))
+  if not files:
+    bins = list(model_dir.glob("*.bin")) + list(model_dir.glob("*.pt"))
+    hint = " (pickle .bin/.pt checkpoints are not loaded; convert them to safetensors)" if bins else ""
+    raise FileNotFoundError(f"{model_dir}: no *.safetensors files{hint}")
+  missing = [str(f) for f in files if not f.is_file()]
+  if missing:
+    raise FileNotFoundError(f"{index}: shard files listed but missing: {missing}")
+  return files
+
+
+def _read_tensors(files: list[Path]) -> dict[str, jax.Array]:
+  tensors = {}
+  for f in files:
+    try:
+      with safe_open(str(f), framework="flax") as fh:
+        for key in fh.keys():
+          tensors[key] = fh.get_tensor(key)
+    except (SafetensorError, OSError, ValueError) as e:
+      raise ValueError(f"{f}: cannot read safetensors file ({e})") from None
+  return tensors
+
+
+def from_pretrained(model_dir: str | os.PathLike, dtype=jnp.float32, param_dtype=None) -> CausalLM:
+  """Loads an HF Llama/Mistral/Qwen2 directory into a `CausalLM` (params in `param_dtype`,
+  default = `dtype`). Raises naming the tensor on any missing or mis-shaped weight."""
+  model_dir = Path(model_dir)
+  config = read_config(model_dir)
+  param_dtype = param_dtype or dtype
+  abstract = nnx.eval_shape(lambda: CausalLM(config, dtype=dtype, param_dtype=param_dtype, rngs=nnx.Rngs(0)))
+  graphdef, abs_state = nnx.split(abstract)
+  tensors = _read_tensors(_safetensor_files(model_dir))
+  used = set()
+  flat = []
+  for path, var in nnx.to_flat_state(abs_state):
+    name, transpose = hf_name(path)
+    if name not in tensors:
+      raise ValueError(f"{model_dir}: missing tensor {name!r} (needed for {'/'.join(map(str, path))})")
+    arr = tensors[name]
+    arr = arr.T if transpose else arr
+    if tuple(arr.shape) != tuple(var.shape):
+      raise ValueError(f"{model_dir}: tensor {name!r} has shape {tuple(tensors[name].shape)}, expected "
+                       f"{tuple(var.shape)[::-1] if transpose else tuple(var.shape)}")
+    flat.append((path, var.replace(jnp.asarray(arr, dtype=var.dtype))))
+    used.add(name)
+  unexpected = [k for k in tensors if k not in used and not (k == "lm_head.weight" and config.tie_word_embeddings)
+                and "rotary_emb" not in k]
+  if unexpected:
+    raise ValueError(f"{model_dir}: unexpected tensors not used by {config.model_type}: {unexpected[:5]}")
+  return nnx.merge(graphdef, nnx.from_flat_state(flat))
+
+
+def save_pretrained(model: CausalLM, out_dir: str | os.PathLike, dtype=None) -> Path:
+  """Writes `config.json` + `model.safetensors` that `transformers.AutoModelForCausalLM` loads."""
+  out_dir = Path(out_dir)
+  out_dir.mkdir(parents=True, exist_ok=True)
+  tensors = {}
+  for path, var in nnx.to_flat_state(nnx.state(model, nnx.Param)):
+    name, transpose = hf_name(path)
+    arr = jax.device_get(var[...])
+    arr = np.ascontiguousarray(arr.T if transpose else arr)
+    tensors[name] = jnp.asarray(arr, dtype=dtype or arr.dtype)
+  tmp = out_dir / "model.safetensors.tmp"
+  save_file(tensors, str(tmp), metadata={"format": "pt"})
+  os.replace(tmp, out_dir / "model.safetensors")
+  hf = model.config.to_hf_dict()
+  hf["torch_dtype"] = str(jnp.dtype(dtype or next(iter(tensors.values())).dtype))
+  (out_dir / "config.json").write_text(json.dumps(hf, indent=2) + "\n")
+  return out_dir

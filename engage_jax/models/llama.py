@@ -1,0 +1,248 @@
+"""Flax NNX decoder for the Llama family: Llama 2/3 (incl. llama3 rope scaling), Mistral, Qwen2.
+
+RMSNorm → grouped-query attention with rotary embeddings (and optional q/k/v bias) → RMSNorm →
+SwiGLU MLP, tied or untied output embedding. Two entry points:
+
+* `model(input_ids [B, T], attention_mask [B, T], positions [B, T]) -> logits [B, T, V]` (fp32).
+* the KV-cache path: `cache = model.init_cache(B, S)`, then
+  `model.forward_cached(ids [B, T], positions [B, T], cache, cache_index, kv_mask [B, S])
+  -> (hidden [B, T, D], cache)` writes the T new keys/values at slots `cache_index..+T-1` and attends
+  to every slot `s <= slot(t)` with `kv_mask[b, s]`; `model.logits(hidden)` gives the logits.
+
+The cache is a tuple over layers of `(k, v)`, each `[B, KV, S, hd]` (head-major: the decode
+attention einsums run much faster in this layout on CPU than `[B, S, KV, hd]`).
+"""
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from engage_jax.models.config import ModelConfig
+
+KVCache = tuple  # tuple[(k [B, KV, S, hd], v [B, KV, S, hd]), ...] over layers
+_MASK_VALUE = -0.7 * float(jnp.finfo(jnp.float32).max)
+
+
+def _normal(rngs: nnx.Rngs, shape, dtype, std=0.02):
+  return (jax.random.normal(rngs.params(), shape, jnp.float32) * std).astype(dtype)
+
+
+class Linear(nnx.Module):
+  """y = x @ kernel (+ bias); kernel [in, out] (the transpose of torch's `weight`)."""
+
+  def __init__(self, din: int, dout: int, *, use_bias: bool, dtype, param_dtype, rngs: nnx.Rngs):
+    self.kernel = nnx.Param(_normal(rngs, (din, dout), param_dtype))
+    self.bias = nnx.Param(jnp.zeros((dout,), param_dtype)) if use_bias else None
+    self.dtype = dtype
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    y = jnp.dot(x.astype(self.dtype), self.kernel[...].astype(self.dtype))
+    if self.bias is not None:
+      y = y + self.bias[...].astype(self.dtype)
+    return y
+
+
+class RMSNorm(nnx.Module):
+  """x / rms(x) * weight, normalised in fp32 as transformers does."""
+
+  def __init__(self, dim: int, *, eps: float, dtype, param_dtype):
+    self.weight = nnx.Param(jnp.ones((dim,), param_dtype))
+    self.eps = eps
+    self.dtype = dtype
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    x32 = x.astype(jnp.float32)
+    x32 = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+    return self.weight[...].astype(self.dtype) * x32.astype(self.dtype)
+
+
+def rope_inv_freq(config: ModelConfig) -> jax.Array:
+  """Inverse frequencies [hd // 2] including `llama3` / `linear` scaling (as transformers computes them)."""
+  hd = config.head_dim
+  inv = 1.0 / (config.rope_theta ** (jnp.arange(0, hd, 2, dtype=jnp.float32) / hd))
+  scaling = config.rope_scaling or {}
+  rope_type = scaling.get("rope_type", scaling.get("type", "default"))
+  if rope_type == "linear":
+    inv = inv / scaling["factor"]
+  elif rope_type == "llama3":
+    factor, lo, hi = scaling["factor"], scaling["low_freq_factor"], scaling["high_freq_factor"]
+    old_len = scaling["original_max_position_embeddings"]
+    low_wavelen, high_wavelen = old_len / lo, old_len / hi
+    wavelen = 2 * math.pi / inv
+    scaled = jnp.where(wavelen > low_wavelen, inv / factor, inv)
+    smooth = (old_len / wavelen - lo) / (hi - lo)
+    smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+    medium = (wavelen >= high_wavelen) & (wavelen <= low_wavelen)
+    inv = jnp.where(medium, smoothed, scaled)
+  return inv
+
+
+def rope_cos_sin(positions: jax.Array, inv_freq: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """positions [B, T] → cos, sin [B, T, hd] (fp32, halves repeated like transformers)."""
+  freqs = positions.astype(jnp.float32)[..., None] * inv_freq
+  emb = jnp.concatenate([freqs, freqs], axis=-1)
+  return jnp.cos(emb), jnp.sin(emb)
+
+
+def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
+  """x [B, T, N, hd] rotated by cos/sin [B, T, hd] (rotate-half convention)."""
+  half = x.shape[-1] // 2
+  rotated = jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)
+  cos, sin = cos[:, :, None, :].astype(x.dtype), sin[:, :, None, :].astype(x.dtype)
+  return x * cos + rotated * sin
+
+
+class Attention(nnx.Module):
+  """Grouped-query attention; H query heads share KV key/value heads in groups of G = H // KV."""
+
+  def __init__(self, config: ModelConfig, *, dtype, param_dtype, rngs: nnx.Rngs):
+    d, hd = config.hidden_size, config.head_dim
+    self.num_heads, self.num_kv_heads, self.head_dim = config.num_attention_heads, config.num_key_value_heads, hd
+    kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    self.q_proj = Linear(d, self.num_heads * hd, use_bias=config.attention_bias, **kw)
+    self.k_proj = Linear(d, self.num_kv_heads * hd, use_bias=config.attention_bias, **kw)
+    self.v_proj = Linear(d, self.num_kv_heads * hd, use_bias=config.attention_bias, **kw)
+    self.o_proj = Linear(self.num_heads * hd, d, use_bias=False, **kw)
+    self.dtype = dtype
+
+  def __call__(self, x, cos, sin, mask, cache=None, cache_index=None):
+    """x [B, T, D]; cos/sin [B, T, hd]; mask [B, T, S] (True = may attend).
+
+    cache: None (keys are the T new tokens, S == T) or (k, v) [B, KV, S, hd] into which the new
+    keys/values are written at `cache_index`. Returns (out [B, T, D], new (k, v) or None).
+    """
+    b, t, _ = x.shape
+    kv, g, hd = self.num_kv_heads, self.num_heads // self.num_kv_heads, self.head_dim
+    q = apply_rope(self.q_proj(x).reshape(b, t, self.num_heads, hd), cos, sin)
+    k = apply_rope(self.k_proj(x).reshape(b, t, kv, hd), cos, sin).transpose(0, 2, 1, 3)
+    v = self.v_proj(x).reshape(b, t, kv, hd).transpose(0, 2, 1, 3)
+    new_cache = None
+    if cache is not None:
+      zero = jnp.zeros((), jnp.int32)
+      idx = (zero, zero, jnp.asarray(cache_index, jnp.int32), zero)
+      k = jax.lax.dynamic_update_slice(cache[0], k.astype(cache[0].dtype), idx)
+      v = jax.lax.dynamic_update_slice(cache[1], v.astype(cache[1].dtype), idx)
+      new_cache = (k, v)
+    q = q.reshape(b, t, kv, g, hd)
+    scores = jnp.einsum("btkgd,bksd->bkgts", q, k.astype(self.dtype)).astype(jnp.float32)
+    scores = jnp.where(mask[:, None, None], scores * (1.0 / math.sqrt(hd)), _MASK_VALUE)
+    probs = jax.nn.softmax(scores, axis=-1).astype(self.dtype)
+    out = jnp.einsum("bkgts,bksd->btkgd", probs, v.astype(self.dtype)).reshape(b, t, self.num_heads * hd)
+    return self.o_proj(out), new_cache
+
+
+class MLP(nnx.Module):
+  """SwiGLU: down(silu(gate(x)) * up(x))."""
+
+  def __init__(self, config: ModelConfig, *, dtype, param_dtype, rngs: nnx.Rngs):
+    d, f = config.hidden_size, config.intermediate_size
+    kw = dict(use_bias=False, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    self.gate_proj = Linear(d, f, **kw)
+    self.up_proj = Linear(d, f, **kw)
+    self.down_proj = Linear(f, d, **kw)
+
+  def __call__(self, x):
+    return self.down_proj(jax.nn.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class DecoderLayer(nnx.Module):
+  def __init__(self, config: ModelConfig, *, dtype, param_dtype, rngs: nnx.Rngs):
+    norm = dict(eps=config.rms_norm_eps, dtype=dtype, param_dtype=param_dtype)
+    self.input_layernorm = RMSNorm(config.hidden_size, **norm)
+    self.self_attn = Attention(config, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    self.post_attention_layernorm = RMSNorm(config.hidden_size, **norm)
+    self.mlp = MLP(config, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+
+  def __call__(self, x, cos, sin, mask, cache=None, cache_index=None):
+    h, new_cache = self.self_attn(self.input_layernorm(x), cos, sin, mask, cache, cache_index)
+    x = x + h
+    return x + self.mlp(self.post_attention_layernorm(x)), new_cache
+
+
+class CausalLM(nnx.Module):
+  """Llama-family causal LM (see module docstring for shapes)."""
+
+  def __init__(self, config: ModelConfig, *, dtype=jnp.float32, param_dtype=jnp.float32,
+               rngs: nnx.Rngs | None = None):
+    rngs = rngs if rngs is not None else nnx.Rngs(0)
+    self.config = config
+    self.dtype = dtype
+    self.embed_tokens = nnx.Param(_normal(rngs, (config.vocab_size, config.hidden_size), param_dtype))
+    self.layers = nnx.List([DecoderLayer(config, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+                            for _ in range(config.num_hidden_layers)])
+    self.norm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps, dtype=dtype, param_dtype=param_dtype)
+    self.lm_head = None if config.tie_word_embeddings else Linear(
+        config.hidden_size, config.vocab_size, use_bias=False, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+
+  # ------------------------------------------------------------------ pieces
+  def embed(self, input_ids: jax.Array) -> jax.Array:
+    """input_ids [B, T] int → [B, T, D]."""
+    return jnp.take(self.embed_tokens[...], input_ids, axis=0).astype(self.dtype)
+
+  def logits(self, hidden: jax.Array) -> jax.Array:
+    """hidden [..., D] (already final-normed) → fp32 logits [..., V]."""
+    if self.lm_head is None:
+      out = jnp.dot(hidden, self.embed_tokens[...].astype(self.dtype).T)
+    else:
+      out = self.lm_head(hidden)
+    return out.astype(jnp.float32)
+
+  def _window(self, q_pos: jax.Array, k_pos: jax.Array) -> jax.Array | bool:
+    w = self.config.sliding_window
+    return True if w is None else (q_pos[..., :, None] - k_pos[..., None, :]) < w
+
+  # ------------------------------------------------------------------ full forward
+  def __call__(self, input_ids: jax.Array, attention_mask: jax.Array | None = None,
+               positions: jax.Array | None = None) -> jax.Array:
+    """input_ids [B, T], attention_mask [B, T] (1 = real token; left or right padding),
+    positions [B, T] (default: cumsum(mask) - 1) → logits [B, T, V] fp32."""
+    return self.logits(self.hidden_states(input_ids, attention_mask, positions))
+
+  def hidden_states(self, input_ids, attention_mask=None, positions=None) -> jax.Array:
+    """Final-normed hidden states [B, T, D] of the full (uncached) forward pass."""
+    b, t = input_ids.shape
+    if attention_mask is None:
+      attention_mask = jnp.ones((b, t), jnp.int32)
+    attention_mask = attention_mask.astype(bool)
+    if positions is None:
+      positions = jnp.maximum(jnp.cumsum(attention_mask, axis=-1) - 1, 0)
+    slots = jnp.arange(t)
+    mask = (slots[None, :] <= slots[:, None])[None] & attention_mask[:, None, :]
+    mask = mask & self._window(slots, slots)
+    cos, sin = rope_cos_sin(positions, rope_inv_freq(self.config))
+    x = self.embed(input_ids)
+    for layer in self.layers:
+      x, _ = layer(x, cos, sin, mask)
+    return self.norm(x)
+
+  # ------------------------------------------------------------------ KV-cache path
+  def init_cache(self, batch: int, max_len: int, dtype=None) -> KVCache:
+    """Zeroed cache: per layer (k, v) of shape [B, KV, S, hd]."""
+    c = self.config
+    shape = (batch, c.num_key_value_heads, max_len, c.head_dim)
+    dtype = dtype or self.dtype
+    return tuple((jnp.zeros(shape, dtype), jnp.zeros(shape, dtype)) for _ in range(c.num_hidden_layers))
+
+  def forward_cached(self, input_ids, positions, cache: KVCache, cache_index, kv_mask):
+    """ids/positions [B, T]; cache per layer [B, KV, S, hd]; kv_mask [B, S] (1 = slot holds a real
+    token, including the T being written). Returns (final-normed hidden [B, T, D], new cache)."""
+    t, s = input_ids.shape[1], kv_mask.shape[1]
+    q_slots = cache_index + jnp.arange(t)
+    k_slots = jnp.arange(s)
+    mask = (k_slots[None, :] <= q_slots[:, None])[None] & kv_mask.astype(bool)[:, None, :]
+    mask = mask & self._window(q_slots, k_slots)
+    cos, sin = rope_cos_sin(positions, rope_inv_freq(self.config))
+    x = self.embed(input_ids)
+    new_cache = []
+    for layer, layer_cache in zip(self.layers, cache):
+      x, c = layer(x, cos, sin, mask, layer_cache, cache_index)
+      new_cache.append(c)
+    return self.norm(x), tuple(new_cache)
+
+  def decode(self, input_ids, positions, cache: KVCache, cache_index, kv_mask):
+    """`forward_cached` followed by `logits`: returns (logits [B, T, V] fp32, new cache)."""
+    hidden, cache = self.forward_cached(input_ids, positions, cache, cache_index, kv_mask)
+    return self.logits(hidden), cache

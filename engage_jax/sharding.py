@@ -1,0 +1,141 @@
+"""Device mesh and sharding rules: the one place that says how arrays are laid out over devices.
+
+Mesh axes: `data` (pure data parallel), `fsdp` (data parallel with parameters sharded over it),
+`tensor` (heads / MLP / vocab split). Parameters get *logical* axis names from `PARAM_RULES`
+(regex on the NNX state path); `LOGICAL_TO_MESH` maps logical names to mesh axes. A dimension
+that a mesh axis does not divide is replicated instead (reported once per tensor at placement).
+
+    mesh = make_mesh(data=2, fsdp=4, tensor=1)
+    model = shard_model(model, mesh)                    # params placed with NamedSharding
+    step = jax.jit(fn, in_shardings=(state_sharding(mesh, state), batch_sharding(mesh, 2)), ...)
+"""
+from __future__ import annotations
+
+import logging
+import math
+import re
+from typing import Sequence
+
+import jax
+import numpy as np
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+MESH_AXES = ("data", "fsdp", "tensor")
+
+# Logical axis name → mesh axis (or axes). None = replicated.
+LOGICAL_TO_MESH: dict[str, str | tuple[str, ...] | None] = {
+    "batch": ("data", "fsdp"),
+    "embed": "fsdp",
+    "heads": "tensor",
+    "kv_heads": "tensor",
+    "mlp": "tensor",
+    "vocab": "tensor",
+    "norm": None,
+    "length": None,
+    "head_dim": None,
+}
+
+# NNX parameter path (joined with "/") → logical axes of the array, first match wins.
+PARAM_RULES: tuple[tuple[str, tuple[str, ...]], ...] = (
+    (r"embed_tokens$", ("vocab", "embed")),
+    (r"q_proj/kernel$", ("embed", "heads")),
+    (r"(k|v)_proj/kernel$", ("embed", "kv_heads")),
+    (r"q_proj/bias$", ("heads",)),
+    (r"(k|v)_proj/bias$", ("kv_heads",)),
+    (r"o_proj/kernel$", ("heads", "embed")),
+    (r"(gate|up)_proj/kernel$", ("embed", "mlp")),
+    (r"down_proj/kernel$", ("mlp", "embed")),
+    (r"lm_head/kernel$", ("embed", "vocab")),
+    (r"(layernorm|norm)/weight$", ("norm",)),
+)
+
+_log = logging.getLogger(__name__)
+
+
+def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1, devices: Sequence | None = None) -> Mesh:
+  """A (data, fsdp, tensor) mesh; one size may be -1 to take the remaining devices."""
+  devices = list(devices) if devices is not None else jax.devices()
+  sizes = [data, fsdp, tensor]
+  if sizes.count(-1) > 1:
+    raise ValueError(f"mesh sizes {sizes}: at most one axis may be -1")
+  known = math.prod(s for s in sizes if s != -1)
+  if -1 in sizes:
+    if len(devices) % known:
+      raise ValueError(f"mesh sizes {sizes} do not divide {len(devices)} devices")
+    sizes[sizes.index(-1)] = len(devices) // known
+  if math.prod(sizes) != len(devices):
+    raise ValueError(f"mesh (data, fsdp, tensor)={tuple(sizes)} needs {math.prod(sizes)} devices, "
+                     f"have {len(devices)}")
+  return Mesh(np.asarray(devices).reshape(sizes), MESH_AXES)
+
+
+def path_str(path: tuple) -> str:
+  return "/".join(str(p) for p in path)
+
+
+def logical_axes(path: tuple, ndim: int) -> tuple[str | None, ...]:
+  """Logical axis names for the parameter at NNX `path` (replicated if no rule matches)."""
+  name = path_str(path)
+  for pattern, axes in PARAM_RULES:
+    if re.search(pattern, name):
+      if len(axes) != ndim:
+        raise ValueError(f"sharding rule {pattern!r} gives {len(axes)} axes for {name} of rank {ndim}")
+      return axes
+  return (None,) * ndim
+
+
+def logical_to_spec(mesh: Mesh, axes: Sequence[str | None], shape: Sequence[int] | None = None) -> P:
+  """PartitionSpec for logical `axes`; dims that the mesh axes do not divide are replicated."""
+  spec = []
+  for i, ax in enumerate(axes):
+    mesh_ax = LOGICAL_TO_MESH.get(ax) if ax is not None else None
+    if mesh_ax is not None:
+      names = (mesh_ax,) if isinstance(mesh_ax, str) else tuple(mesh_ax)
+      names = tuple(n for n in names if mesh.shape[n] > 1)
+      size = math.prod(mesh.shape[n] for n in names)
+      if not names or (shape is not None and shape[i] % size):
+        mesh_ax = None
+      else:
+        mesh_ax = names[0] if len(names) == 1 else names
+    spec.append(mesh_ax)
+  return P(*spec)
+
+
+def param_sharding(mesh: Mesh, path: tuple, shape: Sequence[int]) -> NamedSharding:
+  return NamedSharding(mesh, logical_to_spec(mesh, logical_axes(path, len(shape)), shape))
+
+
+def state_sharding(mesh: Mesh, state: nnx.State) -> nnx.State:
+  """A State of NamedShardings with the same structure as `state` (for jit in/out shardings)."""
+  flat = [(path, var.replace(param_sharding(mesh, path, var.shape))) for path, var in nnx.to_flat_state(state)]
+  return nnx.from_flat_state(flat)
+
+
+def shard_model(model: nnx.Module, mesh: Mesh) -> nnx.Module:
+  """Places every parameter of `model` with its NamedSharding on `mesh` (in place; returns model)."""
+  state = nnx.state(model)
+  flat = [(path, var.replace(jax.device_put(var[...], param_sharding(mesh, path, var.shape))))
+          for path, var in nnx.to_flat_state(state)]
+  nnx.update(model, nnx.from_flat_state(flat))
+  return model
+
+
+def batch_sharding(mesh: Mesh, ndim: int) -> NamedSharding:
+  """Leading (batch) dim over (data, fsdp); the rest replicated."""
+  return NamedSharding(mesh, logical_to_spec(mesh, ("batch",) + (None,) * (ndim - 1)))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P())
+
+
+def batch_divisor(mesh: Mesh) -> int:
+  """Global batch sizes must be multiples of this (the data × fsdp extent)."""
+  return mesh.shape["data"] * mesh.shape["fsdp"]
+
+
+def check_batch(mesh: Mesh, batch_size: int, what: str = "batch size") -> None:
+  d = batch_divisor(mesh)
+  if batch_size % d:
+    raise ValueError(f"{what} {batch_size} is not divisible by the data×fsdp mesh extent {d}")

@@ -1,0 +1,55 @@
+"""Run in a subprocess with 8 forced host devices: sharded forward == unsharded forward."""
+from __future__ import annotations
+
+import os
+import sys
+
+os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+from flax import nnx  # noqa: E402
+
+from engage_jax import sharding  # noqa: E402
+from engage_jax.models import CausalLM, ModelConfig  # noqa: E402
+
+
+def main() -> int:
+  assert jax.device_count() == 8, jax.devices()
+  config = ModelConfig(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                       num_attention_heads=8, num_key_value_heads=4)
+  ids = jnp.asarray(np.random.RandomState(0).randint(0, 128, (8, 12)))
+  mask = jnp.ones((8, 12), jnp.int32).at[1, :5].set(0)
+  ref_model = CausalLM(config, rngs=nnx.Rngs(0))
+  ref = np.asarray(ref_model(ids, attention_mask=mask))
+  for shape in [(8, 1, 1), (2, 4, 1), (1, 2, 4)]:
+    mesh = sharding.make_mesh(*shape)
+    model = sharding.shard_model(CausalLM(config, rngs=nnx.Rngs(0)), mesh)
+    graphdef, state = nnx.split(model)
+    state_sh = sharding.state_sharding(mesh, state)
+    q = model.layers[0].self_attn.q_proj.kernel[...]
+    spec = q.sharding.spec
+    if shape[1] > 1:
+      assert spec[0] == "fsdp", (shape, spec)
+      assert len(q.addressable_shards) == 8 and q.addressable_shards[0].data.shape[0] == 64 // shape[1], spec
+    if shape[2] > 1:
+      assert spec[1] == "tensor", (shape, spec)
+      assert q.addressable_shards[0].data.shape[1] == 64 // shape[2], spec
+
+    def fwd(state, ids, mask):
+      return nnx.merge(graphdef, state)(ids, attention_mask=mask)
+
+    fwd = jax.jit(fwd, in_shardings=(state_sh, sharding.batch_sharding(mesh, 2), sharding.batch_sharding(mesh, 2)),
+                  out_shardings=sharding.batch_sharding(mesh, 3))
+    out = fwd(state, ids, mask)
+    assert out.sharding.spec[0] is not None or shape[0] * shape[1] == 1, out.sharding
+    err = float(np.abs(np.asarray(out) - ref).max())
+    print(f"mesh {shape}: q_proj spec {spec}, max |diff| {err:.2e}")
+    assert err < 1e-5, (shape, err)
+  print("OK")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
