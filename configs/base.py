@@ -1,0 +1,122 @@
+"""Shared config schema: every config file starts from `base.get_config()` and overrides it.
+
+Sections: data, tokenizer, model (agent + simulator), mesh, sft, dpo, search, eval, reward.
+Launchers take `--config=configs/<name>.py` and `--config.<section>.<key>=value` overrides; an
+unknown key is an error (ml_collections ConfigDicts are locked).
+"""
+from __future__ import annotations
+
+import ml_collections
+
+
+def model_config(**overrides) -> ml_collections.ConfigDict:
+  """A from-scratch model (ModelConfig fields) or, with `path`, a pretrained HF directory."""
+  cfg = ml_collections.ConfigDict(dict(
+      path="",               # HF model dir; when set, the fields below are read from its config.json
+      model_type="llama",
+      hidden_size=128,
+      intermediate_size=352,
+      num_hidden_layers=2,
+      num_attention_heads=4,
+      num_key_value_heads=2,
+      max_position_embeddings=512,
+      tie_word_embeddings=True,
+      rope_theta=10000.0,
+  ))
+  cfg.update(overrides)
+  return cfg
+
+
+def get_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.name = "base"
+  c.task = "es"                     # "es" | "p4g"
+  c.seed = 0
+
+  c.data = ml_collections.ConfigDict(dict(
+      source="sandbox",             # "sandbox" | "esconv" | "p4g"
+      path="",                      # real data dir (esconv/ or p4g/ files), e.g. ../shared/data/esconv
+      sandbox_train=1500,           # sandbox dialogues for SFT
+      sandbox_valid=150,
+      max_len=256,                  # SFT example length (tokens), left-truncated
+      skip_bad=False,               # skip malformed records (reported) instead of failing
+      max_train_dialogues=0,        # 0 = all (real data: subsample for tiny CPU runs)
+  ))
+  c.tokenizer = ml_collections.ConfigDict(dict(
+      path="",                      # HF tokenizer dir; empty = train a byte-level BPE on the corpus
+      vocab_size=1024,
+  ))
+  c.model = ml_collections.ConfigDict(dict(
+      dtype="float32",              # compute dtype: float32 | bfloat16
+      param_dtype="float32",
+      agent=model_config(),
+      simulator=model_config(),
+  ))
+  c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+
+  c.sft = ml_collections.ConfigDict(dict(
+      agent_steps=600,
+      simulator_steps=600,
+      batch_size=32,
+      learning_rate=3e-3,
+      warmup_steps=30,
+      weight_decay=0.01,
+      grad_clip=1.0,
+      grad_accum=1,
+      log_every=50,
+      eval_every=200,
+      checkpoint_every=200,
+      keep_checkpoints=2,
+  ))
+  c.dpo = ml_collections.ConfigDict(dict(
+      beta=0.1,
+      loss_type="sigmoid",          # sigmoid | ipo | hinge | robust
+      label_smoothing=0.0,
+      steps=200,
+      batch_size=16,
+      learning_rate=5e-4,
+      warmup_steps=10,
+      weight_decay=0.0,
+      grad_clip=1.0,
+      grad_accum=1,
+      max_len=256,
+      log_every=20,
+      checkpoint_every=100,
+      keep_checkpoints=2,
+  ))
+  c.search = ml_collections.ConfigDict(dict(
+      n_conditions=48,              # trees (one per training condition)
+      trees_per_shard=16,
+      k=3,
+      budget=8,                     # expansions per tree
+      max_depth=3,
+      max_turns=4,
+      selection="uct",
+      c=1.0,
+      margin=0.2,
+      prune_similarity=0.95,
+      max_live=0,
+      temperature=0.9,
+      top_p=0.9,
+      max_new_tokens=32,
+      sim_temperature=0.3,
+      sim_max_new_tokens=32,
+      max_prompt_len=256,
+  ))
+  c.eval = ml_collections.ConfigDict(dict(
+      n_conditions=100,             # held-out conditions
+      samples_per_condition=2,      # seeds per condition (same for SFT and DPO)
+      max_agent_turns=4,
+      temperature=0.7,
+      top_p=0.9,
+      max_new_tokens=32,
+      sim_temperature=0.3,
+      sim_max_new_tokens=32,
+      max_prompt_len=256,
+  ))
+  c.reward = ml_collections.ConfigDict(dict(
+      es_pattern="",                # empty = engage_jax.rewards.DEFAULT_ES_PATTERN
+      es_last_n=2,
+      donation_cap=2.0,
+  ))
+  return c
