@@ -14,7 +14,7 @@ batched sampling call per role.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping, Protocol, Sequence
+from typing import Any, Callable, Mapping, Protocol, Sequence
 
 import numpy as np
 
@@ -177,10 +177,14 @@ class ModelEnv:
 
   agent, simulator: `engage_jax.rollout.Speaker`s (model, tokenizer, lengths, sampling params).
   reward_cfg: passed to `rollout.simulate`. max_turns: the conversation's cap in agent turns.
+  logprobs: score the agent's candidates (PUCT prior); otherwise agent_logprob = 0.0.
+  strategy_fn: labels agent texts with a strategy (e.g. `data.sandbox.strategy_of`), which pairs
+    report as meta.chosen_strategy / rejected_strategy.
   """
 
   def __init__(self, agent: Any, simulator: Any, *, task: str, reward_cfg: Any, max_turns: int,
-               logprobs: bool = True):
+               logprobs: bool = True, strategy_fn: Callable[[str], str | None] | None = None):
+    self.strategy_fn = strategy_fn
     self.agent = agent
     self.simulator = simulator
     self.task = task
@@ -191,7 +195,8 @@ class ModelEnv:
 
   @classmethod
   def from_config(cls, agent_model, simulator_model, tokenizer, cfg, *, task: str, reward_cfg: Any,
-                  max_prompt_len: int = 512, logprobs: bool | None = None) -> "ModelEnv":
+                  max_prompt_len: int = 512, logprobs: bool | None = None,
+                  strategy_fn: Callable[[str], str | None] | None = None) -> "ModelEnv":
     """Builds both Speakers from a `SearchConfig` (agent/simulator sampling settings, turn cap)."""
     from engage_jax import rollout
     agent = rollout.Speaker(agent_model, tokenizer, max_prompt_len, cfg.max_new_tokens,
@@ -201,7 +206,7 @@ class ModelEnv:
     if logprobs is None:
       logprobs = cfg.selection == "puct"
     return cls(agent, sim, task=task, reward_cfg=reward_cfg, max_turns=cfg.max_turns,
-               logprobs=logprobs)
+               logprobs=logprobs, strategy_fn=strategy_fn)
 
   def _prompt(self, messages: list[dict], max_len: int) -> list[int]:
     ids = self.tokenizer.apply_chat(messages, add_generation_prompt=True)
@@ -226,7 +231,8 @@ class ModelEnv:
       a_lp = sequence_logprobs(self.agent.model, a_prompts, a_ids)
     else:
       a_lp = [0.0] * len(rows)
-    agent_turns = [Turn(AGENT, t) for t in a_texts]
+    agent_turns = [Turn(AGENT, t, self.strategy_fn(t) if self.strategy_fn else None)
+                   for t in a_texts]
     s_prompts = [self._prompt(chat.simulator_messages(h.task, h.condition, list(h.turns) + [a]),
                               self.simulator.max_prompt_len)
                  for (_, h), a in zip(rows, agent_turns)]
@@ -252,37 +258,53 @@ def _clean(text: str) -> str:
   return text.strip()
 
 
-def sequence_logprobs(model, prompts: list[list[int]], completions: list[list[int]],
-                      bucket: int = 64) -> list[float]:
-  """Sum of log p(completion | prompt) per row under `model` (one batched forward pass).
+_SCORE_JIT: dict = {}
 
-  prompts, completions: ragged token ids; rows are left-padded to a length rounded up to
-  `bucket` (so few shapes compile), batch rounded up to a power of two.
-  Returns a list of B floats (fp32 log-softmax).
-  """
+
+def _score_core(graphdef, state, ids, mask, target):
+  """Sum over t of target[b, t] * log p(ids[b, t + 1] | ids[b, :t + 1]) → [B] fp32."""
+  from flax import nnx
   import jax
   import jax.numpy as jnp
+  model = nnx.merge(graphdef, state)
+  positions = jnp.maximum(jnp.cumsum(mask, axis=1) - 1, 0)
+  logits = model(ids, attention_mask=mask, positions=positions)
+  logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+  nxt = jnp.concatenate([ids[:, 1:], jnp.zeros_like(ids[:, :1])], axis=1)
+  tok_lp = jnp.take_along_axis(logp, nxt[..., None], axis=-1)[..., 0]
+  return jnp.sum(tok_lp * target, axis=-1)
+
+
+def sequence_logprobs(model, prompts: list[list[int]], completions: list[list[int]],
+                      bucket: int = 64) -> list[float]:
+  """Sum of log p(completion | prompt) per row under `model` (one jitted forward pass).
+
+  prompts, completions: ragged token ids. Rows are left-padded to a length rounded up to a
+  multiple of `bucket` and the batch to a power of two (>= 8), so few shapes compile; the
+  jitted function is cached per model graph. Returns a list of len(prompts) floats (fp32).
+  """
+  import jax
+  from flax import nnx
   n = len(prompts)
   if n == 0:
     return []
   seqs = [list(p) + list(c) for p, c in zip(prompts, completions)]
   t = max(1, max(len(s) for s in seqs))
   t = -(-t // bucket) * bucket
-  bsz = 1 << (n - 1).bit_length()
+  bsz = 1 << (max(n, 8) - 1).bit_length()
   ids = np.zeros((bsz, t), np.int32)
   mask = np.zeros((bsz, t), np.int32)
   target = np.zeros((bsz, t), np.float32)  # 1 where position t predicts a completion token
   for r, (p, c) in enumerate(zip(prompts, completions)):
-    s = seqs[r]
-    off = t - len(s)
-    ids[r, off:] = s
+    off = t - len(seqs[r])
+    ids[r, off:] = seqs[r]
     mask[r, off:] = 1
-    target[r, off + len(p) - 1: off + len(s) - 1] = 1.0
-  positions = np.maximum(np.cumsum(mask, axis=1) - 1, 0).astype(np.int32)
-  logits = model(jnp.asarray(ids), attention_mask=jnp.asarray(mask),
-                 positions=jnp.asarray(positions))
-  logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-  nxt = jnp.asarray(np.concatenate([ids[:, 1:], np.zeros((bsz, 1), np.int32)], axis=1))
-  tok_lp = jnp.take_along_axis(logp, nxt[..., None], axis=-1)[..., 0]
-  total = np.asarray(jnp.sum(tok_lp * jnp.asarray(target), axis=-1))
+    if c:
+      target[r, off + len(p) - 1: off + len(seqs[r]) - 1] = 1.0
+  graphdef, state = nnx.split(model)
+  fn = _SCORE_JIT.get(graphdef)
+  if fn is None:
+    import functools
+    fn = _SCORE_JIT[graphdef] = jax.jit(functools.partial(_score_core, graphdef))
+  total = np.asarray(jax.device_get(fn(state, ids, mask, target)))
   return [float(x) for x in total[:n]]
