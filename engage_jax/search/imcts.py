@@ -92,6 +92,24 @@ class SearchConfig:
   seed: int = 0
   required_condition: tuple[str, ...] | None = None
 
+  # keys of the launcher's `config.search` section that are not SearchConfig fields
+  RUNNER_KEYS = ("n_conditions", "trees_per_shard", "max_prompt_len")
+
+  @classmethod
+  def from_dict(cls, d, **overrides) -> "SearchConfig":
+    """From a mapping / ml_collections ConfigDict (e.g. `config.search`); keys in RUNNER_KEYS are
+    skipped, any other unknown key is a ValueError."""
+    d = dict(d.to_dict() if hasattr(d, "to_dict") else d)
+    d.update(overrides)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(k for k in d if k not in names and k not in cls.RUNNER_KEYS)
+    if unknown:
+      raise ValueError(f"SearchConfig: unknown keys {unknown}; known: {sorted(names)}")
+    kw = {k: v for k, v in d.items() if k in names}
+    if kw.get("required_condition") is not None:
+      kw["required_condition"] = tuple(kw["required_condition"])
+    return cls(**kw)
+
 
 def validate(roots: Sequence[Dialogue], cfg: SearchConfig, env: Env | None = None) -> None:
   """Raises ValueError on a bad config or root (before any model call)."""

@@ -77,3 +77,15 @@ def test_p4g_root_with_empty_turns_is_fine():
   root = Dialogue("p", "p4g", [], {"persona": "student, 22"})
   t = search(env, [root], SearchConfig(budget=2, max_turns=6, prune_similarity=None))
   assert int(t.expansions[0]) == 2
+
+
+def test_config_from_launcher_section():
+  section = {"n_conditions": 48, "trees_per_shard": 16, "k": 3, "budget": 8, "max_depth": 3,
+             "max_turns": 4, "selection": "uct", "c": 1.0, "margin": 0.2,
+             "prune_similarity": 0.95, "max_live": 0, "temperature": 0.9, "top_p": 0.9,
+             "max_new_tokens": 32, "sim_temperature": 0.3, "sim_max_new_tokens": 32,
+             "max_prompt_len": 256}
+  cfg = SearchConfig.from_dict(section, seed=3)
+  assert cfg.budget == 8 and cfg.max_turns == 4 and cfg.seed == 3
+  with pytest.raises(ValueError, match="budgett"):
+    SearchConfig.from_dict({"budgett": 3})
