@@ -96,8 +96,10 @@ class ChatTokenizer:
     """`encode` over many texts in one call (faster)."""
     if not texts:
       return []
-    out = self.hf(list(texts), add_special_tokens=False)["input_ids"]
-    return [list(x) for x in out]
+    backend = getattr(self.hf, "backend_tokenizer", None)
+    if backend is None:
+      return [list(x) for x in self.hf(list(texts), add_special_tokens=False)["input_ids"]]
+    return [e.ids for e in backend.encode_batch(list(texts), add_special_tokens=False)]
 
   def decode(self, ids: Iterable[int]) -> str:
     """Text of `ids`, special tokens skipped."""
@@ -106,8 +108,25 @@ class ChatTokenizer:
 
   def render_chat(self, messages: Sequence[dict], add_generation_prompt: bool = False) -> str:
     """The chat template's text for `messages` (list of {"role", "content"})."""
+    template = self._compiled_template()
+    if template is not None:
+      return template.render(messages=list(messages), add_generation_prompt=add_generation_prompt,
+                             **self._template_kwargs)
     return self.hf.apply_chat_template(list(messages), tokenize=False,
                                        add_generation_prompt=add_generation_prompt)
+
+  def _compiled_template(self):
+    """The jinja template compiled the way transformers does (cached); None → use
+    `apply_chat_template` (the reference; tests check both give the same text)."""
+    if not hasattr(self, "_template"):
+      self._template = None
+      try:
+        from transformers.utils.chat_template_utils import _compile_jinja_template
+        self._template = _compile_jinja_template(self.hf.chat_template)
+        self._template_kwargs = dict(self.hf.special_tokens_map)
+      except Exception:  # private helper moved: fall back to the public API
+        self._template = None
+    return self._template
 
   def apply_chat(self, messages: Sequence[dict], add_generation_prompt: bool = False) -> list[int]:
     """Token ids of the rendered chat (the template supplies bos / role / end tokens)."""

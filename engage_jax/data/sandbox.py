@@ -90,7 +90,7 @@ ES_TEMPLATES = {
         "a short walk each day could be good for you ."),
 }
 ES_OPENING = "hi . i feel {adj} because of {phrase} ."
-ES_SITUATION = "i feel {adj} about {phrase} and i do not know what to do ."
+ES_SITUATION = "i feel {adj} about {phrase} ."
 ES_ENGAGED = ("thank you , i feel much better now .", "that really helps , thanks .",
               "you have been a great help , thank you .")
 ES_CONTINUE = ("i still feel {adj} about it .", "it is still hard for me .",

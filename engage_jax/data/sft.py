@@ -1,0 +1,311 @@
+"""SFT examples: token ids + loss masks for the agent and the user simulator, bucketed batches.
+
+Examples (one per target message):
+- agent: `agent_messages(task, turns)` up to and including agent turn j; the target is that agent
+  turn's tokens plus the end-of-turn token.
+- simulator: `simulator_messages(task, condition, turns, mark_end=True)` (turns after the user's
+  last turn are dropped, so the simulator always ends a chat with END_MARKER on its own turn);
+  the target is each user turn. For P4G dialogues with an outcome["donation"], one more example:
+  the full chat + "user": OUTCOME_REQUEST → "assistant": `outcome_line(donation)`.
+
+Loss-mask convention: `loss_mask[t] = 1` means token `input_ids[t]` is a target, i.e. the loss
+at position t uses `logits[t - 1]` (see `next_token_arrays`). Masked-in tokens are exactly the
+target message's content tokens and its end-of-turn token (never the role header, never pad).
+
+Truncation: history is dropped oldest-message-first (the system message is always kept) until
+the example fits `max_len`; the target stays intact. If the system message + target alone do not
+fit, the target's tail is cut. Token sequences are built by concatenating per-message token
+segments taken from incremental renders of the chat template; this needs a template whose
+rendering of a message does not depend on the other messages (ours, Llama 3, Qwen 2, Mistral
+all qualify) and is checked (ValueError otherwise).
+
+Padding: right-padded with `pad_id` into fixed length buckets (powers of two from `min_bucket`
+up to `max_len`, plus `max_len`), so a jit step compiles once per bucket.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Iterator, Sequence
+
+import numpy as np
+
+from engage_jax.data.chat import OUTCOME_REQUEST, agent_messages, outcome_line, simulator_messages
+from engage_jax.data.dialogue import USER, Dialogue
+
+ARRAY_KEYS = ("input_ids", "loss_mask", "attention_mask")
+
+
+@dataclasses.dataclass
+class Example:
+  """One SFT example. input_ids / loss_mask: equal-length lists; kind: agent|simulator|outcome."""
+  input_ids: list[int]
+  loss_mask: list[int]
+  dialogue_id: str = ""
+  kind: str = "agent"
+
+
+def _is_prefix(a: Sequence[int], b: Sequence[int]) -> bool:
+  return len(a) <= len(b) and list(b[:len(a)]) == list(a)
+
+
+def _message_tokens(tok, messages, targets, dialogue_id):
+  """(head, segs, headers, bodies): head = tokens of the system message's render (incl. bos);
+  segs[k] = tokens message k adds (k >= 1); for target j, headers[j] + bodies[j] = the tokens of
+  message j rendered after a generation prompt (headers[j] = the generation prompt's tokens).
+
+  Fast path: split the rendered *strings* at message boundaries and encode the pieces once
+  (O(total length)); checked against an encode of the whole chat. Fallback: encode every prefix
+  render (O(length^2)); raises ValueError if the template is not prefix-additive.
+  """
+  last = max(targets)
+  strs = [tok.render_chat(messages[:k + 1]) for k in range(last + 1)]  # strs[k]: messages 0..k
+  gens = {j: tok.render_chat(messages[:j], add_generation_prompt=True) for j in targets}
+  ok = all(strs[k].startswith(strs[k - 1]) for k in range(1, last + 1)) and all(
+      gens[j].startswith(strs[j - 1]) and strs[j].startswith(gens[j]) for j in targets)
+  if ok:
+    pieces = [strs[0]] + [strs[k][len(strs[k - 1]):] for k in range(1, last + 1)]
+    pieces += [gens[j][len(strs[j - 1]):] for j in targets]
+    pieces += [strs[j][len(gens[j]):] for j in targets]
+    enc = tok.encode_batch(pieces + [strs[last]])
+    head, segs = enc[0], [None] + enc[1:last + 1]
+    hs = enc[last + 1:last + 1 + len(targets)]
+    bs = enc[last + 1 + len(targets):last + 1 + 2 * len(targets)]
+    headers, bodies = dict(zip(targets, hs)), dict(zip(targets, bs))
+    ok = (list(head) + [t for k in range(1, last + 1) for t in segs[k]] == list(enc[-1]) and
+          all(list(headers[j]) + list(bodies[j]) == list(segs[j]) for j in targets))
+    if ok:
+      return head, segs, headers, bodies
+  enc = tok.encode_batch(strs + [gens[j] for j in targets])
+  full, gen_ids = enc[:last + 1], dict(zip(targets, enc[last + 1:]))
+  for k in range(1, last + 1):
+    if not _is_prefix(full[k - 1], full[k]):
+      raise ValueError(f"dialogue {dialogue_id!r}: chat template is not prefix-additive at "
+                       f"message {k}; cannot build SFT examples by segments")
+  segs = [None] + [full[k][len(full[k - 1]):] for k in range(1, last + 1)]
+  headers, bodies = {}, {}
+  for j in targets:
+    g = gen_ids[j]
+    if not (_is_prefix(full[j - 1], g) and _is_prefix(g, full[j])):
+      raise ValueError(f"dialogue {dialogue_id!r}: generation prompt is not a prefix of the "
+                       f"rendered message {j}")
+    headers[j], bodies[j] = g[len(full[j - 1]):], full[j][len(g):]
+  return full[0], segs, headers, bodies
+
+
+def examples_from_messages(tok, messages: Sequence[dict], max_len: int, *, dialogue_id: str = "",
+                           kind: str = "agent", targets: Sequence[int] | None = None,
+                           stats: dict | None = None) -> list[Example]:
+  """One example per target message (default: every "assistant" message).
+
+  messages[0] must be the system message. stats (optional dict) gets counters "truncated"
+  (history dropped), "target_cut" (target tail cut) and "dropped" (prompt alone > max_len).
+  """
+  if not messages or messages[0]["role"] != "system":
+    raise ValueError(f"dialogue {dialogue_id!r}: messages must start with a system message")
+  n = len(messages)
+  if targets is None:
+    targets = [j for j in range(1, n) if messages[j]["role"] == "assistant"]
+  if not targets:
+    return []
+  head, segs, headers, bodies = _message_tokens(tok, messages, targets, dialogue_id)
+  eot = tok.end_of_turn_id
+  out = []
+  for j in targets:
+    header, target = headers[j], bodies[j]
+    if eot in target:
+      target = target[:target.index(eot) + 1]
+    fixed = len(head) + len(header)
+    budget = max_len - fixed - len(target)
+    start = 1
+    hist_len = sum(len(segs[k]) for k in range(1, j))
+    while start < j and hist_len > budget:
+      hist_len -= len(segs[start])
+      start += 1
+    if stats is not None and start > 1:
+      stats["truncated"] = stats.get("truncated", 0) + 1
+    if fixed >= max_len:
+      if stats is not None:
+        stats["dropped"] = stats.get("dropped", 0) + 1
+      continue
+    if fixed + len(target) > max_len:
+      target = target[:max_len - fixed]
+      if stats is not None:
+        stats["target_cut"] = stats.get("target_cut", 0) + 1
+    prompt = list(head) + [t for k in range(start, j) for t in segs[k]] + list(header)
+    ids = prompt + list(target)
+    mask = [0] * len(prompt) + [1] * len(target)
+    out.append(Example(ids, mask, dialogue_id, kind))
+  return out
+
+
+def agent_examples(dialogues: Sequence[Dialogue], tok, max_len: int,
+                   stats: dict | None = None) -> list[Example]:
+  """History → next agent turn, for every agent turn of every dialogue."""
+  out = []
+  for d in dialogues:
+    out.extend(examples_from_messages(tok, agent_messages(d.task, d.turns), max_len,
+                                      dialogue_id=d.id, kind="agent", stats=stats))
+  return out
+
+
+def simulator_examples(dialogues: Sequence[Dialogue], tok, max_len: int, *,
+                       with_outcome: bool = True, condition_keys: Sequence[str] | None = None,
+                       stats: dict | None = None) -> list[Example]:
+  """Condition + history → next user turn (last one with END_MARKER); P4G outcome examples."""
+  out = []
+  for d in dialogues:
+    last_user = max((i for i, t in enumerate(d.turns) if t.role == USER), default=-1)
+    if last_user < 0:
+      continue
+    msgs = simulator_messages(d.task, d.condition, d.turns[:last_user + 1], mark_end=True,
+                              condition_keys=condition_keys)
+    targets = [j for j in range(1, len(msgs)) if msgs[j]["role"] == "assistant"]
+    out.extend(examples_from_messages(tok, msgs, max_len, dialogue_id=d.id, kind="simulator",
+                                      targets=targets, stats=stats))
+    if with_outcome and d.task == "p4g" and "donation" in d.outcome:
+      msgs = msgs + [{"role": "user", "content": OUTCOME_REQUEST},
+                     {"role": "assistant", "content": outcome_line(d.outcome["donation"])}]
+      out.extend(examples_from_messages(tok, msgs, max_len, dialogue_id=d.id, kind="outcome",
+                                        targets=[len(msgs) - 1], stats=stats))
+  return out
+
+
+def tokenizer_texts(dialogues: Sequence[Dialogue]) -> Iterator[str]:
+  """Every text a tokenizer for these dialogues must cover well: both views' system prompts
+  (with conditions), turn texts, END_MARKER, OUTCOME_REQUEST and outcome lines."""
+  from engage_jax.data.chat import END_MARKER
+  yield END_MARKER
+  yield OUTCOME_REQUEST
+  for d in dialogues:
+    yield agent_messages(d.task, [])[0]["content"]
+    yield simulator_messages(d.task, d.condition, [])[0]["content"]
+    for t in d.turns:
+      yield t.text
+    if d.task == "p4g" and "donation" in d.outcome:
+      yield outcome_line(d.outcome["donation"])
+
+
+def default_buckets(max_len: int, min_bucket: int = 32) -> tuple[int, ...]:
+  """Powers of two from min_bucket below max_len, then max_len, e.g. (32, 64, 128, 200)."""
+  out, b = [], min_bucket
+  while b < max_len:
+    out.append(b)
+    b *= 2
+  out.append(max_len)
+  return tuple(out)
+
+
+def pad_to_buckets(examples: Sequence[Example], pad_id: int, max_len: int,
+                   buckets: Sequence[int] | None = None) -> dict[int, dict[str, np.ndarray]]:
+  """{bucket length T: {"input_ids", "loss_mask", "attention_mask": int32 [N_T, T]}}, right-padded
+  with pad_id (mask 0). Each example goes to the smallest bucket that holds it."""
+  buckets = sorted(buckets or default_buckets(max_len))
+  rows: dict[int, list[Example]] = {}
+  for ex in examples:
+    n = len(ex.input_ids)
+    if n > buckets[-1]:
+      raise ValueError(f"example of dialogue {ex.dialogue_id!r} has {n} tokens > largest "
+                       f"bucket {buckets[-1]}")
+    rows.setdefault(next(b for b in buckets if b >= n), []).append(ex)
+  out = {}
+  for b in sorted(rows):
+    exs = rows[b]
+    ids = np.full((len(exs), b), pad_id, np.int32)
+    mask = np.zeros((len(exs), b), np.int32)
+    att = np.zeros((len(exs), b), np.int32)
+    for i, ex in enumerate(exs):
+      n = len(ex.input_ids)
+      ids[i, :n] = ex.input_ids
+      mask[i, :n] = ex.loss_mask
+      att[i, :n] = 1
+    out[b] = {"input_ids": ids, "loss_mask": mask, "attention_mask": att}
+  return out
+
+
+def build_arrays(dialogues: Sequence[Dialogue], tok, role: str, max_len: int,
+                 buckets: Sequence[int] | None = None, **kw
+                 ) -> tuple[dict[int, dict[str, np.ndarray]], dict]:
+  """role "agent" | "simulator" → (bucketed arrays, stats {"examples", "target_tokens", ...})."""
+  stats: dict = {}
+  if role == "agent":
+    exs = agent_examples(dialogues, tok, max_len, stats=stats, **kw)
+  elif role == "simulator":
+    exs = simulator_examples(dialogues, tok, max_len, stats=stats, **kw)
+  else:
+    raise ValueError(f"unknown SFT role {role!r}; expected 'agent' or 'simulator'")
+  stats["examples"] = len(exs)
+  stats["target_tokens"] = int(sum(sum(e.loss_mask) for e in exs))
+  return pad_to_buckets(exs, tok.pad_id, max_len, buckets), stats
+
+
+def next_token_arrays(input_ids: np.ndarray, loss_mask: np.ndarray
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """(inputs [B, T-1], targets [B, T-1], weights [B, T-1]): logits of inputs[:, t] predict
+  targets[:, t] = input_ids[:, t + 1], weighted by loss_mask[:, t + 1]."""
+  return input_ids[:, :-1], input_ids[:, 1:], loss_mask[:, 1:]
+
+
+class BatchIterator:
+  """Fixed-shape batches [batch_size, T] per bucket, shuffled by (seed, epoch), resumable.
+
+  Each epoch: rows of every bucket are permuted, chunked into batches (a last partial batch is
+  filled with repeated rows whose loss_mask is zeroed, so nothing is dropped and shapes stay
+  fixed), and the batches of all buckets are shuffled together. `state()` = {"epoch", "step"} of
+  the NEXT batch; `BatchIterator(..., epoch=e, step=s)` resumes exactly there.
+  Batches: {"input_ids", "loss_mask", "attention_mask"} int32 [B, T].
+  """
+
+  def __init__(self, buckets: dict[int, dict[str, np.ndarray]], batch_size: int, seed: int = 0,
+               *, epoch: int = 0, step: int = 0, num_epochs: int | None = None):
+    if batch_size <= 0:
+      raise ValueError(f"batch_size must be positive, got {batch_size}")
+    self.buckets = {int(k): v for k, v in buckets.items() if len(v["input_ids"])}
+    if not self.buckets:
+      raise ValueError("BatchIterator: no examples")
+    self.batch_size, self.seed, self.num_epochs = batch_size, seed, num_epochs
+    self.epoch, self.step = epoch, step
+
+  @property
+  def steps_per_epoch(self) -> int:
+    return sum(-(-len(v["input_ids"]) // self.batch_size) for v in self.buckets.values())
+
+  def state(self) -> dict:
+    return {"epoch": self.epoch, "step": self.step}
+
+  def _plan(self, epoch: int) -> list[tuple[int, np.ndarray, int]]:
+    rng = np.random.default_rng([self.seed, epoch])
+    plan = []
+    for b in sorted(self.buckets):
+      n = len(self.buckets[b]["input_ids"])
+      perm = rng.permutation(n)
+      for s in range(0, n, self.batch_size):
+        idx = perm[s:s + self.batch_size]
+        real = len(idx)
+        if real < self.batch_size:
+          idx = np.concatenate([idx, np.resize(perm, self.batch_size - real)])
+        plan.append((b, idx, real))
+    order = rng.permutation(len(plan))
+    return [plan[i] for i in order]
+
+  def _batch(self, b: int, idx: np.ndarray, real: int) -> dict[str, np.ndarray]:
+    arrs = self.buckets[b]
+    batch = {k: arrs[k][idx] for k in ARRAY_KEYS}
+    if real < len(idx):
+      batch["loss_mask"][real:] = 0
+    return batch
+
+  def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
+    while self.num_epochs is None or self.epoch < self.num_epochs:
+      plan = self._plan(self.epoch)
+      if self.step >= len(plan):
+        raise ValueError(f"BatchIterator: step {self.step} out of range for epoch of "
+                         f"{len(plan)} batches")
+      while self.step < len(plan):
+        b, idx, real = plan[self.step]
+        batch = self._batch(b, idx, real)
+        self.step += 1
+        if self.step == len(plan):
+          self.epoch, self.step = self.epoch + 1, 0
+        yield batch
+        if self.step == 0:
+          break
