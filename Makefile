@@ -1,31 +1,35 @@
-# Set-up and entry points. `make test` and `make demo` work on a fresh machine: they create the
-# virtual environment and install the package with what it needs first.
+# Set-up and entry points. `make demo` and `make test` work on a fresh machine: each creates the
+# virtual environment and installs what it needs first (demo: the package; test: + pytest, torch).
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
-STAMP  := $(VENV)/.installed
+BASE   := $(VENV)/.installed-base
+TEST   := $(VENV)/.installed-test
 
 .PHONY: venv test test-fast demo bench clean
 
-$(STAMP): setup.cfg pyproject.toml
-	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
+$(BASE): setup.cfg pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q -e .
+	touch $(BASE)
+
+$(TEST): $(BASE)
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e '.[test]'
-	touch $(STAMP)
+	touch $(TEST)
 
-venv: $(STAMP)
+venv: $(TEST)
 
-test: $(STAMP)
-	$(PY) -m pytest -q -rs tests
-
-test-fast: $(STAMP)
-	$(PY) -m pytest -q -rs -m "not slow" tests
-
-demo: $(STAMP)
+demo: $(BASE)
 	$(PY) launch/pipeline.py --config=configs/sandbox_es.py --workdir=workdirs/sandbox_es
 
-bench: $(STAMP)
+test: $(TEST)
+	$(PY) -m pytest -q -rs tests
+
+test-fast: $(TEST)
+	$(PY) -m pytest -q -rs -m "not slow" tests
+
+bench: $(TEST)
 	$(PY) benchmarks/sampling_vs_hf.py
 	$(PY) benchmarks/dpo_vs_trl.py
 	$(PY) benchmarks/search_batched_vs_sequential.py

@@ -1,0 +1,348 @@
+"""The pipeline's stages as functions of (config, workdir): tokenizer → SFT agent + simulator →
+evaluate SFT → i×MCTS → DPO → evaluate DPO → report. Launchers in launch/ call these.
+
+Each stage reads its inputs from the workdir, writes its outputs there, and marks itself done
+(see engage_jax.workdir); a done stage is skipped, an interrupted one resumes.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Callable
+
+import jax.numpy as jnp
+from flax import nnx
+
+from engage_jax import models
+from engage_jax.data.dialogue import AGENT, USER, Dialogue
+from engage_jax.workdir import Workdir, atomic_write_json
+
+log = logging.getLogger("engage_jax")
+
+STAGES = ("tokenizer", "sft_agent", "sft_simulator", "eval_sft", "search", "dpo", "eval_dpo", "report")
+_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+# ===================================================================== config checks
+def config_to_json(cfg) -> dict:
+  return json.loads(cfg.to_json())
+
+
+def check_config(cfg) -> None:
+  """Validates what can be checked before any work starts (clear errors, nothing written)."""
+  if cfg.task not in ("es", "p4g"):
+    raise ValueError(f"config.task must be 'es' or 'p4g'; got {cfg.task!r}")
+  src = cfg.data.source
+  if src not in ("sandbox", "esconv", "p4g"):
+    raise ValueError(f"config.data.source must be sandbox, esconv or p4g; got {src!r}")
+  if src != "sandbox":
+    expected_task = {"esconv": "es", "p4g": "p4g"}[src]
+    if cfg.task != expected_task:
+      raise ValueError(f"config.data.source={src!r} needs config.task={expected_task!r}; got {cfg.task!r}")
+    if not cfg.data.path:
+      raise ValueError(f"config.data.path is required for data.source={src!r} (e.g. ../shared/data/{src})")
+    path = Path(cfg.data.path)
+    needed = ["train.txt", "valid.txt", "test.txt"] if src == "esconv" else ["full_dialog.csv", "full_info.csv"]
+    missing = [n for n in needed if not (path / n).is_file()]
+    if missing:
+      raise FileNotFoundError(f"config.data.path={str(path)!r}: missing {', '.join(missing)}")
+  for role in ("agent", "simulator"):
+    p = cfg.model[role].path
+    if p and not (Path(p) / "config.json").is_file():
+      raise FileNotFoundError(f"config.model.{role}.path={p!r}: no config.json there")
+  if cfg.tokenizer.path and not (Path(cfg.tokenizer.path) / "tokenizer.json").is_file():
+    raise FileNotFoundError(f"config.tokenizer.path={cfg.tokenizer.path!r}: no tokenizer.json there")
+  if cfg.model.dtype not in _DTYPES or cfg.model.param_dtype not in _DTYPES:
+    raise ValueError(f"config.model.dtype/param_dtype must be one of {sorted(_DTYPES)}")
+  if cfg.search.k < 2:
+    raise ValueError(f"config.search.k must be >= 2 (pairs need siblings); got {cfg.search.k}")
+  if cfg.search.budget < 1 or cfg.search.n_conditions < 1:
+    raise ValueError("config.search.budget and config.search.n_conditions must be >= 1")
+
+
+# ===================================================================== data
+def load_corpus(cfg) -> dict[str, list[Dialogue]]:
+  """{"train", "valid", "test"} dialogues of the configured source."""
+  src, task, seed = cfg.data.source, cfg.task, cfg.seed
+  if src == "sandbox":
+    from engage_jax.data import sandbox
+    return {"train": sandbox.generate(task, cfg.data.sandbox_train, seed),
+            "valid": sandbox.generate(task, cfg.data.sandbox_valid, seed + 1),
+            "test": []}
+  if src == "esconv":
+    from engage_jax.data import esconv as loader
+  else:
+    from engage_jax.data import p4g as loader
+  out = {}
+  for split in ("train", "valid", "test"):
+    loaded = loader.load_split(cfg.data.path, split, skip_bad=cfg.data.skip_bad)
+    if getattr(loaded, "skipped", 0):
+      log.warning("%s/%s: skipped %d bad records", cfg.data.path, split, loaded.skipped)
+    out[split] = list(loaded)
+  if cfg.data.max_train_dialogues:
+    out["train"] = out["train"][:cfg.data.max_train_dialogues]
+  return out
+
+
+def _opening(d: Dialogue) -> list:
+  """Turns up to and including the first user turn that follows the agent's first chance to
+  speak: ES the seeker's opening; P4G none (the persuader opens)."""
+  if d.task == "p4g":
+    return []
+  for i, t in enumerate(d.turns):
+    if t.role == USER:
+      return list(d.turns[:i + 1])
+  return []
+
+
+def roots(cfg, corpus: dict[str, list[Dialogue]], purpose: str, n: int) -> list[Dialogue]:
+  """Conversation starts (condition + opening turns): `purpose` "search" (training conditions)
+  or "eval" (held-out conditions)."""
+  if cfg.data.source == "sandbox":
+    from engage_jax.data import sandbox
+    offset = {"search": 1000, "eval": 2000}[purpose]
+    conds = sandbox.random_conditions(cfg.task, n, cfg.seed + offset)
+    return [Dialogue(f"{purpose}-{i}", cfg.task, sandbox.opening_turns(cfg.task, c), c) for i, c in enumerate(conds)]
+  split = {"search": "train", "eval": "test"}[purpose]
+  pool = corpus[split]
+  if len(pool) < n:
+    log.warning("only %d %s dialogues for %d %s roots", len(pool), split, n, purpose)
+  return [Dialogue(f"{purpose}-{d.id}", d.task, _opening(d), dict(d.condition)) for d in pool[:n]]
+
+
+# ===================================================================== models
+def make_tokenizer(cfg, wd: Workdir):
+  from engage_jax.data import sft as sft_data
+  from engage_jax.tokenizer import ChatTokenizer, train_bpe
+  out = wd.path("tokenizer")
+  if cfg.tokenizer.path:
+    tok = ChatTokenizer.load(cfg.tokenizer.path)
+    tok.save(out)
+    return tok
+  corpus = load_corpus(cfg)
+  texts = list(sft_data.tokenizer_texts(corpus["train"]))
+  if cfg.data.source == "sandbox":
+    from engage_jax.data import sandbox
+    texts += sandbox.all_texts(cfg.task)
+  return train_bpe(texts, cfg.tokenizer.vocab_size, out)
+
+
+def load_tokenizer(wd: Workdir):
+  from engage_jax.tokenizer import ChatTokenizer
+  return ChatTokenizer.load(wd.path("tokenizer"))
+
+
+def new_model(cfg, role: str, tok) -> models.CausalLM:
+  """The initial model of `role`: pretrained from `model.<role>.path` or a fresh random one."""
+  mc = cfg.model[role]
+  dtype, param_dtype = _DTYPES[cfg.model.dtype], _DTYPES[cfg.model.param_dtype]
+  if mc.path:
+    return models.from_pretrained(mc.path, dtype=dtype, param_dtype=param_dtype)
+  config = models.ModelConfig(
+      model_type=mc.model_type, vocab_size=tok.vocab_size, hidden_size=mc.hidden_size,
+      intermediate_size=mc.intermediate_size, num_hidden_layers=mc.num_hidden_layers,
+      num_attention_heads=mc.num_attention_heads, num_key_value_heads=mc.num_key_value_heads,
+      max_position_embeddings=mc.max_position_embeddings, tie_word_embeddings=mc.tie_word_embeddings,
+      rope_theta=mc.rope_theta, bos_token_id=tok.bos_id, eos_token_id=tok.eos_id, pad_token_id=tok.pad_id)
+  seed = cfg.seed + (0 if role == "agent" else 1)
+  return models.CausalLM(config, dtype=dtype, param_dtype=param_dtype, rngs=nnx.Rngs(seed))
+
+
+def load_model(cfg, path: Path) -> models.CausalLM:
+  return models.from_pretrained(path, dtype=_DTYPES[cfg.model.dtype], param_dtype=_DTYPES[cfg.model.param_dtype])
+
+
+def make_mesh(cfg):
+  from engage_jax import sharding
+  return sharding.make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor)
+
+
+def speaker(cfg, section, model, tok, role: str):
+  from engage_jax import rollout
+  if role == "agent":
+    return rollout.Speaker(model, tok, section.max_prompt_len, section.max_new_tokens, section.temperature,
+                           section.top_p, 0)
+  return rollout.Speaker(model, tok, section.max_prompt_len, section.sim_max_new_tokens, section.sim_temperature,
+                         1.0, 0)
+
+
+# ===================================================================== stages
+def stage_tokenizer(cfg, wd: Workdir) -> dict:
+  tok = make_tokenizer(cfg, wd)
+  return {"vocab_size": tok.vocab_size}
+
+
+def stage_sft(cfg, wd: Workdir, role: str) -> dict:
+  from engage_jax.data import sft as sft_data
+  from engage_jax.train import sft as sft_train
+  tok = load_tokenizer(wd)
+  corpus = load_corpus(cfg)
+  train, stats = sft_data.build_arrays(corpus["train"], tok, role, cfg.data.max_len)
+  valid, _ = sft_data.build_arrays(corpus["valid"], tok, role, cfg.data.max_len) if corpus["valid"] else (None, {})
+  model = new_model(cfg, role, tok)
+  steps = cfg.sft.agent_steps if role == "agent" else cfg.sft.simulator_steps
+  out = wd.path(f"sft_{role}")
+  model, summary = sft_train.train_sft(model, train, cfg.sft, out, steps=steps, mesh=make_mesh(cfg),
+                                       eval_data=valid, seed=cfg.seed)
+  models.save_pretrained(model, out / "hf")
+  return {"examples": stats.get("examples"), **{k: v for k, v in summary.items() if _jsonable(v)}}
+
+
+def stage_evaluate(cfg, wd: Workdir, which: str) -> dict:
+  from engage_jax import evaluate
+  tok = load_tokenizer(wd)
+  agent_dir = wd.path("sft_agent", "hf") if which == "sft" else wd.path("dpo_agent", "hf")
+  agent = speaker(cfg, cfg.eval, load_model(cfg, agent_dir), tok, "agent")
+  sim = speaker(cfg, cfg.eval, load_model(cfg, wd.path("sft_simulator", "hf")), tok, "simulator")
+  conds = roots(cfg, load_corpus(cfg) if cfg.data.source != "sandbox" else {}, "eval", cfg.eval.n_conditions)
+  out = wd.path(f"eval_{which}")
+  summary, _ = evaluate.evaluate(agent, sim, conds, cfg.eval, seed=cfg.seed + 7, task=cfg.task,
+                                 reward_cfg=reward_cfg(cfg), out_path=out / "dialogues.jsonl")
+  atomic_write_json(out / "summary.json", summary)
+  return summary
+
+
+def reward_cfg(cfg) -> dict:
+  from engage_jax import rewards
+  return {"es_pattern": cfg.reward.es_pattern or rewards.DEFAULT_ES_PATTERN, "es_last_n": cfg.reward.es_last_n,
+          "donation_cap": cfg.reward.donation_cap}
+
+
+def search_config(cfg):
+  from engage_jax.search.imcts import SearchConfig
+  s = cfg.search
+  return SearchConfig(k=s.k, budget=s.budget, max_depth=s.max_depth, max_turns=s.max_turns, selection=s.selection,
+                      c=s.c, margin=s.margin, prune_similarity=s.prune_similarity or None, max_live=s.max_live,
+                      temperature=s.temperature, top_p=s.top_p, max_new_tokens=s.max_new_tokens,
+                      sim_temperature=s.sim_temperature, sim_max_new_tokens=s.sim_max_new_tokens, seed=cfg.seed)
+
+
+def stage_search(cfg, wd: Workdir) -> dict:
+  from engage_jax.search.env import ModelEnv
+  from engage_jax.search.run import run_search
+  tok = load_tokenizer(wd)
+  scfg = search_config(cfg)
+  agent = load_model(cfg, wd.path("sft_agent", "hf"))
+  sim = load_model(cfg, wd.path("sft_simulator", "hf"))
+  strategy_fn = None
+  if cfg.data.source == "sandbox":
+    from engage_jax.data import sandbox
+    strategy_fn = lambda text: sandbox.strategy_of(text, cfg.task)  # noqa: E731
+  env = ModelEnv.from_config(agent, sim, tok, scfg, task=cfg.task, reward_cfg=reward_cfg(cfg),
+                             max_prompt_len=cfg.search.max_prompt_len, strategy_fn=strategy_fn)
+  corpus = load_corpus(cfg) if cfg.data.source != "sandbox" else {}
+  rts = roots(cfg, corpus, "search", cfg.search.n_conditions)
+  summary = run_search(env, rts, scfg, str(wd.path("search")), trees_per_shard=cfg.search.trees_per_shard)
+  atomic_write_json(wd.path("search", "summary.json"), summary)
+  return summary
+
+
+def pair_files(wd: Workdir) -> list[Path]:
+  return sorted(wd.path("search", "pairs").glob("shard-*.jsonl"))
+
+
+def stage_dpo(cfg, wd: Workdir) -> dict:
+  from engage_jax.train import dpo as dpo_train
+  tok = load_tokenizer(wd)
+  files = pair_files(wd)
+  n_pairs = sum(1 for f in files for line in f.read_text().splitlines() if line.strip())
+  if n_pairs == 0:
+    raise RuntimeError(f"{wd.path('search', 'pairs')}: the search produced no preference pairs; raise "
+                       "config.search.budget / n_conditions or lower config.search.margin")
+  policy = load_model(cfg, wd.path("sft_agent", "hf"))
+  ref = load_model(cfg, wd.path("sft_agent", "hf"))
+  out = wd.path("dpo_agent")
+  model, summary = dpo_train.train_dpo(policy, ref, files, tok, cfg.dpo, out, mesh=make_mesh(cfg), seed=cfg.seed)
+  models.save_pretrained(model, out / "hf")
+  return {"pairs": n_pairs, **{k: v for k, v in summary.items() if _jsonable(v)}}
+
+
+def stage_report(cfg, wd: Workdir) -> dict:
+  from engage_jax import report
+  from engage_jax.data.dialogue import Dialogue as D
+
+  def dialogues(which):
+    with open(wd.path(f"eval_{which}", "dialogues.jsonl"), encoding="utf-8") as f:
+      return [D.from_json(json.loads(line)) for line in f if line.strip()]
+
+  n_pairs = sum(1 for f in pair_files(wd) for line in f.read_text().splitlines() if line.strip())
+  search_stats = None
+  trees = sorted(wd.path("search", "trees").glob("shard-*.json"))
+  if trees:
+    search_stats = {"trees": [t for f in trees for t in json.loads(f.read_text())["trees"]],
+                    "pairs": [json.loads(line) for f in pair_files(wd) for line in f.read_text().splitlines()
+                              if line.strip()]}
+  rep = report.build_report(cfg.task, dialogues("sft"), dialogues("dpo"), n_pairs, wd.wall_seconds(),
+                            search_stats=search_stats)
+  report.write_report(wd.root, rep, search_stats=search_stats)
+  return {"p_value": rep["p_value"]}
+
+
+STAGE_FNS: dict[str, Callable] = {
+    "tokenizer": stage_tokenizer,
+    "sft_agent": lambda cfg, wd: stage_sft(cfg, wd, "agent"),
+    "sft_simulator": lambda cfg, wd: stage_sft(cfg, wd, "simulator"),
+    "eval_sft": lambda cfg, wd: stage_evaluate(cfg, wd, "sft"),
+    "search": stage_search,
+    "dpo": stage_dpo,
+    "eval_dpo": lambda cfg, wd: stage_evaluate(cfg, wd, "dpo"),
+    "report": stage_report,
+}
+
+
+def _jsonable(v) -> bool:
+  try:
+    json.dumps(v)
+    return True
+  except TypeError:
+    return False
+
+
+def run(cfg, workdir: str, stages: tuple[str, ...] = STAGES, force: bool = False) -> Workdir:
+  """Runs `stages` in order into `workdir`, skipping done ones (unless `force` for a stage that the
+  user names explicitly — never the default)."""
+  check_config(cfg)
+  wd = Workdir(workdir)
+  wd.bind_config(config_to_json(cfg))
+  unknown = [s for s in stages if s not in STAGE_FNS]
+  if unknown:
+    raise ValueError(f"unknown stage(s) {unknown}; stages: {', '.join(STAGES)}")
+  for stage in stages:
+    if wd.is_done(stage) and not force:
+      log.info("stage %-13s done already: skipped", stage)
+      print(f"[engage_jax] stage {stage}: done already, skipped", flush=True)
+      continue
+    print(f"[engage_jax] stage {stage}: running", flush=True)
+    t0 = time.perf_counter()
+    info = STAGE_FNS[stage](cfg, wd) or {}
+    dt = time.perf_counter() - t0
+    wd.mark_done(stage, dt, **{"info": info} if _jsonable(info) else {})
+    print(f"[engage_jax] stage {stage}: done in {dt:.1f}s", flush=True)
+  return wd
+
+
+DEPENDS: dict[str, tuple[str, ...]] = {
+    "tokenizer": (),
+    "sft_agent": ("tokenizer",),
+    "sft_simulator": ("tokenizer",),
+    "eval_sft": ("sft_agent", "sft_simulator"),
+    "search": ("sft_agent", "sft_simulator"),
+    "dpo": ("search",),
+    "eval_dpo": ("dpo", "sft_simulator"),
+    "report": ("eval_sft", "eval_dpo"),
+}
+
+
+def with_dependencies(stages) -> tuple[str, ...]:
+  """`stages` plus everything they need, in pipeline order."""
+  need, todo = set(), list(stages)
+  while todo:
+    s = todo.pop()
+    if s not in DEPENDS:
+      raise ValueError(f"unknown stage {s!r}; stages: {', '.join(STAGES)}")
+    if s not in need:
+      need.add(s)
+      todo.extend(DEPENDS[s])
+  return tuple(s for s in STAGES if s in need)

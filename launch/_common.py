@@ -1,0 +1,61 @@
+"""Shared absl plumbing for the launchers: --config (ml_collections file + --config.key=value
+overrides; unknown keys are rejected), --workdir, optional multi-host initialisation, and a
+one-line error with a nonzero exit for bad input."""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+from absl import app, flags
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/sandbox_es.py.",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Output directory of the run (created; resumed if it exists).")
+_DISTRIBUTED = flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() (multi-host TPU/GPU).")
+
+USER_ERRORS = (ValueError, FileNotFoundError, KeyError, RuntimeError)
+
+
+def config():
+  return _CONFIG.value
+
+
+def workdir() -> str:
+  return _WORKDIR.value
+
+
+def run(main_fn, require_workdir: bool = True) -> None:
+  """app.run(main_fn) with flag checks, logging and clean user-facing errors."""
+
+  def _main(argv):
+    if len(argv) > 1:
+      raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    if _CONFIG.value is None:
+      raise app.UsageError("--config is required, e.g. --config=configs/sandbox_es.py")
+    if require_workdir and not _WORKDIR.value:
+      raise app.UsageError("--workdir is required")
+    logging.getLogger("engage_jax").setLevel(logging.INFO)
+    if _DISTRIBUTED.value:
+      import jax
+      jax.distributed.initialize()
+    try:
+      main_fn()
+    except USER_ERRORS as e:
+      if os.environ.get("ENGAGE_DEBUG"):
+        raise
+      print(f"error: {type(e).__name__}: {e}", file=sys.stderr)
+      sys.exit(2)
+
+  app.run(_main)
+
+
+def run_stages(stages: tuple[str, ...]) -> None:
+  """Launcher body for one stage: runs `stages` and whatever they need that is not done yet."""
+
+  def main():
+    from engage_jax import pipeline
+    pipeline.run(config(), workdir(), pipeline.with_dependencies(stages))
+
+  run(main)
