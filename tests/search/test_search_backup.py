@@ -7,7 +7,7 @@ from engage_jax.data.dialogue import Dialogue, Turn
 from engage_jax.search import BanditEnv, Expansion, RolloutResult, SearchConfig, search
 from engage_jax.search.tree import NO_PARENT, ROOT_INDEX, UNVISITED
 
-from _search_helpers import ARMS, ES_CONDITION, es_roots
+from tests.search._search_helpers import ARMS, ES_CONDITION, es_roots
 
 
 class ScriptedEnv:

@@ -7,7 +7,7 @@ import pytest
 from engage_jax.search import BanditEnv, SearchConfig, SequentialEnv, extract_pairs, search
 from engage_jax.search.tree import ROOT_INDEX
 
-from _search_helpers import ARMS, es_roots
+from tests.search._search_helpers import ARMS, es_roots
 
 
 def _best_child(trees, b):

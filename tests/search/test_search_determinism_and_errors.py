@@ -9,7 +9,7 @@ import pytest
 from engage_jax.data.dialogue import Dialogue, Turn
 from engage_jax.search import BanditEnv, SearchConfig, extract_pairs, run_search, search
 
-from _search_helpers import ARMS, ES_CONDITION, es_roots
+from tests.search._search_helpers import ARMS, ES_CONDITION, es_roots
 
 ARRAYS = ["parent", "depth", "visits", "value_sum", "terminal", "truncated", "reward", "children",
           "closed", "num_nodes"]

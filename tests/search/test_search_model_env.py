@@ -9,7 +9,7 @@ import pytest
 from engage_jax.search import ModelEnv, SearchConfig, search
 from engage_jax.search.env import sequence_logprobs
 
-from _search_helpers import es_roots
+from tests.search._search_helpers import es_roots
 
 HAVE_ROLLOUT = importlib.util.find_spec("engage_jax.rollout") is not None
 

@@ -14,7 +14,7 @@ import pytest
 from engage_jax.search import BanditEnv, SearchConfig, load_pairs, run_search
 from engage_jax.search.pairs import pair_key
 
-from _search_helpers import ARMS, es_roots
+from tests.search._search_helpers import ARMS, es_roots
 
 CFG = SearchConfig(budget=6, max_turns=5, prune_similarity=0.95, seed=11)
 N_ROOTS, PER_SHARD = 7, 2  # 4 shards, the last one short
@@ -103,9 +103,9 @@ def test_resume_with_other_config_is_an_error(tmp_path):
 
 SCRIPT = textwrap.dedent("""
   import sys, time
-  sys.path.insert(0, {tests!r})
+  sys.path.insert(0, {repo!r})
   from engage_jax.search import BanditEnv, SearchConfig, run_search
-  from _search_helpers import ARMS, es_roots
+  from tests.search._search_helpers import ARMS, es_roots
 
   class Slow(BanditEnv):
     def expand(self, histories, k, seed):
@@ -121,7 +121,8 @@ SCRIPT = textwrap.dedent("""
 def test_sigkill_mid_run_then_resume(tmp_path, reference):
   _, _, ref_pairs = reference
   out = str(tmp_path / "killed")
-  script = SCRIPT.format(tests=os.path.dirname(__file__), n=N_ROOTS, out=out, per=PER_SHARD)
+  repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  script = SCRIPT.format(repo=repo, n=N_ROOTS, out=out, per=PER_SHARD)
   proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.DEVNULL,
                           stderr=subprocess.PIPE)
   first = os.path.join(out, "pairs", "shard-00000.jsonl")
