@@ -1,0 +1,371 @@
+"""Engagement evaluation: simulated conversations on held-out conditions, and their statistics.
+
+The driver `evaluate` runs the agent against the user simulator on every held-out condition
+`samples_per_condition` times with *deterministic* seeds, so two agents (SFT and DPO) evaluated
+with the same config and seed see exactly the same conditions, opening turns and simulator seeds.
+That makes the comparison *paired*: `paired_test` compares the two agents condition by condition.
+
+Statistics (numpy only, vectorised):
+
+* `bootstrap_ci(values)`: percentile bootstrap interval of the mean.
+* `paired_test(a, b)`: paired sign-flip permutation test on per-condition differences `b - a`
+  (exact over all 2^n sign patterns when n <= `EXACT_MAX_N`, otherwise >= 20,000 random sign
+  patterns). `alternative="two-sided"` (the default, and what report.json's `p_value` is),
+  `"greater"` (H1: mean(b) > mean(a), i.e. DPO > SFT) or `"less"`.
+* `mcnemar_exact(a, b)`: exact McNemar test for paired binary outcomes (ES engagement).
+* `summarize(dialogues)`: the report's per-model block `{"n", "reward_mean", "ci95", "mean_turns"}`.
+* `paired_rewards(sft, dpo)`: per-condition mean rewards of two runs matched by condition id.
+"""
+from __future__ import annotations
+
+import collections
+import dataclasses
+import json
+import math
+import os
+import tempfile
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+
+from engage_jax.data.dialogue import Dialogue
+
+EXACT_MAX_N = 16          # exact enumeration of 2^n sign patterns up to this many pairs
+DEFAULT_PERMUTATIONS = 20_000
+ALTERNATIVES = ("two-sided", "greater", "less")
+_CHUNK_ELEMS = 4_000_000  # elements per vectorised chunk (bounds memory: ~32 MB of float64)
+_TIE_EPS = 1e-12
+
+
+# ----------------------------------------------------------------------------- statistics
+def _as_1d(values, name: str) -> np.ndarray:
+  arr = np.asarray(values, dtype=np.float64)
+  if arr.ndim != 1:
+    raise ValueError(f"{name}: expected a 1-D sequence of numbers, got shape {arr.shape}")
+  if not np.all(np.isfinite(arr)):
+    raise ValueError(f"{name}: contains NaN or inf")
+  return arr
+
+
+def bootstrap_ci(values: Sequence[float], n_boot: int = 10_000, seed: int = 0,
+                 level: float = 0.95) -> tuple[float, float]:
+  """Percentile bootstrap interval of the mean of `values` [n].
+
+  Draws `n_boot` resamples of size n with replacement (index matrix [chunk, n], vectorised in
+  chunks) and returns the (1-level)/2 and (1+level)/2 quantiles of the resampled means.
+  n == 1 (or all values equal) gives the degenerate interval (x, x).
+  """
+  x = _as_1d(values, "bootstrap_ci values")
+  n = x.size
+  if n == 0:
+    raise ValueError("bootstrap_ci: no values")
+  if not 0.0 < level < 1.0:
+    raise ValueError(f"bootstrap_ci: level must be in (0, 1), got {level}")
+  if n_boot < 1:
+    raise ValueError(f"bootstrap_ci: n_boot must be positive, got {n_boot}")
+  if n == 1 or np.all(x == x[0]):
+    return float(x[0]), float(x[0])
+  rng = np.random.default_rng(seed)
+  chunk = max(1, _CHUNK_ELEMS // n)
+  means = np.empty(n_boot, np.float64)
+  for start in range(0, n_boot, chunk):
+    m = min(chunk, n_boot - start)
+    idx = rng.integers(0, n, size=(m, n))
+    means[start:start + m] = x[idx].mean(axis=1)
+  alpha = (1.0 - level) / 2.0
+  lo, hi = np.quantile(means, [alpha, 1.0 - alpha])
+  return float(lo), float(hi)
+
+
+def _sign_patterns_exact(n: int) -> np.ndarray:
+  """All 2^n sign patterns [2^n, n] of ±1 (row 0 = all +1, the observed assignment)."""
+  bits = (np.arange(2 ** n)[:, None] >> np.arange(n)[None, :]) & 1
+  return 1.0 - 2.0 * bits
+
+
+def paired_test(a: Sequence[float], b: Sequence[float], seed: int = 0,
+                alternative: str = "two-sided", n_permutations: int = DEFAULT_PERMUTATIONS) -> float:
+  """Paired sign-flip permutation test of mean(b - a) = 0; returns the p-value.
+
+  a, b: [n] paired values (e.g. per-condition mean reward of SFT and DPO on the same conditions
+  and seeds). Statistic T = mean(d), d = b - a. Under H0 the sign of each d_i is exchangeable.
+  n <= EXACT_MAX_N: exact p over all 2^n patterns. Otherwise `n_permutations` random patterns
+  (>= 20,000 advised) with the +1 correction, p = (1 + #{T* ≥ T}) / (1 + n_permutations).
+  alternative: "two-sided" (|T*| >= |T|), "greater" (H1: b > a, T* >= T), "less" (T* <= T).
+  All-zero differences give p = 1.
+  """
+  if alternative not in ALTERNATIVES:
+    raise ValueError(f"paired_test: alternative must be one of {ALTERNATIVES}, got {alternative!r}")
+  x, y = _as_1d(a, "paired_test a"), _as_1d(b, "paired_test b")
+  if x.size != y.size:
+    raise ValueError(f"paired_test: a and b must be paired (same length), got {x.size} and {y.size}")
+  if x.size == 0:
+    raise ValueError("paired_test: no pairs")
+  d = y - x
+  n = d.size
+  if np.all(d == 0):
+    return 1.0
+
+  def exceed(signs: np.ndarray) -> int:
+    t = signs @ d / n
+    obs = d.mean()
+    if alternative == "two-sided":
+      return int(np.sum(np.abs(t) >= abs(obs) - _TIE_EPS))
+    if alternative == "greater":
+      return int(np.sum(t >= obs - _TIE_EPS))
+    return int(np.sum(t <= obs + _TIE_EPS))
+
+  if n <= EXACT_MAX_N:
+    signs = _sign_patterns_exact(n)
+    return exceed(signs) / signs.shape[0]
+  if n_permutations < 1:
+    raise ValueError(f"paired_test: n_permutations must be positive, got {n_permutations}")
+  rng = np.random.default_rng(seed)
+  chunk = max(1, _CHUNK_ELEMS // n)
+  count = 0
+  for start in range(0, n_permutations, chunk):
+    m = min(chunk, n_permutations - start)
+    signs = 1.0 - 2.0 * rng.integers(0, 2, size=(m, n))
+    count += exceed(signs)
+  return (1 + count) / (1 + n_permutations)
+
+
+def mcnemar_exact(a: Sequence[float], b: Sequence[float], alternative: str = "two-sided") -> float:
+  """Exact McNemar test for paired binary outcomes a, b [n] in {0, 1}; returns the p-value.
+
+  Uses only the discordant pairs: n01 (a=0, b=1) ~ Binomial(n01 + n10, 1/2) under H0.
+  "greater" is H1: b succeeds more often than a. No discordant pairs → p = 1.
+  """
+  if alternative not in ALTERNATIVES:
+    raise ValueError(f"mcnemar_exact: alternative must be one of {ALTERNATIVES}, got {alternative!r}")
+  x, y = _as_1d(a, "mcnemar_exact a"), _as_1d(b, "mcnemar_exact b")
+  if x.size != y.size:
+    raise ValueError(f"mcnemar_exact: a and b must be paired (same length), got {x.size} and {y.size}")
+  if not (np.all(np.isin(x, (0.0, 1.0))) and np.all(np.isin(y, (0.0, 1.0)))):
+    raise ValueError("mcnemar_exact: values must be binary (0/1)")
+  n01 = int(np.sum((x == 0) & (y == 1)))
+  n10 = int(np.sum((x == 1) & (y == 0)))
+  m = n01 + n10
+  if m == 0:
+    return 1.0
+  pmf = np.array([math.comb(m, k) for k in range(m + 1)], np.float64) / 2.0 ** m
+  upper = float(pmf[n01:].sum())   # P(K >= n01)
+  lower = float(pmf[:n01 + 1].sum())  # P(K <= n01)
+  if alternative == "greater":
+    return min(1.0, upper)
+  if alternative == "less":
+    return min(1.0, lower)
+  return min(1.0, 2.0 * min(upper, lower))
+
+
+# ----------------------------------------------------------------------------- dialogues
+def _reward(d: Dialogue) -> float:
+  if "reward" not in d.outcome:
+    raise ValueError(f"dialogue {d.id!r}: outcome has no 'reward' (not a simulated dialogue?)")
+  return float(d.outcome["reward"])
+
+
+def _turns(d: Dialogue) -> float:
+  return float(d.outcome.get("num_turns", d.num_agent_turns))
+
+
+def rewards(dialogues: Sequence[Dialogue]) -> np.ndarray:
+  """outcome["reward"] of each dialogue → [n] float64."""
+  return np.asarray([_reward(d) for d in dialogues], np.float64)
+
+
+def summarize(dialogues: Sequence[Dialogue], n_boot: int = 10_000, seed: int = 0) -> dict:
+  """{"n", "reward_mean", "ci95": [lo, hi], "mean_turns"} of simulated dialogues.
+
+  reward_mean: mean of outcome["reward"] (ES engagement rate / P4G mean donation);
+  ci95: percentile bootstrap of the mean; mean_turns: mean of outcome["num_turns"]
+  (agent turns; falls back to counting agent turns when absent).
+  """
+  if not dialogues:
+    raise ValueError("summarize: no dialogues")
+  r = rewards(dialogues)
+  lo, hi = bootstrap_ci(r, n_boot=n_boot, seed=seed, level=0.95)
+  return {"n": int(r.size), "reward_mean": float(r.mean()), "ci95": [lo, hi],
+          "mean_turns": float(np.mean([_turns(d) for d in dialogues]))}
+
+
+def condition_id(d: Dialogue) -> str:
+  """The held-out condition a simulated dialogue came from (set by `evaluate`)."""
+  return str(d.outcome.get("condition_id", d.id))
+
+
+def paired_rewards(sft: Sequence[Dialogue], dpo: Sequence[Dialogue]
+                   ) -> tuple[np.ndarray, np.ndarray, list[str]]:
+  """Per-condition mean rewards of two runs on the same conditions.
+
+  Returns (sft_means [c], dpo_means [c], condition ids [c]) over the conditions present in both
+  (in first-seen order of `sft`). Raises ValueError if the runs share no condition.
+  """
+  def group(ds):
+    g: dict[str, list[float]] = collections.OrderedDict()
+    for d in ds:
+      g.setdefault(condition_id(d), []).append(_reward(d))
+    return g
+
+  ga, gb = group(sft), group(dpo)
+  ids = [c for c in ga if c in gb]
+  if not ids:
+    raise ValueError("paired_rewards: SFT and DPO dialogues share no condition id; were they "
+                     "evaluated on the same held-out conditions?")
+  return (np.asarray([np.mean(ga[c]) for c in ids]), np.asarray([np.mean(gb[c]) for c in ids]), ids)
+
+
+def paired_samples(sft: Sequence[Dialogue], dpo: Sequence[Dialogue]) -> tuple[np.ndarray, np.ndarray]:
+  """Rewards of dialogues matched one-to-one by id (same condition and sample seed) → ([m], [m])."""
+  by_id = {d.id: d for d in dpo}
+  common = [d for d in sft if d.id in by_id]
+  return (np.asarray([_reward(d) for d in common]), np.asarray([_reward(by_id[d.id]) for d in common]))
+
+
+# ----------------------------------------------------------------------------- driver
+@dataclasses.dataclass(frozen=True)
+class EvalSettings:
+  """What `evaluate` reads from its config (attribute or mapping access; `cfg.eval` if present).
+
+  task: "es" | "p4g"; max_agent_turns: turn cap per conversation; samples_per_condition:
+  repeats per held-out condition (different seeds, same for every agent); batch_size: conditions
+  per `simulate` call (0 = all at once); reward: reward config passed through to `simulate`.
+  """
+  task: str
+  max_agent_turns: int
+  samples_per_condition: int = 1
+  batch_size: int = 0
+  reward: Any = None
+
+
+def _get(cfg: Any, name: str, default: Any = None) -> Any:
+  if cfg is None:
+    return default
+  if isinstance(cfg, Mapping):
+    return cfg.get(name, default)
+  try:
+    return getattr(cfg, name)
+  except (AttributeError, KeyError):
+    return default
+
+
+def eval_settings(cfg: Any) -> EvalSettings:
+  """Reads EvalSettings from a full config (`cfg.eval`, `cfg.task`, `cfg.reward`) or a flat one."""
+  sub = _get(cfg, "eval", None)
+  src = [s for s in (sub, cfg) if s is not None]
+
+  def find(name, default=None):
+    for s in src:
+      v = _get(s, name, None)
+      if v is not None:
+        return v
+    return default
+
+  task = find("task")
+  if task not in ("es", "p4g"):
+    raise ValueError(f"evaluate: config task must be 'es' or 'p4g', got {task!r}")
+  max_turns = find("max_agent_turns")
+  if max_turns is None:
+    raise ValueError("evaluate: config has no max_agent_turns (cfg.eval.max_agent_turns)")
+  spc = int(find("samples_per_condition", 1))
+  bs = int(find("batch_size", 0))
+  if spc < 1:
+    raise ValueError(f"evaluate: samples_per_condition must be >= 1, got {spc}")
+  if bs < 0:
+    raise ValueError(f"evaluate: batch_size must be >= 0, got {bs}")
+  return EvalSettings(task=task, max_agent_turns=int(max_turns), samples_per_condition=spc,
+                      batch_size=bs, reward=find("reward"))
+
+
+def sample_seed(seed: int, sample: int, chunk: int) -> int:
+  """Deterministic seed of one `simulate` call (sample repeat `sample`, condition chunk `chunk`)."""
+  return int((seed * 1_000_003 + sample * 10_007 + chunk) % (2 ** 31 - 1))
+
+
+def _default_simulate() -> Callable:
+  from engage_jax import rollout  # imported lazily: evaluate's statistics need no model code
+  return rollout.simulate
+
+
+def _write_jsonl_atomic(path: str, rows: Sequence[dict]) -> None:
+  d = os.path.dirname(os.path.abspath(path))
+  os.makedirs(d, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-", suffix=".jsonl")
+  try:
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+      for r in rows:
+        f.write(json.dumps(r, ensure_ascii=False) + "\n")
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.unlink(tmp)
+    raise
+
+
+def evaluate(agent_speaker, simulator_speaker, conditions: Sequence[Dialogue], cfg: Any, seed: int,
+             *, out_path: str | None = None, simulate_fn: Callable | None = None,
+             n_boot: int = 10_000) -> tuple[dict, list[Dialogue]]:
+  """Simulates conversations of `agent_speaker` with `simulator_speaker` on held-out conditions.
+
+  conditions: [C] Dialogues holding the condition and the opening turn(s) (the start of each
+  conversation). Every condition is played `samples_per_condition` (= S) times. Call (k, j) —
+  sample k, chunk j of `batch_size` conditions — gets seed `sample_seed(seed, k, j)`, so the same
+  cfg and seed give every agent the same conditions and simulator seeds. Returned dialogues
+  [C * S], ordered sample-major, have id "<condition id>/s<k>" and outcome["condition_id"],
+  outcome["sample"], outcome["seed"] added (for pairing, see `paired_rewards`).
+  out_path: if given, the dialogues are written there as JSON lines (atomically).
+  simulate_fn: defaults to `engage_jax.rollout.simulate` (tests pass a fake).
+  Returns (summarize(dialogues), dialogues).
+  """
+  if not conditions:
+    raise ValueError("evaluate: no held-out conditions")
+  st = eval_settings(cfg)
+  ids = [c.id for c in conditions]
+  dup = [i for i, n in collections.Counter(ids).items() if n > 1]
+  if dup:
+    raise ValueError(f"evaluate: duplicate condition ids {dup[:5]}; pairing SFT vs DPO needs unique ids")
+  for c in conditions:
+    if c.task != st.task:
+      raise ValueError(f"evaluate: condition {c.id!r} has task {c.task!r}, config task is {st.task!r}")
+  simulate = simulate_fn if simulate_fn is not None else _default_simulate()
+  bs = st.batch_size or len(conditions)
+  out: list[Dialogue] = []
+  for k in range(st.samples_per_condition):
+    for j, start in enumerate(range(0, len(conditions), bs)):
+      chunk = conditions[start:start + bs]
+      s = sample_seed(seed, k, j)
+      starts = [Dialogue(id=f"{c.id}/s{k}", task=c.task, turns=list(c.turns), condition=dict(c.condition),
+                         outcome={}) for c in chunk]
+      got = simulate(agent_speaker, simulator_speaker, starts, task=st.task,
+                     max_agent_turns=st.max_agent_turns, reward_cfg=st.reward, seed=s)
+      got = list(got)
+      if len(got) != len(starts):
+        raise ValueError(f"evaluate: simulate returned {len(got)} dialogues for {len(starts)} starts")
+      for c, st_d, d in zip(chunk, starts, got):
+        if "reward" not in d.outcome:
+          raise ValueError(f"evaluate: simulated dialogue {d.id!r} has no outcome['reward']")
+        d.id = st_d.id
+        d.outcome = dict(d.outcome, condition_id=c.id, sample=k, seed=s)
+        out.append(d)
+  if out_path:
+    _write_jsonl_atomic(out_path, [d.to_json() for d in out])
+  return summarize(out, n_boot=n_boot, seed=seed), out
+
+
+def load_dialogues(path: str) -> list[Dialogue]:
+  """Reads a dialogues.jsonl written by `evaluate`."""
+  out = []
+  with open(path, encoding="utf-8") as f:
+    for i, line in enumerate(f, 1):
+      if not line.strip():
+        continue
+      try:
+        out.append(Dialogue.from_json(json.loads(line)))
+      except (ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"{path}:{i}: bad dialogue record: {e}") from e
+  return out
+
+
+__all__ = ["ALTERNATIVES", "EXACT_MAX_N", "EvalSettings", "bootstrap_ci", "condition_id", "eval_settings",
+           "evaluate", "load_dialogues", "mcnemar_exact", "paired_rewards", "paired_samples", "paired_test",
+           "rewards", "sample_seed", "summarize"]
