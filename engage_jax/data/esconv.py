@@ -31,7 +31,11 @@ CONDITION_KEYS = ("emotion_type", "problem_type", "situation")
 SPEAKERS = {"usr": USER, "seeker": USER, "speaker": USER,
             "sys": AGENT, "supporter": AGENT, "listener": AGENT}
 # Older label set of the raw / failed files -> the 8 names of strategy.json.
-STRATEGY_ALIASES = {"Questions": "Question", "Other": "Others"}
+# ("Direct Guidance" is the draft-era name of "Providing Suggestions".)
+STRATEGY_ALIASES = {"Questions": "Question", "Other": "Others",
+                    "Approval and Reassurance": "Affirmation and Reassurance",
+                    "Restatement": "Restatement or Paraphrasing",
+                    "Direct Guidance": "Providing Suggestions"}
 STRATEGIES = ("Question", "Restatement or Paraphrasing", "Reflection of feelings",
               "Self-disclosure", "Affirmation and Reassurance", "Providing Suggestions",
               "Information", "Others")
