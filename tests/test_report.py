@@ -1,0 +1,115 @@
+"""report.json schema, build/validate/write, report.md and plots."""
+from __future__ import annotations
+
+import copy
+import json
+
+import numpy as np
+import pytest
+
+from engage_jax import report as rp
+from engage_jax.data.dialogue import Dialogue, Turn
+
+
+def _dialogues(rewards, turns=None, prefix="c"):
+  turns = turns or [3] * len(rewards)
+  return [Dialogue(id=f"{prefix}{i}/s0", task="es", turns=[Turn("user", "hi")], condition={},
+                   outcome={"reward": float(r), "num_turns": t, "terminal": True, "condition_id": f"{prefix}{i}"})
+          for i, (r, t) in enumerate(zip(rewards, turns))]
+
+
+GOOD = {"task": "es",
+        "sft": {"n": 128, "reward_mean": 0.64, "ci95": [0.56, 0.72], "mean_turns": 7.5},
+        "dpo": {"n": 128, "reward_mean": 0.80, "ci95": [0.73, 0.87], "mean_turns": 6.9},
+        "pairs": 812, "p_value": 0.003, "wall_seconds": {"sft": 10.0, "search": 20.5, "dpo": 3}}
+
+
+def test_validate_good_and_extra():
+  rp.validate_report(GOOD)
+  rp.validate_report(dict(GOOD, extra={"anything": [1, 2]}))
+
+
+@pytest.mark.parametrize("mutate, key", [
+    (lambda r: r.pop("pairs"), "'pairs'"),
+    (lambda r: r.pop("wall_seconds"), "'wall_seconds'"),
+    (lambda r: r["sft"].pop("ci95"), "'sft.ci95'"),
+    (lambda r: r["dpo"].pop("n"), "'dpo.n'"),
+    (lambda r: r.update(task="chess"), "'task'"),
+    (lambda r: r.update(pairs=3.5), "'pairs'"),
+    (lambda r: r.update(pairs=True), "'pairs'"),
+    (lambda r: r.update(p_value=1.5), "'p_value'"),
+    (lambda r: r.update(p_value="0.01"), "'p_value'"),
+    (lambda r: r["sft"].update(n=1.0), "'sft.n'"),
+    (lambda r: r["sft"].update(reward_mean=float("nan")), "'sft.reward_mean'"),
+    (lambda r: r["dpo"].update(ci95=[0.1]), "'dpo.ci95'"),
+    (lambda r: r["dpo"].update(ci95=[0.9, 0.1]), "'dpo.ci95'"),
+    (lambda r: r["dpo"].update(mean_turns=None), "'dpo.mean_turns'"),
+    (lambda r: r["dpo"].update(extra_key=1), "'dpo.extra_key'"),
+    (lambda r: r.update(surprise=1), "'surprise'"),
+    (lambda r: r["wall_seconds"].update(sft=-1.0), "'wall_seconds.sft'"),
+    (lambda r: r.update(wall_seconds=[1.0]), "'wall_seconds'"),
+    (lambda r: r.update(sft=[0.5]), "'sft'"),
+])
+def test_validate_bad_names_key(mutate, key):
+  r = copy.deepcopy(GOOD)
+  mutate(r)
+  with pytest.raises(ValueError) as e:
+    rp.validate_report(r)
+  assert key in str(e.value)
+
+
+def test_build_report_paired_and_fields():
+  rng = np.random.default_rng(0)
+  sft = _dialogues(rng.binomial(1, 0.4, 40))
+  dpo = _dialogues(np.minimum(1, np.array([d.outcome["reward"] for d in sft]) + rng.binomial(1, 0.6, 40)))
+  r = rp.build_report("es", sft, dpo, pairs_count=17, wall_seconds={"sft": 1.5, "dpo": 2})
+  rp.validate_report(r)
+  assert set(r) == set(rp.REPORT_KEYS) | {"extra"}
+  assert r["pairs"] == 17 and r["wall_seconds"] == {"sft": 1.5, "dpo": 2.0}
+  assert r["dpo"]["reward_mean"] > r["sft"]["reward_mean"] and r["p_value"] < 0.01
+  assert r["extra"]["p_value_test"] == rp.P_VALUE_TEST and r["extra"]["n_paired_conditions"] == 40
+  assert r["extra"]["p_value_one_sided"] <= r["p_value"]
+  assert 0 <= r["extra"]["mcnemar_p"] < 0.01
+  json.dumps(r)  # JSON-serialisable
+
+
+def test_build_report_unpaired_fallback_and_bad_task():
+  sft = _dialogues([0.5, 0.6, 0.4], prefix="a")
+  dpo = _dialogues([0.5, 0.6, 0.4], prefix="b")
+  for d in sft + dpo:
+    d.task = "p4g"
+  r = rp.build_report("p4g", sft, dpo, 0, {})
+  assert "unpaired" in r["extra"]["p_value_test"] and r["p_value"] > 0.5
+  with pytest.raises(ValueError, match="task"):
+    rp.build_report("chess", sft, dpo, 0, {})
+
+
+def test_write_report_files(tmp_path):
+  sft = _dialogues([0, 1, 0, 1, 0], turns=[2, 3, 4, 3, 2])
+  dpo = _dialogues([1, 1, 0, 1, 1], turns=[3, 3, 5, 4, 4])
+  pairs = [{"meta": {"margin": 0.1 * i, "depth": i % 3, "tree_id": i % 2, "chosen_value": 1.0,
+                     "rejected_value": 0.5}} for i in range(1, 12)]
+  stats = rp.search_stats_from_pairs(pairs)
+  assert stats["pairs"] == 11 and stats["trees"] == 2 and len(stats["depths"]) == 11
+  r = rp.build_report("es", sft, dpo, 11, {"sft": 1.0, "search": 2.0, "dpo": 3.0}, search_stats=stats)
+  assert r["extra"]["search"]["pairs"] == 11 and "margins_mean" in r["extra"]["search"]
+  out = rp.write_report(str(tmp_path), r, sft_dialogues=sft, dpo_dialogues=dpo, search_stats=stats)
+  assert set(out) == {"report.json", "report.md", "reward.png", "turns.png", "search.png"}
+  assert rp.load_report(out["report.json"]) == json.loads(json.dumps(r))
+  md = (tmp_path / "report.md").read_text()
+  for s in ("| SFT |", "| DPO |", "p-value", "64.06%", "80.47%", "| search |", "pairs"):
+    assert s in md, s
+  for name in ("reward.png", "turns.png", "search.png"):
+    assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG"
+  assert not [p for p in tmp_path.iterdir() if p.name.startswith(".tmp-")]
+  # bad reports are refused before anything is written
+  with pytest.raises(ValueError, match="'pairs'"):
+    rp.write_report(str(tmp_path / "bad"), dict(r, pairs=-1))
+  assert not (tmp_path / "bad" / "report.json").exists()
+
+
+def test_load_report_names_file(tmp_path):
+  p = tmp_path / "report.json"
+  p.write_text(json.dumps(dict(GOOD, task="x")))
+  with pytest.raises(ValueError, match="report.json.*'task'"):
+    rp.load_report(str(p))
