@@ -1,0 +1,210 @@
+"""Orbax checkpoints of a training run (the one module that knows which Orbax API is used).
+
+Layout: `<dir>/<step>/{params,opt_state,meta}` written by Orbax's V0 `CheckpointManager` with
+`args.Composite(StandardSave, StandardSave, JsonSave)`; Orbax writes each step into a temporary
+directory and renames it when complete (atomic), keeps the last `keep` steps and removes
+half-written temporaries on start.
+
+- params: flat dict {"layers.0.self_attn.q_proj.kernel": array} of the NNX Param state;
+- opt_state: the optimizer state's leaves in tree order {"00000": array, ...} (restored into the
+  tree structure of a freshly initialised optimizer state);
+- meta (JSON): step, param_shapes {path: shape}, model_config, data iterator position, RNG and
+  whatever the loop adds.
+
+    mgr = CheckpointManager(dir, keep=3)
+    mgr.save(step, params, opt_state, meta)
+    restored = mgr.restore(params_like, opt_state_like)   # latest; .params .opt_state .step .meta
+    export_hf(dir, out_dir)                                # → config.json + safetensors
+
+A checkpoint whose parameter names or shapes differ from the target is refused with a ValueError
+naming the first mismatching parameter.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any, Mapping
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from flax import nnx
+
+
+def param_path(path: tuple) -> str:
+  return ".".join(str(p) for p in path)
+
+
+def flatten_params(params: nnx.State) -> dict[str, jax.Array]:
+  """NNX Param state → {"a.0.b": array}."""
+  return {param_path(p): v[...] for p, v in nnx.to_flat_state(params)}
+
+
+def unflatten_params(template: nnx.State, flat: Mapping[str, Any]) -> nnx.State:
+  """Arrays of `flat` put into the structure (and Variable types) of `template`."""
+  pairs = [(p, v.replace(flat[param_path(p)])) for p, v in nnx.to_flat_state(template)]
+  return nnx.from_flat_state(pairs)
+
+
+def param_shapes(params: nnx.State) -> dict[str, list[int]]:
+  return {param_path(p): list(v.shape) for p, v in nnx.to_flat_state(params)}
+
+
+def check_shapes(saved: Mapping[str, Any], target: Mapping[str, Any], where: str) -> None:
+  """ValueError naming the first parameter whose presence or shape differs."""
+  for name in sorted(set(saved) | set(target)):
+    if name not in target:
+      raise ValueError(f"checkpoint {where}: parameter {name!r} {list(saved[name])} does not exist "
+                       f"in the model (different architecture?)")
+    if name not in saved:
+      raise ValueError(f"checkpoint {where}: model parameter {name!r} {list(target[name])} is "
+                       f"missing from the checkpoint (different architecture?)")
+    if list(saved[name]) != list(target[name]):
+      raise ValueError(f"checkpoint {where}: parameter {name!r} has shape {list(saved[name])} in "
+                       f"the checkpoint but {list(target[name])} in the model")
+
+
+def _opt_flat(opt_state) -> dict[str, Any]:
+  return {f"{i:05d}": x for i, x in enumerate(jax.tree.leaves(opt_state))}
+
+
+def _abstract(tree):
+  def one(x):
+    sh = getattr(x, "sharding", None)
+    return jax.ShapeDtypeStruct(np.shape(x), x.dtype, sharding=sh)
+  return jax.tree.map(one, tree)
+
+
+@dataclasses.dataclass
+class Restored:
+  params: Any
+  opt_state: Any
+  step: int
+  meta: dict
+
+
+class CheckpointManager:
+  """Save / restore (params, opt_state, meta) per step under `directory`; keeps the last `keep`."""
+
+  def __init__(self, directory: str, keep: int = 3, read_only: bool = False):
+    self.directory = os.path.abspath(directory)
+    if not read_only:
+      os.makedirs(self.directory, exist_ok=True)
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=keep if keep and keep > 0 else None, create=not read_only,
+        enable_async_checkpointing=False, cleanup_tmp_directories=not read_only,
+        read_only=read_only)
+    self._mgr = ocp.CheckpointManager(self.directory, options=options,
+                                      item_names=("params", "opt_state", "meta"))
+
+  def latest_step(self) -> int | None:
+    return self._mgr.latest_step()
+
+  def all_steps(self) -> list[int]:
+    return list(self._mgr.all_steps())
+
+  def save(self, step: int, params: nnx.State, opt_state: Any, meta: Mapping[str, Any] | None = None
+           ) -> None:
+    """Writes step `step` (atomically; overwrites nothing: an existing step is skipped)."""
+    if step in self._mgr.all_steps():
+      return
+    meta = dict(meta or {}, step=int(step), param_shapes=param_shapes(params))
+    self._mgr.save(step, args=ocp.args.Composite(
+        params=ocp.args.StandardSave(flatten_params(params)),
+        opt_state=ocp.args.StandardSave(_opt_flat(opt_state)),
+        meta=ocp.args.JsonSave(meta)), force=True)
+    self._mgr.wait_until_finished()
+
+  def read_meta(self, step: int | None = None) -> dict:
+    step = self._latest_or(step)
+    out = self._mgr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+    return dict(out["meta"])
+
+  def _latest_or(self, step: int | None) -> int:
+    step = self.latest_step() if step is None else step
+    if step is None:
+      raise FileNotFoundError(f"no checkpoint in {self.directory}")
+    return step
+
+  def restore(self, params: nnx.State, opt_state: Any = None, step: int | None = None) -> Restored:
+    """Restores step `step` (default latest) into the structure, dtypes and shardings of
+    `params` / `opt_state` (opt_state=None: parameters only)."""
+    step = self._latest_or(step)
+    meta = self.read_meta(step)
+    check_shapes(meta.get("param_shapes", {}), param_shapes(params), f"{self.directory}/{step}")
+    items = {"params": ocp.args.StandardRestore(_abstract(flatten_params(params)))}
+    if opt_state is not None:
+      saved_n = len(self._mgr.item_metadata(step)["opt_state"] or {})
+      target_n = len(jax.tree.leaves(opt_state))
+      if saved_n and saved_n != target_n:
+        raise ValueError(f"checkpoint {self.directory}/{step}: optimizer state has {saved_n} arrays, "
+                         f"the current optimizer {target_n} (different optimizer settings?)")
+      items["opt_state"] = ocp.args.StandardRestore(_abstract(_opt_flat(opt_state)))
+    out = self._mgr.restore(step, args=ocp.args.Composite(**items))
+    new_params = unflatten_params(params, out["params"])
+    new_opt = None
+    if opt_state is not None:
+      flat = out["opt_state"]
+      new_opt = jax.tree.unflatten(jax.tree.structure(opt_state),
+                                   [flat[k] for k in sorted(flat)])
+    return Restored(new_params, new_opt, int(step), meta)
+
+  def wait(self) -> None:
+    self._mgr.wait_until_finished()
+
+  def close(self) -> None:
+    self._mgr.close()
+
+
+def restore_latest(directory: str, params: nnx.State, opt_state: Any = None) -> Restored | None:
+  """The latest checkpoint under `directory` restored like `params` / `opt_state`, or None."""
+  if not os.path.isdir(directory):
+    return None
+  mgr = CheckpointManager(directory, read_only=True)
+  try:
+    return None if mgr.latest_step() is None else mgr.restore(params, opt_state)
+  finally:
+    mgr.close()
+
+
+def restore_model(model: nnx.Module, directory: str, step: int | None = None) -> int:
+  """Loads the parameters of a checkpoint into `model` in place; returns the step."""
+  mgr = CheckpointManager(directory, read_only=True)
+  try:
+    params = nnx.state(model, nnx.Param)
+    r = mgr.restore(params, None, step)
+    nnx.update(model, r.params)
+    return r.step
+  finally:
+    mgr.close()
+
+
+def model_from_checkpoint(directory: str, step: int | None = None, dtype=None):
+  """A `CausalLM` built from the checkpoint's `model_config` meta, with its parameters."""
+  import jax.numpy as jnp
+  from engage_jax.models import CausalLM, ModelConfig
+  mgr = CheckpointManager(directory, read_only=True)
+  try:
+    meta = mgr.read_meta(step)
+  finally:
+    mgr.close()
+  if "model_config" not in meta:
+    raise ValueError(f"checkpoint {directory}: no model_config in its metadata; build the model "
+                     f"yourself and use restore_model")
+  model = CausalLM(ModelConfig(**meta["model_config"]), dtype=dtype or jnp.float32,
+                   rngs=nnx.Rngs(0))
+  restore_model(model, directory, step)
+  return model
+
+
+def export_hf(checkpoint_dir: str, out_dir: str, step: int | None = None, model=None) -> str:
+  """Writes the checkpoint as an HF model dir (config.json + safetensors) via
+  `models.save_pretrained`. model: an instance of the right architecture (default: built from
+  the checkpoint's model_config). Returns out_dir."""
+  from engage_jax import models
+  if model is None:
+    model = model_from_checkpoint(checkpoint_dir, step)
+  else:
+    restore_model(model, checkpoint_dir, step)
+  models.save_pretrained(model, out_dir)
+  return out_dir

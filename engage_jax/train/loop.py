@@ -1,0 +1,515 @@
+"""One training loop for every objective (SFT, DPO): jit step, Optax, metrics, eval, checkpoints.
+
+The NNX functional pattern keeps shardings and donation explicit:
+
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    loss_fn(params, batch) -> (loss, metrics)       # a pure function of the Param state
+    state = run(loss_fn, params, batches_factory, cfg, workdir, mesh=mesh, ...)
+    nnx.update(model, state.params)
+
+The jitted step takes `(params, opt_state, batch)` with `in_shardings` from
+`engage_jax.sharding` (parameters per the logical rules, batch over data×fsdp), donates the
+parameter and optimizer buffers, and runs gradient accumulation as a `lax.scan` over the A
+micro-batches of a batch whose arrays are shaped `[A, B, ...]`.
+
+Optimizer: `clip_by_global_norm(max_grad_norm)` → AdamW with linear warmup + cosine decay to
+`learning_rate * min_lr_ratio`. A step whose loss or gradient norm is not finite leaves the state
+untouched (so no NaN ever reaches a checkpoint) and stops the run with `NonFiniteLossError`
+naming the step.
+
+Metrics: every `log_every` steps the interval means of `loss`, `grad_norm`, the loss function's
+own metrics, plus `learning_rate` and `tokens_per_s` go to the console (tqdm) and are appended to
+`<workdir>/metrics.jsonl` (one JSON object per line with `"step"`; eval lines have `"split":
+"eval"`). On resume, lines past the restored step are dropped, so the file is the loss curve of
+one uninterrupted run.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import time
+from typing import Any, Callable, Iterable, Iterator, Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from engage_jax import sharding as shd
+
+LossFn = Callable[[nnx.State, Mapping[str, jax.Array]], tuple[jax.Array, dict]]
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "fp32": jnp.float32, "bf16": jnp.bfloat16}
+
+
+@dataclasses.dataclass
+class TrainConfig:
+  """Hyper-parameters shared by SFT and DPO (DPO-only fields are ignored by SFT).
+
+  Steps count optimizer updates; one update consumes `batch_size * grad_accum_steps` examples
+  (pairs for DPO). `num_steps=0` means `num_epochs` passes over the training data.
+  """
+  learning_rate: float = 3e-4
+  min_lr_ratio: float = 0.1          # cosine decays to learning_rate * min_lr_ratio
+  warmup_steps: int = 10
+  num_steps: int = 0
+  num_epochs: int = 1
+  batch_size: int = 8                # per micro-batch (global, over the data×fsdp mesh extent)
+  grad_accum_steps: int = 1
+  weight_decay: float = 0.0
+  adam_b1: float = 0.9
+  adam_b2: float = 0.999
+  adam_eps: float = 1e-8
+  max_grad_norm: float = 1.0         # <= 0 disables clipping
+  compute_dtype: str = "float32"     # "float32" | "bfloat16" (parameters stay in their dtype)
+  max_len: int = 512
+  min_bucket: int = 32
+  seed: int = 0
+  log_every: int = 10
+  eval_every: int = 0                # 0: evaluate only before and after training
+  eval_at_start: bool = True
+  save_every: int = 100              # 0: save only at the end
+  keep_checkpoints: int = 3
+  progress: bool = True              # tqdm bar
+  # DPO
+  beta: float = 0.1
+  loss_type: str = "sigmoid"         # sigmoid | ipo | hinge | robust
+  label_smoothing: float = 0.0
+  max_completion_len: int = 0        # 0: max_len // 2
+
+  @classmethod
+  def from_any(cls, cfg: Any = None, **overrides) -> "TrainConfig":
+    """From a TrainConfig, a dict or an ml_collections ConfigDict (unknown keys are ignored)."""
+    if isinstance(cfg, cls):
+      base = dataclasses.asdict(cfg)
+    elif cfg is None:
+      base = {}
+    else:
+      items = cfg.to_dict() if hasattr(cfg, "to_dict") else dict(cfg)
+      names = {f.name for f in dataclasses.fields(cls)}
+      base = {k: v for k, v in items.items() if k in names}
+    base.update(overrides)
+    out = cls(**base)
+    if out.compute_dtype not in DTYPES:
+      raise ValueError(f"compute_dtype {out.compute_dtype!r}: expected one of {sorted(DTYPES)}")
+    if out.batch_size <= 0 or out.grad_accum_steps <= 0:
+      raise ValueError(f"batch_size ({out.batch_size}) and grad_accum_steps "
+                       f"({out.grad_accum_steps}) must be positive")
+    return out
+
+
+class NonFiniteLossError(RuntimeError):
+  """Raised when a step's loss (or gradient norm) is NaN/inf. `.step` is the 1-based step."""
+
+  def __init__(self, step: int, loss: float, grad_norm: float, checkpoint_step: int | None):
+    self.step = step
+    where = (f"last good checkpoint: step {checkpoint_step}" if checkpoint_step is not None
+             else "no checkpoint was written")
+    super().__init__(f"non-finite loss at step {step} (loss={loss}, grad_norm={grad_norm}); "
+                     f"training stopped, the state was not updated; {where}")
+
+
+# ---------------------------------------------------------------------------- optimizer
+def make_schedule(cfg: TrainConfig, total_steps: int) -> optax.Schedule:
+  """Linear warmup 0 → lr over warmup_steps, then cosine to lr * min_lr_ratio at total_steps."""
+  warm = max(0, min(cfg.warmup_steps, total_steps - 1))
+  decay = max(1, total_steps - warm)
+  return optax.warmup_cosine_decay_schedule(
+      init_value=0.0 if warm else cfg.learning_rate, peak_value=cfg.learning_rate,
+      warmup_steps=warm, decay_steps=warm + decay, end_value=cfg.learning_rate * cfg.min_lr_ratio)
+
+
+def make_optimizer(cfg: TrainConfig, total_steps: int) -> tuple[optax.GradientTransformation,
+                                                                 optax.Schedule]:
+  """clip_by_global_norm → AdamW(schedule). Returns (tx, schedule)."""
+  schedule = make_schedule(cfg, total_steps)
+  parts = []
+  if cfg.max_grad_norm and cfg.max_grad_norm > 0:
+    parts.append(optax.clip_by_global_norm(cfg.max_grad_norm))
+  parts.append(optax.adamw(schedule, b1=cfg.adam_b1, b2=cfg.adam_b2, eps=cfg.adam_eps,
+                           weight_decay=cfg.weight_decay))
+  return optax.chain(*parts), schedule
+
+
+# ---------------------------------------------------------------------------- model helpers
+def set_compute_dtype(model: nnx.Module, dtype) -> dict:
+  """Sets every submodule's `dtype` (activations / matmuls) to `dtype`; returns the old values
+  ({path: dtype}) for `restore_compute_dtype`. Parameters keep their own dtype."""
+  old = {}
+  for path, module in nnx.iter_modules(model):
+    if hasattr(module, "dtype") and not isinstance(module, nnx.Variable):
+      old[path] = module.dtype
+      module.dtype = dtype
+  return old
+
+
+def restore_compute_dtype(model: nnx.Module, old: Mapping) -> None:
+  for path, module in nnx.iter_modules(model):
+    if path in old:
+      module.dtype = old[path]
+
+
+def token_logps(logits: jax.Array, input_ids: jax.Array) -> jax.Array:
+  """log p(input_ids[:, t+1] | ..t) for t < T-1, in fp32: logits [B, T, V] → [B, T-1]."""
+  logits = logits[:, :-1].astype(jnp.float32)
+  tgt = input_ids[:, 1:]
+  picked = jnp.take_along_axis(logits, tgt[..., None], axis=-1)[..., 0]
+  return picked - jax.nn.logsumexp(logits, axis=-1)
+
+
+def lm_loss_fn(graphdef: nnx.GraphDef, rest: nnx.State) -> LossFn:
+  """Loss-masked token cross-entropy (mean over target tokens) for SFT batches
+  {"input_ids", "loss_mask", "attention_mask"} [B, T]; loss_mask[t] = 1 means token t is a target
+  predicted from logits[t-1]. Metrics: "tokens" (number of target tokens)."""
+
+  def loss_fn(params, batch):
+    model = nnx.merge(graphdef, params, rest)
+    logits = model(batch["input_ids"], attention_mask=batch["attention_mask"])
+    lp = token_logps(logits, batch["input_ids"])
+    w = batch["loss_mask"][:, 1:].astype(jnp.float32)
+    n = jnp.sum(w)
+    loss = -jnp.sum(lp * w) / jnp.maximum(n, 1.0)
+    return loss, {"tokens": n}
+
+  return loss_fn
+
+
+# ---------------------------------------------------------------------------- shardings
+def micro_batch_sharding(mesh: Mesh, ndim: int, accum: bool = True) -> NamedSharding:
+  """[A, B, ...] arrays: A replicated, B over data×fsdp (or [B, ...] when accum=False)."""
+  lead = (None, "batch") if accum else ("batch",)
+  axes = lead + (None,) * (ndim - len(lead))
+  return NamedSharding(mesh, shd.logical_to_spec(mesh, axes))
+
+
+def opt_state_sharding(tx: optax.GradientTransformation, opt_state, params_sharding, mesh: Mesh):
+  """Optimizer-state shardings: parameter-shaped leaves (Adam moments) like the parameters,
+  everything else (counts) replicated."""
+  rep = NamedSharding(mesh, P())
+  return optax.tree_map_params(tx, lambda _, s: s, opt_state, params_sharding,
+                               transform_non_params=lambda _: rep)
+
+
+def place(tree, shardings):
+  return jax.tree.map(lambda x, s: jax.device_put(x, s), tree, shardings)
+
+
+# ---------------------------------------------------------------------------- the step
+def make_train_step(loss_fn: LossFn, tx: optax.GradientTransformation, schedule: optax.Schedule,
+                    mesh: Mesh, params_sharding, opt_sharding, batch_example: Mapping[str, Any],
+                    donate: bool = True):
+  """jit step `(params, opt_state, batch[A, B, ...]) -> (params, opt_state, metrics)`.
+
+  Gradients are the mean over the A micro-batches (scan). metrics: "loss", "grad_norm" (before
+  clipping), "learning_rate" (of this update), "finite" (1.0 if the update was applied) and the
+  loss function's metrics (means over micro-batches; "tokens" summed).
+  """
+  b_sh = {k: micro_batch_sharding(mesh, np.ndim(v)) for k, v in batch_example.items()}
+  rep = NamedSharding(mesh, P())
+
+  def step(params, opt_state, batch):
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+
+    def micro(acc, mb):
+      (loss, aux), g = grad_fn(params, mb)
+      return jax.tree.map(jnp.add, acc, g), (loss, aux)
+
+    zeros = jax.tree.map(jnp.zeros_like, params)
+    grads, (losses, aux) = jax.lax.scan(micro, zeros, batch)
+    a = losses.shape[0]
+    grads = jax.tree.map(lambda g: g / a, grads)
+    loss = jnp.mean(losses)
+    gnorm = optax.global_norm(grads)
+    updates, new_opt = tx.update(grads, opt_state, params)
+    new_params = optax.apply_updates(params, updates)
+    finite = jnp.isfinite(loss) & jnp.isfinite(gnorm)
+    keep = lambda new, old: jnp.where(finite, new, old)
+    new_params = jax.tree.map(keep, new_params, params)
+    new_opt = jax.tree.map(keep, new_opt, opt_state)
+    counts = optax.tree_utils.tree_get_all_with_path(opt_state, "count")
+    count = counts[0][1] if counts else None
+    metrics = {k: (jnp.sum(v) if k == "tokens" else jnp.mean(v)) for k, v in aux.items()}
+    metrics.update(loss=loss, grad_norm=gnorm, finite=finite.astype(jnp.float32),
+                   learning_rate=schedule(count) if count is not None else jnp.nan)
+    return new_params, new_opt, metrics
+
+  return jax.jit(step, in_shardings=(params_sharding, opt_sharding, b_sh),
+                 out_shardings=(params_sharding, opt_sharding, rep),
+                 donate_argnums=(0, 1) if donate else ())
+
+
+def make_eval_step(loss_fn: LossFn, mesh: Mesh, params_sharding, batch_example):
+  """jit `(params, batch[B, ...]) -> metrics` (no gradients)."""
+  b_sh = {k: micro_batch_sharding(mesh, np.ndim(v), accum=False) for k, v in batch_example.items()}
+
+  def step(params, batch):
+    loss, aux = loss_fn(params, batch)
+    return dict(aux, loss=loss)
+
+  return jax.jit(step, in_shardings=(params_sharding, b_sh), out_shardings=NamedSharding(mesh, P()))
+
+
+# ---------------------------------------------------------------------------- metrics file
+class MetricsWriter:
+  """Appends JSON lines to `<workdir>/metrics.jsonl`; `truncate_after(step)` drops later lines."""
+
+  def __init__(self, workdir: str):
+    self.path = os.path.join(workdir, "metrics.jsonl")
+
+  def truncate_after(self, step: int) -> None:
+    if not os.path.exists(self.path):
+      return
+    keep = []
+    with open(self.path, encoding="utf-8") as f:
+      for line in f:
+        try:
+          rec = json.loads(line)
+        except json.JSONDecodeError:
+          continue  # a line cut by a kill
+        if int(rec.get("step", 0)) <= step:
+          keep.append(json.dumps(rec))
+    tmp = self.path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+      f.write("".join(k + "\n" for k in keep))
+    os.replace(tmp, self.path)
+
+  def write(self, rec: dict) -> None:
+    with open(self.path, "a", encoding="utf-8") as f:
+      f.write(json.dumps(rec) + "\n")
+      f.flush()
+
+
+def read_metrics(workdir: str, split: str = "train") -> list[dict]:
+  """The records of `<workdir>/metrics.jsonl` of one split ("train" | "eval"), in order."""
+  path = os.path.join(workdir, "metrics.jsonl")
+  out = []
+  if os.path.exists(path):
+    with open(path, encoding="utf-8") as f:
+      for line in f:
+        rec = json.loads(line)
+        if rec.get("split", "train") == split:
+          out.append(rec)
+  return out
+
+
+def _fmt(rec: Mapping[str, Any]) -> str:
+  keys = [k for k in rec if k not in ("step", "split", "epoch")]
+  return " ".join(f"{k}={rec[k]:.4g}" if isinstance(rec[k], float) else f"{k}={rec[k]}" for k in keys)
+
+
+# ---------------------------------------------------------------------------- batches
+def stack_micro(batch: Mapping[str, np.ndarray], accum: int) -> dict[str, np.ndarray]:
+  """[A*B, ...] → [A, B, ...]."""
+  out = {}
+  for k, v in batch.items():
+    v = np.asarray(v)
+    if v.shape[0] % accum:
+      raise ValueError(f"batch key {k!r}: {v.shape[0]} rows not divisible by grad_accum_steps={accum}")
+    out[k] = v.reshape((accum, v.shape[0] // accum) + v.shape[1:])
+  return out
+
+
+class ArrayBatches:
+  """Resumable fixed-shape batches from bucketed arrays with any keys (like data.sft.BatchIterator).
+
+  buckets: {key: {name: array [N, ...]}} (arrays of a bucket share N). Each epoch the rows of every
+  bucket are permuted with (seed, epoch), chunked into batches of `batch_size` (the last one
+  filled with repeated rows whose `"row_weight"` is 0), and all batches shuffled together. Every
+  batch has "row_weight" float32 [B]. `state()` = {"epoch", "step"} of the NEXT batch.
+  """
+
+  def __init__(self, buckets: Mapping[Any, Mapping[str, np.ndarray]], batch_size: int, seed: int = 0,
+               *, epoch: int = 0, step: int = 0, num_epochs: int | None = None):
+    self.buckets = {k: v for k, v in buckets.items() if len(next(iter(v.values())))}
+    if not self.buckets:
+      raise ValueError("ArrayBatches: no examples")
+    self.batch_size, self.seed, self.num_epochs = batch_size, seed, num_epochs
+    self.epoch, self.step = epoch, step
+
+  @property
+  def steps_per_epoch(self) -> int:
+    return sum(-(-len(next(iter(v.values()))) // self.batch_size) for v in self.buckets.values())
+
+  def state(self) -> dict:
+    return {"epoch": self.epoch, "step": self.step}
+
+  def _plan(self, epoch: int):
+    rng = np.random.default_rng([self.seed, epoch])
+    plan = []
+    for key in sorted(self.buckets, key=str):
+      n = len(next(iter(self.buckets[key].values())))
+      perm = rng.permutation(n)
+      for s in range(0, n, self.batch_size):
+        idx = perm[s:s + self.batch_size]
+        real = len(idx)
+        if real < self.batch_size:
+          idx = np.concatenate([idx, np.resize(perm, self.batch_size - real)])
+        plan.append((key, idx, real))
+    return [plan[i] for i in rng.permutation(len(plan))]
+
+  def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
+    while self.num_epochs is None or self.epoch < self.num_epochs:
+      plan = self._plan(self.epoch)
+      while self.step < len(plan):
+        key, idx, real = plan[self.step]
+        batch = {k: v[idx] for k, v in self.buckets[key].items()}
+        w = np.ones((len(idx),), np.float32)
+        w[real:] = 0.0
+        batch["row_weight"] = w
+        self.step += 1
+        if self.step == len(plan):
+          self.epoch, self.step = self.epoch + 1, 0
+        yield batch
+        if self.step == 0:
+          break
+
+
+# ---------------------------------------------------------------------------- the loop
+@dataclasses.dataclass
+class TrainState:
+  """What `run` returns: the final parameters (same structure/shardings as given) and a summary."""
+  params: nnx.State
+  opt_state: Any
+  step: int
+  summary: dict
+
+
+BatchesFactory = Callable[[dict | None], Iterable[Mapping[str, np.ndarray]]]
+
+
+def run(loss_fn: LossFn, params: nnx.State, make_batches: BatchesFactory, cfg: TrainConfig,
+        workdir: str, *, mesh: Mesh | None = None, total_steps: int,
+        eval_batches: Callable[[], Iterable[Mapping[str, np.ndarray]]] | None = None,
+        eval_loss_fn: LossFn | None = None, resume: bool = True,
+        checkpoint_meta: Mapping[str, Any] | None = None,
+        on_step: Callable[[int, dict], None] | None = None,
+        tokens_key: str = "attention_mask") -> TrainState:
+  """Trains `params` for `total_steps` optimizer updates.
+
+  make_batches(data_state) returns an iterable of batches (dicts of numpy [A*B, ...]) that
+  resumes at `data_state` (None = start) and has `.state()` (JSON-able position of the next
+  batch). eval_batches() yields held-out batches [B, ...]; eval metrics are averaged weighted by
+  metrics["tokens"] (else "row_weight" count, else 1). on_step(step, host_metrics) is called
+  after every step (tests use it to pause/kill a run). checkpoint_meta: extra JSON for the
+  checkpoint (e.g. the model config for `checkpoint.export_hf`).
+  """
+  from engage_jax import checkpoint as ckpt_lib
+  from tqdm.auto import tqdm
+
+  os.makedirs(workdir, exist_ok=True)
+  mesh = mesh if mesh is not None else shd.make_mesh(data=1, devices=jax.devices()[:1])
+  shd.check_batch(mesh, cfg.batch_size)
+  tx, schedule = make_optimizer(cfg, total_steps)
+  p_sh = shd.state_sharding(mesh, params)
+  params = place(params, p_sh)
+  opt_state = jax.jit(tx.init, out_shardings=None)(params)
+  o_sh = opt_state_sharding(tx, opt_state, p_sh, mesh)
+  opt_state = place(opt_state, o_sh)
+
+  writer = MetricsWriter(workdir)
+  manager = ckpt_lib.CheckpointManager(os.path.join(workdir, "checkpoints"),
+                                       keep=cfg.keep_checkpoints)
+  step, data_state, rng = 0, None, jax.random.key_data(jax.random.key(cfg.seed))
+  if resume and manager.latest_step() is not None:
+    restored = manager.restore(params, opt_state)
+    params, opt_state = restored.params, restored.opt_state
+    step, data_state = restored.step, restored.meta.get("data_state")
+    rng = np.asarray(restored.meta.get("rng", np.asarray(rng).tolist()), np.uint32)
+    print(f"resumed from {manager.directory} at step {step}")
+  writer.truncate_after(step)
+  if step == 0 and not resume and os.path.exists(writer.path):
+    os.remove(writer.path)
+
+  def save(at_step: int) -> None:
+    meta = dict(checkpoint_meta or {}, data_state=data_state_now(), rng=np.asarray(rng).tolist(),
+                total_steps=total_steps)
+    manager.save(at_step, params, opt_state, meta)
+
+  batches = make_batches(data_state)
+  it = iter(batches)
+  data_state_now = lambda: batches.state() if hasattr(batches, "state") else None
+
+  train_step = eval_step = None
+  summary: dict[str, Any] = {"start_step": step}
+
+  def evaluate(at_step: int) -> dict | None:
+    nonlocal eval_step
+    if eval_batches is None:
+      return None
+    sums: dict[str, float] = {}
+    total = 0.0
+    for b in eval_batches():
+      b = {k: np.asarray(v) for k, v in b.items()}
+      if eval_step is None or getattr(eval_step, "_keys", None) != tuple(sorted(b)):
+        eval_step = make_eval_step(eval_loss_fn or loss_fn, mesh, p_sh, b)
+        eval_step._keys = tuple(sorted(b))
+      m = jax.device_get(eval_step(params, b))
+      w = float(m.get("tokens", b["row_weight"].sum() if "row_weight" in b else 1.0))
+      total += w
+      for k, v in m.items():
+        if k != "tokens":
+          sums[k] = sums.get(k, 0.0) + float(v) * w
+    rec = {"step": at_step, "split": "eval", **{k: v / max(total, 1e-9) for k, v in sums.items()}}
+    writer.write(rec)
+    tqdm.write(f"[eval] step {at_step}: {_fmt(rec)}")
+    return rec
+
+  if step == 0 and cfg.eval_at_start:
+    summary["eval_start"] = evaluate(0)
+  bar = tqdm(total=total_steps, initial=step, disable=not cfg.progress, desc="train", dynamic_ncols=True)
+  acc: dict[str, float] = {}
+  n_acc, tokens, t0 = 0, 0.0, time.perf_counter()
+  last_saved = manager.latest_step()
+  try:
+    while step < total_steps:
+      try:
+        batch = next(it)
+      except StopIteration:
+        raise ValueError(f"training data ran out at step {step} of {total_steps}") from None
+      batch = stack_micro(batch, cfg.grad_accum_steps)
+      if train_step is None:
+        train_step = make_train_step(loss_fn, tx, schedule, mesh, p_sh, o_sh, batch)
+      tokens += float(np.sum(batch[tokens_key])) if tokens_key in batch else 0.0
+      params, opt_state, metrics = train_step(params, opt_state, batch)
+      metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+      step += 1
+      if metrics.pop("finite") < 1.0:
+        raise NonFiniteLossError(step, metrics["loss"], metrics["grad_norm"], last_saved)
+      for k, v in metrics.items():
+        acc[k] = acc.get(k, 0.0) + v
+      n_acc += 1
+      bar.update(1)
+      if on_step is not None:
+        on_step(step, metrics)
+      if step % max(cfg.log_every, 1) == 0 or step == total_steps:
+        dt = time.perf_counter() - t0
+        rec = {"step": step, **{k: v / n_acc for k, v in acc.items()},
+               "learning_rate": metrics["learning_rate"], "tokens_per_s": tokens / max(dt, 1e-9)}
+        writer.write(rec)
+        bar.set_postfix(loss=f"{rec['loss']:.4f}", lr=f"{rec['learning_rate']:.2e}")
+        if not cfg.progress:
+          print(f"step {step}: {_fmt(rec)}", flush=True)
+        summary["last_train"] = rec
+        acc, n_acc, tokens, t0 = {}, 0, 0.0, time.perf_counter()
+      if cfg.eval_every and step % cfg.eval_every == 0 and step != total_steps:
+        evaluate(step)
+      if (cfg.save_every and step % cfg.save_every == 0) or step == total_steps:
+        save(step)
+        last_saved = step
+  finally:
+    bar.close()
+    manager.wait()
+  summary["eval_end"] = evaluate(step)
+  summary["step"] = step
+  manager.close()
+  return TrainState(params=params, opt_state=opt_state, step=step, summary=summary)
+
+
+def total_steps_for(cfg: TrainConfig, steps_per_epoch: int) -> int:
+  """cfg.num_steps, or num_epochs passes of `steps_per_epoch` micro-batches (rounded up)."""
+  if cfg.num_steps > 0:
+    return int(cfg.num_steps)
+  return max(1, math.ceil(cfg.num_epochs * steps_per_epoch / cfg.grad_accum_steps))
