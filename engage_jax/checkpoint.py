@@ -94,8 +94,9 @@ class CheckpointManager:
         max_to_keep=keep if keep and keep > 0 else None, create=not read_only,
         enable_async_checkpointing=False, cleanup_tmp_directories=not read_only,
         read_only=read_only)
-    self._mgr = ocp.CheckpointManager(self.directory, options=options,
-                                      item_names=("params", "opt_state", "meta"))
+    handlers = {"params": ocp.StandardCheckpointHandler(), "opt_state": ocp.StandardCheckpointHandler(),
+                "meta": ocp.JsonCheckpointHandler()}
+    self._mgr = ocp.CheckpointManager(self.directory, options=options, item_handlers=handlers)
 
   def latest_step(self) -> int | None:
     return self._mgr.latest_step()

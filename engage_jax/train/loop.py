@@ -222,7 +222,7 @@ def make_train_step(loss_fn: LossFn, tx: optax.GradientTransformation, schedule:
     a = losses.shape[0]
     grads = jax.tree.map(lambda g: g / a, grads)
     loss = jnp.mean(losses)
-    gnorm = optax.global_norm(grads)
+    gnorm = optax.tree.norm(grads)
     updates, new_opt = tx.update(grads, opt_state, params)
     new_params = optax.apply_updates(params, updates)
     finite = jnp.isfinite(loss) & jnp.isfinite(gnorm)
@@ -386,7 +386,7 @@ def run(loss_fn: LossFn, params: nnx.State, make_batches: BatchesFactory, cfg: T
         eval_loss_fn: LossFn | None = None, resume: bool = True,
         checkpoint_meta: Mapping[str, Any] | None = None,
         on_step: Callable[[int, dict], None] | None = None,
-        tokens_key: str = "attention_mask") -> TrainState:
+        count_tokens: Callable[[Mapping[str, np.ndarray]], float] | None = None) -> TrainState:
   """Trains `params` for `total_steps` optimizer updates.
 
   make_batches(data_state) returns an iterable of batches (dicts of numpy [A*B, ...]) that
@@ -394,7 +394,8 @@ def run(loss_fn: LossFn, params: nnx.State, make_batches: BatchesFactory, cfg: T
   batch). eval_batches() yields held-out batches [B, ...]; eval metrics are averaged weighted by
   metrics["tokens"] (else "row_weight" count, else 1). on_step(step, host_metrics) is called
   after every step (tests use it to pause/kill a run). checkpoint_meta: extra JSON for the
-  checkpoint (e.g. the model config for `checkpoint.export_hf`).
+  checkpoint (e.g. the model config for `checkpoint.export_hf`). count_tokens(batch) gives the
+  tokens of a batch for tokens/s (default: the sum of "attention_mask").
   """
   from engage_jax import checkpoint as ckpt_lib
   from tqdm.auto import tqdm
@@ -472,7 +473,7 @@ def run(loss_fn: LossFn, params: nnx.State, make_batches: BatchesFactory, cfg: T
       batch = stack_micro(batch, cfg.grad_accum_steps)
       if train_step is None:
         train_step = make_train_step(loss_fn, tx, schedule, mesh, p_sh, o_sh, batch)
-      tokens += float(np.sum(batch[tokens_key])) if tokens_key in batch else 0.0
+      tokens += float(count_tokens(batch)) if count_tokens else float(np.sum(batch.get("attention_mask", 0)))
       params, opt_state, metrics = train_step(params, opt_state, batch)
       metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
       step += 1
