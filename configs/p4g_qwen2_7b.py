@@ -58,7 +58,8 @@ def get_config():
 
   c.sft.agent_steps = 1000
   c.sft.simulator_steps = 1000
-  c.sft.batch_size = 32
+  c.sft.batch_size = 16                              # local batch 1 on fsdp=16
+  c.sft.grad_accum = 2                               # 32 sequences per update (plan.py: fits with remat)
   c.sft.learning_rate = 1e-5
   c.sft.warmup_steps = 50
   c.sft.weight_decay = 0.0

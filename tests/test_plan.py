@@ -1,0 +1,100 @@
+"""launch/plan.py: analytic parameter counts and a subprocess run on a tiny config override."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from engage_jax.models import ModelConfig
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "launch"))
+import plan  # noqa: E402
+
+LLAMA3_8B = ModelConfig(model_type="llama", vocab_size=128256, hidden_size=4096, intermediate_size=14336,
+                        num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8,
+                        tie_word_embeddings=False)
+TINY = ["--config.model.agent.path=", "--config.model.agent.hidden_size=64",
+        "--config.model.agent.intermediate_size=128", "--config.model.agent.num_hidden_layers=3",
+        "--config.model.agent.num_attention_heads=4", "--config.model.agent.num_key_value_heads=2",
+        "--config.tokenizer.vocab_size=256", "--config.mesh.fsdp=4", "--config.sft.batch_size=8",
+        "--config.data.max_len=32", "--config.search.max_prompt_len=32", "--config.search.max_new_tokens=16"]
+
+
+def _load_config(name):
+  import importlib.util
+  spec = importlib.util.spec_from_file_location(name, REPO / "configs" / f"{name}.py")
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  return mod.get_config()
+
+
+def test_llama3_8b_param_count():
+  n = LLAMA3_8B.num_params
+  assert n == 8_030_261_248
+  assert abs(n - 8.03e9) / 8.03e9 < 1e-3
+
+
+@pytest.mark.parametrize("name, expected", [("esconv_llama3_8b", 8_030_261_248), ("p4g_qwen2_7b", 7_615_616_512)])
+def test_config_models_resolve_to_known_sizes(name, expected):
+  cfg = _load_config(name)
+  mc, source = plan.resolve_model_config(cfg, "agent")
+  assert mc.num_params == expected and "config fields" in source
+  assert plan.mesh_sizes(cfg) == (1, 16, 1)
+  base = _load_config("base")
+  assert sorted(cfg.keys()) == sorted(base.keys())
+  for section in base.keys():
+    if hasattr(base[section], "keys"):
+      assert sorted(cfg[section].keys()) == sorted(base[section].keys()), section
+
+
+def test_analytic_terms():
+  a = plan.activation_bytes(LLAMA3_8B, 2, 1024, 2, remat=False)
+  r = plan.activation_bytes(LLAMA3_8B, 2, 1024, 2, remat=True)
+  assert r["total"] < a["total"] and r["logits"] == a["logits"] == 2 * 1024 * 128256 * 12
+  assert plan.fsdp_transient_bytes(LLAMA3_8B, 1, 1, 4) == 0
+  assert plan.fsdp_transient_bytes(LLAMA3_8B, 16, 1, 4) == 2 * 128256 * 4096 * 4
+
+
+def test_plan_subprocess_tiny(tmp_path):
+  out = tmp_path / "plan.json"
+  env = dict(os.environ)
+  env.pop("XLA_FLAGS", None)
+  proc = subprocess.run([sys.executable, str(REPO / "launch" / "plan.py"),
+                         "--config=" + str(REPO / "configs" / "esconv_llama3_8b.py"), *TINY,
+                         "--compile=none", f"--json_out={out}"],
+                        capture_output=True, text=True, timeout=300, env=env, cwd=str(REPO))
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  expected = ModelConfig(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=3,
+                         num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False).num_params
+  m = re.search(r"parameters: ([\d,]+)", proc.stdout)
+  assert m and int(m.group(1).replace(",", "")) == expected, proc.stdout
+  assert "4 host CPU devices" in proc.stdout and "verdict:" in proc.stdout
+  plan_json = json.loads(out.read_text())
+  assert plan_json["model"]["num_params"] == expected
+  assert plan_json["mesh"] == {"data": 1, "fsdp": 4, "tensor": 1, "devices": 4}
+  assert set(plan_json["lowered"]) == {"train", "train_remat", "prefill", "decode"}
+  b = plan_json["train"]["bytes"]
+  # fp32 params sharded over fsdp=4 (the few norm weights / indivisible dims are replicated)
+  assert expected * 4 / 4 <= b["params"] <= expected * 4
+  assert 2 * b["params"] <= b["optimizer_mu_nu"] <= 2 * b["params"] + 64  # + step counters
+
+
+@pytest.mark.slow
+def test_plan_subprocess_compile(tmp_path):
+  """--compile=auto on a tiny model: memory_analysis() cross-check present (slower: ~6 compiles)."""
+  out = tmp_path / "plan.json"
+  tiny = [t for t in TINY if "fsdp" not in t] + ["--config.mesh.fsdp=2", "--config.sft.batch_size=2"]
+  proc = subprocess.run([sys.executable, str(REPO / "launch" / "plan.py"),
+                         "--config=" + str(REPO / "configs" / "esconv_llama3_8b.py"), *tiny,
+                         "--compile=auto", f"--json_out={out}"],
+                        capture_output=True, text=True, timeout=600, cwd=str(REPO))
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  p = json.loads(out.read_text())
+  assert p["train"]["activations_measured_fp32_no_remat"]["total"] > 0
+  assert "memory_analysis" in proc.stdout
