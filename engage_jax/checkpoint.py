@@ -64,8 +64,12 @@ def check_shapes(saved: Mapping[str, Any], target: Mapping[str, Any], where: str
                        f"the checkpoint but {list(target[name])} in the model")
 
 
+_EMPTY = "empty"  # stand-in item for an optimizer state without arrays (Orbax refuses empty trees)
+
+
 def _opt_flat(opt_state) -> dict[str, Any]:
-  return {f"{i:05d}": x for i, x in enumerate(jax.tree.leaves(opt_state))}
+  flat = {f"{i:05d}": x for i, x in enumerate(jax.tree.leaves(opt_state))}
+  return flat or {_EMPTY: np.zeros((), np.int8)}
 
 
 def _abstract(tree):
@@ -134,17 +138,18 @@ class CheckpointManager:
     meta = self.read_meta(step)
     check_shapes(meta.get("param_shapes", {}), param_shapes(params), f"{self.directory}/{step}")
     items = {"params": ocp.args.StandardRestore(_abstract(flatten_params(params)))}
-    if opt_state is not None:
-      saved_n = len(self._mgr.item_metadata(step)["opt_state"] or {})
-      target_n = len(jax.tree.leaves(opt_state))
-      if saved_n and saved_n != target_n:
+    target_n = len(jax.tree.leaves(opt_state)) if opt_state is not None else 0
+    if opt_state is not None and target_n:
+      saved = self._mgr.item_metadata(step)["opt_state"] or {}
+      saved_n = 0 if _EMPTY in saved else len(saved)
+      if saved_n != target_n:
         raise ValueError(f"checkpoint {self.directory}/{step}: optimizer state has {saved_n} arrays, "
                          f"the current optimizer {target_n} (different optimizer settings?)")
       items["opt_state"] = ocp.args.StandardRestore(_abstract(_opt_flat(opt_state)))
     out = self._mgr.restore(step, args=ocp.args.Composite(**items))
     new_params = unflatten_params(params, out["params"])
-    new_opt = None
-    if opt_state is not None:
+    new_opt = opt_state if opt_state is not None and not target_n else None
+    if opt_state is not None and target_n:
       flat = out["opt_state"]
       new_opt = jax.tree.unflatten(jax.tree.structure(opt_state),
                                    [flat[k] for k in sorted(flat)])

@@ -483,8 +483,6 @@ def run(loss_fn: LossFn, params: nnx.State, make_batches: BatchesFactory, cfg: T
         acc[k] = acc.get(k, 0.0) + v
       n_acc += 1
       bar.update(1)
-      if on_step is not None:
-        on_step(step, metrics)
       if step % max(cfg.log_every, 1) == 0 or step == total_steps:
         dt = time.perf_counter() - t0
         rec = {"step": step, **{k: v / n_acc for k, v in acc.items()},
@@ -500,6 +498,8 @@ def run(loss_fn: LossFn, params: nnx.State, make_batches: BatchesFactory, cfg: T
       if (cfg.save_every and step % cfg.save_every == 0) or step == total_steps:
         save(step)
         last_saved = step
+      if on_step is not None:
+        on_step(step, metrics)
   finally:
     bar.close()
     manager.wait()

@@ -31,8 +31,8 @@ def tiny_model(vocab: int, seed: int = 0, layers: int = 2, d: int = 64) -> Causa
 
 def sft_arrays(tok, n_train: int = 32, n_eval: int = 8, max_len: int = 128):
   dl = sandbox.generate("es", n_train + n_eval, 0)
-  tr, _ = sft.build_arrays(dl[:n_train], tok, "agent", max_len)
-  ev, _ = sft.build_arrays(dl[n_train:], tok, "agent", max_len)
+  tr, _ = sft.build_arrays(dl[:n_train], tok, "agent", max_len, buckets=(max_len,))
+  ev, _ = sft.build_arrays(dl[n_train:], tok, "agent", max_len, buckets=(max_len,))
   return tr, ev
 
 

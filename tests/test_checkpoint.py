@@ -1,0 +1,54 @@
+"""Orbax checkpoints: round trip, keep-last-K, wrong shape refused naming the parameter, HF export."""
+from __future__ import annotations
+
+import jax
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+from engage_jax import checkpoint, models
+from engage_jax.models import CausalLM, ModelConfig
+
+
+def _model(d=32, seed=0):
+  cfg = ModelConfig(vocab_size=64, hidden_size=d, intermediate_size=2 * d, num_hidden_layers=1,
+                    num_attention_heads=4, num_key_value_heads=2)
+  return CausalLM(cfg, rngs=nnx.Rngs(seed))
+
+
+def test_round_trip_keep_last_and_refuse_wrong_shape(tmp_path):
+  model = _model()
+  params = nnx.state(model, nnx.Param)
+  tx = optax.adamw(1e-3)
+  opt = tx.init(params)
+  opt = jax.tree.map(lambda x: x + 1, opt)
+  mgr = checkpoint.CheckpointManager(str(tmp_path / "ck"), keep=2)
+  for step in (1, 2, 3):
+    mgr.save(step, params, opt, {"data_state": {"epoch": 0, "step": step}, "model_config": {"a": 1}})
+  assert mgr.all_steps() == [2, 3]
+  fresh = nnx.state(_model(seed=1), nnx.Param)
+  r = checkpoint.restore_latest(str(tmp_path / "ck"), fresh, tx.init(fresh))
+  assert r.step == 3 and r.meta["data_state"] == {"epoch": 0, "step": 3}
+  for (pa, a), (pb, b) in zip(nnx.to_flat_state(params), nnx.to_flat_state(r.params)):
+    assert pa == pb and np.array_equal(np.asarray(a[...]), np.asarray(b[...]))
+  for a, b in zip(jax.tree.leaves(opt), jax.tree.leaves(r.opt_state)):
+    assert np.array_equal(np.asarray(a), np.asarray(b))
+  assert jax.tree.structure(r.opt_state) == jax.tree.structure(opt)
+  wrong = nnx.state(_model(d=48), nnx.Param)
+  with pytest.raises(ValueError, match=r"parameter 'embed_tokens' has shape \[64, 32\] in the checkpoint but "
+                                       r"\[64, 48\]"):
+    checkpoint.restore_latest(str(tmp_path / "ck"), wrong)
+  assert checkpoint.restore_latest(str(tmp_path / "none"), fresh) is None
+
+
+def test_export_hf(tmp_path):
+  model = _model(seed=3)
+  mgr = checkpoint.CheckpointManager(str(tmp_path / "ck"))
+  import dataclasses
+  mgr.save(7, nnx.state(model, nnx.Param), optax.sgd(0.1).init(nnx.state(model, nnx.Param)),
+           {"model_config": dataclasses.asdict(model.config)})
+  out = checkpoint.export_hf(str(tmp_path / "ck"), str(tmp_path / "hf"))
+  loaded = models.from_pretrained(out)
+  ids = np.arange(10, dtype=np.int32)[None] % 64
+  np.testing.assert_allclose(np.asarray(loaded(ids)), np.asarray(model(ids)), atol=1e-5)
