@@ -98,3 +98,19 @@ def test_plan_subprocess_compile(tmp_path):
   p = json.loads(out.read_text())
   assert p["train"]["activations_measured_fp32_no_remat"]["total"] > 0
   assert "memory_analysis" in proc.stdout
+
+
+def test_tpu_vm_dry_run_prints_commands():
+  env = dict(os.environ, PROJECT="proj-x", ZONE="us-west4-a", TPU_NAME="t1", WORKDIR="gs://b/run")
+  proc = subprocess.run(["bash", str(REPO / "launch" / "tpu_vm.sh"), "--dry-run", "all", "--",
+                         "--config.data.path=/data/esconv"], capture_output=True, text=True, timeout=60, env=env)
+  assert proc.returncode == 0, proc.stderr
+  out = proc.stdout
+  assert "gcloud compute tpus tpu-vm create t1 --project=proj-x --zone=us-west4-a" in out
+  assert "--accelerator-type=v5litepod-16" in out
+  assert "tpu-vm scp" in out and "tpu-vm ssh" in out and out.count("--worker=all") >= 4
+  assert "pip\\ install\\ -e\\ ." in out and "launch/pipeline.py" in out and "--workdir=gs://b/run" in out
+  assert "--config.data.path=/data/esconv" in out
+  bad = subprocess.run(["bash", str(REPO / "launch" / "tpu_vm.sh"), "--dry-run", "explode"],
+                       capture_output=True, text=True, timeout=60)
+  assert bad.returncode == 2 and "unknown argument" in bad.stderr
