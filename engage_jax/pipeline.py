@@ -174,6 +174,27 @@ def stage_tokenizer(cfg, wd: Workdir) -> dict:
   return {"vocab_size": tok.vocab_size}
 
 
+# config key (configs/base.py) → TrainConfig field; the other keys keep their names.
+_TRAIN_KEYS = {"grad_clip": "max_grad_norm", "grad_accum": "grad_accum_steps", "checkpoint_every": "save_every",
+               "steps": "num_steps"}
+
+
+def train_config(cfg, section, **overrides):
+  """A train.loop.TrainConfig from the `sft` or `dpo` config section (every key is used)."""
+  from engage_jax.train.loop import TrainConfig
+  known = {f for f in TrainConfig.__dataclass_fields__}
+  fields = {}
+  for key, value in section.items():
+    name = _TRAIN_KEYS.get(key, key)
+    if name in known:
+      fields[name] = value
+    elif key not in ("agent_steps", "simulator_steps"):
+      raise ValueError(f"config key {key!r} of the training section has no TrainConfig field")
+  fields.update(compute_dtype=cfg.model.dtype, seed=cfg.seed)
+  fields.update(overrides)
+  return TrainConfig.from_any(fields)
+
+
 def stage_sft(cfg, wd: Workdir, role: str) -> dict:
   from engage_jax.data import sft as sft_data
   from engage_jax.train import sft as sft_train
@@ -184,8 +205,8 @@ def stage_sft(cfg, wd: Workdir, role: str) -> dict:
   model = new_model(cfg, role, tok)
   steps = cfg.sft.agent_steps if role == "agent" else cfg.sft.simulator_steps
   out = wd.path(f"sft_{role}")
-  model, summary = sft_train.train_sft(model, train, cfg.sft, out, steps=steps, mesh=make_mesh(cfg),
-                                       eval_data=valid, seed=cfg.seed)
+  tcfg = train_config(cfg, cfg.sft, num_steps=steps, max_len=cfg.data.max_len)
+  model, summary = sft_train.train_sft(model, train, tcfg, str(out), mesh=make_mesh(cfg), eval_data=valid)
   models.save_pretrained(model, out / "hf")
   return {"examples": stats.get("examples"), **{k: v for k, v in summary.items() if _jsonable(v)}}
 
@@ -198,8 +219,9 @@ def stage_evaluate(cfg, wd: Workdir, which: str) -> dict:
   sim = speaker(cfg, cfg.eval, load_model(cfg, wd.path("sft_simulator", "hf")), tok, "simulator")
   conds = roots(cfg, load_corpus(cfg) if cfg.data.source != "sandbox" else {}, "eval", cfg.eval.n_conditions)
   out = wd.path(f"eval_{which}")
-  summary, _ = evaluate.evaluate(agent, sim, conds, cfg.eval, seed=cfg.seed + 7, task=cfg.task,
-                                 reward_cfg=reward_cfg(cfg), out_path=out / "dialogues.jsonl")
+  settings = {"task": cfg.task, "max_agent_turns": cfg.eval.max_agent_turns,
+              "samples_per_condition": cfg.eval.samples_per_condition, "reward": reward_cfg(cfg)}
+  summary, _ = evaluate.evaluate(agent, sim, conds, settings, seed=cfg.seed + 7, out_path=str(out / "dialogues.jsonl"))
   atomic_write_json(out / "summary.json", summary)
   return summary
 
@@ -254,29 +276,22 @@ def stage_dpo(cfg, wd: Workdir) -> dict:
   policy = load_model(cfg, wd.path("sft_agent", "hf"))
   ref = load_model(cfg, wd.path("sft_agent", "hf"))
   out = wd.path("dpo_agent")
-  model, summary = dpo_train.train_dpo(policy, ref, files, tok, cfg.dpo, out, mesh=make_mesh(cfg), seed=cfg.seed)
+  tcfg = train_config(cfg, cfg.dpo)
+  model, summary = dpo_train.train_dpo(policy, ref, [str(f) for f in files], tok, tcfg, str(out), mesh=make_mesh(cfg))
   models.save_pretrained(model, out / "hf")
   return {"pairs": n_pairs, **{k: v for k, v in summary.items() if _jsonable(v)}}
 
 
 def stage_report(cfg, wd: Workdir) -> dict:
-  from engage_jax import report
-  from engage_jax.data.dialogue import Dialogue as D
-
-  def dialogues(which):
-    with open(wd.path(f"eval_{which}", "dialogues.jsonl"), encoding="utf-8") as f:
-      return [D.from_json(json.loads(line)) for line in f if line.strip()]
-
-  n_pairs = sum(1 for f in pair_files(wd) for line in f.read_text().splitlines() if line.strip())
-  search_stats = None
-  trees = sorted(wd.path("search", "trees").glob("shard-*.json"))
-  if trees:
-    search_stats = {"trees": [t for f in trees for t in json.loads(f.read_text())["trees"]],
-                    "pairs": [json.loads(line) for f in pair_files(wd) for line in f.read_text().splitlines()
-                              if line.strip()]}
-  rep = report.build_report(cfg.task, dialogues("sft"), dialogues("dpo"), n_pairs, wd.wall_seconds(),
-                            search_stats=search_stats)
-  report.write_report(wd.root, rep, search_stats=search_stats)
+  from engage_jax import evaluate, report
+  from engage_jax.search.pairs import read_jsonl
+  sft = evaluate.load_dialogues(str(wd.path("eval_sft", "dialogues.jsonl")))
+  dpo = evaluate.load_dialogues(str(wd.path("eval_dpo", "dialogues.jsonl")))
+  pairs = [p for f in pair_files(wd) for p in read_jsonl(str(f))]
+  search_stats = report.search_stats_from_pairs(pairs) if pairs else None
+  rep = report.build_report(cfg.task, sft, dpo, len(pairs), wd.wall_seconds(), search_stats=search_stats,
+                            seed=cfg.seed)
+  report.write_report(str(wd.root), rep, sft_dialogues=sft, dpo_dialogues=dpo, search_stats=search_stats)
   return {"p_value": rep["p_value"]}
 
 
