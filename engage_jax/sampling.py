@@ -1,0 +1,331 @@
+"""Batched autoregressive sampling with a KV cache: one jitted prefill + `lax.while_loop` decode.
+
+    new_ids = sampling.generate(model, prompts, max_new_tokens=64, temperature=0.0, top_p=1.0,
+                                top_k=0, seed=0, stop_token_ids=(eos,))
+
+* `prompts` is a ragged `list[list[int]]`; the result holds the *new* tokens of each row only, cut
+  after the first stop token (the stop token is kept as the row's last element; a row that never
+  stops has exactly `max_new_tokens` tokens).
+* `temperature=0.0` is greedy argmax, token for token what transformers'
+  `generate(do_sample=False)` gives for the same fp32 weights. Otherwise logits / temperature,
+  then top-k (0 = off), then top-p (1.0 = off), then a categorical draw with an explicit PRNG key
+  derived from `seed` (same seed → same samples).
+
+Shapes and compilation. Prompts are left-padded to `P` (a power of two, at least 16) and the batch
+to `B` (a power of two, at least 8); the cache has `S = P + N` slots, `N` = `max_new_tokens` rounded
+up to a power of two (at least 16). Prompt tokens occupy slots `[0, P)`, the i-th new token slot
+`P + i`; positions are per row (`prompt_len + i`), `kv_mask [B, S]` hides the left padding. The
+whole prefill + decode is ONE jitted function per `(B, P, N, sampling mode)` with the NNX model
+split into a static graphdef and its state (an argument, so a sharded state stays sharded);
+temperature / top-p / top-k / seed / the true `max_new_tokens` / the stop ids are traced values, so
+changing them does not recompile. The decode loop stops early once every row has stopped.
+
+The KV cache (`[B, KV, S, hd]` per layer) is allocated inside the jitted function and carried
+through the while loop, where each step writes one slot with `dynamic_update_slice` in place (no
+copy of the cache per step; checked in the XLA dump), so there is no input buffer to donate.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+MIN_BATCH_BUCKET = 8
+MIN_PROMPT_BUCKET = 16
+MIN_NEW_BUCKET = 16
+MAX_STOP_IDS = 8  # stop ids are padded to this many (static shape); more is a ValueError
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingParams:
+  """Sampling settings of one `generate` call (see `generate`)."""
+  max_new_tokens: int = 64
+  temperature: float = 0.0
+  top_p: float = 1.0
+  top_k: int = 0
+  stop_token_ids: tuple[int, ...] = ()
+
+  def validate(self) -> None:
+    _check_params(self.max_new_tokens, self.temperature, self.top_p, self.top_k, self.stop_token_ids)
+
+  def kwargs(self) -> dict:
+    """Keyword arguments for `generate`."""
+    return dict(max_new_tokens=self.max_new_tokens, temperature=self.temperature, top_p=self.top_p,
+                top_k=self.top_k, stop_token_ids=tuple(self.stop_token_ids))
+
+
+def bucket(n: int, minimum: int) -> int:
+  """Smallest power of two >= max(n, minimum)."""
+  n = max(int(n), int(minimum))
+  return 1 << (n - 1).bit_length()
+
+
+def _check_params(max_new_tokens, temperature, top_p, top_k, stop_token_ids) -> None:
+  if not isinstance(max_new_tokens, (int, np.integer)) or max_new_tokens < 1:
+    raise ValueError(f"generate: max_new_tokens must be a positive int, got {max_new_tokens!r}")
+  if not np.isfinite(temperature) or temperature < 0:
+    raise ValueError(f"generate: temperature must be >= 0 (0 = greedy), got {temperature!r}")
+  if not (0.0 < top_p <= 1.0):
+    raise ValueError(f"generate: top_p must be in (0, 1], got {top_p!r}")
+  if not isinstance(top_k, (int, np.integer)) or top_k < 0:
+    raise ValueError(f"generate: top_k must be an int >= 0 (0 = off), got {top_k!r}")
+  if len(stop_token_ids) > MAX_STOP_IDS:
+    raise ValueError(f"generate: at most {MAX_STOP_IDS} stop_token_ids, got {len(stop_token_ids)}")
+
+
+def _check_prompts(prompts, vocab_size: int, extra: int, max_pos: int, what: str) -> list[list[int]]:
+  if prompts is None or len(prompts) == 0:
+    raise ValueError(f"{what}: empty prompt list")
+  out = []
+  for i, p in enumerate(prompts):
+    p = [int(t) for t in p]
+    if not p:
+      raise ValueError(f"{what}: prompt {i} is empty")
+    if min(p) < 0 or max(p) >= vocab_size:
+      raise ValueError(f"{what}: prompt {i} has a token id outside [0, {vocab_size})")
+    if len(p) + extra > max_pos:
+      raise ValueError(f"{what}: prompt {i} has {len(p)} tokens; with {extra} new tokens that exceeds "
+                       f"the model's max_position_embeddings={max_pos}")
+    out.append(p)
+  return out
+
+
+def _left_pad(prompts: list[list[int]], b: int, p: int) -> tuple[np.ndarray, np.ndarray]:
+  """ragged prompts → (tokens [b, p] int32 left-padded with 0, mask [b, p] int32). Extra rows
+  beyond len(prompts) repeat prompt 0 (their output is dropped)."""
+  tokens = np.zeros((b, p), np.int32)
+  mask = np.zeros((b, p), np.int32)
+  for i in range(b):
+    row = prompts[i] if i < len(prompts) else prompts[0]
+    tokens[i, p - len(row):] = row
+    mask[i, p - len(row):] = 1
+  return tokens, mask
+
+
+# ---------------------------------------------------------------------------------------- sampling
+def sample_logits(logits: jax.Array, key: jax.Array, temperature: jax.Array, top_p: jax.Array,
+                  top_k: jax.Array, *, mode: str) -> jax.Array:
+  """Next tokens [B] int32 from fp32 logits [B, V].
+
+  mode (static): "greedy" (argmax; the other arguments are ignored), "sample" (temperature only),
+  "filter" (temperature, then top-k with k <= 0 meaning off, then top-p with p >= 1 meaning off;
+  transformers' order). top-k keeps the logits >= the k-th largest (ties kept, as transformers
+  does); top-p keeps the smallest set of largest probabilities whose mass reaches top_p (the most
+  likely token always kept). The [B, V] sort is only traced in "filter" mode.
+  """
+  if mode == "greedy":
+    return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+  logits = logits / temperature
+  if mode == "filter":
+    v = logits.shape[-1]
+    sorted_desc = -jnp.sort(-logits, axis=-1)                                   # [B, V]
+    k = jnp.where(top_k > 0, jnp.minimum(top_k, v), v)
+    kth = jax.lax.dynamic_slice_in_dim(sorted_desc, k - 1, 1, axis=-1)          # [B, 1]
+    sorted_desc = jnp.where(sorted_desc < kth, -jnp.inf, sorted_desc)
+    probs = jax.nn.softmax(sorted_desc, axis=-1)
+    cum_before = jnp.cumsum(probs, axis=-1) - probs      # mass strictly above each sorted position
+    keep = (cum_before < top_p) | (top_p >= 1.0)
+    keep = keep.at[:, 0].set(True)
+    thresh = jnp.min(jnp.where(keep, sorted_desc, jnp.inf), axis=-1, keepdims=True)
+    logits = jnp.where(logits < jnp.maximum(thresh, kth), -jnp.inf, logits)
+  elif mode != "sample":
+    raise ValueError(f"sample_logits: unknown mode {mode!r}")
+  return jax.random.categorical(key, logits, axis=-1).astype(jnp.int32)
+
+
+def _mode(temperature: float, top_p: float, top_k: int) -> str:
+  if temperature == 0.0:
+    return "greedy"
+  return "filter" if (top_k > 0 or top_p < 1.0) else "sample"
+
+
+# ---------------------------------------------------------------------------------------- jitted core
+def _generate_core(graphdef, state, tokens, prompt_mask, max_new, key, temperature, top_p, top_k,
+                   stop_ids, *, num_new: int, mode: str):
+  """tokens/prompt_mask [B, P] (left-padded); max_new () int32 <= num_new; stop_ids [K] (-1 pad).
+
+  Returns (out [B, num_new] int32: sampled tokens, -1 after a row's stop token / beyond max_new,
+  steps () int32: decode steps run).
+  """
+  model = nnx.merge(graphdef, state)
+  b, p = tokens.shape
+  s = p + num_new
+  lengths = jnp.sum(prompt_mask, axis=-1, dtype=jnp.int32)                      # [B]
+  positions = jnp.maximum(jnp.cumsum(prompt_mask, axis=-1, dtype=jnp.int32) - 1, 0)
+  kv_mask = jnp.concatenate([prompt_mask, jnp.ones((b, num_new), prompt_mask.dtype)], axis=1)  # [B, S]
+  cache = model.init_cache(b, s)
+  hidden, cache = model.forward_cached(tokens, positions, cache, 0, kv_mask)
+  logits = model.logits(hidden[:, -1])                                          # [B, V]
+  key, sub = jax.random.split(key)
+  tok = sample_logits(logits, sub, temperature, top_p, top_k, mode=mode)
+  is_stop = lambda t: jnp.any(t[:, None] == stop_ids[None, :], axis=-1)
+  done = is_stop(tok)
+  out = jnp.full((b, num_new), -1, jnp.int32).at[:, 0].set(tok)
+
+  def cond(carry):
+    i, _, _, done, _, _ = carry
+    return (i < max_new) & ~jnp.all(done)
+
+  def body(carry):
+    i, cache, tok, done, out, key = carry
+    pos = (lengths + i - 1)[:, None]                                              # [B, 1]
+    hidden, cache = model.forward_cached(tok[:, None], pos, cache, p + i - 1, kv_mask)
+    logits = model.logits(hidden[:, 0])
+    key, sub = jax.random.split(key)
+    nxt = sample_logits(logits, sub, temperature, top_p, top_k, mode=mode)
+    nxt = jnp.where(done, -1, nxt)
+    out = jax.lax.dynamic_update_slice(out, nxt[:, None], (0, i))
+    return i + 1, cache, nxt, done | is_stop(nxt), out, key
+
+  i, _, _, _, out, _ = jax.lax.while_loop(cond, body, (jnp.int32(1), cache, tok, done, out, key))
+  return out, i
+
+
+_JIT_CACHE: dict = {}
+
+
+def _compiled(graphdef, num_new: int, mode: str):
+  """The jitted core for (graphdef, N, mode); jax.jit caches per input shape / sharding."""
+  key = (graphdef, num_new, mode)
+  fn = _JIT_CACHE.get(key)
+  if fn is None:
+    fn = jax.jit(functools.partial(_generate_core, graphdef, num_new=num_new, mode=mode))
+    _JIT_CACHE[key] = fn
+  return fn
+
+
+def compilation_count() -> int:
+  """Total number of compiled `generate` executables so far (for tests / diagnostics)."""
+  return sum(fn._cache_size() for fn in _JIT_CACHE.values())
+
+
+def _stop_array(stop_token_ids) -> np.ndarray:
+  arr = np.full((MAX_STOP_IDS,), -1, np.int32)
+  ids = [int(t) for t in stop_token_ids]
+  arr[:len(ids)] = ids
+  return arr
+
+
+def _cut(row: np.ndarray, max_new: int, stops: set[int]) -> list[int]:
+  res = []
+  for t in row[:max_new].tolist():
+    if t < 0:
+      break
+    res.append(t)
+    if t in stops:
+      break
+  return res
+
+
+def generate(model, prompts: Sequence[Sequence[int]], max_new_tokens: int = 64,
+             temperature: float = 0.0, top_p: float = 1.0, top_k: int = 0, seed: int = 0,
+             stop_token_ids: Sequence[int] | None = None, *, mesh=None) -> list[list[int]]:
+  """New tokens for each prompt (see module docstring).
+
+  model: a `CausalLM` (possibly with a sharded state). prompts: N ragged lists of token ids.
+  stop_token_ids: default `(config.eos_token_id,)` (all of them if a list; none if unset).
+  mesh: optional `jax.sharding.Mesh`; when given, the padded batch is placed with its batch axis
+  over the mesh's data-parallel axes ("data", "fsdp" where present). Without it inputs follow
+  the model state's placement (jit's default).
+  Returns N lists of ints, each cut after its first stop token (kept) and at most max_new_tokens.
+  """
+  cfg = model.config
+  if stop_token_ids is None:
+    eos = cfg.eos_token_id
+    stop_token_ids = () if eos is None else (tuple(eos) if isinstance(eos, (list, tuple)) else (eos,))
+  stop_token_ids = tuple(int(t) for t in stop_token_ids)
+  _check_params(max_new_tokens, temperature, top_p, top_k, stop_token_ids)
+  prompts = _check_prompts(prompts, cfg.vocab_size, max_new_tokens, cfg.max_position_embeddings,
+                           "generate")
+  b = bucket(len(prompts), MIN_BATCH_BUCKET)
+  p = bucket(max(len(x) for x in prompts), MIN_PROMPT_BUCKET)
+  n = bucket(max_new_tokens, MIN_NEW_BUCKET)
+  if mesh is not None:
+    b = _round_to_batch_axes(b, mesh)
+  tokens, mask = _left_pad(prompts, b, p)
+  mode = _mode(float(temperature), float(top_p), int(top_k))
+  graphdef, state = nnx.split(model)
+  args = [tokens, mask]
+  if mesh is not None:
+    args = [_place_batch(a, mesh) for a in args]
+  fn = _compiled(graphdef, n, mode)
+  out, _ = fn(state, *args, jnp.int32(max_new_tokens), jax.random.key(seed),
+              jnp.float32(temperature if temperature > 0 else 1.0), jnp.float32(top_p),
+              jnp.int32(top_k), _stop_array(stop_token_ids))
+  out = np.asarray(jax.device_get(out))
+  stops = set(stop_token_ids)
+  return [_cut(out[i], max_new_tokens, stops) for i in range(len(prompts))]
+
+
+# ---------------------------------------------------------------------------------------- sharding
+_BATCH_AXES = ("data", "fsdp")
+
+
+def _batch_axes(mesh) -> tuple[str, ...]:
+  return tuple(a for a in _BATCH_AXES if a in mesh.axis_names and mesh.shape[a] > 1)
+
+
+def _round_to_batch_axes(b: int, mesh) -> int:
+  size = int(np.prod([mesh.shape[a] for a in _batch_axes(mesh)] or [1]))
+  return -(-b // size) * size
+
+
+def _place_batch(x: np.ndarray, mesh) -> jax.Array:
+  from jax.sharding import NamedSharding, PartitionSpec
+  axes = _batch_axes(mesh)
+  spec = PartitionSpec(axes if axes else None, *([None] * (x.ndim - 1)))
+  return jax.device_put(x, NamedSharding(mesh, spec))
+
+
+# ---------------------------------------------------------------------------------------- log-probs
+def _logprobs_core(graphdef, state, tokens, mask, target_mask):
+  """tokens/mask/target_mask [B, T] (right-padded prompt + completion) → sum of the fp32 log-probs
+  of the tokens where target_mask is 1, given everything before them: [B]."""
+  model = nnx.merge(graphdef, state)
+  hidden = model.hidden_states(tokens, mask)                                    # [B, T, D]
+  logits = model.logits(hidden[:, :-1]).astype(jnp.float32)                    # [B, T-1, V]
+  logp = jax.nn.log_softmax(logits, axis=-1)
+  tok_lp = jnp.take_along_axis(logp, tokens[:, 1:, None], axis=-1)[..., 0]     # [B, T-1]
+  return jnp.sum(jnp.where(target_mask[:, 1:] > 0, tok_lp, 0.0), axis=-1)
+
+
+_LOGPROB_JIT: dict = {}
+
+
+def sequence_logprobs(model, prompts: Sequence[Sequence[int]],
+                      completions: Sequence[Sequence[int]]) -> np.ndarray:
+  """Sum of log p(completion tokens | prompt) per row, fp32 log-softmax: float32 [N].
+
+  prompts / completions: N ragged token lists (each non-empty). Rows are right-padded to a
+  power-of-two length and batch (so similar calls share one compiled function).
+  """
+  cfg = model.config
+  if len(prompts) != len(completions):
+    raise ValueError(f"sequence_logprobs: {len(prompts)} prompts but {len(completions)} completions")
+  prompts = _check_prompts(prompts, cfg.vocab_size, 0, cfg.max_position_embeddings, "sequence_logprobs")
+  completions = _check_prompts(completions, cfg.vocab_size, 0, cfg.max_position_embeddings,
+                               "sequence_logprobs (completion)")
+  rows = [p + c for p, c in zip(prompts, completions)]
+  longest = max(len(r) for r in rows)
+  if longest > cfg.max_position_embeddings:
+    raise ValueError(f"sequence_logprobs: a prompt + completion has {longest} tokens > "
+                     f"max_position_embeddings={cfg.max_position_embeddings}")
+  b, t = bucket(len(rows), MIN_BATCH_BUCKET), bucket(longest, MIN_PROMPT_BUCKET)
+  tokens = np.zeros((b, t), np.int32)
+  mask = np.zeros((b, t), np.int32)
+  target = np.zeros((b, t), np.int32)
+  for i, (p, r) in enumerate(zip(prompts, rows)):
+    tokens[i, :len(r)] = r
+    mask[i, :len(r)] = 1
+    target[i, len(p):len(r)] = 1
+  graphdef, state = nnx.split(model)
+  fn = _LOGPROB_JIT.get(graphdef)
+  if fn is None:
+    fn = _LOGPROB_JIT[graphdef] = jax.jit(functools.partial(_logprobs_core, graphdef))
+  out = np.asarray(jax.device_get(fn(state, tokens, mask, target)), np.float32)
+  return out[:len(rows)]

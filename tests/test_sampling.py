@@ -1,0 +1,162 @@
+"""Tests for engage_jax.sampling: greedy parity with transformers, sampling determinism, stop tokens,
+bucketing without recompilation, input validation, sequence log-probs."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import jax
+import jax.numpy as jnp
+
+from engage_jax import models, sampling
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+VOCAB = 128
+EOS = 3
+
+
+def _hf_model(kind: str, tmp_path):
+  """A tiny random transformers model (std 0.2 init so greedy argmaxes are well separated)."""
+  common = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+                initializer_range=0.2, eos_token_id=EOS, pad_token_id=0, bos_token_id=1,
+                tie_word_embeddings=False)
+  if kind == "llama":
+    cfg = transformers.LlamaConfig(**common)
+    cls = transformers.LlamaForCausalLM
+  else:
+    cfg = transformers.Qwen2Config(**common, use_sliding_window=False)
+    cls = transformers.Qwen2ForCausalLM
+  torch.manual_seed(0 if kind == "llama" else 1)
+  hf = cls(cfg).eval()
+  out = tmp_path / kind
+  hf.save_pretrained(out)
+  return hf, models.from_pretrained(out, dtype=jnp.float32)
+
+
+def _hf_greedy(hf, prompt: list[int], n: int, eos) -> list[int]:
+  ids = torch.tensor([prompt])
+  with torch.no_grad():
+    out = hf.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, do_sample=False,
+                      eos_token_id=eos, pad_token_id=0, min_new_tokens=0)
+  return out[0, len(prompt):].tolist()
+
+
+PROMPTS = [[1, 5, 9, 17, 33, 2, 70], [1, 44], list(range(4, 24)), [1, 100, 101, 7, 7, 7, 8]]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+  tmp = tmp_path_factory.mktemp("tiny")
+  return {k: _hf_model(k, tmp) for k in ("llama", "qwen2")}
+
+
+@pytest.mark.parametrize("kind", ["llama", "qwen2"])
+def test_greedy_matches_transformers_ragged(tiny, kind):
+  hf, model = tiny[kind]
+  n = 12
+  # no stop token: every row runs the full length on both sides.
+  ours = sampling.generate(model, PROMPTS, max_new_tokens=n, temperature=0.0, stop_token_ids=())
+  for prompt, got in zip(PROMPTS, ours):
+    ref = _hf_greedy(hf, prompt, n, eos=None)
+    assert got == ref, (kind, prompt)
+  # with a stop token that greedy decoding actually emits: both must cut at the same place.
+  stop = ours[0][4]
+  ours = sampling.generate(model, PROMPTS, max_new_tokens=n, stop_token_ids=(stop,))
+  for prompt, got in zip(PROMPTS, ours):
+    ref = _hf_greedy(hf, prompt, n, eos=stop)
+    ref = ref[:ref.index(stop) + 1] if stop in ref else ref   # HF pads finished rows; cut like us
+    assert got == ref, (kind, prompt)
+    assert stop not in got[:-1]
+  assert ours[0][-1] == stop and len(ours[0]) <= 5
+
+
+def test_seed_determinism_and_topk1(tiny):
+  _, model = tiny["llama"]
+  kw = dict(max_new_tokens=16, temperature=1.0, stop_token_ids=())
+  a = sampling.generate(model, PROMPTS, seed=0, **kw)
+  b = sampling.generate(model, PROMPTS, seed=0, **kw)
+  c = sampling.generate(model, PROMPTS, seed=1, **kw)
+  assert a == b
+  assert a != c
+  greedy = sampling.generate(model, PROMPTS, max_new_tokens=16, stop_token_ids=())
+  assert sampling.generate(model, PROMPTS, seed=3, top_k=1, **kw) == greedy
+  assert sampling.generate(model, PROMPTS, seed=3, top_p=1e-6, **kw) == greedy
+  tp = sampling.generate(model, PROMPTS, seed=5, top_p=0.9, top_k=20, **kw)
+  assert all(len(r) == 16 and all(0 <= t < VOCAB for t in r) for r in tp)
+
+
+def test_sample_logits_filters():
+  logits = jnp.log(jnp.array([[0.5, 0.3, 0.15, 0.05]] * 2000))
+  keys = jax.random.split(jax.random.key(0), 1)[0]
+  draw = lambda **kw: np.asarray(sampling.sample_logits(logits, keys, jnp.float32(1.0), jnp.float32(
+      kw.get("top_p", 1.0)), jnp.int32(kw.get("top_k", 0)), mode=kw["mode"]))
+  assert set(draw(mode="filter", top_k=2)) == {0, 1}
+  assert set(draw(mode="filter", top_p=0.7)) == {0, 1}       # 0.5 < 0.7 → second token needed
+  assert set(draw(mode="filter", top_p=0.5)) == {0}
+  assert set(draw(mode="filter", top_k=3, top_p=0.99)) == {0, 1, 2}
+  assert set(draw(mode="filter")) == {0, 1, 2, 3}
+  assert set(draw(mode="sample")) == {0, 1, 2, 3}
+
+
+def test_stop_tokens_cut_rows(tiny):
+  _, model = tiny["llama"]
+  full = sampling.generate(model, PROMPTS, max_new_tokens=10, stop_token_ids=())
+  stops = (full[1][2], full[2][0])
+  cut = sampling.generate(model, PROMPTS, max_new_tokens=10, stop_token_ids=stops)
+  for f, c in zip(full, cut):
+    idx = [i for i, t in enumerate(f) if t in stops]
+    assert c == (f[:idx[0] + 1] if idx else f)
+  assert len(cut[2]) == 1
+  assert sampling.generate(model, PROMPTS, max_new_tokens=3, stop_token_ids=()) == [f[:3] for f in full]
+
+
+def test_no_recompile_within_bucket(tiny):
+  _, model = tiny["qwen2"]
+  sampling.generate(model, [[1, 2, 3]], max_new_tokens=5, stop_token_ids=())
+  before = sampling.compilation_count()
+  sampling.generate(model, [[1, 2, 3, 4, 5, 6, 7, 8, 9, 10], [4, 5]], max_new_tokens=7,
+                    stop_token_ids=(9,), temperature=0.0)
+  sampling.generate(model, [[7] * 13] * 5, max_new_tokens=16, stop_token_ids=(1, 2))
+  assert sampling.compilation_count() == before
+  sampling.generate(model, [[7] * 40], max_new_tokens=4, stop_token_ids=())  # new prompt bucket
+  assert sampling.compilation_count() == before + 1
+
+
+def test_bad_inputs(tiny):
+  _, model = tiny["llama"]
+  before = sampling.compilation_count()
+  bad = [dict(prompts=[]), dict(prompts=[[1], []]), dict(prompts=[[1] * 120], max_new_tokens=16),
+         dict(top_p=0.0), dict(top_p=1.5), dict(temperature=-0.1), dict(top_k=-1),
+         dict(max_new_tokens=0), dict(prompts=[[VOCAB]])]
+  for kw in bad:
+    kw = dict(dict(prompts=[[1, 2]], max_new_tokens=4), **kw)
+    with pytest.raises(ValueError):
+      sampling.generate(model, kw.pop("prompts"), **kw)
+  assert sampling.compilation_count() == before
+
+
+def test_sequence_logprobs_matches_transformers(tiny):
+  hf, model = tiny["llama"]
+  prompts = [[1, 5, 9], [1, 44, 45, 46, 47]]
+  comps = [[10, 11, 12, 13], [7]]
+  got = sampling.sequence_logprobs(model, prompts, comps)
+  assert got.shape == (2,)
+  for p, c, g in zip(prompts, comps, got):
+    with torch.no_grad():
+      logits = hf(torch.tensor([p + c])).logits[0].double()
+    lp = torch.log_softmax(logits, -1)
+    ref = sum(lp[len(p) - 1 + i, t].item() for i, t in enumerate(c))
+    assert abs(g - ref) < 1e-3, (g, ref)
+  with pytest.raises(ValueError):
+    sampling.sequence_logprobs(model, prompts, [[1], []])
+
+
+def test_sampling_params():
+  sp = sampling.SamplingParams(max_new_tokens=8, temperature=0.9, top_p=0.9, stop_token_ids=(3,))
+  sp.validate()
+  assert sp.kwargs()["top_p"] == 0.9
+  with pytest.raises(ValueError):
+    sampling.SamplingParams(top_p=0.0).validate()
