@@ -28,7 +28,7 @@
 #   SPOT              "1" to request spot capacity    (default: 0)
 #   GIT_REF           what 'copy' ships (git archive)  (default: HEAD)
 #
-# The same command runs on every worker (--worker=all); launch/pipeline.py calls
+# The same command runs on every worker (--worker=all); launch/pipeline.py --distributed calls
 # jax.distributed.initialize(), which on TPU VMs finds the coordinator and process ids itself, and
 # the mesh in CONFIG (data=1, fsdp=16, tensor=1) spans all 16 chips. Check the memory plan first:
 #   python launch/plan.py --config=configs/esconv_llama3_8b.py
@@ -101,7 +101,7 @@ step_run() {
   local flags
   flags="$(printf ' %q' "${EXTRA[@]+"${EXTRA[@]}"}")"
   run_cmd "${GC[@]}" ssh "$TPU_NAME" "${COMMON[@]}" --worker=all \
-    --command="cd ~/$REMOTE_DIR && python3 launch/pipeline.py --config=$CONFIG --workdir=$WORKDIR${flags% }"
+    --command="cd ~/$REMOTE_DIR && python3 launch/pipeline.py --distributed --config=$CONFIG --workdir=$WORKDIR${flags% }"
 }
 
 step_delete() {
