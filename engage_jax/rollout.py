@@ -1,0 +1,153 @@
+"""Batched simulated conversations between the agent LM and the user-simulator LM.
+
+    agent = Speaker(agent_model, tok, max_prompt_len=512, max_new_tokens=64, temperature=0.9, top_p=0.9)
+    sim = Speaker(sim_model, tok, max_prompt_len=512, max_new_tokens=64, temperature=0.3)
+    done = simulate(agent, sim, starts, task="es", max_agent_turns=8, reward_cfg=None, seed=0)
+
+Every row continues from its own turns, at its own turn: each round makes ONE `sampling.generate`
+call for the agent over all live rows whose turn it is (last turn by the user, or no turns), then
+ONE call for the simulator over all live rows whose last turn is the agent's. A row ends
+
+* terminal: the simulator's reply contains `END_MARKER` (stripped from the stored text), or
+* truncated: it is the agent's turn and the row already has `max_agent_turns` agent turns (the
+  simulator always answers the last agent turn first, so the reward sees the user's reaction).
+
+For task "p4g" every finished row is then asked `OUTCOME_REQUEST` (one batched simulator call, the
+chat shown with its end marker as in training) and the answer parsed with
+`rewards.parse_donation`. Rewards: ES `rewards.es_engaged` over the user's last turns (pattern /
+last_n from `reward_cfg`: `es_pattern`, `es_last_n`), P4G the parsed donation (0.0 if none).
+
+`outcome` of each returned dialogue gets `reward`, `num_turns` (agent turns), `terminal`, and for
+P4G `donation` (float or None when unparsable) and `outcome_text`. Deterministic given `seed`.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+from typing import Any, Sequence
+
+import numpy as np
+
+from engage_jax import rewards, sampling
+from engage_jax.data import chat
+from engage_jax.data.dialogue import AGENT, USER, Dialogue, Turn
+
+
+@dataclasses.dataclass
+class Speaker:
+  """One side of a simulated conversation: a model, its tokenizer and its sampling settings.
+
+  model: `engage_jax.models.CausalLM`; tokenizer: `engage_jax.tokenizer.ChatTokenizer`;
+  max_prompt_len: prompts longer than this drop their oldest messages (system prompt kept), then,
+  if still too long, their oldest tokens.
+  """
+  model: Any
+  tokenizer: Any
+  max_prompt_len: int = 512
+  max_new_tokens: int = 64
+  temperature: float = 0.0
+  top_p: float = 1.0
+  top_k: int = 0
+
+  def __post_init__(self):
+    if self.max_prompt_len < 1 or self.max_new_tokens < 1:
+      raise ValueError(f"Speaker: max_prompt_len ({self.max_prompt_len}) and max_new_tokens "
+                       f"({self.max_new_tokens}) must be positive")
+
+  @property
+  def stop_token_ids(self) -> tuple[int, ...]:
+    tok = self.tokenizer
+    return tuple(dict.fromkeys(int(t) for t in (tok.end_of_turn_id, tok.eos_id) if t is not None))
+
+  def prompt(self, messages: list[dict]) -> list[int]:
+    """Chat-template ids with a generation prompt, left-truncated to `max_prompt_len`."""
+    ids = self.tokenizer.apply_chat(messages, add_generation_prompt=True)
+    msgs = list(messages)
+    first = 1 if msgs and msgs[0]["role"] == "system" else 0
+    while len(ids) > self.max_prompt_len and len(msgs) > first + 1:
+      del msgs[first]
+      ids = self.tokenizer.apply_chat(msgs, add_generation_prompt=True)
+    return ids[-self.max_prompt_len:]
+
+  def generate(self, messages: Sequence[list[dict]], seed: int) -> list[str]:
+    """One batched `sampling.generate` call; returns the decoded, stripped replies."""
+    prompts = [self.prompt(m) for m in messages]
+    ids = sampling.generate(self.model, prompts, max_new_tokens=self.max_new_tokens,
+                            temperature=self.temperature, top_p=self.top_p, top_k=self.top_k,
+                            seed=seed, stop_token_ids=self.stop_token_ids)
+    return [self.tokenizer.decode(x).strip() for x in ids]
+
+
+def _call_seed(seed: int, call: int) -> int:
+  return int(np.random.SeedSequence([int(seed) & 0xFFFFFFFF, call]).generate_state(1)[0])
+
+
+def _cfg_get(cfg: Any, key: str, default: Any) -> Any:
+  if cfg is None:
+    return default
+  if isinstance(cfg, dict):
+    return cfg.get(key, default)
+  return getattr(cfg, key, default)
+
+
+def simulate(agent: Speaker, simulator: Speaker, starts: list[Dialogue], *, task: str,
+             max_agent_turns: int, reward_cfg: Any = None, seed: int = 0) -> list[Dialogue]:
+  """Continues every start dialogue to its end (see module docstring); inputs are not modified.
+
+  starts: dialogues (condition + opening turns, possibly none); task: "es" | "p4g";
+  max_agent_turns: cap on agent turns per conversation (counting those already in the start).
+  Returns new `Dialogue`s in the order of `starts`.
+  """
+  if task not in ("es", "p4g"):
+    raise ValueError(f"simulate: unknown task {task!r}; expected 'es' or 'p4g'")
+  if max_agent_turns < 1:
+    raise ValueError(f"simulate: max_agent_turns must be positive, got {max_agent_turns}")
+  rows = [dataclasses.replace(d, turns=[copy.copy(t) for t in d.turns], condition=dict(d.condition),
+                              outcome=dict(d.outcome)) for d in starts]
+  live = [True] * len(rows)
+  terminal = [False] * len(rows)
+  calls = 0
+  while any(live):
+    # agent's turn: no turns yet or the user spoke last; rows at the cap end here (truncated).
+    agent_rows = []
+    for i, d in enumerate(rows):
+      if live[i] and (not d.turns or d.turns[-1].role == USER):
+        if d.num_agent_turns >= max_agent_turns:
+          live[i] = False
+        else:
+          agent_rows.append(i)
+    if agent_rows:
+      texts = agent.generate([chat.agent_messages(task, rows[i].turns) for i in agent_rows],
+                             _call_seed(seed, calls))
+      calls += 1
+      for i, text in zip(agent_rows, texts):
+        rows[i].turns.append(Turn(AGENT, text))
+    sim_rows = [i for i, d in enumerate(rows) if live[i] and d.turns and d.turns[-1].role == AGENT]
+    if sim_rows:
+      texts = simulator.generate(
+          [chat.simulator_messages(task, rows[i].condition, rows[i].turns) for i in sim_rows],
+          _call_seed(seed, calls))
+      calls += 1
+      for i, text in zip(sim_rows, texts):
+        ended = chat.END_MARKER in text
+        rows[i].turns.append(Turn(USER, chat.strip_end_marker(text) if ended else text))
+        if ended:
+          terminal[i], live[i] = True, False
+  outcome_texts: list[str | None] = [None] * len(rows)
+  if task == "p4g" and rows:
+    msgs = [chat.simulator_messages(task, d.condition, d.turns, mark_end=True)
+            + [{"role": "user", "content": chat.OUTCOME_REQUEST}] for d in rows]
+    outcome_texts = simulator.generate(msgs, _call_seed(seed, calls))
+  es_pattern = _cfg_get(reward_cfg, "es_pattern", rewards.DEFAULT_ES_PATTERN)
+  es_last_n = int(_cfg_get(reward_cfg, "es_last_n", rewards.DEFAULT_ES_LAST_N))
+  cap = float(_cfg_get(reward_cfg, "donation_cap", rewards.DONATION_CAP))
+  for i, d in enumerate(rows):
+    d.outcome.update(num_turns=d.num_agent_turns, terminal=bool(terminal[i]))
+    if task == "es":
+      users = [t.text for t in d.turns if t.role == USER]
+      d.outcome["reward"] = 1.0 if rewards.es_engaged(users, es_pattern, es_last_n) else 0.0
+    else:
+      donation = rewards.parse_donation(outcome_texts[i], cap)
+      d.outcome.update(donation=donation, outcome_text=outcome_texts[i],
+                       reward=0.0 if donation is None else float(donation))
+  return rows

@@ -1,0 +1,116 @@
+"""Tests for engage_jax.rollout: batched agent ↔ simulator conversations (shapes, termination,
+turn cap, P4G outcome, determinism) with a tiny random model and a tiny BPE tokenizer."""
+from __future__ import annotations
+
+import jax.numpy as jnp
+import pytest
+from flax import nnx
+
+from engage_jax import rollout
+from engage_jax.data import chat, sandbox
+from engage_jax.data.dialogue import AGENT, USER, Dialogue, Turn
+from engage_jax.models import CausalLM, ModelConfig
+from engage_jax.tokenizer import train_bpe
+
+
+@pytest.fixture(scope="module")
+def tok(tmp_path_factory):
+  texts = [t.text for d in sandbox.generate("es", 40, 0) + sandbox.generate("p4g", 40, 0) for t in d.turns]
+  texts += [chat.END_MARKER, chat.OUTCOME_REQUEST, "I will donate $0.50."]
+  return train_bpe(texts, 400, tmp_path_factory.mktemp("tok"))
+
+
+@pytest.fixture(scope="module")
+def model(tok):
+  cfg = ModelConfig(vocab_size=tok.vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                    num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=512)
+  return CausalLM(cfg, rngs=nnx.Rngs(0))
+
+
+def _starts(task, n=3):
+  out = []
+  for i in range(n):
+    turns = [Turn(USER, "hi . i feel sad because of my job .")] if (task == "es" and i % 2 == 0) else []
+    out.append(Dialogue(f"d{i}", task, turns, {"emotion_type": "sadness"}, {}))
+  return out
+
+
+def test_simulate_turn_cap_and_determinism(tok, model):
+  agent = rollout.Speaker(model, tok, max_prompt_len=64, max_new_tokens=6, temperature=1.0, top_p=0.9)
+  sim = rollout.Speaker(model, tok, max_prompt_len=64, max_new_tokens=6, temperature=0.3)
+  starts = _starts("es")
+  a = rollout.simulate(agent, sim, starts, task="es", max_agent_turns=2, seed=0)
+  b = rollout.simulate(agent, sim, starts, task="es", max_agent_turns=2, seed=0)
+  c = rollout.simulate(agent, sim, starts, task="es", max_agent_turns=2, seed=1)
+  assert [d.turns for d in a] == [d.turns for d in b]
+  assert [d.turns for d in a] != [d.turns for d in c]
+  assert all(s.outcome == {} and len(s.turns) <= 1 for s in starts)    # inputs untouched
+  for s, d in zip(starts, a):
+    assert d.id == s.id and d.turns[:len(s.turns)] == s.turns
+    roles = [t.role for t in d.turns]
+    assert all(r1 != r2 for r1, r2 in zip(roles, roles[1:]))           # alternating
+    assert d.outcome["num_turns"] == d.num_agent_turns
+    assert d.outcome["reward"] in (0.0, 1.0)
+    if not d.outcome["terminal"]:
+      assert d.num_agent_turns == 2 and roles[-1] == USER              # cap, user answered last
+  # p4g with the real model: outcome fields present
+  p = rollout.simulate(agent, sim, _starts("p4g", 2), task="p4g", max_agent_turns=1, seed=0)
+  for d in p:
+    assert set(d.outcome) >= {"reward", "num_turns", "terminal", "donation", "outcome_text"}
+    assert d.num_agent_turns == 1 and isinstance(d.outcome["outcome_text"], str)
+
+
+def test_prompt_left_truncation(tok, model):
+  sp = rollout.Speaker(model, tok, max_prompt_len=40, max_new_tokens=4)
+  msgs = chat.agent_messages("es", [Turn(USER, "hi . i feel sad because of my job .")] * 6)
+  ids = sp.prompt(msgs)
+  assert len(ids) <= 40
+  assert ids[-len(tok.apply_chat(msgs[-1:], add_generation_prompt=True)) + 1:] == \
+      tok.apply_chat(msgs[-1:], add_generation_prompt=True)[1:]        # newest message kept
+
+
+class _Scripted(rollout.Speaker):
+  """A Speaker that answers from a function of the messages (no model); records batch sizes."""
+
+  def __init__(self, tok, fn):
+    super().__init__(None, tok)
+    self.fn, self.batches = fn, []
+
+  def generate(self, messages, seed):
+    self.batches.append(len(messages))
+    return [self.fn(m) for m in messages]
+
+
+def test_end_marker_terminal_and_p4g_outcome(tok):
+  agent = _Scripted(tok, lambda m: "we help children .")
+  # the simulator ends d0 at its first reply, d1 at its second; answers the outcome request.
+  def sim_fn(m):
+    if m[-1]["content"] == chat.OUTCOME_REQUEST:
+      return "I will donate $0.50." if "a" in m[0]["content"] else "nothing"
+    n_agent = sum(x["role"] == "user" for x in m)
+    return "ok bye [END]" if n_agent >= (1 if "first" in m[0]["content"] else 2) else "tell me more ."
+  sim = _Scripted(tok, sim_fn)
+  starts = [Dialogue("d0", "p4g", [], {"k": "first"}, {}), Dialogue("d1", "p4g", [], {"k": "second"}, {}),
+            Dialogue("d2", "p4g", [], {"k": "x"}, {})]
+  sim.fn = lambda m, f=sim_fn: f(m) if "x" not in m[0]["content"] else (
+      "nothing" if m[-1]["content"] == chat.OUTCOME_REQUEST else "hmm .")
+  out = rollout.simulate(agent, sim, starts, task="p4g", max_agent_turns=3, seed=0)
+  assert [d.outcome["terminal"] for d in out] == [True, True, False]
+  assert [d.num_agent_turns for d in out] == [1, 2, 3]
+  assert out[0].turns[-1].text == "ok bye" and chat.END_MARKER not in out[1].turns[-1].text
+  assert out[0].outcome["donation"] == 0.5 and out[0].outcome["reward"] == 0.5
+  assert out[2].outcome["donation"] == 0.0 and out[2].outcome["outcome_text"] == "nothing"
+  assert agent.batches == [3, 2, 1]                       # one batched call per round, live rows only
+  assert sim.batches == [3, 2, 1, 3]                      # + one outcome call over all rows
+  with pytest.raises(ValueError):
+    rollout.simulate(agent, sim, starts, task="xx", max_agent_turns=3)
+
+
+def test_es_reward(tok):
+  agent = _Scripted(tok, lambda m: "that sounds hard .")
+  sim = _Scripted(tok, lambda m: "thank you , i feel much better now . [END]")
+  out = rollout.simulate(agent, sim, _starts("es", 2), task="es", max_agent_turns=4, seed=0)
+  assert all(d.outcome["reward"] == 1.0 and d.outcome["terminal"] and d.num_agent_turns == 1 for d in out)
+  out = rollout.simulate(agent, sim, _starts("es", 1), task="es", max_agent_turns=4,
+                         reward_cfg={"es_pattern": r"never matches xyz"})
+  assert out[0].outcome["reward"] == 0.0
