@@ -171,8 +171,9 @@ class ModelEnv:
 
   expand: ONE `sampling.generate` call for the agent over all len(histories) * k prompts (the
   sampler pads the batch to a fixed bucket), an optional batched scoring pass for the agent's
-  sequence log-probs (PUCT prior), and ONE `sampling.generate` call for the simulator's replies.
-  Terminal children get reward None; search then scores them in its rollout call.
+  sequence log-probs (PUCT prior), and ONE `sampling.generate` call for the simulator's replies;
+  children the simulator ended get their reward at once (`final_rewards`: ES regex; P4G one more
+  batched simulator call for the outcome line). END_MARKER is stripped from stored user turns.
   rollout: `rollout.simulate` over all histories (one batched call per role per turn).
 
   agent, simulator: `engage_jax.rollout.Speaker`s (model, tokenizer, lengths, sampling params).
@@ -208,41 +209,67 @@ class ModelEnv:
     return cls(agent, sim, task=task, reward_cfg=reward_cfg, max_turns=cfg.max_turns,
                logprobs=logprobs, strategy_fn=strategy_fn)
 
-  def _prompt(self, messages: list[dict], max_len: int) -> list[int]:
-    ids = self.tokenizer.apply_chat(messages, add_generation_prompt=True)
-    return ids[-max_len:] if max_len and len(ids) > max_len else ids
-
   def _generate(self, speaker, prompts: list[list[int]], seed: int) -> list[list[int]]:
     from engage_jax import sampling
-    tok = self.tokenizer
-    stops = tuple(s for s in (tok.end_of_turn_id, tok.eos_id) if s is not None)
     return sampling.generate(speaker.model, prompts, max_new_tokens=speaker.max_new_tokens,
                              temperature=speaker.temperature, top_p=speaker.top_p,
-                             top_k=speaker.top_k, seed=seed, stop_token_ids=stops)
+                             top_k=speaker.top_k, seed=seed,
+                             stop_token_ids=speaker.stop_token_ids)
 
   def expand(self, histories: list[Dialogue], k: int, seed: int) -> list[list[Expansion]]:
     from engage_jax.data import chat
     rows = [(i, h) for i, h in enumerate(histories) for _ in range(k)]
-    a_prompts = [self._prompt(chat.agent_messages(h.task, h.turns), self.agent.max_prompt_len)
-                 for _, h in rows]
+    a_prompts = [self.agent.prompt(chat.agent_messages(h.task, h.turns)) for _, h in rows]
     a_ids = self._generate(self.agent, a_prompts, _sub_seed(seed, 0))
-    a_texts = [_clean(self.tokenizer.decode(ids)) for ids in a_ids]
+    a_texts = [self.tokenizer.decode(ids).strip() for ids in a_ids]
     if self.logprobs:
       a_lp = sequence_logprobs(self.agent.model, a_prompts, a_ids)
     else:
       a_lp = [0.0] * len(rows)
     agent_turns = [Turn(AGENT, t, self.strategy_fn(t) if self.strategy_fn else None)
                    for t in a_texts]
-    s_prompts = [self._prompt(chat.simulator_messages(h.task, h.condition, list(h.turns) + [a]),
-                              self.simulator.max_prompt_len)
+    s_prompts = [self.simulator.prompt(chat.simulator_messages(h.task, h.condition,
+                                                               list(h.turns) + [a]))
                  for (_, h), a in zip(rows, agent_turns)]
     s_ids = self._generate(self.simulator, s_prompts, _sub_seed(seed, 1))
     out: list[list[Expansion]] = [[] for _ in histories]
-    for r, ((i, _), a) in enumerate(zip(rows, agent_turns)):
-      u_text = _clean(self.tokenizer.decode(s_ids[r]))
-      out[i].append(Expansion(agent=a, user=Turn(USER, u_text), agent_logprob=float(a_lp[r]),
-                              agent_ids=list(a_ids[r]), user_ids=list(s_ids[r]),
-                              terminal=chat.END_MARKER in u_text, reward=None))
+    ended = []
+    for r, ((i, h), a) in enumerate(zip(rows, agent_turns)):
+      u_text = self.tokenizer.decode(s_ids[r]).strip()
+      terminal = chat.END_MARKER in u_text
+      if terminal:  # stored without the marker, as rollout.simulate stores it
+        u_text = chat.strip_end_marker(u_text)
+      e = Expansion(agent=a, user=Turn(USER, u_text), agent_logprob=float(a_lp[r]),
+                    agent_ids=list(a_ids[r]), user_ids=list(s_ids[r]), terminal=terminal)
+      out[i].append(e)
+      if terminal:
+        ended.append((e, Dialogue(h.id, h.task, list(h.turns) + [e.agent, e.user],
+                                  dict(h.condition))))
+    if ended:
+      rewards = self.final_rewards([d for _, d in ended], _sub_seed(seed, 2))
+      for (e, _), r in zip(ended, rewards):
+        e.reward = r
+    return out
+
+  def final_rewards(self, dialogues: list[Dialogue], seed: int) -> list[float]:
+    """Rewards of chats the simulator has ended (same rules as `rollout.simulate`): ES the regex
+    over the user's last turns; P4G one batched simulator call answering OUTCOME_REQUEST."""
+    from engage_jax import rewards
+    from engage_jax.data import chat
+    cfg = self.reward_cfg
+    if self.task == "es":
+      pattern = _cfg_get(cfg, "es_pattern", rewards.DEFAULT_ES_PATTERN)
+      last_n = int(_cfg_get(cfg, "es_last_n", rewards.DEFAULT_ES_LAST_N))
+      return [1.0 if rewards.es_engaged([t.text for t in d.turns if t.role == USER], pattern,
+                                        last_n) else 0.0 for d in dialogues]
+    cap = float(_cfg_get(cfg, "donation_cap", rewards.DONATION_CAP))
+    msgs = [chat.simulator_messages(self.task, d.condition, d.turns, mark_end=True)
+            + [{"role": "user", "content": chat.OUTCOME_REQUEST}] for d in dialogues]
+    texts = self.simulator.generate(msgs, seed)
+    out = []
+    for t in texts:
+      donation = rewards.parse_donation(t, cap)
+      out.append(0.0 if donation is None else float(donation))
     return out
 
   def rollout(self, histories: list[Dialogue], seed: int) -> list[RolloutResult]:
@@ -254,11 +281,16 @@ class ModelEnv:
                           terminal=bool(d.outcome.get("terminal", False))) for d in done]
 
 
-def _clean(text: str) -> str:
-  return text.strip()
-
-
 _SCORE_JIT: dict = {}
+
+
+def _cfg_get(cfg: Any, key: str, default: Any) -> Any:
+  """cfg[key] for a mapping, getattr for an object (ConfigDict), default when absent / None cfg."""
+  if cfg is None:
+    return default
+  if isinstance(cfg, Mapping):
+    return cfg.get(key, default)
+  return getattr(cfg, key, default)
 
 
 def _score_core(graphdef, state, ids, mask, target):
