@@ -22,29 +22,38 @@ def _tiny_model(vocab=300, seed=0, eos=None):
   return CausalLM(cfg, rngs=nnx.Rngs(seed))
 
 
-def test_sequence_logprobs_matches_unpadded_forward():
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+  """(tokenizer, agent, simulator): BPE on the sandbox ES texts, two 1-layer random models."""
+  from engage_jax.data import sandbox
+  from engage_jax.tokenizer import train_bpe
+  tok = train_bpe(sandbox.all_texts("es"), 300, str(tmp_path_factory.mktemp("tok")))
+  return tok, _tiny_model(tok.vocab_size, 1, tok.eos_id), _tiny_model(tok.vocab_size, 2, tok.eos_id)
+
+
+def test_sequence_logprobs_matches_right_padded_forward(tiny):
   import jax
-  import jax.numpy as jnp
-  model = _tiny_model(vocab=50)
+  from flax import nnx
+  _, model, _ = tiny
   prompts = [[1, 2, 3], [4, 5, 6, 7, 8, 9], [10]]
   completions = [[11, 12], [13], [14, 15, 16]]
   got = sequence_logprobs(model, prompts, completions, bucket=16)
-  for p, c, g in zip(prompts, completions, got):
-    ids = jnp.asarray([p + c])
-    logp = jax.nn.log_softmax(model(ids).astype(jnp.float32), axis=-1)[0]
-    want = sum(float(logp[len(p) - 1 + i, tok]) for i, tok in enumerate(c))
-    np.testing.assert_allclose(g, want, rtol=1e-4, atol=1e-4)
+  # reference: right padding (harmless for a causal model), default positions, one jitted call
+  seqs = [p + c for p, c in zip(prompts, completions)]
+  ids = np.zeros((3, max(map(len, seqs))), np.int32)
+  for r, x in enumerate(seqs):
+    ids[r, :len(x)] = x
+  logp = np.asarray(nnx.jit(lambda m, x: jax.nn.log_softmax(m(x), axis=-1))(model, ids))
+  for r, (p, c) in enumerate(zip(prompts, completions)):
+    want = sum(float(logp[r, len(p) - 1 + i, tok]) for i, tok in enumerate(c))
+    np.testing.assert_allclose(got[r], want, rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.skipif(not HAVE_ROLLOUT, reason="engage_jax.rollout (Speaker, simulate) is not "
                     "written yet; ModelEnv is coded against docs/CONTRACTS.md")
-def test_model_env_batches_the_frontier(tmp_path, monkeypatch):
+def test_model_env_batches_the_frontier(tiny, monkeypatch):
   from engage_jax import sampling
-  from engage_jax.data import sandbox
-  from engage_jax.tokenizer import train_bpe
-  tok = train_bpe(sandbox.all_texts("es"), 300, str(tmp_path / "tok"))
-  agent = _tiny_model(tok.vocab_size, 1, tok.eos_id)
-  sim = _tiny_model(tok.vocab_size, 2, tok.eos_id)
+  tok, agent, sim = tiny
   cfg = SearchConfig(k=2, budget=2, max_turns=2, max_depth=2, prune_similarity=None,
                      max_new_tokens=4, sim_max_new_tokens=4, selection="puct")
   env = ModelEnv.from_config(agent, sim, tok, cfg, task="es", reward_cfg=None, max_prompt_len=64)
@@ -56,13 +65,36 @@ def test_model_env_batches_the_frontier(tmp_path, monkeypatch):
     return real(model, prompts, *a, **kw)
 
   monkeypatch.setattr(sampling, "generate", counting)
-  exps = env.expand([r for r in es_roots(3)], 2, seed=0)
-  assert [len(row) for row in exps] == [2, 2, 2]
-  assert calls == [(True, 6), (False, 6)]
+  exps = env.expand(es_roots(2), 2, seed=0)
+  assert [len(row) for row in exps] == [2, 2]
+  assert calls == [(True, 4), (False, 4)]
   assert all(e.agent_ids and np.isfinite(e.agent_logprob) for row in exps for e in row)
   calls.clear()
-  trees = search(env, es_roots(3), cfg)
-  assert int(trees.expansions.sum()) == 6
-  # the first round's expand: one agent call over all 3 trees x k=2 candidates
-  assert calls[:2] == [(True, 6), (False, 6)]
+  trees = search(env, es_roots(2), cfg)
+  assert int(trees.expansions.sum()) == 4
+  # the first round's expand: one agent call over both trees x k=2 candidates
+  assert calls[:2] == [(True, 4), (False, 4)]
   assert np.isfinite(trees.value()[:, 0]).all()
+
+
+def test_final_rewards_of_ended_chats():
+  import types
+  from engage_jax.data.dialogue import Dialogue, Turn
+  asked = []
+
+  def outcome(msgs, seed):
+    asked.extend(msgs)
+    return ["I will donate $0.50." for _ in msgs]
+
+  fake = types.SimpleNamespace(tokenizer=None, generate=outcome)
+  es = ModelEnv(fake, fake, task="es", reward_cfg=None, max_turns=3)
+  turns = [Turn("user", "hi"), Turn("agent", "that sounds hard"),
+           Turn("user", "thank you , i feel much better now .")]
+  d = Dialogue("x", "es", turns, {"emotion_type": "a", "problem_type": "b", "situation": "c"})
+  assert es.final_rewards([d, Dialogue("y", "es", turns[:2] + [Turn("user", "meh")], d.condition)],
+                          0) == [1.0, 0.0]
+  assert not asked
+  p4g = ModelEnv(fake, fake, task="p4g", reward_cfg={"donation_cap": 2.0}, max_turns=3)
+  dp = Dialogue("p", "p4g", [Turn("agent", "donate?"), Turn("user", "ok bye")], {"m": "x"})
+  assert p4g.final_rewards([dp], 0) == [0.5]
+  assert asked[0][-1]["content"].startswith("[OUTCOME]") and "[END]" in asked[0][-2]["content"]
