@@ -145,9 +145,11 @@ def _mode(temperature: float, top_p: float, top_k: int) -> str:
 
 
 # ---------------------------------------------------------------------------------------- jitted core
-def _generate_core(graphdef, state, tokens, prompt_mask, max_new, key, temperature, top_p, top_k,
-                   stop_ids, *, num_new: int, mode: str):
-  """tokens/prompt_mask [B, P] (left-padded); max_new () int32 <= num_new; stop_ids [K] (-1 pad).
+def _generate_core(graphdef, state, tokens, prompt_mask, row_valid, max_new, key, temperature, top_p,
+                   top_k, stop_ids, *, num_new: int, mode: str):
+  """tokens/prompt_mask [B, P] (left-padded); row_valid [B] bool (False = batch padding, treated as
+  stopped from the start so it never delays the early exit); max_new () int32 <= num_new;
+  stop_ids [K] (-1 pad).
 
   Returns (out [B, num_new] int32: sampled tokens, -1 after a row's stop token / beyond max_new,
   steps () int32: decode steps run).
@@ -164,7 +166,7 @@ def _generate_core(graphdef, state, tokens, prompt_mask, max_new, key, temperatu
   key, sub = jax.random.split(key)
   tok = sample_logits(logits, sub, temperature, top_p, top_k, mode=mode)
   is_stop = lambda t: jnp.any(t[:, None] == stop_ids[None, :], axis=-1)
-  done = is_stop(tok)
+  done = is_stop(tok) | ~row_valid
   out = jnp.full((b, num_new), -1, jnp.int32).at[:, 0].set(tok)
 
   def cond(carry):
@@ -250,7 +252,7 @@ def generate(model, prompts: Sequence[Sequence[int]], max_new_tokens: int = 64,
   tokens, mask = _left_pad(prompts, b, p)
   mode = _mode(float(temperature), float(top_p), int(top_k))
   graphdef, state = nnx.split(model)
-  args = [tokens, mask]
+  args = [tokens, mask, np.arange(b) < len(prompts)]
   if mesh is not None:
     args = [_place_batch(a, mesh) for a in args]
   fn = _compiled(graphdef, n, mode)
