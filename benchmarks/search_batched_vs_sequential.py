@@ -17,7 +17,17 @@ the rollout reward is replaced by a deterministic proxy (crc32 of the conversati
 mapped to [0, 1)) to make pairs countable; the model work is unchanged. Output JSON:
   {"config": ..., "batched": M, "sequential": M, "speedup_expansions_per_s": x,
    "speedup_pairs_per_min": x}
-  M = {"expansions", "pairs", "seconds", "expansions_per_s", "pairs_per_min", "cold_seconds"}.
+  M = {"expansions", "pairs", "seconds", "expansions_per_s", "pairs_per_min", "cold_seconds",
+       "generate_calls", "rows", "padded_rows"} (sampling calls, prompts, and batch rows after the
+       sampler pads to its power-of-two bucket >= 8).
+
+Measured on the 2-core CPU sandbox (2026-11-26, other jobs running, defaults: 8 trees, budget 3,
+k=3, 2-layer d=64 models): batched 4.3 expansions/s vs sequential 1.25 → 3.4x (16 trees: 3.8x).
+On CPU the sampler's cost grows about linearly with the padded batch beyond 8 rows (B=8: 36 ms,
+B=32: 114 ms, B=64: 360 ms for 16 new tokens), so the win is bounded by the padding the sequential
+baseline wastes (1-3 real rows in an 8-row call), not by the number of calls (see generate_calls);
+on an accelerator, where a 64-row call costs about what an 8-row one does, the ratio follows the
+call counts.
 """
 from __future__ import annotations
 
@@ -75,13 +85,29 @@ def build(args):
 
 
 def measure(env, roots, cfg):
-  t0 = time.perf_counter()
-  trees = search(env, roots, cfg)
-  seconds = time.perf_counter() - t0
+  """Runs one search; counts `sampling.generate` calls, their rows and padded batch rows."""
+  from engage_jax import sampling
+  real = sampling.generate
+  calls = {"generate_calls": 0, "rows": 0, "padded_rows": 0}
+
+  def counting(model, prompts, *a, **kw):
+    calls["generate_calls"] += 1
+    calls["rows"] += len(prompts)
+    calls["padded_rows"] += sampling.bucket(len(prompts), sampling.MIN_BATCH_BUCKET)
+    return real(model, prompts, *a, **kw)
+
+  sampling.generate = counting
+  try:
+    t0 = time.perf_counter()
+    trees = search(env, roots, cfg)
+    seconds = time.perf_counter() - t0
+  finally:
+    sampling.generate = real
   pairs = extract_pairs(trees, cfg.margin, cfg.pair_min_visits)
   exp = int(trees.expansions.sum())
   return {"expansions": exp, "pairs": len(pairs), "seconds": seconds,
-          "expansions_per_s": exp / seconds, "pairs_per_min": 60.0 * len(pairs) / seconds}
+          "expansions_per_s": exp / seconds, "pairs_per_min": 60.0 * len(pairs) / seconds,
+          **calls}
 
 
 def main(argv=None):
