@@ -55,8 +55,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
 
   c.sft = ml_collections.ConfigDict(dict(
-      agent_steps=600,
-      simulator_steps=600,
+      agent_steps=150,
+      simulator_steps=200,
       batch_size=32,
       learning_rate=3e-3,
       warmup_steps=30,
@@ -72,7 +72,8 @@ def get_config() -> ml_collections.ConfigDict:
       beta=0.1,
       loss_type="sigmoid",          # sigmoid | ipo | hinge | robust
       label_smoothing=0.0,
-      steps=200,
+      steps=0,                      # 0: `num_epochs` passes over the pairs
+      num_epochs=2,
       batch_size=16,
       learning_rate=5e-4,
       warmup_steps=10,
@@ -99,8 +100,8 @@ def get_config() -> ml_collections.ConfigDict:
       temperature=0.9,
       top_p=0.9,
       max_new_tokens=32,
-      sim_temperature=0.3,
-      sim_max_new_tokens=32,
+      sim_temperature=1.0,          # the simulator samples the user's reactions at T=1 so that
+      sim_max_new_tokens=32,        # their learned probabilities are kept (T<1 sharpens them away)
       max_prompt_len=256,
   ))
   c.eval = ml_collections.ConfigDict(dict(
@@ -110,7 +111,7 @@ def get_config() -> ml_collections.ConfigDict:
       temperature=0.7,
       top_p=0.9,
       max_new_tokens=32,
-      sim_temperature=0.3,
+      sim_temperature=1.0,
       sim_max_new_tokens=32,
       max_prompt_len=256,
   ))
