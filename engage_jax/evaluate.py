@@ -22,13 +22,12 @@ import collections
 import dataclasses
 import json
 import math
-import os
-import tempfile
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
 from engage_jax.data.dialogue import Dialogue
+from engage_jax.fileio import atomic_write_jsonl
 
 EXACT_MAX_N = 16          # exact enumeration of 2^n sign patterns up to this many pairs
 DEFAULT_PERMUTATIONS = 20_000
@@ -287,21 +286,6 @@ def _default_simulate() -> Callable:
   return rollout.simulate
 
 
-def _write_jsonl_atomic(path: str, rows: Sequence[dict]) -> None:
-  d = os.path.dirname(os.path.abspath(path))
-  os.makedirs(d, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-", suffix=".jsonl")
-  try:
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-      for r in rows:
-        f.write(json.dumps(r, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.unlink(tmp)
-    raise
-
-
 def evaluate(agent_speaker, simulator_speaker, conditions: Sequence[Dialogue], cfg: Any, seed: int,
              *, out_path: str | None = None, simulate_fn: Callable | None = None,
              n_boot: int = 10_000) -> tuple[dict, list[Dialogue]]:
@@ -348,7 +332,7 @@ def evaluate(agent_speaker, simulator_speaker, conditions: Sequence[Dialogue], c
         d.outcome = dict(d.outcome, condition_id=c.id, sample=k, seed=s)
         out.append(d)
   if out_path:
-    _write_jsonl_atomic(out_path, [d.to_json() for d in out])
+    atomic_write_jsonl(out_path, [d.to_json() for d in out])
   return summarize(out, n_boot=n_boot, seed=seed), out
 
 

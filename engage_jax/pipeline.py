@@ -16,8 +16,9 @@ import jax.numpy as jnp
 from flax import nnx
 
 from engage_jax import models
-from engage_jax.data.dialogue import AGENT, USER, Dialogue
-from engage_jax.workdir import Workdir, atomic_write_json
+from engage_jax.data.dialogue import USER, Dialogue
+from engage_jax.fileio import atomic_write_json
+from engage_jax.workdir import Workdir
 
 log = logging.getLogger("engage_jax")
 
@@ -200,8 +201,8 @@ def stage_sft(cfg, wd: Workdir, role: str) -> dict:
   from engage_jax.train import sft as sft_train
   tok = load_tokenizer(wd)
   corpus = load_corpus(cfg)
-  train, stats = sft_data.build_arrays(corpus["train"], tok, role, cfg.data.max_len)
-  valid, _ = sft_data.build_arrays(corpus["valid"], tok, role, cfg.data.max_len) if corpus["valid"] else (None, {})
+  train, stats = sft_data.build_arrays(corpus["train"], tok, role, cfg.data.max_len, pack=True)
+  valid = sft_data.build_arrays(corpus["valid"], tok, role, cfg.data.max_len, pack=True)[0] if corpus["valid"] else None
   model = new_model(cfg, role, tok)
   steps = cfg.sft.agent_steps if role == "agent" else cfg.sft.simulator_steps
   out = wd.path(f"sft_{role}")

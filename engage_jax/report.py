@@ -25,13 +25,13 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 
 from engage_jax import evaluate as ev
 from engage_jax.data.dialogue import Dialogue
+from engage_jax.fileio import atomic_write_text
 
 REPORT_KEYS = ("task", "sft", "dpo", "pairs", "p_value", "wall_seconds")
 OPTIONAL_KEYS = ("extra",)
@@ -201,22 +201,6 @@ def load_report(path: str) -> dict:
 
 
 # ----------------------------------------------------------------------------- writing
-def _atomic_write(path: str, text: str) -> None:
-  d = os.path.dirname(os.path.abspath(path))
-  os.makedirs(d, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-")
-  try:
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-      f.write(text)
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.unlink(tmp)
-    raise
-
-
 def _fmt(task: str, x: float) -> str:
   return f"{100 * x:.2f}%" if task == "es" else f"${x:.2f}"
 
@@ -336,10 +320,10 @@ def write_report(workdir: str, report: Mapping, *, sft_dialogues: Sequence[Dialo
   os.makedirs(workdir, exist_ok=True)
   out = {}
   path = os.path.join(workdir, "report.json")
-  _atomic_write(path, json.dumps(report, indent=2, sort_keys=False) + "\n")
+  atomic_write_text(path, json.dumps(report, indent=2, sort_keys=False) + "\n")
   out["report.json"] = path
   path = os.path.join(workdir, "report.md")
-  _atomic_write(path, render_markdown(report))
+  atomic_write_text(path, render_markdown(report))
   out["report.md"] = path
   if plots:
     for p in _plots(workdir, report, sft_dialogues, dpo_dialogues, search_stats):

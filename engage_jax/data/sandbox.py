@@ -22,8 +22,13 @@ condition = {emotion_type ∈ EMOTIONS, problem_type ∈ PROBLEMS, situation: a 
    goodbye instead of a continuation, and the chat ends.
    P(engaged) = 1 - prod_t (1 - p_t): always helpful 1 - 0.4^3 = 0.936; uniform corpus agent
    (p_t = 0.25*0.6 + 0.75*0.08 = 0.21) 1 - 0.79^3 ≈ 0.507; never helpful 1 - 0.92^3 ≈ 0.221.
-   HELPFUL: anxiety → Affirmation and Reassurance, sadness → Reflection of feelings,
-   anger → Restatement or Paraphrasing, fear → Providing Suggestions.
+   HELPFUL: anxiety, fear → Affirmation and Reassurance; sadness, anger → Reflection of
+   feelings; Restatement or Paraphrasing and Providing Suggestions never help. Two strategies
+   help half of the users each, so a strategy's helpfulness has a *marginal* signal (0.34 vs
+   0.08 per turn) besides its interaction with the emotion: with one helpful strategy per
+   emotion the marginal of every strategy is the same 0.21 (a pure XOR-like dependence), which
+   tiny simulators did not pick up in 800 SFT steps. An agent that plays only the two helpful
+   strategies at random reaches 1 - 0.66^3 ≈ 0.71; the condition-aware optimum 0.936.
 
 P4G-like world (task "p4g")
 ---------------------------
@@ -33,8 +38,9 @@ condition = {motivation ∈ MOTIVATIONS, age_group ∈ AGE_GROUPS (decorative), 
    strategy "Greeting"); the user replies with a line that reveals its motivation (e.g. a
    "numbers" user: "maybe . i like to see the numbers first ."), so a policy can adapt.
 2. Then P4G_STRATEGY_TURNS = 3 persuasion turns, each one of P4G_STRATEGIES (uniform in the
-   corpus). EFFECTIVE[motivation] is the one that works: numbers → Logical appeal,
-   feelings → Emotion appeal, trust → Credibility appeal, people → Personal story.
+   corpus). EFFECTIVE[motivation] is the one that works: numbers, trust → Logical appeal;
+   feelings, people → Emotion appeal; Credibility appeal and Personal story never work (each
+   effective strategy serves half of the users, for the same learnability reason as in ES).
    After an effective turn the user replies with a positive line, otherwise a lukewarm line
    (deterministic given effectiveness; texts drawn at random from small pools).
 3. The last user turn is a closing line; the donation is drawn from DONATION_PROBS[k] over
@@ -66,7 +72,7 @@ PROBLEM_PHRASE = {"job crisis": "my job", "breakup with partner": "my breakup",
 ES_STRATEGIES = ("Affirmation and Reassurance", "Reflection of feelings",
                  "Restatement or Paraphrasing", "Providing Suggestions")
 HELPFUL = {"anxiety": "Affirmation and Reassurance", "sadness": "Reflection of feelings",
-           "anger": "Restatement or Paraphrasing", "fear": "Providing Suggestions"}
+           "anger": "Reflection of feelings", "fear": "Affirmation and Reassurance"}
 P_HELP = 0.6
 P_BASE = 0.08
 ES_MAX_TURNS = 3
@@ -102,8 +108,8 @@ MOTIVATIONS = ("numbers", "feelings", "trust", "people")
 AGE_GROUPS = ("young", "middle aged", "senior")
 HOBBIES = ("reading", "sports", "music")
 P4G_STRATEGIES = ("Logical appeal", "Emotion appeal", "Credibility appeal", "Personal story")
-EFFECTIVE = {"numbers": "Logical appeal", "feelings": "Emotion appeal",
-             "trust": "Credibility appeal", "people": "Personal story"}
+EFFECTIVE = {"numbers": "Logical appeal", "feelings": "Emotion appeal", "trust": "Logical appeal",
+             "people": "Emotion appeal"}
 P4G_STRATEGY_TURNS = 3
 GREETING_STRATEGY = "Greeting"
 P4G_GREETING = "hi ! have you heard of save the children ?"

@@ -94,8 +94,12 @@ def _message_tokens(tok, messages, targets, dialogue_id):
 
 def examples_from_messages(tok, messages: Sequence[dict], max_len: int, *, dialogue_id: str = "",
                            kind: str = "agent", targets: Sequence[int] | None = None,
-                           stats: dict | None = None) -> list[Example]:
+                           stats: dict | None = None, pack: bool = False) -> list[Example]:
   """One example per target message (default: every "assistant" message).
+
+  pack: when the whole chat up to the last target fits in max_len, ONE example with every
+  target's tokens masked in (causal attention gives each target the same context as its own
+  example, for a fraction of the tokens); otherwise one example per target as above.
 
   messages[0] must be the system message. stats (optional dict) gets counters "truncated"
   (history dropped), "target_cut" (target tail cut) and "dropped" (prompt alone > max_len).
@@ -109,6 +113,18 @@ def examples_from_messages(tok, messages: Sequence[dict], max_len: int, *, dialo
     return []
   head, segs, headers, bodies = _message_tokens(tok, messages, targets, dialogue_id)
   eot = tok.end_of_turn_id
+  last = max(targets)
+  if pack and len(head) + sum(len(segs[k]) for k in range(1, last + 1)) <= max_len:
+    ids, mask = list(head), [0] * len(head)
+    for k in range(1, last + 1):
+      if k in headers:
+        body = list(bodies[k])
+        n = body.index(eot) + 1 if eot in body else len(body)
+        mask += [0] * len(headers[k]) + [1] * n + [0] * (len(body) - n)
+      else:
+        mask += [0] * len(segs[k])
+      ids += list(segs[k])
+    return [Example(ids, mask, dialogue_id, kind)]
   out = []
   for j in targets:
     header, target = headers[j], bodies[j]
@@ -139,18 +155,19 @@ def examples_from_messages(tok, messages: Sequence[dict], max_len: int, *, dialo
 
 
 def agent_examples(dialogues: Sequence[Dialogue], tok, max_len: int,
-                   stats: dict | None = None) -> list[Example]:
-  """History → next agent turn, for every agent turn of every dialogue."""
+                   stats: dict | None = None, pack: bool = False) -> list[Example]:
+  """History → next agent turn, for every agent turn of every dialogue (`pack`: see
+  `examples_from_messages`)."""
   out = []
   for d in dialogues:
     out.extend(examples_from_messages(tok, agent_messages(d.task, d.turns), max_len,
-                                      dialogue_id=d.id, kind="agent", stats=stats))
+                                      dialogue_id=d.id, kind="agent", stats=stats, pack=pack))
   return out
 
 
 def simulator_examples(dialogues: Sequence[Dialogue], tok, max_len: int, *,
                        with_outcome: bool = True, condition_keys: Sequence[str] | None = None,
-                       stats: dict | None = None) -> list[Example]:
+                       stats: dict | None = None, pack: bool = False) -> list[Example]:
   """Condition + history → next user turn (last one with END_MARKER); P4G outcome examples."""
   out = []
   for d in dialogues:
@@ -161,7 +178,7 @@ def simulator_examples(dialogues: Sequence[Dialogue], tok, max_len: int, *,
                               condition_keys=condition_keys)
     targets = [j for j in range(1, len(msgs)) if msgs[j]["role"] == "assistant"]
     out.extend(examples_from_messages(tok, msgs, max_len, dialogue_id=d.id, kind="simulator",
-                                      targets=targets, stats=stats))
+                                      targets=targets, stats=stats, pack=pack))
     if with_outcome and d.task == "p4g" and "donation" in d.outcome:
       msgs = msgs + [{"role": "user", "content": OUTCOME_REQUEST},
                      {"role": "assistant", "content": outcome_line(d.outcome["donation"])}]

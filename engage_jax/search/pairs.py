@@ -17,13 +17,13 @@ value difference. Pairs with the same prompt + chosen + rejected text are dedupl
 from __future__ import annotations
 
 import json
-import os
-import tempfile
-from typing import Iterable, Sequence
+from typing import Sequence
 
 import numpy as np
 
 from engage_jax.data.dialogue import AGENT, Turn
+from engage_jax.fileio import atomic_write_jsonl as write_jsonl  # noqa: F401 (re-exported API)
+from engage_jax.fileio import atomic_write_text, read_jsonl  # noqa: F401 (re-exported API)
 from engage_jax.search.tree import Trees
 
 
@@ -103,35 +103,6 @@ def extract_pairs(trees: Trees, margin: float, min_visits: int = 1,
         seen.add(key)
         out.append(p)
   return out
-
-
-def atomic_write_text(path: str, text: str) -> None:
-  """Writes `text` to `path` via a temp file in the same directory + os.replace."""
-  d = os.path.dirname(os.path.abspath(path))
-  os.makedirs(d, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-", suffix=os.path.basename(path))
-  try:
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-      f.write(text)
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
-
-
-def write_jsonl(path: str, records: Iterable[dict]) -> int:
-  """Atomically writes one JSON object per line; returns the number of records."""
-  lines = [json.dumps(r, ensure_ascii=False) for r in records]
-  atomic_write_text(path, "".join(line + "\n" for line in lines))
-  return len(lines)
-
-
-def read_jsonl(path: str) -> list[dict]:
-  with open(path, encoding="utf-8") as f:
-    return [json.loads(line) for line in f if line.strip()]
 
 
 def value_gap_summary(pairs: Sequence[dict]) -> dict:

@@ -87,11 +87,15 @@ def test_p4g_dynamics():
 
 def test_expected_reward_and_errors():
   cond = {"motivation": "trust"}
-  assert sandbox.optimal_strategy("p4g", cond) == "Credibility appeal"
-  assert sandbox.expected_reward("p4g", cond, ["Greeting"] + ["Credibility appeal"] * 3) == \
+  assert sandbox.optimal_strategy("p4g", cond) == "Logical appeal"
+  assert sandbox.expected_reward("p4g", cond, ["Greeting"] + ["Logical appeal"] * 3) == \
       pytest.approx(sandbox.donation_mean(3))
-  assert sandbox.expected_reward("es", {"emotion_type": "fear"}, ["Providing Suggestions"]) == \
+  assert sandbox.expected_reward("p4g", cond, ["Greeting"] + ["Credibility appeal"] * 3) == \
+      pytest.approx(sandbox.donation_mean(0))
+  assert sandbox.expected_reward("es", {"emotion_type": "fear"}, ["Affirmation and Reassurance"]) == \
       pytest.approx(0.6)
+  assert sandbox.expected_reward("es", {"emotion_type": "fear"}, ["Providing Suggestions"]) == \
+      pytest.approx(0.08)
   with pytest.raises(ValueError, match="motivation"):
     sandbox.optimal_strategy("p4g", {"motivation": "money"})
   with pytest.raises(ValueError, match="task"):

@@ -129,3 +129,28 @@ def test_real_data_examples(shared_data, sandbox_tok):
   outs = [e for e in sft.simulator_examples(pg, tok, 1024, stats=stats) if e.kind == "outcome"]
   assert stats.get("dropped", 0) == 0
   assert [_target(tok, e)[1] for e in outs] == [outcome_line(d.outcome["donation"]) for d in pg]
+
+
+@pytest.mark.parametrize("role", ["agent", "simulator"])
+def test_packed_examples_hold_every_target_once(sandbox_tok, role):
+  tok = sandbox_tok
+  ds = sandbox.generate("p4g", 12, 5)
+  make = sft.agent_examples if role == "agent" else sft.simulator_examples
+  single, packed = make(ds, tok, 256), make(ds, tok, 256, pack=True)
+  by_dialogue = {}
+  for ex in single:
+    by_dialogue.setdefault((ex.dialogue_id, ex.kind), []).append(_target(tok, ex)[0])
+  assert len(packed) == len(by_dialogue) < len(single)
+  for ex in packed:
+    ids, _ = _target(tok, ex)
+    assert ids == [t for target in by_dialogue[(ex.dialogue_id, ex.kind)] for t in target]
+    # every target keeps its exact single-example context: the packed sequence extends it
+    for one in [e for e in single if (e.dialogue_id, e.kind) == (ex.dialogue_id, ex.kind)]:
+      assert ex.input_ids[:len(one.input_ids)] == one.input_ids
+  assert sum(len(e.input_ids) for e in packed) < 0.6 * sum(len(e.input_ids) for e in single)
+
+
+def test_packing_falls_back_when_too_long(sandbox_tok):
+  (d,) = sandbox.generate("p4g", 1, 3)
+  packed = sft.agent_examples([d], sandbox_tok, 64, pack=True)
+  assert packed == sft.agent_examples([d], sandbox_tok, 64)
