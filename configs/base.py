@@ -56,7 +56,7 @@ def get_config() -> ml_collections.ConfigDict:
 
   c.sft = ml_collections.ConfigDict(dict(
       agent_steps=150,
-      simulator_steps=200,
+      simulator_steps=400,
       batch_size=32,
       learning_rate=3e-3,
       warmup_steps=30,
@@ -72,10 +72,11 @@ def get_config() -> ml_collections.ConfigDict:
       beta=0.1,
       loss_type="sigmoid",          # sigmoid | ipo | hinge | robust
       label_smoothing=0.0,
+      rpo_alpha=1.0,                # > 0: add the chosen completions' NLL (RPO), against likelihood collapse
       steps=0,                      # 0: `num_epochs` passes over the pairs
-      num_epochs=2,
+      num_epochs=5,
       batch_size=16,
-      learning_rate=5e-4,
+      learning_rate=2e-3,
       warmup_steps=10,
       weight_decay=0.0,
       grad_clip=1.0,
@@ -86,7 +87,7 @@ def get_config() -> ml_collections.ConfigDict:
       keep_checkpoints=2,
   ))
   c.search = ml_collections.ConfigDict(dict(
-      n_conditions=48,              # trees (one per training condition)
+      n_conditions=64,              # trees (one per training condition)
       trees_per_shard=16,
       k=3,
       budget=8,                     # expansions per tree
@@ -105,7 +106,7 @@ def get_config() -> ml_collections.ConfigDict:
       max_prompt_len=256,
   ))
   c.eval = ml_collections.ConfigDict(dict(
-      n_conditions=100,             # held-out conditions
+      n_conditions=150,             # held-out conditions
       samples_per_condition=2,      # seeds per condition (same for SFT and DPO)
       max_agent_turns=4,
       temperature=0.7,

@@ -203,12 +203,16 @@ def sequence_logps(model: nnx.Module, batch: Mapping[str, jax.Array]) -> tuple[j
   return seq[:b], seq[b:], cnt[:b], cnt[b:]
 
 
-def dpo_loss_fn(graphdef, rest, beta: float, loss_type: str, label_smoothing: float):
-  """loss_fn(params, batch) for the loop: weighted mean DPO loss + TRL-style metrics."""
+def dpo_loss_fn(graphdef, rest, beta: float, loss_type: str, label_smoothing: float, rpo_alpha: float = 0.0):
+  """loss_fn(params, batch) for the loop: weighted mean DPO loss + TRL-style metrics.
+
+  rpo_alpha > 0 adds TRL's RPO term: rpo_alpha × the chosen completions' mean per-token NLL, which
+  keeps the chosen likelihood from collapsing while the margin grows (metric "nll_loss")."""
 
   def loss_fn(params, batch):
     model = nnx.merge(graphdef, params, rest)
     pc, pr, nc, nr = sequence_logps(model, batch)
+    nll = -pc / jnp.maximum(nc, 1.0)
     rc, rr = batch["ref_chosen"], batch["ref_rejected"]
     if loss_type == "ipo":  # TRL averages log-probs over completion tokens for IPO
       pc, pr, rc, rr = pc / nc, pr / nr, rc / nc, rr / nr
@@ -217,8 +221,9 @@ def dpo_loss_fn(graphdef, rest, beta: float, loss_type: str, label_smoothing: fl
     mean = lambda x: jnp.sum(x * w) / jnp.maximum(jnp.sum(w), 1.0)
     metrics = {"rewards/chosen": mean(cr), "rewards/rejected": mean(rj),
                "rewards/accuracies": mean((cr > rj).astype(jnp.float32)),
-               "rewards/margins": mean(cr - rj), "logps/chosen": mean(pc), "logps/rejected": mean(pr)}
-    return mean(losses), metrics
+               "rewards/margins": mean(cr - rj), "logps/chosen": mean(pc), "logps/rejected": mean(pr),
+               "nll_loss": mean(nll)}
+    return mean(losses) + rpo_alpha * mean(nll), metrics
 
   return loss_fn
 
@@ -351,7 +356,7 @@ def train_dpo(policy_model: nnx.Module, ref_model: nnx.Module, pairs_paths: str 
   old = loop.set_compute_dtype(policy_model, dt)
   try:
     graphdef, params, rest = nnx.split(policy_model, nnx.Param, ...)
-    out = loop.run(dpo_loss_fn(graphdef, rest, cfg.beta, cfg.loss_type, cfg.label_smoothing), params,
+    out = loop.run(dpo_loss_fn(graphdef, rest, cfg.beta, cfg.loss_type, cfg.label_smoothing, cfg.rpo_alpha), params,
                    make_batches, cfg, workdir, mesh=mesh, total_steps=total, eval_batches=eval_fn,
                    resume=resume, checkpoint_meta=model_meta(policy_model), on_step=on_step,
                    count_tokens=_count_tokens)

@@ -78,6 +78,7 @@ class TrainConfig:
   beta: float = 0.1
   loss_type: str = "sigmoid"         # sigmoid | ipo | hinge | robust
   label_smoothing: float = 0.0
+  rpo_alpha: float = 0.0             # > 0: + rpo_alpha × NLL of the chosen completion (TRL's RPO)
   max_completion_len: int = 0        # 0: max_len // 2
 
   @classmethod
