@@ -89,3 +89,22 @@ def test_malformed_pairs_file(tmp_path, content, match):
   with pytest.raises(ValueError, match=match) as e:
     dpo_train.load_pairs([str(path)])
   assert str(path) in str(e.value)
+
+
+def test_rpo_term_adds_alpha_times_chosen_nll(setup):
+  """loss(rpo_alpha=a) = loss(0) + a × mean per-token NLL of the chosen completions."""
+  from flax import nnx
+  root, tok, path = setup
+  buckets = dpo_train.tokenize_pairs(dpo_train.load_pairs(path), tok, 96, 32, 32)
+  (_, arr), = buckets.items()
+  model = H.tiny_model(tok.vocab_size)
+  batch = {key: arr[key][:4] for key in dpo_train.PAIR_KEYS}
+  batch.update(ref_chosen=np.zeros(4, np.float32), ref_rejected=np.zeros(4, np.float32),
+               row_weight=np.ones(4, np.float32))
+  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+  base, m0 = dpo_train.dpo_loss_fn(graphdef, rest, 0.1, "sigmoid", 0.0)(params, batch)
+  with_rpo, m1 = dpo_train.dpo_loss_fn(graphdef, rest, 0.1, "sigmoid", 0.0, rpo_alpha=0.5)(params, batch)
+  pc, _, nc, _ = dpo_train.sequence_logps(model, batch)
+  nll = float(np.mean(-np.asarray(pc) / np.asarray(nc)))
+  assert float(m1["nll_loss"]) == pytest.approx(nll, rel=1e-5) and nll > 0
+  assert float(with_rpo) == pytest.approx(float(base) + 0.5 * nll, rel=1e-5)
