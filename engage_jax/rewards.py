@@ -7,6 +7,7 @@
 """
 from __future__ import annotations
 
+import dataclasses
 import re
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -74,12 +75,26 @@ def parse_donation(text: str, cap: float = DONATION_CAP) -> float | None:
   return float(min(max(value, 0.0), cap))
 
 
-def _cfg_get(cfg: Any, key: str, default: Any) -> Any:
-  if cfg is None:
-    return default
-  if isinstance(cfg, Mapping):
-    return cfg.get(key, default)
-  return getattr(cfg, key, default)
+@dataclasses.dataclass(frozen=True)
+class RewardSettings:
+  """The reward's knobs: ES regex and how many of the user's last turns it searches; P4G cap."""
+  es_pattern: str = DEFAULT_ES_PATTERN
+  es_last_n: int = DEFAULT_ES_LAST_N
+  donation_cap: float = DONATION_CAP
+
+  @classmethod
+  def from_any(cls, cfg: Any = None) -> "RewardSettings":
+    """From None, a mapping or an object with these attributes (e.g. a ConfigDict); missing,
+    None or empty values take the defaults."""
+    if isinstance(cfg, cls):
+      return cfg
+    def get(key, default):
+      if cfg is None:
+        return default
+      v = cfg.get(key) if isinstance(cfg, Mapping) else getattr(cfg, key, None)
+      return default if v is None or v == "" else v
+    return cls(str(get("es_pattern", DEFAULT_ES_PATTERN)), int(get("es_last_n", DEFAULT_ES_LAST_N)),
+               float(get("donation_cap", DONATION_CAP)))
 
 
 def reward(task: str, dialogue_or_texts: Any, cfg: Any = None) -> float:
@@ -99,11 +114,10 @@ def reward(task: str, dialogue_or_texts: Any, cfg: Any = None) -> float:
     texts = list(dialogue_or_texts)
     outcome = {}
   if task == "es":
-    pattern = _cfg_get(cfg, "es_pattern", DEFAULT_ES_PATTERN)
-    last_n = int(_cfg_get(cfg, "es_last_n", DEFAULT_ES_LAST_N))
-    return 1.0 if es_engaged(texts, pattern, last_n) else 0.0
+    st = RewardSettings.from_any(cfg)
+    return 1.0 if es_engaged(texts, st.es_pattern, st.es_last_n) else 0.0
   if task == "p4g":
-    cap = float(_cfg_get(cfg, "donation_cap", DONATION_CAP))
+    cap = RewardSettings.from_any(cfg).donation_cap
     candidates: list[str] = []
     if outcome.get("outcome_text"):
       candidates.append(outcome["outcome_text"])

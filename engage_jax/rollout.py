@@ -82,12 +82,25 @@ def _call_seed(seed: int, call: int) -> int:
   return int(np.random.SeedSequence([int(seed) & 0xFFFFFFFF, call]).generate_state(1)[0])
 
 
-def _cfg_get(cfg: Any, key: str, default: Any) -> Any:
-  if cfg is None:
-    return default
-  if isinstance(cfg, dict):
-    return cfg.get(key, default)
-  return getattr(cfg, key, default)
+def score_finished(simulator: "Speaker", dialogues: list[Dialogue], *, task: str, reward_cfg: Any = None,
+                   seed: int = 0) -> list[dict]:
+  """Outcome of finished chats: ES the regex over the user's last turns; P4G ONE batched simulator
+  call answering OUTCOME_REQUEST (the chat shown with its end marker, as in training), parsed.
+  Returns per dialogue {"reward"} (+ "donation", "outcome_text" for P4G)."""
+  st = rewards.RewardSettings.from_any(reward_cfg)
+  if task == "es":
+    return [{"reward": 1.0 if rewards.es_engaged([t.text for t in d.turns if t.role == USER], st.es_pattern,
+                                                 st.es_last_n) else 0.0} for d in dialogues]
+  if not dialogues:
+    return []
+  msgs = [chat.simulator_messages(task, d.condition, d.turns, mark_end=True)
+          + [{"role": "user", "content": chat.OUTCOME_REQUEST}] for d in dialogues]
+  out = []
+  for text in simulator.generate(msgs, seed):
+    donation = rewards.parse_donation(text, st.donation_cap)
+    out.append({"reward": 0.0 if donation is None else float(donation), "donation": donation,
+                "outcome_text": text})
+  return out
 
 
 def simulate(agent: Speaker, simulator: Speaker, starts: list[Dialogue], *, task: str,
@@ -133,21 +146,7 @@ def simulate(agent: Speaker, simulator: Speaker, starts: list[Dialogue], *, task
         rows[i].turns.append(Turn(USER, chat.strip_end_marker(text) if ended else text))
         if ended:
           terminal[i], live[i] = True, False
-  outcome_texts: list[str | None] = [None] * len(rows)
-  if task == "p4g" and rows:
-    msgs = [chat.simulator_messages(task, d.condition, d.turns, mark_end=True)
-            + [{"role": "user", "content": chat.OUTCOME_REQUEST}] for d in rows]
-    outcome_texts = simulator.generate(msgs, _call_seed(seed, calls))
-  es_pattern = _cfg_get(reward_cfg, "es_pattern", rewards.DEFAULT_ES_PATTERN)
-  es_last_n = int(_cfg_get(reward_cfg, "es_last_n", rewards.DEFAULT_ES_LAST_N))
-  cap = float(_cfg_get(reward_cfg, "donation_cap", rewards.DONATION_CAP))
-  for i, d in enumerate(rows):
-    d.outcome.update(num_turns=d.num_agent_turns, terminal=bool(terminal[i]))
-    if task == "es":
-      users = [t.text for t in d.turns if t.role == USER]
-      d.outcome["reward"] = 1.0 if rewards.es_engaged(users, es_pattern, es_last_n) else 0.0
-    else:
-      donation = rewards.parse_donation(outcome_texts[i], cap)
-      d.outcome.update(donation=donation, outcome_text=outcome_texts[i],
-                       reward=0.0 if donation is None else float(donation))
+  scores = score_finished(simulator, rows, task=task, reward_cfg=reward_cfg, seed=_call_seed(seed, calls))
+  for i, (d, score) in enumerate(zip(rows, scores)):
+    d.outcome.update(num_turns=d.num_agent_turns, terminal=bool(terminal[i]), **score)
   return rows

@@ -223,6 +223,7 @@ class ModelEnv:
     a_ids = self._generate(self.agent, a_prompts, _sub_seed(seed, 0))
     a_texts = [self.tokenizer.decode(ids).strip() for ids in a_ids]
     if self.logprobs:
+      from engage_jax.sampling import sequence_logprobs
       a_lp = sequence_logprobs(self.agent.model, a_prompts, a_ids)
     else:
       a_lp = [0.0] * len(rows)
@@ -252,25 +253,10 @@ class ModelEnv:
     return out
 
   def final_rewards(self, dialogues: list[Dialogue], seed: int) -> list[float]:
-    """Rewards of chats the simulator has ended (same rules as `rollout.simulate`): ES the regex
-    over the user's last turns; P4G one batched simulator call answering OUTCOME_REQUEST."""
-    from engage_jax import rewards
-    from engage_jax.data import chat
-    cfg = self.reward_cfg
-    if self.task == "es":
-      pattern = _cfg_get(cfg, "es_pattern", rewards.DEFAULT_ES_PATTERN)
-      last_n = int(_cfg_get(cfg, "es_last_n", rewards.DEFAULT_ES_LAST_N))
-      return [1.0 if rewards.es_engaged([t.text for t in d.turns if t.role == USER], pattern,
-                                        last_n) else 0.0 for d in dialogues]
-    cap = float(_cfg_get(cfg, "donation_cap", rewards.DONATION_CAP))
-    msgs = [chat.simulator_messages(self.task, d.condition, d.turns, mark_end=True)
-            + [{"role": "user", "content": chat.OUTCOME_REQUEST}] for d in dialogues]
-    texts = self.simulator.generate(msgs, seed)
-    out = []
-    for t in texts:
-      donation = rewards.parse_donation(t, cap)
-      out.append(0.0 if donation is None else float(donation))
-    return out
+    """Rewards of chats the simulator has ended (`rollout.score_finished`, as `simulate` does)."""
+    from engage_jax import rollout
+    return [x["reward"] for x in rollout.score_finished(self.simulator, dialogues, task=self.task,
+                                                        reward_cfg=self.reward_cfg, seed=seed)]
 
   def rollout(self, histories: list[Dialogue], seed: int) -> list[RolloutResult]:
     from engage_jax import rollout
@@ -279,64 +265,3 @@ class ModelEnv:
     return [RolloutResult(reward=float(d.outcome["reward"]),
                           num_turns=int(d.outcome.get("num_turns", 0)),
                           terminal=bool(d.outcome.get("terminal", False))) for d in done]
-
-
-_SCORE_JIT: dict = {}
-
-
-def _cfg_get(cfg: Any, key: str, default: Any) -> Any:
-  """cfg[key] for a mapping, getattr for an object (ConfigDict), default when absent / None cfg."""
-  if cfg is None:
-    return default
-  if isinstance(cfg, Mapping):
-    return cfg.get(key, default)
-  return getattr(cfg, key, default)
-
-
-def _score_core(graphdef, state, ids, mask, target):
-  """Sum over t of target[b, t] * log p(ids[b, t + 1] | ids[b, :t + 1]) → [B] fp32."""
-  from flax import nnx
-  import jax
-  import jax.numpy as jnp
-  model = nnx.merge(graphdef, state)
-  positions = jnp.maximum(jnp.cumsum(mask, axis=1) - 1, 0)
-  logits = model(ids, attention_mask=mask, positions=positions)
-  logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-  nxt = jnp.concatenate([ids[:, 1:], jnp.zeros_like(ids[:, :1])], axis=1)
-  tok_lp = jnp.take_along_axis(logp, nxt[..., None], axis=-1)[..., 0]
-  return jnp.sum(tok_lp * target, axis=-1)
-
-
-def sequence_logprobs(model, prompts: list[list[int]], completions: list[list[int]],
-                      bucket: int = 64) -> list[float]:
-  """Sum of log p(completion | prompt) per row under `model` (one jitted forward pass).
-
-  prompts, completions: ragged token ids. Rows are left-padded to a length rounded up to a
-  multiple of `bucket` and the batch to a power of two (>= 8), so few shapes compile; the
-  jitted function is cached per model graph. Returns a list of len(prompts) floats (fp32).
-  """
-  import jax
-  from flax import nnx
-  n = len(prompts)
-  if n == 0:
-    return []
-  seqs = [list(p) + list(c) for p, c in zip(prompts, completions)]
-  t = max(1, max(len(s) for s in seqs))
-  t = -(-t // bucket) * bucket
-  bsz = 1 << (max(n, 8) - 1).bit_length()
-  ids = np.zeros((bsz, t), np.int32)
-  mask = np.zeros((bsz, t), np.int32)
-  target = np.zeros((bsz, t), np.float32)  # 1 where position t predicts a completion token
-  for r, (p, c) in enumerate(zip(prompts, completions)):
-    off = t - len(seqs[r])
-    ids[r, off:] = seqs[r]
-    mask[r, off:] = 1
-    if c:
-      target[r, off + len(p) - 1: off + len(seqs[r]) - 1] = 1.0
-  graphdef, state = nnx.split(model)
-  fn = _SCORE_JIT.get(graphdef)
-  if fn is None:
-    import functools
-    fn = _SCORE_JIT[graphdef] = jax.jit(functools.partial(_score_core, graphdef))
-  total = np.asarray(jax.device_get(fn(state, ids, mask, target)))
-  return [float(x) for x in total[:n]]

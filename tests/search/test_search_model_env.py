@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from engage_jax.search import ModelEnv, SearchConfig, search
-from engage_jax.search.env import sequence_logprobs
+from engage_jax.sampling import sequence_logprobs
 
 from tests.search._search_helpers import es_roots
 
@@ -37,7 +37,7 @@ def test_sequence_logprobs_matches_right_padded_forward(tiny):
   _, model, _ = tiny
   prompts = [[1, 2, 3], [4, 5, 6, 7, 8, 9], [10]]
   completions = [[11, 12], [13], [14, 15, 16]]
-  got = sequence_logprobs(model, prompts, completions, bucket=16)
+  got = sequence_logprobs(model, prompts, completions)
   # reference: right padding (harmless for a causal model), default positions, one jitted call
   seqs = [p + c for p, c in zip(prompts, completions)]
   ids = np.zeros((3, max(map(len, seqs))), np.int32)
