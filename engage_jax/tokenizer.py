@@ -34,11 +34,11 @@ _END_OF_TURN_CANDIDATES = (END, "<|im_end|>", "<|eot_id|>", "<end_of_turn>", "</
 
 
 def _load_hf(path: Path):
-  from transformers import AutoTokenizer, PreTrainedTokenizerFast
-  try:
-    return AutoTokenizer.from_pretrained(str(path))
-  except Exception:  # e.g. a tokenizer class that needs an optional dependency
-    return PreTrainedTokenizerFast.from_pretrained(str(path))
+  """The dir's tokenizer.json (+ tokenizer_config.json: special tokens, chat template) as a fast
+  tokenizer. Not `AutoTokenizer`: its import chain loads torch when torch is installed, and a
+  second native runtime in the JAX process is only a liability."""
+  from transformers import PreTrainedTokenizerFast
+  return PreTrainedTokenizerFast.from_pretrained(str(path))
 
 
 class ChatTokenizer:
