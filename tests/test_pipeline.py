@@ -10,19 +10,14 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
+# Reduced sizes (CI: about 4-5 minutes on 2 cores). The simulator keeps enough SFT steps to learn
+# the sandbox's user dynamics, so the search's pairs can be checked against the known optimum.
 SMALL = [
-    "--config.data.sandbox_train=240", "--config.data.sandbox_valid=40", "--config.data.max_len=128",
-    "--config.tokenizer.vocab_size=400",
-    "--config.model.agent.hidden_size=64", "--config.model.agent.intermediate_size=128",
-    "--config.model.simulator.hidden_size=64", "--config.model.simulator.intermediate_size=128",
-    "--config.sft.agent_steps=40", "--config.sft.simulator_steps=40", "--config.sft.batch_size=16",
-    "--config.sft.eval_every=20", "--config.sft.checkpoint_every=20", "--config.sft.log_every=10",
-    "--config.search.n_conditions=6", "--config.search.trees_per_shard=3", "--config.search.budget=2",
-    "--config.search.max_prompt_len=128", "--config.search.max_new_tokens=24",
-    "--config.search.sim_max_new_tokens=24", "--config.search.margin=0.0",
-    "--config.dpo.steps=6", "--config.dpo.batch_size=4", "--config.dpo.max_len=128",
-    "--config.eval.n_conditions=8", "--config.eval.samples_per_condition=1", "--config.eval.max_prompt_len=128",
-    "--config.eval.max_new_tokens=24", "--config.eval.sim_max_new_tokens=24",
+    "--config.sft.agent_steps=100", "--config.sft.simulator_steps=400", "--config.sft.eval_every=0",
+    "--config.sft.checkpoint_every=200", "--config.sft.log_every=50",
+    "--config.search.n_conditions=24", "--config.search.trees_per_shard=8",
+    "--config.dpo.num_epochs=2",
+    "--config.eval.n_conditions=24", "--config.eval.samples_per_condition=1",
 ]
 
 
@@ -40,7 +35,7 @@ def test_sandbox_pipeline_end_to_end_and_skip_on_rerun(tmp_path):
   from engage_jax.report import validate_report
   validate_report(report)
   assert report["task"] == "es"
-  assert report["sft"]["n"] == report["dpo"]["n"] == 8
+  assert report["sft"]["n"] == report["dpo"]["n"] == 24
   assert 0.0 <= report["p_value"] <= 1.0
   for path in ["tokenizer/tokenizer.json", "sft_agent/hf/model.safetensors", "sft_simulator/hf/config.json",
                "eval_sft/dialogues.jsonl", "search/summary.json", "dpo_agent/hf/model.safetensors",
@@ -48,11 +43,31 @@ def test_sandbox_pipeline_end_to_end_and_skip_on_rerun(tmp_path):
     assert (wd / path).exists(), path
   assert report["pairs"] == sum(1 for f in (wd / "search" / "pairs").glob("*.jsonl")
                                 for line in f.read_text().splitlines() if line.strip())
+  _check_pairs_prefer_the_helpful_strategy(wd)
   stamp = {p: p.stat().st_mtime_ns for p in wd.rglob("*") if p.is_file()}
   again = _launch("pipeline.py", wd)
   assert again.returncode == 0, again.stderr[-3000:]
   assert again.stdout.count("done already, skipped") == 8, again.stdout
   assert {p: p.stat().st_mtime_ns for p in wd.rglob("*") if p.is_file()} == stamp
+
+
+def _check_pairs_prefer_the_helpful_strategy(wd: Path):
+  """Among pairs where exactly one side plays the condition's helpful strategy (the sandbox's known
+  optimum), the chosen side is the helpful one more often than not."""
+  from engage_jax.data import sandbox
+  from engage_jax.fileio import read_jsonl
+  good = bad = 0
+  for f in (wd / "search" / "pairs").glob("*.jsonl"):
+    for pair in read_jsonl(f):
+      opening = pair["prompt"][1]["content"]
+      (emotion,) = [e for e, adj in sandbox.EMOTION_ADJ.items() if f"feel {adj} " in opening]
+      helpful = sandbox.HELPFUL[emotion]
+      chosen = sandbox.strategy_of(pair["chosen"][0]["content"], "es") == helpful
+      rejected = sandbox.strategy_of(pair["rejected"][0]["content"], "es") == helpful
+      good += chosen and not rejected
+      bad += rejected and not chosen
+  assert good + bad >= 10, (good, bad)
+  assert good > bad, (good, bad)
 
 
 def test_unknown_config_key_is_an_error(tmp_path):
