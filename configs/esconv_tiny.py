@@ -1,4 +1,4 @@
-"""Real ESConv data, tiny models from scratch on CPU (2 cores, about 45 minutes).
+"""Real ESConv data, tiny models from scratch on CPU (2 cores, within 45 minutes).
 
   python launch/pipeline.py --config=configs/esconv_tiny.py \
       --config.data.path=../shared/data/esconv --workdir=workdirs/esconv_tiny
@@ -25,22 +25,23 @@ def get_config():
     c.model[role].num_attention_heads = 6
     c.model[role].num_key_value_heads = 2
     c.model[role].max_position_embeddings = 1024
-  c.sft.agent_steps = 1200
-  c.sft.simulator_steps = 1200
+  c.sft.agent_steps = 400
+  c.sft.simulator_steps = 400
   c.sft.batch_size = 16
   c.sft.learning_rate = 2e-3
-  c.search.n_conditions = 32
+  c.search.n_conditions = 24
+  c.search.trees_per_shard = 8
   c.search.max_turns = 8
-  c.search.max_depth = 3
-  c.search.budget = 6
-  c.search.max_new_tokens = 48
-  c.search.sim_max_new_tokens = 48
+  c.search.max_depth = 2
+  c.search.budget = 4
+  c.search.max_new_tokens = 40
+  c.search.sim_max_new_tokens = 40
   c.search.max_prompt_len = 384
-  c.eval.n_conditions = 128
+  c.eval.n_conditions = 96
   c.eval.samples_per_condition = 1
   c.eval.max_agent_turns = 8
-  c.eval.max_new_tokens = 48
-  c.eval.sim_max_new_tokens = 48
+  c.eval.max_new_tokens = 40
+  c.eval.sim_max_new_tokens = 40
   c.eval.max_prompt_len = 384
   c.dpo.max_len = 384
   return c
