@@ -25,7 +25,7 @@ up to `max_len`, plus `max_len`), so a jit step compiles once per bucket.
 from __future__ import annotations
 
 import dataclasses
-from typing import Iterator, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -263,37 +263,43 @@ def next_token_arrays(input_ids: np.ndarray, loss_mask: np.ndarray
 
 
 class BatchIterator:
-  """Fixed-shape batches [batch_size, T] per bucket, shuffled by (seed, epoch), resumable.
+  """Fixed-shape batches per bucket, shuffled by (seed, epoch), resumable: the one batcher of
+  SFT examples and DPO pairs.
 
+  buckets: {bucket key: {name: array [N, ...]}} (the arrays of a bucket share N; any names).
   Each epoch: rows of every bucket are permuted, chunked into batches (a last partial batch is
-  filled with repeated rows whose loss_mask is zeroed, so nothing is dropped and shapes stay
-  fixed), and the batches of all buckets are shuffled together. `state()` = {"epoch", "step"} of
-  the NEXT batch; `BatchIterator(..., epoch=e, step=s)` resumes exactly there.
-  Batches: {"input_ids", "loss_mask", "attention_mask"} int32 [B, T].
+  filled with repeated rows whose "row_weight" is 0 and, if present, "loss_mask" zeroed, so
+  nothing is dropped and shapes stay fixed), and the batches of all buckets are shuffled together.
+  Every batch also holds "row_weight" float32 [B]. `state()` = {"epoch", "step"} of the NEXT
+  batch; `BatchIterator(..., epoch=e, step=s)` resumes exactly there.
   """
 
-  def __init__(self, buckets: dict[int, dict[str, np.ndarray]], batch_size: int, seed: int = 0,
+  def __init__(self, buckets: Mapping, batch_size: int, seed: int = 0,
                *, epoch: int = 0, step: int = 0, num_epochs: int | None = None):
     if batch_size <= 0:
       raise ValueError(f"batch_size must be positive, got {batch_size}")
-    self.buckets = {int(k): v for k, v in buckets.items() if len(v["input_ids"])}
+    self.buckets = {k: v for k, v in buckets.items() if len(next(iter(v.values())))}
     if not self.buckets:
       raise ValueError("BatchIterator: no examples")
     self.batch_size, self.seed, self.num_epochs = batch_size, seed, num_epochs
     self.epoch, self.step = epoch, step
 
+  @staticmethod
+  def _rows(arrays: Mapping[str, np.ndarray]) -> int:
+    return len(next(iter(arrays.values())))
+
   @property
   def steps_per_epoch(self) -> int:
-    return sum(-(-len(v["input_ids"]) // self.batch_size) for v in self.buckets.values())
+    return sum(-(-self._rows(v) // self.batch_size) for v in self.buckets.values())
 
   def state(self) -> dict:
     return {"epoch": self.epoch, "step": self.step}
 
-  def _plan(self, epoch: int) -> list[tuple[int, np.ndarray, int]]:
+  def _plan(self, epoch: int) -> list[tuple[Any, np.ndarray, int]]:
     rng = np.random.default_rng([self.seed, epoch])
     plan = []
-    for b in sorted(self.buckets):
-      n = len(self.buckets[b]["input_ids"])
+    for b in sorted(self.buckets, key=lambda k: (str(type(k)), k)):
+      n = self._rows(self.buckets[b])
       perm = rng.permutation(n)
       for s in range(0, n, self.batch_size):
         idx = perm[s:s + self.batch_size]
@@ -304,10 +310,12 @@ class BatchIterator:
     order = rng.permutation(len(plan))
     return [plan[i] for i in order]
 
-  def _batch(self, b: int, idx: np.ndarray, real: int) -> dict[str, np.ndarray]:
-    arrs = self.buckets[b]
-    batch = {k: arrs[k][idx] for k in ARRAY_KEYS}
-    if real < len(idx):
+  def _batch(self, b, idx: np.ndarray, real: int) -> dict[str, np.ndarray]:
+    batch = {k: v[idx] for k, v in self.buckets[b].items()}
+    weight = np.ones((len(idx),), np.float32)
+    weight[real:] = 0.0
+    batch["row_weight"] = weight
+    if real < len(idx) and "loss_mask" in batch:
       batch["loss_mask"][real:] = 0
     return batch
 

@@ -32,6 +32,7 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from engage_jax import sharding as shd
+from engage_jax.data import sft as sft_data
 from engage_jax.train import loop
 
 LOSS_TYPES = ("sigmoid", "ipo", "hinge", "robust")
@@ -267,7 +268,7 @@ def compute_ref_logps(ref_model: nnx.Module, buckets, batch_size: int, mesh: Mes
   fns = {}
   chosen, rejected = np.zeros((n,), np.float32), np.zeros((n,), np.float32)
   data = {k: {kk: vv for kk, vv in v.items()} for k, v in buckets.items()}
-  for batch in loop.ArrayBatches(data, batch_size, num_epochs=1):
+  for batch in sft_data.BatchIterator(data, batch_size, num_epochs=1):
     idx, w = batch.pop("pair_index"), batch.pop("row_weight")
     batch = {k: batch[k] for k in PAIR_KEYS}
     key = tuple(batch["prompt_ids"].shape) + tuple(batch["chosen_ids"].shape)
@@ -344,13 +345,13 @@ def train_dpo(policy_model: nnx.Module, ref_model: nnx.Module, pairs_paths: str 
   if eval_pairs_paths:
     eps = [eval_pairs_paths] if isinstance(eval_pairs_paths, (str, os.PathLike)) else list(eval_pairs_paths)
     _, eval_buckets, _ = prepare("eval", eps)
-    eval_fn = lambda: loop.ArrayBatches(eval_buckets, cfg.batch_size, num_epochs=1)
+    eval_fn = lambda: sft_data.BatchIterator(eval_buckets, cfg.batch_size, num_epochs=1)
   micro = cfg.batch_size * cfg.grad_accum_steps
-  steps_per_epoch = loop.ArrayBatches(train_buckets, micro).steps_per_epoch
+  steps_per_epoch = sft_data.BatchIterator(train_buckets, micro).steps_per_epoch
   total = loop.total_steps_for(cfg, steps_per_epoch * cfg.grad_accum_steps)
 
   def make_batches(state):
-    return loop.ArrayBatches(train_buckets, micro, seed=cfg.seed, **(state or {}))
+    return sft_data.BatchIterator(train_buckets, micro, seed=cfg.seed, **(state or {}))
 
   from engage_jax.train.sft import model_meta
   old = loop.set_compute_dtype(policy_model, dt)

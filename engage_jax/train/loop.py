@@ -30,7 +30,7 @@ import json
 import math
 import os
 import time
-from typing import Any, Callable, Iterable, Iterator, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -311,61 +311,6 @@ def stack_micro(batch: Mapping[str, np.ndarray], accum: int) -> dict[str, np.nda
       raise ValueError(f"batch key {k!r}: {v.shape[0]} rows not divisible by grad_accum_steps={accum}")
     out[k] = v.reshape((accum, v.shape[0] // accum) + v.shape[1:])
   return out
-
-
-class ArrayBatches:
-  """Resumable fixed-shape batches from bucketed arrays with any keys (like data.sft.BatchIterator).
-
-  buckets: {key: {name: array [N, ...]}} (arrays of a bucket share N). Each epoch the rows of every
-  bucket are permuted with (seed, epoch), chunked into batches of `batch_size` (the last one
-  filled with repeated rows whose `"row_weight"` is 0), and all batches shuffled together. Every
-  batch has "row_weight" float32 [B]. `state()` = {"epoch", "step"} of the NEXT batch.
-  """
-
-  def __init__(self, buckets: Mapping[Any, Mapping[str, np.ndarray]], batch_size: int, seed: int = 0,
-               *, epoch: int = 0, step: int = 0, num_epochs: int | None = None):
-    self.buckets = {k: v for k, v in buckets.items() if len(next(iter(v.values())))}
-    if not self.buckets:
-      raise ValueError("ArrayBatches: no examples")
-    self.batch_size, self.seed, self.num_epochs = batch_size, seed, num_epochs
-    self.epoch, self.step = epoch, step
-
-  @property
-  def steps_per_epoch(self) -> int:
-    return sum(-(-len(next(iter(v.values()))) // self.batch_size) for v in self.buckets.values())
-
-  def state(self) -> dict:
-    return {"epoch": self.epoch, "step": self.step}
-
-  def _plan(self, epoch: int):
-    rng = np.random.default_rng([self.seed, epoch])
-    plan = []
-    for key in sorted(self.buckets, key=str):
-      n = len(next(iter(self.buckets[key].values())))
-      perm = rng.permutation(n)
-      for s in range(0, n, self.batch_size):
-        idx = perm[s:s + self.batch_size]
-        real = len(idx)
-        if real < self.batch_size:
-          idx = np.concatenate([idx, np.resize(perm, self.batch_size - real)])
-        plan.append((key, idx, real))
-    return [plan[i] for i in rng.permutation(len(plan))]
-
-  def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
-    while self.num_epochs is None or self.epoch < self.num_epochs:
-      plan = self._plan(self.epoch)
-      while self.step < len(plan):
-        key, idx, real = plan[self.step]
-        batch = {k: v[idx] for k, v in self.buckets[key].items()}
-        w = np.ones((len(idx),), np.float32)
-        w[real:] = 0.0
-        batch["row_weight"] = w
-        self.step += 1
-        if self.step == len(plan):
-          self.epoch, self.step = self.epoch + 1, 0
-        yield batch
-        if self.step == 0:
-          break
 
 
 # ---------------------------------------------------------------------------- the loop
