@@ -37,6 +37,8 @@ def run(main_fn, require_workdir: bool = True) -> None:
     if require_workdir and not _WORKDIR.value:
       raise app.UsageError("--workdir is required")
     logging.getLogger("engage_jax").setLevel(logging.INFO)
+    from absl import logging as absl_logging
+    absl_logging.set_verbosity(absl_logging.WARNING)  # Orbax logs every save at INFO
     if _DISTRIBUTED.value:
       import jax
       jax.distributed.initialize()
