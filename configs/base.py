@@ -87,7 +87,7 @@ def get_config() -> ml_collections.ConfigDict:
       keep_checkpoints=2,
   ))
   c.search = ml_collections.ConfigDict(dict(
-      n_conditions=64,              # trees (one per training condition)
+      n_conditions=96,              # trees (one per training condition)
       trees_per_shard=16,
       k=3,
       budget=8,                     # expansions per tree
@@ -106,7 +106,7 @@ def get_config() -> ml_collections.ConfigDict:
       max_prompt_len=256,
   ))
   c.eval = ml_collections.ConfigDict(dict(
-      n_conditions=150,             # held-out conditions
+      n_conditions=250,             # held-out conditions
       samples_per_condition=2,      # seeds per condition (same for SFT and DPO)
       max_agent_turns=4,
       temperature=0.7,
