@@ -16,7 +16,7 @@ def get_config():
   c.task = "es"
   c.data.source = "esconv"
   c.data.path = ""                 # set --config.data.path=../shared/data/esconv
-  c.data.max_len = 384
+  c.data.max_len = 256
   c.tokenizer.vocab_size = 4096
   for role in ("agent", "simulator"):
     c.model[role].hidden_size = 192
@@ -25,23 +25,23 @@ def get_config():
     c.model[role].num_attention_heads = 6
     c.model[role].num_key_value_heads = 2
     c.model[role].max_position_embeddings = 1024
-  c.sft.agent_steps = 400
-  c.sft.simulator_steps = 400
+  c.sft.agent_steps = 300
+  c.sft.simulator_steps = 300
   c.sft.batch_size = 16
   c.sft.learning_rate = 2e-3
-  c.search.n_conditions = 24
+  c.search.n_conditions = 16
   c.search.trees_per_shard = 8
   c.search.max_turns = 8
   c.search.max_depth = 2
   c.search.budget = 4
   c.search.max_new_tokens = 40
   c.search.sim_max_new_tokens = 40
-  c.search.max_prompt_len = 384
-  c.eval.n_conditions = 96
+  c.search.max_prompt_len = 256
+  c.eval.n_conditions = 64
   c.eval.samples_per_condition = 1
   c.eval.max_agent_turns = 8
   c.eval.max_new_tokens = 40
   c.eval.sim_max_new_tokens = 40
-  c.eval.max_prompt_len = 384
-  c.dpo.max_len = 384
+  c.eval.max_prompt_len = 256
+  c.dpo.max_len = 256
   return c
