@@ -30,6 +30,7 @@ test-fast: $(TEST)
 	$(PY) -m pytest -q -rs -m "not slow" tests
 
 bench: $(TEST)
+	$(PY) -m pip install -q -e '.[bench]'
 	$(PY) benchmarks/sampling_vs_hf.py
 	$(PY) benchmarks/dpo_vs_trl.py
 	$(PY) benchmarks/search_batched_vs_sequential.py
