@@ -49,6 +49,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.model = ml_collections.ConfigDict(dict(
       dtype="float32",              # compute dtype: float32 | bfloat16
       param_dtype="float32",
+      remat=False,                  # recompute layer activations in the backward pass (big models)
       agent=model_config(),
       simulator=model_config(),
   ))

@@ -50,6 +50,7 @@ def get_config():
 
   c.model.dtype = "bfloat16"                         # compute
   c.model.param_dtype = "float32"                    # fp32 master weights (AdamW); see plan.py
+  c.model.remat = True                               # plan.py: training fits only with remat
   c.model.agent = llama3_8b()
   c.model.simulator = llama3_8b()
 

@@ -140,7 +140,7 @@ def new_model(cfg, role: str, tok) -> models.CausalLM:
   mc = cfg.model[role]
   dtype, param_dtype = _DTYPES[cfg.model.dtype], _DTYPES[cfg.model.param_dtype]
   if mc.path:
-    return models.from_pretrained(mc.path, dtype=dtype, param_dtype=param_dtype)
+    return load_model(cfg, mc.path)
   config = models.ModelConfig(
       model_type=mc.model_type, vocab_size=tok.vocab_size, hidden_size=mc.hidden_size,
       intermediate_size=mc.intermediate_size, num_hidden_layers=mc.num_hidden_layers,
@@ -148,11 +148,15 @@ def new_model(cfg, role: str, tok) -> models.CausalLM:
       max_position_embeddings=mc.max_position_embeddings, tie_word_embeddings=mc.tie_word_embeddings,
       rope_theta=mc.rope_theta, bos_token_id=tok.bos_id, eos_token_id=tok.eos_id, pad_token_id=tok.pad_id)
   seed = cfg.seed + (0 if role == "agent" else 1)
-  return models.CausalLM(config, dtype=dtype, param_dtype=param_dtype, rngs=nnx.Rngs(seed))
+  model = models.CausalLM(config, dtype=dtype, param_dtype=param_dtype, rngs=nnx.Rngs(seed))
+  model.remat = cfg.model.remat
+  return model
 
 
-def load_model(cfg, path: Path) -> models.CausalLM:
-  return models.from_pretrained(path, dtype=_DTYPES[cfg.model.dtype], param_dtype=_DTYPES[cfg.model.param_dtype])
+def load_model(cfg, path) -> models.CausalLM:
+  model = models.from_pretrained(path, dtype=_DTYPES[cfg.model.dtype], param_dtype=_DTYPES[cfg.model.param_dtype])
+  model.remat = cfg.model.remat
+  return model
 
 
 def make_mesh(cfg):

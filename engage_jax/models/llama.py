@@ -177,6 +177,7 @@ class CausalLM(nnx.Module):
     self.layers = nnx.List([DecoderLayer(config, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
                             for _ in range(config.num_hidden_layers)])
     self.norm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps, dtype=dtype, param_dtype=param_dtype)
+    self.remat = False  # True: recompute each layer's activations in the backward pass (jax.checkpoint)
     self.lm_head = None if config.tie_word_embeddings else Linear(
         config.hidden_size, config.vocab_size, use_bias=False, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
 
@@ -218,7 +219,10 @@ class CausalLM(nnx.Module):
     cos, sin = rope_cos_sin(positions, rope_inv_freq(self.config))
     x = self.embed(input_ids)
     for layer in self.layers:
-      x, _ = layer(x, cos, sin, mask)
+      if self.remat:
+        x = jax.checkpoint(lambda lyr, h: lyr(h, cos, sin, mask)[0])(layer, x)
+      else:
+        x, _ = layer(x, cos, sin, mask)
     return self.norm(x)
 
   # ------------------------------------------------------------------ KV-cache path

@@ -57,3 +57,19 @@ def test_cache_shapes_are_head_major():
   cache = CausalLM(config, rngs=nnx.Rngs(0)).init_cache(2, 32)
   assert len(cache) == config.num_hidden_layers
   assert cache[0][0].shape == (2, config.num_key_value_heads, 32, config.head_dim)
+
+
+def test_remat_gives_the_same_loss_and_gradients():
+  config = CONFIGS["llama_gqa"]
+  ids = jnp.asarray(np.random.RandomState(1).randint(1, config.vocab_size, (2, 9)))
+
+  def loss_and_grads(remat: bool):
+    model = CausalLM(config, rngs=nnx.Rngs(5))
+    model.remat = remat
+    loss = lambda m: jnp.mean(jax.nn.log_softmax(m(ids))[..., 3])
+    return nnx.value_and_grad(loss)(model)
+
+  (l0, g0), (l1, g1) = loss_and_grads(False), loss_and_grads(True)
+  assert float(l0) == pytest.approx(float(l1), abs=1e-6)
+  for a, b in zip(jax.tree.leaves(nnx.state(g0)), jax.tree.leaves(nnx.state(g1))):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6)
