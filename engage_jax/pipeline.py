@@ -238,12 +238,9 @@ def reward_cfg(cfg) -> dict:
 
 
 def search_config(cfg):
+  """The SearchConfig of `config.search` (runner keys such as n_conditions are the pipeline's)."""
   from engage_jax.search.imcts import SearchConfig
-  s = cfg.search
-  return SearchConfig(k=s.k, budget=s.budget, max_depth=s.max_depth, max_turns=s.max_turns, selection=s.selection,
-                      c=s.c, margin=s.margin, prune_similarity=s.prune_similarity or None, max_live=s.max_live,
-                      temperature=s.temperature, top_p=s.top_p, max_new_tokens=s.max_new_tokens,
-                      sim_temperature=s.sim_temperature, sim_max_new_tokens=s.sim_max_new_tokens, seed=cfg.seed)
+  return SearchConfig.from_dict(cfg.search, seed=cfg.seed)
 
 
 def stage_search(cfg, wd: Workdir) -> dict:
