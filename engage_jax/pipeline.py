@@ -264,7 +264,8 @@ def stage_search(cfg, wd: Workdir) -> dict:
 
 
 def pair_files(wd: Workdir) -> list[Path]:
-  return sorted(wd.path("search", "pairs").glob("shard-*.jsonl"))
+  """The search's shard files that hold pairs (a shard whose trees gave no value gaps is empty)."""
+  return sorted(f for f in wd.path("search", "pairs").glob("shard-*.jsonl") if f.stat().st_size > 0)
 
 
 def stage_dpo(cfg, wd: Workdir) -> dict:
