@@ -71,11 +71,7 @@ def bench_jax(s):
   mesh = shd.make_mesh(data=1, devices=jax.devices()[:1])
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)
   tx, sched = loop.make_optimizer(cfg, 100)
-  p_sh = shd.state_sharding(mesh, params)
-  params = loop.place(params, p_sh)
-  opt = jax.jit(tx.init)(params)
-  o_sh = loop.opt_state_sharding(tx, opt, p_sh, mesh)
-  opt = loop.place(opt, o_sh)
+  params, opt, p_sh, o_sh = loop.init_sharded(tx, params, mesh)
   mb = loop.stack_micro(batch, 1)
   step = loop.make_train_step(dpo.dpo_loss_fn(graphdef, rest, 0.1, "sigmoid", 0.0), tx, sched, mesh,
                               p_sh, o_sh, mb)

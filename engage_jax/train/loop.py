@@ -198,6 +198,16 @@ def place(tree, shardings):
   return jax.tree.map(lambda x, s: jax.device_put(x, s), tree, shardings)
 
 
+def init_sharded(tx: optax.GradientTransformation, params: nnx.State, mesh: Mesh):
+  """Places `params` on `mesh` by the sharding rules and initialises the optimizer state beside
+  them. Returns (params, opt_state, params_sharding, opt_state_sharding)."""
+  p_sh = shd.state_sharding(mesh, params)
+  params = place(params, p_sh)
+  opt_state = jax.jit(tx.init)(params)
+  o_sh = opt_state_sharding(tx, opt_state, p_sh, mesh)
+  return params, place(opt_state, o_sh), p_sh, o_sh
+
+
 # ---------------------------------------------------------------------------- the step
 def make_train_step(loss_fn: LossFn, tx: optax.GradientTransformation, schedule: optax.Schedule,
                     mesh: Mesh, params_sharding, opt_sharding, batch_example: Mapping[str, Any],
@@ -350,11 +360,7 @@ def run(loss_fn: LossFn, params: nnx.State, make_batches: BatchesFactory, cfg: T
   mesh = mesh if mesh is not None else shd.make_mesh(data=1, devices=jax.devices()[:1])
   shd.check_batch(mesh, cfg.batch_size)
   tx, schedule = make_optimizer(cfg, total_steps)
-  p_sh = shd.state_sharding(mesh, params)
-  params = place(params, p_sh)
-  opt_state = jax.jit(tx.init, out_shardings=None)(params)
-  o_sh = opt_state_sharding(tx, opt_state, p_sh, mesh)
-  opt_state = place(opt_state, o_sh)
+  params, opt_state, p_sh, o_sh = init_sharded(tx, params, mesh)
 
   writer = MetricsWriter(workdir)
   manager = ckpt_lib.CheckpointManager(os.path.join(workdir, "checkpoints"),

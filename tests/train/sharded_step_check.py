@@ -25,11 +25,7 @@ def run(mesh, batches):
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)
   cfg = loop.TrainConfig(learning_rate=1e-2, warmup_steps=0, batch_size=8, grad_accum_steps=2)
   tx, sched = loop.make_optimizer(cfg, 10)
-  p_sh = sharding.state_sharding(mesh, params)
-  params = loop.place(params, p_sh)
-  opt = jax.jit(tx.init)(params)
-  o_sh = loop.opt_state_sharding(tx, opt, p_sh, mesh)
-  opt = loop.place(opt, o_sh)
+  params, opt, p_sh, o_sh = loop.init_sharded(tx, params, mesh)
   step = loop.make_train_step(loop.lm_loss_fn(graphdef, rest), tx, sched, mesh, p_sh, o_sh, batches[0])
   out = []
   for b in batches:
