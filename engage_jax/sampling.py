@@ -108,31 +108,71 @@ def _left_pad(prompts: list[list[int]], b: int, p: int) -> tuple[np.ndarray, np.
 
 
 # ---------------------------------------------------------------------------------------- sampling
+def _sortable_key(x: jax.Array) -> jax.Array:
+  """fp32 [..] → uint32 keys with the same order as the floats (-inf < ... < +inf)."""
+  bits = jax.lax.bitcast_convert_type(jnp.where(x == 0, 0.0, x), jnp.int32)    # -0.0 → +0.0
+  key = jnp.where(bits < 0, bits ^ jnp.int32(0x7FFFFFFF), bits)
+  return jax.lax.bitcast_convert_type(key, jnp.uint32) ^ jnp.uint32(0x80000000)
+
+
+def _largest_key_with(keys: jax.Array, enough) -> jax.Array:
+  """The largest threshold m [B, 1] (uint32) with `enough(keys >= m)` true, for a predicate that is
+  monotone (true for small m) and true at the row minimum. Exact bisection: 32 rounds of one masked
+  reduction over [B, V] each, no sort."""
+  lo = jnp.min(keys, axis=-1, keepdims=True)                                   # enough(lo) holds
+  hi = jnp.max(keys, axis=-1, keepdims=True)
+
+  def body(_, bounds):
+    lo, hi = bounds                                   # the answer lies in [lo, hi]
+    gap = hi - lo
+    mid = lo + gap // 2 + gap % 2                     # lo < mid <= hi while gap > 0 (no overflow)
+    ok = enough(keys >= mid)
+    live = gap > 0
+    return jnp.where(live & ok, mid, lo), jnp.where(live & ~ok, mid - 1, hi)
+
+  lo, _ = jax.lax.fori_loop(0, 33, body, (lo, hi))
+  return lo
+
+
+def filter_mask(logits: jax.Array, top_p: jax.Array, top_k: jax.Array) -> jax.Array:
+  """Which tokens survive top-k then top-p (transformers' order): bool [B, V] from fp32 [B, V].
+
+  top-k keeps the logits >= the k-th largest (ties kept; k <= 0 = off); top-p then keeps the
+  smallest set of largest probabilities (renormalised after top-k) whose mass reaches top_p, i.e.
+  every logit >= the largest threshold whose kept mass is >= top_p (ties kept; the most likely
+  token always kept; p >= 1 = off). Thresholds are found by exact bisection on the floats' bit
+  patterns instead of a [B, V] sort, which XLA:CPU runs slowly.
+  """
+  keys = _sortable_key(logits)
+  v = logits.shape[-1]
+  k = jnp.where(top_k > 0, jnp.minimum(top_k, v), v)
+  kth = jax.lax.cond(k < v,
+                     lambda: _largest_key_with(keys, lambda m: jnp.sum(m, -1, keepdims=True) >= k),
+                     lambda: jnp.min(keys, axis=-1, keepdims=True))
+  keep = keys >= kth
+  probs = jax.nn.softmax(jnp.where(keep, logits, -jnp.inf), axis=-1)
+
+  def nucleus():
+    mass = lambda m: jnp.sum(jnp.where(m, probs, 0.0), -1, keepdims=True) >= top_p
+    return _largest_key_with(jnp.where(keep, keys, jnp.uint32(0)), mass)
+
+  thresh = jax.lax.cond(top_p < 1.0, nucleus, lambda: kth)
+  return keep & (keys >= thresh)
+
+
 def sample_logits(logits: jax.Array, key: jax.Array, temperature: jax.Array, top_p: jax.Array,
                   top_k: jax.Array, *, mode: str) -> jax.Array:
   """Next tokens [B] int32 from fp32 logits [B, V].
 
   mode (static): "greedy" (argmax; the other arguments are ignored), "sample" (temperature only),
   "filter" (temperature, then top-k with k <= 0 meaning off, then top-p with p >= 1 meaning off;
-  transformers' order). top-k keeps the logits >= the k-th largest (ties kept, as transformers
-  does); top-p keeps the smallest set of largest probabilities whose mass reaches top_p (the most
-  likely token always kept). The [B, V] sort is only traced in "filter" mode.
+  see `filter_mask`).
   """
   if mode == "greedy":
     return jnp.argmax(logits, axis=-1).astype(jnp.int32)
   logits = logits / temperature
   if mode == "filter":
-    v = logits.shape[-1]
-    sorted_desc = -jnp.sort(-logits, axis=-1)                                   # [B, V]
-    k = jnp.where(top_k > 0, jnp.minimum(top_k, v), v)
-    kth = jax.lax.dynamic_slice_in_dim(sorted_desc, k - 1, 1, axis=-1)          # [B, 1]
-    sorted_desc = jnp.where(sorted_desc < kth, -jnp.inf, sorted_desc)
-    probs = jax.nn.softmax(sorted_desc, axis=-1)
-    cum_before = jnp.cumsum(probs, axis=-1) - probs      # mass strictly above each sorted position
-    keep = (cum_before < top_p) | (top_p >= 1.0)
-    keep = keep.at[:, 0].set(True)
-    thresh = jnp.min(jnp.where(keep, sorted_desc, jnp.inf), axis=-1, keepdims=True)
-    logits = jnp.where(logits < jnp.maximum(thresh, kth), -jnp.inf, logits)
+    logits = jnp.where(filter_mask(logits, top_p, top_k), logits, -jnp.inf)
   elif mode != "sample":
     raise ValueError(f"sample_logits: unknown mode {mode!r}")
   return jax.random.categorical(key, logits, axis=-1).astype(jnp.int32)
@@ -161,7 +201,7 @@ def _generate_core(graphdef, state, tokens, prompt_mask, row_valid, max_new, key
   positions = jnp.maximum(jnp.cumsum(prompt_mask, axis=-1, dtype=jnp.int32) - 1, 0)
   kv_mask = jnp.concatenate([prompt_mask, jnp.ones((b, num_new), prompt_mask.dtype)], axis=1)  # [B, S]
   cache = model.init_cache(b, s)
-  hidden, cache = model.forward_cached(tokens, positions, cache, 0, kv_mask)
+  hidden, cache = model.forward_cached(tokens, positions, cache, 0, kv_mask, last_only=True)
   logits = model.logits(hidden[:, -1])                                          # [B, V]
   key, sub = jax.random.split(key)
   tok = sample_logits(logits, sub, temperature, top_p, top_k, mode=mode)

@@ -95,6 +95,46 @@ def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
   return x * cos + rotated * sin
 
 
+QUERY_CHUNK = 128  # self-attention queries per block (causal blocks skip the keys after them)
+
+
+def causal_allowed(q_slots: jax.Array, k_slots: jax.Array, window: int | None) -> jax.Array:
+  """[T, S] bool: query slot q_slots[t] may see key slot k_slots[s] (s <= t, inside the window)."""
+  allowed = k_slots[None, :] <= q_slots[:, None]
+  if window is not None:
+    allowed = allowed & (q_slots[:, None] - k_slots[None, :] < window)
+  return allowed
+
+
+def attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, dtype) -> jax.Array:
+  """Grouped-query attention core. q [B, T, KV, G, hd]; k, v [B, KV, S, hd]; mask [B, T, S]
+  (True = may attend) → [B, T, KV*G*hd]. Scores and softmax in fp32."""
+  b, t, kv, g, hd = q.shape
+  scores = jnp.einsum("btkgd,bksd->bkgts", q, k.astype(dtype)).astype(jnp.float32)
+  scores = jnp.where(mask[:, None, None], scores * (1.0 / math.sqrt(hd)), _MASK_VALUE)
+  probs = jax.nn.softmax(scores, axis=-1).astype(dtype)
+  # dot output in its natural [b, k, g, t, d] order (XLA:CPU hands that to its fast dot library;
+  # asking for "btkgd" directly made it a slow generic dot), then one small transpose.
+  out = jnp.einsum("bkgts,bksd->bkgtd", probs, v.astype(dtype))
+  return out.transpose(0, 3, 1, 2, 4).reshape(b, t, kv * g * hd)
+
+
+def causal_self_attention(q: jax.Array, k: jax.Array, v: jax.Array, valid: jax.Array,
+                          window: int | None, dtype, chunk: int = QUERY_CHUNK) -> jax.Array:
+  """Causal attention of T tokens to themselves (slot t attends to slots s <= t with valid[b, s],
+  and s > t - window for a sliding window). q [B, T, KV, G, hd]; k, v [B, KV, T, hd]; valid [B, T]
+  bool → [B, T, KV*G*hd]. Queries go in blocks of `chunk` against only the keys up to the block's
+  end, so the [T, T] score matrix above the diagonal blocks is never computed (about half of it
+  for long T) and each block's scores stay small."""
+  t = q.shape[1]
+  outs = []
+  for lo in range(0, t, chunk):
+    hi = min(t, lo + chunk)
+    mask = causal_allowed(jnp.arange(lo, hi), jnp.arange(hi), window)[None] & valid[:, None, :hi]
+    outs.append(attend(q[:, lo:hi], k[:, :, :hi], v[:, :, :hi], mask, dtype))
+  return outs[0] if len(outs) == 1 else jnp.concatenate(outs, axis=1)
+
+
 class Attention(nnx.Module):
   """Grouped-query attention; H query heads share KV key/value heads in groups of G = H // KV."""
 
@@ -106,34 +146,46 @@ class Attention(nnx.Module):
     self.k_proj = Linear(d, self.num_kv_heads * hd, use_bias=config.attention_bias, **kw)
     self.v_proj = Linear(d, self.num_kv_heads * hd, use_bias=config.attention_bias, **kw)
     self.o_proj = Linear(self.num_heads * hd, d, use_bias=False, **kw)
+    self.window = config.sliding_window
     self.dtype = dtype
 
-  def __call__(self, x, cos, sin, mask, cache=None, cache_index=None):
-    """x [B, T, D]; cos/sin [B, T, hd]; mask [B, T, S] (True = may attend).
+  def __call__(self, x, cos, sin, valid, cache=None, cache_index=0, q_slots=None,
+               last_only: bool = False):
+    """x [B, T, D]; cos/sin [B, T, hd]; valid [B, S] bool: which key slots hold real tokens.
 
-    cache: None (keys are the T new tokens, S == T) or (k, v) [B, KV, S, hd] into which the new
-    keys/values are written at `cache_index`. Returns (out [B, T, D], new (k, v) or None).
+    cache None: causal self-attention of the T tokens (S == T). cache (k, v) [B, KV, S, hd]: the new
+    keys/values are written at slots `cache_index..+T-1`; with `cache_index` the Python int 0 (a
+    prefill) the T tokens attend causally among themselves, otherwise query t (slot q_slots[t],
+    [T] int) attends to every cache slot s <= q_slots[t] with valid[b, s] (and inside the sliding
+    window). last_only (self-attention only): keys/values of all T tokens, but the output of the
+    last query alone ([B, 1, D]). Returns (out [B, T or 1, D], new (k, v) or None).
     """
     b, t, _ = x.shape
     kv, g, hd = self.num_kv_heads, self.num_heads // self.num_kv_heads, self.head_dim
-    q = apply_rope(self.q_proj(x).reshape(b, t, self.num_heads, hd), cos, sin)
     k = apply_rope(self.k_proj(x).reshape(b, t, kv, hd), cos, sin).transpose(0, 2, 1, 3)
     v = self.v_proj(x).reshape(b, t, kv, hd).transpose(0, 2, 1, 3)
     new_cache = None
     if cache is not None:
       zero = jnp.zeros((), jnp.int32)
       idx = (zero, zero, jnp.asarray(cache_index, jnp.int32), zero)
-      k = jax.lax.dynamic_update_slice(cache[0], k.astype(cache[0].dtype), idx)
-      v = jax.lax.dynamic_update_slice(cache[1], v.astype(cache[1].dtype), idx)
-      new_cache = (k, v)
-    q = q.reshape(b, t, kv, g, hd)
-    scores = jnp.einsum("btkgd,bksd->bkgts", q, k.astype(self.dtype)).astype(jnp.float32)
-    scores = jnp.where(mask[:, None, None], scores * (1.0 / math.sqrt(hd)), _MASK_VALUE)
-    probs = jax.nn.softmax(scores, axis=-1).astype(self.dtype)
-    # dot output in its natural [b, k, g, t, d] order (XLA:CPU hands that to its fast dot library;
-    # asking for "btkgd" directly made it a slow generic dot), then one small transpose.
-    out = jnp.einsum("bkgts,bksd->bkgtd", probs, v.astype(self.dtype))
-    out = out.transpose(0, 3, 1, 2, 4).reshape(b, t, self.num_heads * hd)
+      new_cache = (jax.lax.dynamic_update_slice(cache[0], k.astype(cache[0].dtype), idx),
+                   jax.lax.dynamic_update_slice(cache[1], v.astype(cache[1].dtype), idx))
+    self_attention = cache is None or (isinstance(cache_index, int) and cache_index == 0)
+    if last_only and not self_attention:
+      raise ValueError("Attention: last_only needs self-attention (no cache, or cache_index=0)")
+    if last_only:
+      x, cos, sin = x[:, -1:], cos[:, -1:], sin[:, -1:]
+    tq = x.shape[1]
+    q = apply_rope(self.q_proj(x).reshape(b, tq, self.num_heads, hd), cos, sin)
+    q = q.reshape(b, tq, kv, g, hd).astype(self.dtype)
+    if last_only:
+      allowed = causal_allowed(jnp.array([t - 1]), jnp.arange(t), self.window)
+      out = attend(q, k, v, allowed[None] & valid[:, None, :t], self.dtype)
+    elif self_attention:
+      out = causal_self_attention(q, k, v, valid[:, :t], self.window, self.dtype)
+    else:
+      allowed = causal_allowed(q_slots, jnp.arange(valid.shape[1]), self.window)
+      out = attend(q, *new_cache, allowed[None] & valid[:, None, :], self.dtype)
     return self.o_proj(out), new_cache
 
 
@@ -159,9 +211,12 @@ class DecoderLayer(nnx.Module):
     self.post_attention_layernorm = RMSNorm(config.hidden_size, **norm)
     self.mlp = MLP(config, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
 
-  def __call__(self, x, cos, sin, mask, cache=None, cache_index=None):
-    h, new_cache = self.self_attn(self.input_layernorm(x), cos, sin, mask, cache, cache_index)
-    x = x + h
+  def __call__(self, x, cos, sin, valid, cache=None, cache_index=0, q_slots=None,
+               last_only: bool = False):
+    """See `Attention.__call__`; last_only: the output of the last position alone [B, 1, D]."""
+    h, new_cache = self.self_attn(self.input_layernorm(x), cos, sin, valid, cache, cache_index,
+                                  q_slots, last_only)
+    x = (x[:, -1:] if last_only else x) + h
     return x + self.mlp(self.post_attention_layernorm(x)), new_cache
 
 
@@ -194,10 +249,6 @@ class CausalLM(nnx.Module):
       out = self.lm_head(hidden)
     return out.astype(jnp.float32)
 
-  def _window(self, q_pos: jax.Array, k_pos: jax.Array) -> jax.Array | bool:
-    w = self.config.sliding_window
-    return True if w is None else (q_pos[..., :, None] - k_pos[..., None, :]) < w
-
   # ------------------------------------------------------------------ full forward
   def __call__(self, input_ids: jax.Array, attention_mask: jax.Array | None = None,
                positions: jax.Array | None = None) -> jax.Array:
@@ -213,16 +264,13 @@ class CausalLM(nnx.Module):
     attention_mask = attention_mask.astype(bool)
     if positions is None:
       positions = jnp.maximum(jnp.cumsum(attention_mask, axis=-1) - 1, 0)
-    slots = jnp.arange(t)
-    mask = (slots[None, :] <= slots[:, None])[None] & attention_mask[:, None, :]
-    mask = mask & self._window(slots, slots)
     cos, sin = rope_cos_sin(positions, rope_inv_freq(self.config))
     x = self.embed(input_ids)
     for layer in self.layers:
       if self.remat:
-        x = jax.checkpoint(lambda lyr, h: lyr(h, cos, sin, mask)[0])(layer, x)
+        x = jax.checkpoint(lambda lyr, h: lyr(h, cos, sin, attention_mask)[0])(layer, x)
       else:
-        x, _ = layer(x, cos, sin, mask)
+        x, _ = layer(x, cos, sin, attention_mask)
     return self.norm(x)
 
   # ------------------------------------------------------------------ KV-cache path
@@ -233,19 +281,23 @@ class CausalLM(nnx.Module):
     dtype = dtype or self.dtype
     return tuple((jnp.zeros(shape, dtype), jnp.zeros(shape, dtype)) for _ in range(c.num_hidden_layers))
 
-  def forward_cached(self, input_ids, positions, cache: KVCache, cache_index, kv_mask):
+  def forward_cached(self, input_ids, positions, cache: KVCache, cache_index, kv_mask,
+                     last_only: bool = False):
     """ids/positions [B, T]; cache per layer [B, KV, S, hd]; kv_mask [B, S] (1 = slot holds a real
-    token, including the T being written). Returns (final-normed hidden [B, T, D], new cache)."""
-    t, s = input_ids.shape[1], kv_mask.shape[1]
-    q_slots = cache_index + jnp.arange(t)
-    k_slots = jnp.arange(s)
-    mask = (k_slots[None, :] <= q_slots[:, None])[None] & kv_mask.astype(bool)[:, None, :]
-    mask = mask & self._window(q_slots, k_slots)
+    token, including the T being written). Returns (final-normed hidden [B, T, D], new cache).
+
+    last_only (a prefill: `cache_index` the Python int 0): hidden [B, 1, D] of the last position
+    only; the last layer then computes queries, attention and MLP for that position alone (every
+    layer still writes the keys/values of all T tokens).
+    """
+    q_slots = cache_index + jnp.arange(input_ids.shape[1])
+    valid = kv_mask.astype(bool)
     cos, sin = rope_cos_sin(positions, rope_inv_freq(self.config))
     x = self.embed(input_ids)
     new_cache = []
-    for layer, layer_cache in zip(self.layers, cache):
-      x, c = layer(x, cos, sin, mask, layer_cache, cache_index)
+    last = len(self.layers) - 1
+    for i, (layer, layer_cache) in enumerate(zip(self.layers, cache)):
+      x, c = layer(x, cos, sin, valid, layer_cache, cache_index, q_slots, last_only and i == last)
       new_cache.append(c)
     return self.norm(x), tuple(new_cache)
 
