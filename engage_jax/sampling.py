@@ -20,7 +20,7 @@ split into a static graphdef and its state (an argument, so a sharded state stay
 temperature / top-p / top-k / seed / the true `max_new_tokens` / the stop ids are traced values, so
 changing them does not recompile. The decode loop stops early once every row has stopped.
 
-The KV cache (`[B, KV, S, hd]` per layer) is allocated inside the jitted function and carried
+The KV cache (per layer keys `[B, KV, hd, S]` and values `[B, KV, S, hd]`) is allocated inside the jitted function and carried
 through the while loop, where each step writes one slot with `dynamic_update_slice` in place (no
 copy of the cache per step; checked in the XLA dump), so there is no input buffer to donate.
 """

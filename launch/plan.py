@@ -10,7 +10,7 @@ What it does:
    its parameter / AdamW-state shardings from the logical rules.
 3. Builds the sharded SFT train step (loss-masked CE, AdamW, jax.jit with in/out shardings, donated
    state; activations constrained to the batch sharding; optional per-layer rematerialisation) and
-   the sampling prefill / decode steps (KV cache [B, KV, S, hd] per layer, donated), lowers them for
+   the sampling prefill / decode steps (KV cache per layer: keys [B, KV, hd, S], values [B, KV, S, hd]; donated), lowers them for
    the full model on ShapeDtypeStructs and, with --compile=auto, compiles reduced-depth copies.
 4. Prints per-device memory: parameters, optimizer state (mu + nu), gradients, FSDP transients,
    activations with and without remat, KV cache, against the device HBM (default 16 GiB, TPU v5e),
@@ -157,22 +157,18 @@ def forward_hidden(model, ids, mask, *, mesh=None, remat: bool = False):
   def constrain(x):
     return x if mesh is None else jax.lax.with_sharding_constraint(x, shd.batch_sharding(mesh, x.ndim))
 
-  _, t = ids.shape
   am = mask.astype(bool)
   positions = jnp.maximum(jnp.cumsum(am, axis=-1) - 1, 0)
-  slots = jnp.arange(t)
-  attn = (slots[None, :] <= slots[:, None])[None] & am[:, None, :]
-  attn = attn & model._window(slots, slots)
   cos, sin = llama.rope_cos_sin(positions, llama.rope_inv_freq(model.config))
   x = constrain(model.embed(ids))
 
-  def run(layer_def, layer_state, x, cos, sin, attn):
-    return nnx.merge(layer_def, layer_state)(x, cos, sin, attn)[0]
+  def run(layer_def, layer_state, x, cos, sin, valid):
+    return nnx.merge(layer_def, layer_state)(x, cos, sin, valid)[0]
 
   run_layer = jax.checkpoint(run, static_argnums=(0,)) if remat else run
   for layer in model.layers:
     layer_def, layer_state = nnx.split(layer)
-    x = constrain(run_layer(layer_def, layer_state, x, cos, sin, attn))
+    x = constrain(run_layer(layer_def, layer_state, x, cos, sin, am))
   return model.norm(x)
 
 
@@ -235,12 +231,14 @@ def build_train_step(graphdef, abs_params, mesh, tx, remat: bool):
 
 
 def cache_sharding(mesh, mc, batch: int, length: int):
-  """Per-layer (k, v) NamedShardings of the KV cache [B, KV, S, hd]."""
+  """Per-layer (keys, values) NamedShardings of the KV cache (`llama.cache_shapes`)."""
   from jax.sharding import NamedSharding
   from engage_jax import sharding as shd
-  shape = (batch, mc.num_key_value_heads, length, mc.head_dim)
-  s = NamedSharding(mesh, shd.logical_to_spec(mesh, ("batch", "kv_heads", "length", "head_dim"), shape))
-  return tuple((s, s) for _ in range(mc.num_hidden_layers))
+  from engage_jax.models import llama
+  k_shape, v_shape = llama.cache_shapes(mc, batch, length)
+  k = NamedSharding(mesh, shd.logical_to_spec(mesh, llama.CACHE_KEY_AXES, k_shape))
+  v = NamedSharding(mesh, shd.logical_to_spec(mesh, llama.CACHE_VALUE_AXES, v_shape))
+  return tuple((k, v) for _ in range(mc.num_hidden_layers))
 
 
 def build_sampling_steps(graphdef, abs_params, mesh, mc, batch: int, length: int, prompt_len: int, dtype):
@@ -255,8 +253,9 @@ def build_sampling_steps(graphdef, abs_params, mesh, mc, batch: int, length: int
   p_sh = shd.state_sharding(mesh, abs_params)
   c_sh = cache_sharding(mesh, mc, batch, length)
   b2, repl = shd.batch_sharding(mesh, 2), shd.replicated(mesh)
-  kv = (batch, mc.num_key_value_heads, length, mc.head_dim)
-  abs_cache = tuple((jax.ShapeDtypeStruct(kv, dtype), jax.ShapeDtypeStruct(kv, dtype))
+  from engage_jax.models import llama
+  k_shape, v_shape = llama.cache_shapes(mc, batch, length)
+  abs_cache = tuple((jax.ShapeDtypeStruct(k_shape, dtype), jax.ShapeDtypeStruct(v_shape, dtype))
                     for _ in range(mc.num_hidden_layers))
 
   def prefill(params, ids, positions, cache, kv_mask):

@@ -189,3 +189,39 @@ def test_generate_on_sharded_model():
   import sys
   r = subprocess.run([sys.executable, "-c", _SHARDED], capture_output=True, text=True, timeout=300)
   assert "SHARDED_OK" in r.stdout, r.stderr[-3000:]
+
+
+def _filter_reference(logits: np.ndarray, top_p: float, top_k: int) -> np.ndarray:
+  """transformers' order with a full sort, in float64: top-k (ties kept), then top-p."""
+  keep_all = np.zeros(logits.shape, bool)
+  for b, row in enumerate(logits.astype(np.float64)):
+    v = row.size
+    k = min(top_k, v) if top_k > 0 else v
+    keep = row >= -np.sort(-row)[k - 1]
+    p = np.exp(np.where(keep, row, -np.inf) - row.max())
+    p /= p.sum()
+    if top_p < 1.0:
+      ps = -np.sort(-p)
+      cum_before = np.cumsum(ps) - ps
+      kept = ps[(cum_before < top_p) | (np.arange(v) == 0)]
+      keep &= p >= kept.min()
+    keep_all[b] = keep
+  return keep_all
+
+
+def test_filter_mask_matches_sorted_reference():
+  """Bisection thresholds keep exactly the tokens a full sort keeps: ties, -0.0, -inf, edge p/k."""
+  rng = np.random.default_rng(0)
+  fn = jax.jit(sampling.filter_mask)
+  for trial in range(120):
+    v = int(rng.choice([5, 17, 300]))
+    logits = rng.normal(0, rng.choice([0.1, 1.0, 5.0]), (4, v)).astype(np.float32)
+    if trial % 3 == 0:
+      logits = np.round(logits, 1)  # many ties, and -0.0 next to 0.0
+    if trial % 5 == 0:
+      logits[0, :2] = -np.inf
+    top_p = float(rng.choice([1.0, 0.9, 0.5, 0.99, 1e-6, rng.uniform(0.01, 1.0)]))
+    top_k = int(rng.choice([0, 1, 3, 20, v, v + 5]))
+    got = np.asarray(fn(jnp.asarray(logits), jnp.float32(top_p), jnp.int32(top_k)))
+    np.testing.assert_array_equal(got, _filter_reference(logits, top_p, top_k),
+                                  err_msg=f"trial {trial}: V={v} top_p={top_p} top_k={top_k}")

@@ -52,11 +52,12 @@ def test_prefill_then_steps_match_full_forward(name):
     np.testing.assert_allclose(np.asarray(logits)[:, 0], full[:, i], atol=1e-5)
 
 
-def test_cache_shapes_are_head_major():
+def test_cache_shapes_are_head_major_with_transposed_keys():
   config = CONFIGS["llama_gqa"]
   cache = CausalLM(config, rngs=nnx.Rngs(0)).init_cache(2, 32)
   assert len(cache) == config.num_hidden_layers
-  assert cache[0][0].shape == (2, config.num_key_value_heads, 32, config.head_dim)
+  assert cache[0][0].shape == (2, config.num_key_value_heads, config.head_dim, 32)
+  assert cache[0][1].shape == (2, config.num_key_value_heads, 32, config.head_dim)
 
 
 def test_remat_gives_the_same_loss_and_gradients():

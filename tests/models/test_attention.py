@@ -1,0 +1,102 @@
+"""Blocked causal self-attention and the last-position prefill against straightforward references."""
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+from flax import nnx
+
+from engage_jax import models
+from engage_jax.models import CausalLM, ModelConfig, llama
+from tests.models.hf_reference import make_hf_model
+
+
+def _dense_reference(q, kt, v, valid, window):
+  """Unblocked numpy attention in float64: q [B, T, KV, G, hd], kt [B, KV, hd, T], v [B, KV, T, hd]."""
+  q, kt, v = (np.asarray(a, np.float64) for a in (q, kt, v))
+  b, t, kv, g, hd = q.shape
+  scores = np.einsum("btkgd,bkds->bkgts", q, kt) / math.sqrt(hd)
+  slots = np.arange(t)
+  allowed = slots[None, :] <= slots[:, None]
+  if window is not None:
+    allowed &= slots[:, None] - slots[None, :] < window
+  mask = allowed[None] & np.asarray(valid)[:, None, :]
+  scores = np.where(mask[:, None, None], scores, -1e30)
+  p = np.exp(scores - scores.max(-1, keepdims=True))
+  p /= p.sum(-1, keepdims=True)
+  out = np.einsum("bkgts,bksd->bkgtd", p, np.asarray(v, np.float64))
+  return out.transpose(0, 3, 1, 2, 4).reshape(b, t, kv * g * hd)
+
+
+@pytest.mark.parametrize("t,chunk,window", [(37, 8, None), (37, 8, 5), (16, 16, None), (20, 64, 3)])
+def test_blocked_causal_attention_equals_dense(t, chunk, window):
+  rng = np.random.RandomState(t + chunk)
+  b, kv, g, hd = 3, 2, 2, 8
+  q = rng.randn(b, t, kv, g, hd).astype(np.float32)
+  kt = rng.randn(b, kv, hd, t).astype(np.float32)
+  v = rng.randn(b, kv, t, hd).astype(np.float32)
+  valid = np.ones((b, t), bool)
+  valid[1, :9] = False   # left padding
+  valid[2, t - 4:] = False  # right padding
+  out = llama.causal_self_attention(jnp.asarray(q), jnp.asarray(kt), jnp.asarray(v), jnp.asarray(valid),
+                                    window, jnp.float32, chunk=chunk)
+  ref = _dense_reference(q, kt, v, valid, window)
+  rows = valid.copy()
+  rows[1, :9] = False  # fully masked queries are undefined (uniform over nothing real)
+  np.testing.assert_allclose(np.asarray(out)[rows], ref[rows], atol=2e-5)
+
+
+def test_long_sequence_matches_transformers(tmp_path):
+  """T = 300 > QUERY_CHUNK: several blocks, left padding, against transformers' logits."""
+  assert 300 > llama.QUERY_CHUNK
+  ref_model = make_hf_model("llama_gqa_llama3rope", tmp_path)
+  model = models.from_pretrained(tmp_path, dtype=jnp.float32)
+  rng = np.random.RandomState(4)
+  ids = rng.randint(3, model.config.vocab_size, (2, 300))
+  mask = np.ones_like(ids)
+  mask[1, :70] = 0
+  ids = np.where(mask == 1, ids, 0)
+  positions = np.maximum(mask.cumsum(-1) - 1, 0)
+  with torch.no_grad():
+    ref = ref_model(torch.tensor(ids), attention_mask=torch.tensor(mask),
+                    position_ids=torch.tensor(positions)).logits.numpy()
+  out = np.asarray(model(jnp.asarray(ids), attention_mask=jnp.asarray(mask)))
+  assert np.abs(out - ref)[mask.astype(bool)].max() < 1e-4
+
+
+@pytest.mark.parametrize("window", [None, 7])
+def test_last_only_prefill_equals_full_prefill(window):
+  config = ModelConfig(vocab_size=61, hidden_size=32, intermediate_size=48, num_hidden_layers=3,
+                       num_attention_heads=4, num_key_value_heads=2, sliding_window=window,
+                       model_type="mistral" if window else "llama")
+  model = CausalLM(config, rngs=nnx.Rngs(2))
+  rng = np.random.RandomState(0)
+  b, t, s = 3, 21, 29
+  ids = rng.randint(1, config.vocab_size, (b, t))
+  mask = np.ones((b, t), np.int32)
+  mask[1, :6] = 0
+  positions = np.maximum(mask.cumsum(-1) - 1, 0)
+  kv_mask = np.concatenate([mask, np.ones((b, s - t), np.int32)], axis=1)
+  args = (jnp.asarray(ids), jnp.asarray(positions))
+  full, cache_full = model.forward_cached(*args, model.init_cache(b, s), 0, jnp.asarray(kv_mask))
+  last, cache_last = model.forward_cached(*args, model.init_cache(b, s), 0, jnp.asarray(kv_mask),
+                                          last_only=True)
+  assert last.shape == (b, 1, config.hidden_size)
+  np.testing.assert_allclose(np.asarray(last[:, 0]), np.asarray(full[:, -1]), atol=1e-5)
+  for (k0, v0), (k1, v1) in zip(cache_full, cache_last):  # every layer still caches all T tokens
+    np.testing.assert_array_equal(np.asarray(k0), np.asarray(k1))
+    np.testing.assert_array_equal(np.asarray(v0), np.asarray(v1))
+
+
+def test_last_only_needs_a_prefill():
+  config = ModelConfig(vocab_size=61, hidden_size=32, intermediate_size=48, num_hidden_layers=1,
+                       num_attention_heads=4, num_key_value_heads=2)
+  model = CausalLM(config, rngs=nnx.Rngs(2))
+  ids = jnp.ones((1, 1), jnp.int32)
+  with pytest.raises(ValueError, match="last_only"):
+    model.forward_cached(ids, ids, model.init_cache(1, 8), jnp.int32(3), jnp.ones((1, 8)),
+                         last_only=True)
