@@ -19,7 +19,7 @@ mapped to [0, 1)) to make pairs countable; the model work is unchanged. Output J
    "speedup_pairs_per_min": x}
   M = {"expansions", "pairs", "seconds", "expansions_per_s", "pairs_per_min", "cold_seconds",
        "generate_calls", "rows", "padded_rows"} (sampling calls, prompts, and batch rows after the
-       sampler pads to its power-of-two bucket >= 8).
+       sampler pads to its bucket, `sampling.bucket`, >= 8).
 
 Measured on the 2-core CPU sandbox (2026-11-26, other jobs running, defaults: 8 trees, budget 3,
 k=3, 2-layer d=64 models): 2.6x-3.4x expansions/s across runs (16 trees: 3.8x; d=256, 4 layers:

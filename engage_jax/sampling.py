@@ -11,17 +11,21 @@
   then top-k (0 = off), then top-p (1.0 = off), then a categorical draw with an explicit PRNG key
   derived from `seed` (same seed → same samples).
 
-Shapes and compilation. Prompts are left-padded to `P` (a power of two, at least 16) and the batch
-to `B` (a power of two, at least 8); the cache has `S = P + N` slots, `N` = `max_new_tokens` rounded
-up to a power of two (at least 16). Prompt tokens occupy slots `[0, P)`, the i-th new token slot
-`P + i`; positions are per row (`prompt_len + i`), `kv_mask [B, S]` hides the left padding. The
-whole prefill + decode is ONE jitted function per `(B, P, N, sampling mode)` with the NNX model
-split into a static graphdef and its state (an argument, so a sharded state stays sharded);
-temperature / top-p / top-k / seed / the true `max_new_tokens` / the stop ids are traced values, so
-changing them does not recompile. The decode loop stops early once every row has stopped.
+Shapes and compilation. Prompts are left-padded to `P` and the batch to `B`, each rounded up to a
+power of two or 1.5x one (`bucket`; P at least 16, B at least 8); the cache has `S = P + N` slots,
+`N` = `max_new_tokens` rounded up to a power of two (at least 16). Prompt tokens occupy slots
+`[0, P)`, the i-th new token slot `P + i`; positions are per row (`prompt_len + i`), and
+`kv_mask [B, S]` hides the left padding. Repeated prompts (the k candidates of one search leaf)
+are prefilled once: the prefill runs over the `U` distinct prompts and each row then gathers its
+prompt's cache. The whole prefill + decode is ONE jitted function per `(B, U, P, N, sampling
+mode)` with the NNX model split into a static graphdef and its state (an argument, so a sharded
+state stays sharded); temperature / top-p / top-k / seed / the true `max_new_tokens` / the stop
+ids are traced values, so changing them does not recompile. The decode loop stops early once
+every row has stopped. The prefill computes the last layer's queries, attention and MLP for the
+last position only (`CausalLM.forward_cached(last_only=True)`).
 
-The KV cache (per layer keys `[B, KV, hd, S]` and values `[B, KV, S, hd]`) is allocated inside the jitted function and carried
-through the while loop, where each step writes one slot with `dynamic_update_slice` in place (no
+The KV cache (per layer keys `[B, KV, hd, S]`, values `[B, KV, S, hd]`) is allocated inside the
+jitted function and carried through the while loop, where each step writes one slot with `dynamic_update_slice` in place (no
 copy of the cache per step; checked in the XLA dump), so there is no input buffer to donate.
 """
 from __future__ import annotations
@@ -59,10 +63,14 @@ class SamplingParams:
                 top_k=self.top_k, stop_token_ids=tuple(self.stop_token_ids))
 
 
-def bucket(n: int, minimum: int) -> int:
-  """Smallest power of two >= max(n, minimum)."""
+def bucket(n: int, minimum: int, *, half_steps: bool = True) -> int:
+  """Smallest bucket >= max(n, minimum): a power of two, or (half_steps) also 1.5x a power of two
+  (8, 12, 16, 24, 32, 48, ...), so padding wastes at most a third instead of half."""
   n = max(int(n), int(minimum))
-  return 1 << (n - 1).bit_length()
+  p2 = 1 << (n - 1).bit_length()
+  if half_steps and p2 >= 4 and n <= 3 * p2 // 4:
+    return 3 * p2 // 4
+  return p2
 
 
 def _check_params(max_new_tokens, temperature, top_p, top_k, stop_token_ids) -> None:
@@ -93,6 +101,14 @@ def _check_prompts(prompts, vocab_size: int, extra: int, max_pos: int, what: str
                        f"the model's max_position_embeddings={max_pos}")
     out.append(p)
   return out
+
+
+def _distinct(prompts: list[list[int]]) -> tuple[list[list[int]], np.ndarray]:
+  """(distinct prompts in first-seen order, src int32 [N]: prompts[i] == distinct[src[i]])."""
+  index: dict[tuple[int, ...], int] = {}
+  src = np.array([index.setdefault(tuple(p), len(index)) for p in prompts], np.int32)
+  distinct = [list(k) for k in index]
+  return distinct, src
 
 
 def _left_pad(prompts: list[list[int]], b: int, p: int) -> tuple[np.ndarray, np.ndarray]:
@@ -185,9 +201,10 @@ def _mode(temperature: float, top_p: float, top_k: int) -> str:
 
 
 # ---------------------------------------------------------------------------------------- jitted core
-def _generate_core(graphdef, state, tokens, prompt_mask, row_valid, max_new, key, temperature, top_p,
-                   top_k, stop_ids, *, num_new: int, mode: str):
-  """tokens/prompt_mask [B, P] (left-padded); row_valid [B] bool (False = batch padding, treated as
+def _generate_core(graphdef, state, tokens, prompt_mask, src, row_valid, max_new, key, temperature,
+                   top_p, top_k, stop_ids, *, num_new: int, mode: str):
+  """tokens/prompt_mask [U, P] (left-padded distinct prompts); src [B] int32 or None: row b
+  continues prompt src[b] (None: U == B, row b is prompt b); row_valid [B] bool (False = batch padding, treated as
   stopped from the start so it never delays the early exit); max_new () int32 <= num_new;
   stop_ids [K] (-1 pad).
 
@@ -195,14 +212,18 @@ def _generate_core(graphdef, state, tokens, prompt_mask, row_valid, max_new, key
   steps () int32: decode steps run).
   """
   model = nnx.merge(graphdef, state)
-  b, p = tokens.shape
+  u, p = tokens.shape
   s = p + num_new
-  lengths = jnp.sum(prompt_mask, axis=-1, dtype=jnp.int32)                      # [B]
   positions = jnp.maximum(jnp.cumsum(prompt_mask, axis=-1, dtype=jnp.int32) - 1, 0)
-  kv_mask = jnp.concatenate([prompt_mask, jnp.ones((b, num_new), prompt_mask.dtype)], axis=1)  # [B, S]
-  cache = model.init_cache(b, s)
-  hidden, cache = model.forward_cached(tokens, positions, cache, 0, kv_mask, last_only=True)
-  logits = model.logits(hidden[:, -1])                                          # [B, V]
+  kv_mask = jnp.concatenate([prompt_mask, jnp.ones((u, num_new), prompt_mask.dtype)], axis=1)  # [U, S]
+  hidden, cache = model.forward_cached(tokens, positions, model.init_cache(u, s), 0, kv_mask,
+                                       last_only=True)
+  logits = model.logits(hidden[:, -1])                                          # [U, V]
+  if src is not None:  # one prefill per distinct prompt, then each row takes its prompt's cache
+    cache, logits, kv_mask, prompt_mask = jax.tree.map(lambda x: jnp.take(x, src, axis=0),
+                                                       (cache, logits, kv_mask, prompt_mask))
+  b = row_valid.shape[0]
+  lengths = jnp.sum(prompt_mask, axis=-1, dtype=jnp.int32)                      # [B]
   key, sub = jax.random.split(key)
   tok = sample_logits(logits, sub, temperature, top_p, top_k, mode=mode)
   is_stop = lambda t: jnp.any(t[:, None] == stop_ids[None, :], axis=-1)
@@ -232,7 +253,8 @@ _JIT_CACHE: dict = {}
 
 
 def _compiled(graphdef, num_new: int, mode: str):
-  """The jitted core for (graphdef, N, mode); jax.jit caches per input shape / sharding."""
+  """The jitted core for (graphdef, N, mode); jax.jit caches per input shape / sharding (and
+  whether `src` is None)."""
   key = (graphdef, num_new, mode)
   fn = _JIT_CACHE.get(key)
   if fn is None:
@@ -284,17 +306,20 @@ def generate(model, prompts: Sequence[Sequence[int]], max_new_tokens: int = 64,
   _check_params(max_new_tokens, temperature, top_p, top_k, stop_token_ids)
   prompts = _check_prompts(prompts, cfg.vocab_size, max_new_tokens, cfg.max_position_embeddings,
                            "generate")
+  distinct, src = _distinct(prompts)
   b = bucket(len(prompts), MIN_BATCH_BUCKET)
-  p = bucket(max(len(x) for x in prompts), MIN_PROMPT_BUCKET)
-  n = bucket(max_new_tokens, MIN_NEW_BUCKET)
+  u = bucket(len(distinct), 1) if len(distinct) < len(prompts) else b
   if mesh is not None:
-    b = _round_to_batch_axes(b, mesh)
-  tokens, mask = _left_pad(prompts, b, p)
+    b, u = _round_to_batch_axes(b, mesh), _round_to_batch_axes(u, mesh)
+  p = bucket(max(len(x) for x in prompts), MIN_PROMPT_BUCKET)
+  n = bucket(max_new_tokens, MIN_NEW_BUCKET, half_steps=False)
+  tokens, mask = _left_pad(distinct, u, p)
+  src = None if u == b and len(distinct) == len(prompts) else np.pad(src, (0, b - len(src)))
   mode = _mode(float(temperature), float(top_p), int(top_k))
   graphdef, state = nnx.split(model)
-  args = [tokens, mask, np.arange(b) < len(prompts)]
+  args = [tokens, mask, src, np.arange(b) < len(prompts)]
   if mesh is not None:
-    args = [_place_batch(a, mesh) for a in args]
+    args = [None if a is None else _place_batch(a, mesh) for a in args]
   fn = _compiled(graphdef, n, mode)
   out, _ = fn(state, *args, jnp.int32(max_new_tokens), jax.random.key(seed),
               jnp.float32(temperature if temperature > 0 else 1.0), jnp.float32(top_p),
@@ -344,7 +369,7 @@ def sequence_logprobs(model, prompts: Sequence[Sequence[int]],
   """Sum of log p(completion tokens | prompt) per row, fp32 log-softmax: float32 [N].
 
   prompts / completions: N ragged token lists (each non-empty). Rows are right-padded to a
-  power-of-two length and batch (so similar calls share one compiled function).
+  bucketed length and batch (`bucket`; similar calls share one compiled function).
   """
   cfg = model.config
   if len(prompts) != len(completions):

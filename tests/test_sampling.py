@@ -119,10 +119,28 @@ def test_no_recompile_within_bucket(tiny):
   before = sampling.compilation_count()
   sampling.generate(model, [[1, 2, 3, 4, 5, 6, 7, 8, 9, 10], [4, 5]], max_new_tokens=7,
                     stop_token_ids=(9,), temperature=0.0)
-  sampling.generate(model, [[7] * 13] * 5, max_new_tokens=16, stop_token_ids=(1, 2))
+  sampling.generate(model, [[7] * 13, [6] * 9, [5, 4], [3], [8] * 11], max_new_tokens=16,
+                    stop_token_ids=(1, 2))
   assert sampling.compilation_count() == before
   sampling.generate(model, [[7] * 40], max_new_tokens=4, stop_token_ids=())  # new prompt bucket
   assert sampling.compilation_count() == before + 1
+
+
+def test_repeated_prompts_share_one_prefill(tiny):
+  """Rows with the same prompt are prefilled once and continue from that cache: greedy rows equal
+  the distinct prompts' own continuations; sampled rows still draw independently."""
+  _, model = tiny["llama"]
+  a, b = [5, 9, 14, 3, 7], [11, 2]
+  kw = dict(max_new_tokens=6, stop_token_ids=())
+  ga, gb = sampling.generate(model, [a, b], **kw)
+  before = sampling.compilation_count()
+  assert sampling.generate(model, [a, b, a, a, b], **kw) == [ga, gb, ga, ga, gb]
+  assert sampling.compilation_count() == before + 1          # the shared-prefix variant
+  assert sampling.generate(model, [b, a, b, b, a], **kw) == [gb, ga, gb, gb, ga]
+  assert sampling.compilation_count() == before + 1
+  draws = sampling.generate(model, [a] * 6, seed=1, temperature=5.0, **kw)
+  assert len({tuple(d) for d in draws}) > 1
+  assert draws == sampling.generate(model, [a] * 6, seed=1, temperature=5.0, **kw)
 
 
 def test_bad_inputs(tiny):
@@ -172,7 +190,7 @@ from engage_jax.models import CausalLM, ModelConfig
 assert jax.device_count() == 8
 cfg = ModelConfig(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                   num_attention_heads=8, num_key_value_heads=4)
-prompts = [[1, 5, 9, 17], [1, 44], list(range(4, 24))]
+prompts = [[1, 5, 9, 17], [1, 44], list(range(4, 24)), [1, 44], [1, 44]]  # repeats: shared prefill
 ref = sampling.generate(CausalLM(cfg, rngs=nnx.Rngs(0)), prompts, max_new_tokens=6, stop_token_ids=())
 for shape, pass_mesh in [((2, 4, 1), True), ((1, 2, 4), False)]:
   mesh = sharding.make_mesh(*shape)
