@@ -1,16 +1,15 @@
 """i×MCTS with a batched frontier vs one leaf at a time: same models, same expansion budget.
 
-    .venv/bin/python benchmarks/search_batched_vs_sequential.py \
-        --out=benchmarks/results/search_batched_vs_sequential.json
+    .venv/bin/python benchmarks/search_batched_vs_sequential.py   # writes results/search_...json
 
-Both modes run `engage_jax.search.search` on the same roots (sandbox ES conditions) with the same
-tiny randomly initialised agent and simulator (`engage_jax.models.CausalLM`) and a BPE tokenizer
-trained on the sandbox texts:
+Both modes run `engage_jax.search.search` on the same roots (sandbox ES conditions) with the
+pipeline's own search settings and model shapes (`--config`, default configs/sandbox_es.py: one
+shard of 16 trees, budget 8, k=3, depth 3, 4 agent turns, 32 new tokens, UCT, near-duplicate
+pruning at 0.95; agent and simulator 2-layer d=128 Llamas, BPE vocab 1024), randomly initialised:
   batched:    `ModelEnv` — per round ONE agent `sampling.generate` call over all selected leaves
-              × k, one log-prob pass, ONE simulator call, and one `rollout.simulate` over all new
-              children;
+              × k, ONE simulator call, and one `rollout.simulate` over all new children;
   sequential: `SequentialEnv(ModelEnv)` — the same work one leaf (k candidates) and one rollout at
-              a time.
+              a time (the straightforward implementation).
 Each mode runs twice; the first (cold) run includes XLA compilation, the second (warm) hits only
 compiled shapes and gives the headline figures. Random models never trigger the ES reward regex, so
 the rollout reward is replaced by a deterministic proxy (crc32 of the conversation's agent text
@@ -21,18 +20,16 @@ mapped to [0, 1)) to make pairs countable; the model work is unchanged. Output J
        "generate_calls", "rows", "padded_rows"} (sampling calls, prompts, and batch rows after the
        sampler pads to its bucket, `sampling.bucket`, >= 8).
 
-Measured on the 2-core CPU sandbox (2026-11-26, other jobs running, defaults: 8 trees, budget 3,
-k=3, 2-layer d=64 models): 2.6x-3.4x expansions/s across runs (16 trees: 3.8x; d=256, 4 layers:
-2.6x), from 14 vs 240 `generate` calls and 448 vs 1920 padded batch rows for the same 336 prompts.
-On CPU the sampler's cost grows about linearly with the padded batch beyond 8 rows (B=8: 36 ms,
-B=32: 114 ms, B=64: 360 ms for 16 new tokens), so the win is bounded by the padding the sequential
-baseline wastes (1-3 real rows in an 8-row call), not by the number of calls (see generate_calls);
-on an accelerator, where a 64-row call costs about what an 8-row one does, the ratio follows the
-call counts.
+Measured on the idle 2-core CPU (2026-11-27, defaults): batched 6.6 s vs sequential 38.7 s for the
+same 128 expansions (44 vs 1,504 `generate` calls over the same 2,016 prompts): 5.8x expansions/s,
+5.9x pairs/min. The same script on the code before the sampler work of that day (full [B, V] sort
+for top-p, power-of-two buckets, full-size last layer in the prefill, no shared prefill): 16.1 s vs
+62.6 s, 3.9x; both versions found the same 217 / 213 pairs. See benchmarks/README.md.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -40,7 +37,8 @@ import tempfile
 import time
 import zlib
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+sys.path.insert(0, ROOT)
 
 from engage_jax.data.dialogue import AGENT, Dialogue  # noqa: E402
 from engage_jax.search import (ModelEnv, RolloutResult, SearchConfig, SequentialEnv,  # noqa: E402
@@ -67,22 +65,42 @@ class ProxyRewardEnv:
     return out
 
 
-def build(args):
+def load_config(args):
+  """The pipeline's config (`--config`, default configs/sandbox_es.py) with the CLI overrides."""
+  import importlib.util
+  spec = importlib.util.spec_from_file_location("bench_config", args.config)
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  cfg = mod.get_config()
+  for name in ("budget", "k", "max_depth", "max_turns", "max_new_tokens"):
+    if getattr(args, name) is not None:
+      cfg.search[name] = getattr(args, name)
+  if args.max_new_tokens is not None:
+    cfg.search.sim_max_new_tokens = args.max_new_tokens
+  for side in (cfg.model.agent, cfg.model.simulator):
+    if args.hidden is not None:
+      side.hidden_size, side.intermediate_size = args.hidden, args.hidden * 11 // 4
+    if args.layers is not None:
+      side.num_hidden_layers = args.layers
+  return cfg
+
+
+def build(args, cfg):
   from flax import nnx
   from engage_jax.data import sandbox
   from engage_jax.models import CausalLM, ModelConfig
   from engage_jax.tokenizer import train_bpe
-  tok = train_bpe(sandbox.all_texts(), args.vocab, tempfile.mkdtemp(prefix="bench-tok-"))
-  mcfg = ModelConfig(vocab_size=tok.vocab_size, hidden_size=args.hidden,
-                     intermediate_size=args.hidden * 11 // 4, num_hidden_layers=args.layers,
-                     num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
-                     eos_token_id=tok.eos_id, pad_token_id=tok.pad_id)
-  agent = CausalLM(mcfg, rngs=nnx.Rngs(args.seed + 1))
-  simulator = CausalLM(mcfg, rngs=nnx.Rngs(args.seed + 2))
+  tok = train_bpe(sandbox.all_texts(), cfg.tokenizer.vocab_size, tempfile.mkdtemp(prefix="bench-tok-"))
+  models = []
+  for i, side in enumerate((cfg.model.agent, cfg.model.simulator)):
+    fields = {k: v for k, v in side.to_dict().items() if k != "path"}
+    mcfg = ModelConfig(**{**fields, "vocab_size": tok.vocab_size, "eos_token_id": tok.eos_id,
+                          "pad_token_id": tok.pad_id})
+    models.append(CausalLM(mcfg, rngs=nnx.Rngs(args.seed + 1 + i)))
   conds = sandbox.random_conditions("es", args.trees, args.seed)
   roots = [Dialogue(f"bench-{i}", "es", sandbox.opening_turns("es", c), c)
            for i, c in enumerate(conds)]
-  return tok, agent, simulator, roots, mcfg
+  return tok, models[0], models[1], roots, models[0].config
 
 
 def measure(env, roots, cfg):
@@ -113,29 +131,34 @@ def measure(env, roots, cfg):
 
 def main(argv=None):
   ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  ap.add_argument("--trees", type=int, default=8)
-  ap.add_argument("--budget", type=int, default=3, help="expansions per tree")
-  ap.add_argument("--k", type=int, default=3)
-  ap.add_argument("--agent_turns", type=int, default=3, help="max_turns (ES roots have 0)")
-  ap.add_argument("--max_new_tokens", type=int, default=16)
-  ap.add_argument("--layers", type=int, default=2)
-  ap.add_argument("--hidden", type=int, default=64)
-  ap.add_argument("--vocab", type=int, default=512)
+  ap.add_argument("--config", default=os.path.join(ROOT, "configs", "sandbox_es.py"),
+                  help="pipeline config whose search section and model shapes are used")
+  ap.add_argument("--trees", type=int, default=None, help="default: the config's trees_per_shard")
+  ap.add_argument("--budget", type=int, default=None, help="expansions per tree (config's)")
+  ap.add_argument("--k", type=int, default=None)
+  ap.add_argument("--max_depth", type=int, default=None)
+  ap.add_argument("--max_turns", type=int, default=None, help="agent-turn cap (ES roots have 0)")
+  ap.add_argument("--max_new_tokens", type=int, default=None, help="agent and simulator")
+  ap.add_argument("--layers", type=int, default=None)
+  ap.add_argument("--hidden", type=int, default=None)
   ap.add_argument("--seed", type=int, default=0)
-  ap.add_argument("--out", default="benchmarks/results/search_batched_vs_sequential.json")
+  ap.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results",
+                                                "search_batched_vs_sequential.json"))
   args = ap.parse_args(argv)
 
   import jax
-  tok, agent, simulator, roots, mcfg = build(args)
-  cfg = SearchConfig(k=args.k, budget=args.budget, max_depth=args.agent_turns,
-                     max_turns=args.agent_turns, prune_similarity=None, margin=0.2,
-                     max_new_tokens=args.max_new_tokens, sim_max_new_tokens=args.max_new_tokens,
-                     seed=args.seed)
+  from engage_jax.pipeline import search_config
+  config = load_config(args)
+  if args.trees is None:
+    args.trees = int(config.search.trees_per_shard)
+  tok, agent, simulator, roots, mcfg = build(args, config)
+  cfg = search_config(config)
   model_env = ModelEnv.from_config(agent, simulator, tok, cfg, task="es", reward_cfg=None,
-                                   max_prompt_len=256, logprobs=True)
+                                   max_prompt_len=config.search.max_prompt_len)
   envs = {"batched": ProxyRewardEnv(model_env),
           "sequential": ProxyRewardEnv(SequentialEnv(model_env))}
-  result = {"config": {**vars(args), "search": {k: v for k, v in cfg.__dict__.items()},
+  result = {"config": {**vars(args), "search": dict(cfg.__dict__),
+                       "model": dataclasses.asdict(mcfg),
                        "model_params": mcfg.num_params, "backend": jax.default_backend(),
                        "reward": "proxy: crc32 of the conversation's agent text / 2**32"}}
   for name, env in envs.items():

@@ -25,8 +25,9 @@ every row has stopped. The prefill computes the last layer's queries, attention 
 last position only (`CausalLM.forward_cached(last_only=True)`).
 
 The KV cache (per layer keys `[B, KV, hd, S]`, values `[B, KV, S, hd]`) is allocated inside the
-jitted function and carried through the while loop, where each step writes one slot with `dynamic_update_slice` in place (no
-copy of the cache per step; checked in the XLA dump), so there is no input buffer to donate.
+jitted function and carried through the while loop, where each step writes one slot with
+`dynamic_update_slice` in place (no copy of the cache per step; checked in the XLA dump), so
+there is no input buffer to donate.
 """
 from __future__ import annotations
 
