@@ -11,13 +11,13 @@
   then top-k (0 = off), then top-p (1.0 = off), then a categorical draw with an explicit PRNG key
   derived from `seed` (same seed → same samples).
 
-Shapes and compilation. Prompts are left-padded to `P` and the batch to `B`, each rounded up to a
-power of two or 1.5x one (`bucket`; P at least 16, B at least 8); the cache has `S = P + N` slots,
-`N` = `max_new_tokens` rounded up to a power of two (at least 16). Prompt tokens occupy slots
+Shapes and compilation. Prompts are left-padded to `P` (a power of two, at least 16) and the batch
+to `B` (a power of two or 1.5x one, at least 8: `bucket`); the cache has `S = P + N` slots, `N` =
+`max_new_tokens` rounded up to a power of two (at least 16). Prompt tokens occupy slots
 `[0, P)`, the i-th new token slot `P + i`; positions are per row (`prompt_len + i`), and
 `kv_mask [B, S]` hides the left padding. Repeated prompts (the k candidates of one search leaf)
-are prefilled once: the prefill runs over the `U` distinct prompts and each row then gathers its
-prompt's cache. The whole prefill + decode is ONE jitted function per `(B, U, P, N, sampling
+are prefilled once when that shrinks the batch bucket: the prefill runs over the `U` distinct
+prompts (bucketed like B) and each row then gathers its prompt's cache. The whole prefill + decode is ONE jitted function per `(B, U, P, N, sampling
 mode)` with the NNX model split into a static graphdef and its state (an argument, so a sharded
 state stays sharded); temperature / top-p / top-k / seed / the true `max_new_tokens` / the stop
 ids are traced values, so changing them does not recompile. The decode loop stops early once
@@ -309,13 +309,16 @@ def generate(model, prompts: Sequence[Sequence[int]], max_new_tokens: int = 64,
                            "generate")
   distinct, src = _distinct(prompts)
   b = bucket(len(prompts), MIN_BATCH_BUCKET)
-  u = bucket(len(distinct), 1) if len(distinct) < len(prompts) else b
+  u = bucket(len(distinct), MIN_BATCH_BUCKET)
   if mesh is not None:
     b, u = _round_to_batch_axes(b, mesh), _round_to_batch_axes(u, mesh)
-  p = bucket(max(len(x) for x in prompts), MIN_PROMPT_BUCKET)
+  if u < b:  # share prefills only where that shrinks the prefill's batch bucket
+    src = np.pad(src, (0, b - len(src)))
+  else:
+    distinct, u, src = prompts, b, None
+  p = bucket(max(len(x) for x in prompts), MIN_PROMPT_BUCKET, half_steps=False)
   n = bucket(max_new_tokens, MIN_NEW_BUCKET, half_steps=False)
   tokens, mask = _left_pad(distinct, u, p)
-  src = None if u == b and len(distinct) == len(prompts) else np.pad(src, (0, b - len(src)))
   mode = _mode(float(temperature), float(top_p), int(top_k))
   graphdef, state = nnx.split(model)
   args = [tokens, mask, src, np.arange(b) < len(prompts)]

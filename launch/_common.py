@@ -1,6 +1,7 @@
 """Shared absl plumbing for the launchers: --config (ml_collections file + --config.key=value
-overrides; unknown keys are rejected), --workdir, optional multi-host initialisation, and a
-one-line error with a nonzero exit for bad input."""
+overrides; unknown keys are rejected), --workdir, optional multi-host initialisation, JAX's
+persistent compilation cache (--compilation_cache), and a one-line error with a nonzero exit for
+bad input."""
 from __future__ import annotations
 
 import logging
@@ -14,6 +15,9 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, e.g. con
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output directory of the run (created; resumed if it exists).")
 _DISTRIBUTED = flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() (multi-host TPU/GPU).")
+_COMPILATION_CACHE = flags.DEFINE_string(
+    "compilation_cache", None, "Directory of JAX's persistent compilation cache (default: "
+    "$ENGAGE_JAX_COMPILATION_CACHE or ~/.cache/engage_jax/xla; 'off' disables).")
 
 USER_ERRORS = (ValueError, FileNotFoundError, KeyError, RuntimeError)
 
@@ -42,6 +46,8 @@ def run(main_fn, require_workdir: bool = True) -> None:
     if _DISTRIBUTED.value:
       import jax
       jax.distributed.initialize()
+    from engage_jax import compile_cache
+    compile_cache.enable(_COMPILATION_CACHE.value)
     try:
       main_fn()
     except USER_ERRORS as e:

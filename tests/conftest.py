@@ -6,7 +6,10 @@ from pathlib import Path
 
 import pytest
 
+from engage_jax import compile_cache
+
 REPO = Path(__file__).resolve().parents[1]
+compile_cache.enable()  # reruns of the suite (and the launchers it starts) reuse compiled programs
 
 
 def shared_data_dir() -> Path:

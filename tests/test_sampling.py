@@ -133,14 +133,19 @@ def test_repeated_prompts_share_one_prefill(tiny):
   a, b = [5, 9, 14, 3, 7], [11, 2]
   kw = dict(max_new_tokens=6, stop_token_ids=())
   ga, gb = sampling.generate(model, [a, b], **kw)
+  rows = [a, b, a, a, b, a, b, b, a, a, b, a]       # 12 rows (bucket 12), 2 distinct (bucket 8)
   before = sampling.compilation_count()
-  assert sampling.generate(model, [a, b, a, a, b], **kw) == [ga, gb, ga, ga, gb]
-  assert sampling.compilation_count() == before + 1          # the shared-prefix variant
-  assert sampling.generate(model, [b, a, b, b, a], **kw) == [gb, ga, gb, gb, ga]
+  assert sampling.generate(model, rows, **kw) == [ga if r is a else gb for r in rows]
+  assert sampling.compilation_count() == before + 1          # the shared-prefill variant
+  swapped = [b if r is a else a for r in rows]
+  assert sampling.generate(model, swapped, **kw) == [ga if r is a else gb for r in swapped]
   assert sampling.compilation_count() == before + 1
-  draws = sampling.generate(model, [a] * 6, seed=1, temperature=5.0, **kw)
+  before = sampling.compilation_count()
+  assert sampling.generate(model, [a, b, a], **kw) == [ga, gb, ga]   # same bucket: no sharing
+  assert sampling.compilation_count() == before
+  draws = sampling.generate(model, [a] * 12, seed=1, temperature=5.0, **kw)
   assert len({tuple(d) for d in draws}) > 1
-  assert draws == sampling.generate(model, [a] * 6, seed=1, temperature=5.0, **kw)
+  assert draws == sampling.generate(model, [a] * 12, seed=1, temperature=5.0, **kw)
 
 
 def test_bad_inputs(tiny):
@@ -190,7 +195,7 @@ from engage_jax.models import CausalLM, ModelConfig
 assert jax.device_count() == 8
 cfg = ModelConfig(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                   num_attention_heads=8, num_key_value_heads=4)
-prompts = [[1, 5, 9, 17], [1, 44], list(range(4, 24)), [1, 44], [1, 44]]  # repeats: shared prefill
+prompts = [[1, 5, 9, 17], [1, 44], list(range(4, 24))] + [[1, 44]] * 7  # repeats: shared prefill
 ref = sampling.generate(CausalLM(cfg, rngs=nnx.Rngs(0)), prompts, max_new_tokens=6, stop_token_ids=())
 for shape, pass_mesh in [((2, 4, 1), True), ((1, 2, 4), False)]:
   mesh = sharding.make_mesh(*shape)
