@@ -20,11 +20,11 @@ mapped to [0, 1)) to make pairs countable; the model work is unchanged. Output J
        "generate_calls", "rows", "padded_rows"} (sampling calls, prompts, and batch rows after the
        sampler pads to its bucket, `sampling.bucket`, >= 8).
 
-Measured on the idle 2-core CPU (2026-11-27, defaults): batched 6.6 s vs sequential 38.7 s for the
+Measured on the idle 2-core CPU (2026-11-27, defaults): batched 6.4 s vs sequential 37.4 s for the
 same 128 expansions (44 vs 1,504 `generate` calls over the same 2,016 prompts): 5.8x expansions/s,
 5.9x pairs/min. The same script on the code before the sampler work of that day (full [B, V] sort
-for top-p, power-of-two buckets, full-size last layer in the prefill, no shared prefill): 16.1 s vs
-62.6 s, 3.9x; both versions found the same 217 / 213 pairs. See benchmarks/README.md.
+for top-p, power-of-two batch buckets, full-size last layer in the prefill, no shared prefill):
+16.1 s vs 62.6 s, 3.9x; both versions found the same 217 / 213 pairs. See benchmarks/README.md.
 """
 from __future__ import annotations
 
