@@ -13,6 +13,7 @@ is always safe.
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 ENV = "ENGAGE_JAX_COMPILATION_CACHE"
@@ -37,7 +38,11 @@ def enable(path: str | os.PathLike | None = None,
   if path.strip().lower() in ("", "off", "none", "0"):
     jax.config.update("jax_compilation_cache_dir", None)
     return None
-  os.makedirs(path, exist_ok=True)
+  try:
+    os.makedirs(path, exist_ok=True)
+  except OSError as e:  # e.g. a read-only home: run without the cache rather than fail
+    warnings.warn(f"compilation cache disabled: cannot create {path}: {e}")
+    return None
   jax.config.update("jax_compilation_cache_dir", path)
   jax.config.update("jax_persistent_cache_min_compile_time_secs", float(min_compile_seconds))
   return path

@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import jax
+import pytest
 
 from engage_jax import compile_cache
 
@@ -44,5 +45,16 @@ def test_off_and_default(monkeypatch, tmp_path):
     monkeypatch.setenv(compile_cache.ENV, str(tmp_path / "c"))
     assert compile_cache.default_dir() == str(tmp_path / "c")
     assert compile_cache.enable() == str(tmp_path / "c") and (tmp_path / "c").is_dir()
+  finally:
+    jax.config.update("jax_compilation_cache_dir", before)
+
+
+def test_unwritable_directory_turns_the_cache_off(tmp_path):
+  blocker = tmp_path / "file"
+  blocker.write_text("not a directory")
+  before = jax.config.jax_compilation_cache_dir
+  try:
+    with pytest.warns(UserWarning, match="compilation cache disabled"):
+      assert compile_cache.enable(blocker / "xla") is None
   finally:
     jax.config.update("jax_compilation_cache_dir", before)
