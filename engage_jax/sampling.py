@@ -17,10 +17,11 @@ to `B` (a power of two or 1.5x one, at least 8: `bucket`); the cache has `S = P 
 `[0, P)`, the i-th new token slot `P + i`; positions are per row (`prompt_len + i`), and
 `kv_mask [B, S]` hides the left padding. Repeated prompts (the k candidates of one search leaf)
 are prefilled once when that shrinks the batch bucket: the prefill runs over the `U` distinct
-prompts (bucketed like B) and each row then gathers its prompt's cache. The whole prefill + decode is ONE jitted function per `(B, U, P, N, sampling
-mode)` with the NNX model split into a static graphdef and its state (an argument, so a sharded
-state stays sharded); temperature / top-p / top-k / seed / the true `max_new_tokens` / the stop
-ids are traced values, so changing them does not recompile. The decode loop stops early once
+prompts (bucketed like B) and each row then gathers its prompt's cache. The whole prefill +
+decode is ONE jitted function per `(B, U, P, N, sampling mode)` with the NNX model split into a
+static graphdef and its state (an argument, so a sharded state stays sharded); temperature /
+top-p / top-k / seed / the true `max_new_tokens` / the stop ids are traced values, so changing
+them does not recompile. The decode loop stops early once
 every row has stopped. The prefill computes the last layer's queries, attention and MLP for the
 last position only (`CausalLM.forward_cached(last_only=True)`).
 
@@ -134,8 +135,8 @@ def _sortable_key(x: jax.Array) -> jax.Array:
 
 def _largest_key_with(keys: jax.Array, enough) -> jax.Array:
   """The largest threshold m [B, 1] (uint32) with `enough(keys >= m)` true, for a predicate that is
-  monotone (true for small m) and true at the row minimum. Exact bisection: 32 rounds of one masked
-  reduction over [B, V] each, no sort."""
+  monotone (true for small m) and true at the row minimum. Exact bisection over the 2^32 keys: 33
+  rounds of one masked reduction over [B, V] each, no sort."""
   lo = jnp.min(keys, axis=-1, keepdims=True)                                   # enough(lo) holds
   hi = jnp.max(keys, axis=-1, keepdims=True)
 
@@ -205,9 +206,9 @@ def _mode(temperature: float, top_p: float, top_k: int) -> str:
 def _generate_core(graphdef, state, tokens, prompt_mask, src, row_valid, max_new, key, temperature,
                    top_p, top_k, stop_ids, *, num_new: int, mode: str):
   """tokens/prompt_mask [U, P] (left-padded distinct prompts); src [B] int32 or None: row b
-  continues prompt src[b] (None: U == B, row b is prompt b); row_valid [B] bool (False = batch padding, treated as
-  stopped from the start so it never delays the early exit); max_new () int32 <= num_new;
-  stop_ids [K] (-1 pad).
+  continues prompt src[b] (None: U == B, row b is prompt b); row_valid [B] bool (False = batch
+  padding, treated as stopped from the start so it never delays the early exit); max_new () int32
+  <= num_new; stop_ids [K] (-1 pad).
 
   Returns (out [B, num_new] int32: sampled tokens, -1 after a row's stop token / beyond max_new,
   steps () int32: decode steps run).
@@ -216,7 +217,8 @@ def _generate_core(graphdef, state, tokens, prompt_mask, src, row_valid, max_new
   u, p = tokens.shape
   s = p + num_new
   positions = jnp.maximum(jnp.cumsum(prompt_mask, axis=-1, dtype=jnp.int32) - 1, 0)
-  kv_mask = jnp.concatenate([prompt_mask, jnp.ones((u, num_new), prompt_mask.dtype)], axis=1)  # [U, S]
+  new_slots = jnp.ones((u, num_new), prompt_mask.dtype)
+  kv_mask = jnp.concatenate([prompt_mask, new_slots], axis=1)                    # [U, S]
   hidden, cache = model.forward_cached(tokens, positions, model.init_cache(u, s), 0, kv_mask,
                                        last_only=True)
   logits = model.logits(hidden[:, -1])                                          # [U, V]
@@ -373,7 +375,8 @@ def sequence_logprobs(model, prompts: Sequence[Sequence[int]],
   """Sum of log p(completion tokens | prompt) per row, fp32 log-softmax: float32 [N].
 
   prompts / completions: N ragged token lists (each non-empty). Rows are right-padded to a
-  bucketed length and batch (`bucket`; similar calls share one compiled function).
+  power-of-two length and a bucketed batch (`bucket`, as `generate` pads), so similar calls share
+  one compiled function.
   """
   cfg = model.config
   if len(prompts) != len(completions):
@@ -386,7 +389,7 @@ def sequence_logprobs(model, prompts: Sequence[Sequence[int]],
   if longest > cfg.max_position_embeddings:
     raise ValueError(f"sequence_logprobs: a prompt + completion has {longest} tokens > "
                      f"max_position_embeddings={cfg.max_position_embeddings}")
-  b, t = bucket(len(rows), MIN_BATCH_BUCKET), bucket(longest, MIN_PROMPT_BUCKET)
+  b, t = bucket(len(rows), MIN_BATCH_BUCKET), bucket(longest, MIN_PROMPT_BUCKET, half_steps=False)
   tokens = np.zeros((b, t), np.int32)
   mask = np.zeros((b, t), np.int32)
   target = np.zeros((b, t), np.int32)

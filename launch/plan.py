@@ -10,8 +10,8 @@ What it does:
    its parameter / AdamW-state shardings from the logical rules.
 3. Builds the sharded SFT train step (loss-masked CE, AdamW, jax.jit with in/out shardings, donated
    state; activations constrained to the batch sharding; optional per-layer rematerialisation) and
-   the sampling prefill / decode steps (KV cache per layer: keys [B, KV, hd, S], values [B, KV, S, hd]; donated), lowers them for
-   the full model on ShapeDtypeStructs and, with --compile=auto, compiles reduced-depth copies.
+   the sampling prefill / decode steps (KV cache per layer: keys [B, KV, hd, S], values
+   [B, KV, S, hd]; donated), lowers them for the full model on ShapeDtypeStructs and, with --compile=auto, compiles reduced-depth copies.
 4. Prints per-device memory: parameters, optimizer state (mu + nu), gradients, FSDP transients,
    activations with and without remat, KV cache, against the device HBM (default 16 GiB, TPU v5e),
    says whether training and sampling fit, and which alternatives would.

@@ -141,9 +141,9 @@ def causal_self_attention(q: jax.Array, kt: jax.Array, v: jax.Array, valid: jax.
                           window: int | None, dtype, chunk: int = QUERY_CHUNK) -> jax.Array:
   """Causal attention of T tokens to themselves (slot t attends to slots s <= t with valid[b, s],
   and s > t - window for a sliding window). q [B, T, KV, G, hd]; kt [B, KV, hd, T];
-  v [B, KV, T, hd]; valid [B, T] bool → [B, T, KV*G*hd]. Queries go in blocks of `chunk` against only the keys up to the block's
-  end, so the [T, T] score matrix above the diagonal blocks is never computed (about half of it
-  for long T) and each block's scores stay small."""
+  v [B, KV, T, hd]; valid [B, T] bool → [B, T, KV*G*hd]. Queries go in blocks of `chunk` against
+  only the keys up to the block's end, so the [T, T] score matrix above the diagonal blocks is
+  never computed (about half of it for long T) and each block's scores stay small."""
   t = q.shape[1]
   outs = []
   for lo in range(0, t, chunk):
@@ -173,9 +173,8 @@ class Attention(nnx.Module):
 
     cache None: causal self-attention of the T tokens (S == T). cache (keys [B, KV, hd, S],
     values [B, KV, S, hd]; `cache_shapes`): the new keys/values are written at slots
-    `cache_index..+T-1`; with `cache_index` the Python int 0 (a
-    prefill) the T tokens attend causally among themselves, otherwise query t (slot q_slots[t],
-    [T] int) attends to every cache slot s <= q_slots[t] with valid[b, s] (and inside the sliding
+    `cache_index..+T-1`; with `cache_index` the Python int 0 (a prefill) the T tokens attend
+    causally among themselves, otherwise query t (slot q_slots[t], [T] int) attends to every cache slot s <= q_slots[t] with valid[b, s] (and inside the sliding
     window). last_only (self-attention only): keys/values of all T tokens, but the output of the
     last query alone ([B, 1, D]). Returns (out [B, T or 1, D], new (k, v) or None).
     """
@@ -302,8 +301,8 @@ class CausalLM(nnx.Module):
 
   def forward_cached(self, input_ids, positions, cache: KVCache, cache_index, kv_mask,
                      last_only: bool = False):
-    """ids/positions [B, T]; cache per layer [B, KV, S, hd]; kv_mask [B, S] (1 = slot holds a real
-    token, including the T being written). Returns (final-normed hidden [B, T, D], new cache).
+    """ids/positions [B, T]; cache per layer (keys [B, KV, hd, S], values [B, KV, S, hd]);
+    kv_mask [B, S] (1 = slot holds a real token, including the T being written). Returns (final-normed hidden [B, T, D], new cache).
 
     last_only (a prefill: `cache_index` the Python int 0): hidden [B, 1, D] of the last position
     only; the last layer then computes queries, attention and MLP for that position alone (every
