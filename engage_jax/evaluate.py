@@ -14,6 +14,8 @@ Statistics (numpy only, vectorised):
   `"greater"` (H1: mean(b) > mean(a), i.e. DPO > SFT) or `"less"`.
 * `mcnemar_exact(a, b)`: exact McNemar test for paired binary outcomes (ES engagement).
 * `summarize(dialogues)`: the report's per-model block `{"n", "reward_mean", "ci95", "mean_turns"}`.
+* Unparsed P4G outcomes (`outcome["donation"] is None`: `rewards.parse_donation` found no
+  donation) are never counted as $0: every statistic leaves them out, `unparsed_count` counts them.
 * `paired_rewards(sft, dpo)`: per-condition mean rewards of two runs matched by condition id.
 """
 from __future__ import annotations
@@ -158,34 +160,55 @@ def mcnemar_exact(a: Sequence[float], b: Sequence[float], alternative: str = "tw
 
 
 # ----------------------------------------------------------------------------- dialogues
-def _reward(d: Dialogue) -> float:
+def is_unparsed(d: Dialogue) -> bool:
+  """A P4G dialogue whose outcome answer gave no donation (rollout sets outcome["donation"] None)."""
+  return d.task == "p4g" and "donation" in d.outcome and d.outcome["donation"] is None
+
+
+def _reward(d: Dialogue) -> float | None:
+  """outcome["reward"], or None for an unparsed P4G outcome (counted apart, never as $0)."""
   if "reward" not in d.outcome:
     raise ValueError(f"dialogue {d.id!r}: outcome has no 'reward' (not a simulated dialogue?)")
-  return float(d.outcome["reward"])
+  return None if is_unparsed(d) else float(d.outcome["reward"])
 
 
 def _turns(d: Dialogue) -> float:
   return float(d.outcome.get("num_turns", d.num_agent_turns))
 
 
+def scored(dialogues: Sequence[Dialogue]) -> list[Dialogue]:
+  """The dialogues with a reward (unparsed P4G outcomes left out)."""
+  return [d for d in dialogues if _reward(d) is not None]
+
+
+def unparsed_count(dialogues: Sequence[Dialogue]) -> int:
+  """How many dialogues have an unparsed P4G outcome."""
+  return sum(is_unparsed(d) for d in dialogues)
+
+
 def rewards(dialogues: Sequence[Dialogue]) -> np.ndarray:
-  """outcome["reward"] of each dialogue → [n] float64."""
-  return np.asarray([_reward(d) for d in dialogues], np.float64)
+  """outcome["reward"] of each scored dialogue (unparsed P4G outcomes left out) → [n] float64."""
+  return np.asarray([_reward(d) for d in scored(dialogues)], np.float64)
 
 
 def summarize(dialogues: Sequence[Dialogue], n_boot: int = 10_000, seed: int = 0) -> dict:
   """{"n", "reward_mean", "ci95": [lo, hi], "mean_turns"} of simulated dialogues.
 
-  reward_mean: mean of outcome["reward"] (ES engagement rate / P4G mean donation);
+  Over the scored dialogues only (`unparsed_count` of P4G outcomes are reported apart):
+  n: how many; reward_mean: mean of outcome["reward"] (ES engagement rate / P4G mean donation);
   ci95: percentile bootstrap of the mean; mean_turns: mean of outcome["num_turns"]
   (agent turns; falls back to counting agent turns when absent).
   """
   if not dialogues:
     raise ValueError("summarize: no dialogues")
-  r = rewards(dialogues)
+  kept = scored(dialogues)
+  if not kept:
+    raise ValueError(f"summarize: all {len(dialogues)} P4G outcomes are unparsed; no donation to "
+                     "report (see rewards.parse_donation)")
+  r = rewards(kept)
   lo, hi = bootstrap_ci(r, n_boot=n_boot, seed=seed, level=0.95)
   return {"n": int(r.size), "reward_mean": float(r.mean()), "ci95": [lo, hi],
-          "mean_turns": float(np.mean([_turns(d) for d in dialogues]))}
+          "mean_turns": float(np.mean([_turns(d) for d in kept]))}
 
 
 def condition_id(d: Dialogue) -> str:
@@ -198,11 +221,12 @@ def paired_rewards(sft: Sequence[Dialogue], dpo: Sequence[Dialogue]
   """Per-condition mean rewards of two runs on the same conditions.
 
   Returns (sft_means [c], dpo_means [c], condition ids [c]) over the conditions present in both
-  (in first-seen order of `sft`). Raises ValueError if the runs share no condition.
+  (in first-seen order of `sft`); unparsed P4G outcomes are left out, so a condition counts
+  when both runs scored it at least once. Raises ValueError if the runs share no condition.
   """
   def group(ds):
     g: dict[str, list[float]] = collections.OrderedDict()
-    for d in ds:
+    for d in scored(ds):
       g.setdefault(condition_id(d), []).append(_reward(d))
     return g
 
@@ -215,9 +239,10 @@ def paired_rewards(sft: Sequence[Dialogue], dpo: Sequence[Dialogue]
 
 
 def paired_samples(sft: Sequence[Dialogue], dpo: Sequence[Dialogue]) -> tuple[np.ndarray, np.ndarray]:
-  """Rewards of dialogues matched one-to-one by id (same condition and sample seed) → ([m], [m])."""
-  by_id = {d.id: d for d in dpo}
-  common = [d for d in sft if d.id in by_id]
+  """Rewards of dialogues matched one-to-one by id (same condition and sample seed) → ([m], [m]);
+  pairs where either outcome is unparsed are left out."""
+  by_id = {d.id: d for d in scored(dpo)}
+  common = [d for d in scored(sft) if d.id in by_id]
   return (np.asarray([_reward(d) for d in common]), np.asarray([_reward(by_id[d.id]) for d in common]))
 
 
@@ -351,5 +376,5 @@ def load_dialogues(path: str) -> list[Dialogue]:
 
 
 __all__ = ["ALTERNATIVES", "EXACT_MAX_N", "EvalSettings", "bootstrap_ci", "condition_id", "eval_settings",
-           "evaluate", "load_dialogues", "mcnemar_exact", "paired_rewards", "paired_samples", "paired_test",
-           "rewards", "sample_seed", "summarize"]
+           "evaluate", "is_unparsed", "load_dialogues", "mcnemar_exact", "paired_rewards", "paired_samples", "paired_test",
+           "rewards", "sample_seed", "scored", "summarize", "unparsed_count"]

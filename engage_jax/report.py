@@ -13,7 +13,8 @@ bootstrap interval of the mean. `p_value` is a **two-sided paired sign-flip perm
 per-condition mean rewards (DPO − SFT; both models are evaluated on the same held-out conditions
 with the same seeds; exact for ≤ 16 conditions, else 20,000 random sign patterns). The one-sided
 p (H1: DPO > SFT) and, for binary ES rewards, an exact McNemar test on dialogue-level pairs are in
-`extra`. If the runs share no condition ids the test falls back to an unpaired two-sample
+`extra`; so are the unparsed P4G outcomes per run (`extra.unparsed`: count, total, rate), which
+every statistic leaves out rather than counting as $0. If the runs share no condition ids the test falls back to an unpaired two-sample
 permutation test and `extra.p_value_test` says so.
 
     report = build_report("es", sft_dialogues, dpo_dialogues, pairs_count=812,
@@ -72,6 +73,16 @@ def _search_summary(stats: Mapping) -> dict:
   return out
 
 
+def unparsed_stats(sft_dialogues: Sequence[Dialogue], dpo_dialogues: Sequence[Dialogue]) -> dict:
+  """{"sft"|"dpo": {"count", "total", "rate"}}: P4G outcomes that gave no donation (left out of
+  every statistic, never counted as $0)."""
+  out = {}
+  for name, ds in (("sft", sft_dialogues), ("dpo", dpo_dialogues)):
+    k, n = ev.unparsed_count(ds), len(ds)
+    out[name] = {"count": int(k), "total": int(n), "rate": float(k / n) if n else 0.0}
+  return out
+
+
 def _unpaired_test(a: np.ndarray, b: np.ndarray, seed: int, n_perm: int = 20_000) -> float:
   """Two-sided permutation test of mean(b) - mean(a) with random relabellings (+1 correction)."""
   pooled = np.concatenate([a, b])
@@ -99,7 +110,8 @@ def build_report(task: str, sft_dialogues: Sequence[Dialogue], dpo_dialogues: Se
     raise ValueError(f"build_report: task must be one of {TASKS}, got {task!r}")
   sft = ev.summarize(sft_dialogues, n_boot=n_boot, seed=seed)
   dpo = ev.summarize(dpo_dialogues, n_boot=n_boot, seed=seed)
-  extra: dict[str, Any] = {"reward": REWARD_NAME[task], "paper_reference": PAPER_REFERENCE[task]}
+  extra: dict[str, Any] = {"reward": REWARD_NAME[task], "paper_reference": PAPER_REFERENCE[task],
+                           "unparsed": unparsed_stats(sft_dialogues, dpo_dialogues)}
   try:
     a, b, ids = ev.paired_rewards(sft_dialogues, dpo_dialogues)
     p = ev.paired_test(a, b, seed=seed, alternative="two-sided")
@@ -225,6 +237,10 @@ def render_markdown(report: Mapping) -> str:
     lines.append(f"- one-sided p (H1: DPO > SFT): {extra['p_value_one_sided']:.4g}")
   if "mcnemar_p" in extra:
     lines.append(f"- exact McNemar p (dialogue pairs): {extra['mcnemar_p']:.4g}")
+  if task == "p4g" and "unparsed" in extra:
+    u = extra["unparsed"]
+    lines.append("- unparsed outcomes (no donation stated; left out, not $0): " + ", ".join(
+        f"{n.upper()} {u[n]['count']}/{u[n]['total']} ({100 * u[n]['rate']:.1f}%)" for n in ("sft", "dpo")))
   lines += [f"- preference pairs used for DPO: **{report['pairs']}**",
             f"- paper (arXiv 2506.21497), for context: {ref['text']} (SFT → DPO)", ""]
   ws = report["wall_seconds"]
@@ -332,4 +348,4 @@ def write_report(workdir: str, report: Mapping, *, sft_dialogues: Sequence[Dialo
 
 
 __all__ = ["MODEL_KEYS", "P_VALUE_TEST", "PAPER_REFERENCE", "REPORT_KEYS", "build_report", "load_report",
-           "render_markdown", "search_stats_from_pairs", "validate_report", "write_report"]
+           "render_markdown", "search_stats_from_pairs", "unparsed_stats", "validate_report", "write_report"]

@@ -113,3 +113,70 @@ def test_load_report_names_file(tmp_path):
   p.write_text(json.dumps(dict(GOOD, task="x")))
   with pytest.raises(ValueError, match="report.json.*'task'"):
     rp.load_report(str(p))
+
+
+def _p4g(values, prefix="c", turns=3, order=None):
+  """P4G dialogues: value None = an unparsed outcome (rollout writes reward 0.0, donation None)."""
+  out = []
+  for i, v in enumerate(values):
+    out.append(Dialogue(id=f"{prefix}{i}/s0", task="p4g", turns=[Turn("user", "hi")], condition={},
+                        outcome={"reward": 0.0 if v is None else float(v), "donation": v,
+                                 "num_turns": turns + i % 3, "condition_id": f"c{i}"}))
+  return out
+
+
+def _table_rows(md: str) -> dict:
+  rows = {}
+  for line in md.splitlines():
+    cells = [c.strip() for c in line.strip("|").split("|")]
+    if cells[0] in ("SFT", "DPO"):
+      rows[cells[0]] = cells
+  return rows
+
+
+def test_report_table_recomputed_from_dialogues():
+  sft_v = [0.5, None, 1.0, 0.25, None, 2.0, 0.0, 0.75]
+  dpo_v = [1.0, 1.5, None, 0.5, 2.0, 2.0, 0.25, 1.25]
+  sft, dpo = _p4g(sft_v), _p4g(dpo_v, turns=5)
+  r = rp.build_report("p4g", sft, dpo, pairs_count=3, wall_seconds={})
+  rows = _table_rows(rp.render_markdown(r))
+  for name, vals, ds in (("SFT", sft_v, sft), ("DPO", dpo_v, dpo)):
+    kept = [(v, d) for v, d in zip(vals, ds) if v is not None]   # unparsed: left out, not $0
+    mean = sum(v for v, _ in kept) / len(kept)
+    turns = sum(d.outcome["num_turns"] for _, d in kept) / len(kept)
+    assert rows[name][1] == str(len(kept))
+    assert rows[name][2] == f"${mean:.2f}"
+    assert rows[name][4] == f"{turns:.2f}"
+    assert r[name.lower()]["reward_mean"] == pytest.approx(mean)
+  assert r["extra"]["unparsed"] == {"sft": {"count": 2, "total": 8, "rate": 0.25},
+                                    "dpo": {"count": 1, "total": 8, "rate": 0.125}}
+  assert "SFT 2/8 (25.0%), DPO 1/8 (12.5%)" in rp.render_markdown(r)
+
+
+def _paired_p_by_id(sft, dpo):
+  """Two-sided exact sign-flip p, pairing by condition id (written out independently)."""
+  import itertools
+  a = {d.outcome["condition_id"]: d.outcome["reward"] for d in sft}
+  b = {d.outcome["condition_id"]: d.outcome["reward"] for d in dpo}
+  diffs = [b[c] - a[c] for c in a]
+  obs = abs(sum(diffs))
+  hits = sum(abs(sum(s * x for s, x in zip(signs, diffs))) >= obs - 1e-12
+             for signs in itertools.product((1, -1), repeat=len(diffs)))
+  return hits / 2 ** len(diffs)
+
+
+def test_report_pairs_by_condition_id_not_by_order():
+  rng = np.random.default_rng(3)
+  sft_v = rng.uniform(0, 1, 10).round(2)
+  dpo_v = (sft_v + np.array([0.9, 0.8, 0.7, 0.6, -0.1, 0.5, 0.4, -0.2, 0.3, 0.2])).round(2)
+  sft, dpo = _p4g(sft_v.tolist()), _p4g(dpo_v.tolist())
+  shuffled = [dpo[i] for i in rng.permutation(len(dpo))]
+  assert [d.id for d in shuffled] != [d.id for d in dpo]
+  r = rp.build_report("p4g", sft, shuffled, pairs_count=0, wall_seconds={})
+  want = _paired_p_by_id(sft, dpo)
+  assert r["p_value"] == pytest.approx(want)
+  assert r["extra"]["n_paired_conditions"] == 10
+  # the same dialogues paired by list position give a different p, so the check can tell
+  by_position = [Dialogue(d.id, d.task, d.turns, {}, dict(d.outcome, condition_id=s.outcome["condition_id"]))
+                 for s, d in zip(sft, shuffled)]
+  assert _paired_p_by_id(sft, by_position) != pytest.approx(want)
