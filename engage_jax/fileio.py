@@ -1,11 +1,24 @@
 """Atomic file writes (temp file in the same directory, fsync, os.replace) and JSON lines I/O:
-a reader never sees a half-written file, and a killed writer leaves the old file or none."""
+a reader never sees a half-written file, and a killed writer leaves the old file or none.
+Written files get the usual mode (0666 minus the umask)."""
 from __future__ import annotations
 
 import json
 import os
 import tempfile
 from typing import Any, Iterable
+
+
+_UMASK: list[int] = []
+
+
+def _umask() -> int:
+  """The process umask (read once; os.umask can only be read by setting it)."""
+  if not _UMASK:
+    m = os.umask(0o022)
+    os.umask(m)
+    _UMASK.append(m)
+  return _UMASK[0]
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
@@ -17,6 +30,7 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     with os.fdopen(fd, "w", encoding="utf-8") as f:
       f.write(text)
       f.flush()
+      os.fchmod(f.fileno(), 0o666 & ~_umask())  # mkstemp makes 0600; files respect the umask
       os.fsync(f.fileno())
     os.replace(tmp, path)
   except BaseException:
@@ -39,3 +53,8 @@ def atomic_write_jsonl(path: str | os.PathLike, rows: Iterable[Any]) -> int:
 def read_jsonl(path: str | os.PathLike) -> list:
   with open(path, encoding="utf-8") as f:
     return [json.loads(line) for line in f if line.strip()]
+
+
+def line_of(raw: bytes, offset: int) -> int:
+  """1-based line number of byte `offset` in `raw` (to name where a decode error is)."""
+  return raw.count(b"\n", 0, offset) + 1

@@ -1,25 +1,30 @@
 """Shared absl plumbing for the launchers: --config (ml_collections file + --config.key=value
-overrides; unknown keys are rejected), --workdir, optional multi-host initialisation, JAX's
-persistent compilation cache (--compilation_cache), and a one-line error with a nonzero exit for
-bad input."""
+overrides; unknown keys are rejected), --workdir, --redo, optional multi-host initialisation,
+JAX's persistent compilation cache (--compilation_cache).
+
+Every error is one line on stderr, `error: <what> (<where>)`, with exit code 2: config-file and
+override errors, flag errors, bad config values (one line per problem, found before anything is
+written), OS and data errors. ENGAGE_DEBUG=1 keeps the traceback.
+"""
 from __future__ import annotations
 
 import logging
-import os
-import sys
 
 from absl import app, flags
 from ml_collections import config_flags
 
+from engage_jax import cli
+
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/sandbox_es.py.",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output directory of the run (created; resumed if it exists).")
+_REDO = flags.DEFINE_list(
+    "redo", None, "Rerun these stages and everything downstream of them (their outputs are removed "
+    "first); the other done stages are kept.")
 _DISTRIBUTED = flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() (multi-host TPU/GPU).")
 _COMPILATION_CACHE = flags.DEFINE_string(
     "compilation_cache", None, "Directory of JAX's persistent compilation cache (default: "
     "$ENGAGE_JAX_COMPILATION_CACHE or ~/.cache/engage_jax/xla; 'off' disables).")
-
-USER_ERRORS = (ValueError, FileNotFoundError, KeyError, RuntimeError)
 
 
 def config():
@@ -30,8 +35,12 @@ def workdir() -> str:
   return _WORKDIR.value
 
 
+def redo() -> tuple[str, ...]:
+  return tuple(_REDO.value or ())
+
+
 def run(main_fn, require_workdir: bool = True) -> None:
-  """app.run(main_fn) with flag checks, logging and clean user-facing errors."""
+  """app.run(main_fn) with flag checks, logging and one-line errors (exit code 2)."""
 
   def _main(argv):
     if len(argv) > 1:
@@ -48,15 +57,9 @@ def run(main_fn, require_workdir: bool = True) -> None:
       jax.distributed.initialize()
     from engage_jax import compile_cache
     compile_cache.enable(_COMPILATION_CACHE.value)
-    try:
-      main_fn()
-    except USER_ERRORS as e:
-      if os.environ.get("ENGAGE_DEBUG"):
-        raise
-      print(f"error: {type(e).__name__}: {e}", file=sys.stderr)
-      sys.exit(2)
+    main_fn()
 
-  app.run(_main)
+  cli.run_app(_main)
 
 
 def run_stages(stages: tuple[str, ...]) -> None:
@@ -64,6 +67,6 @@ def run_stages(stages: tuple[str, ...]) -> None:
 
   def main():
     from engage_jax import pipeline
-    pipeline.run(config(), workdir(), pipeline.with_dependencies(stages))
+    pipeline.run(config(), workdir(), pipeline.with_dependencies(stages), redo=redo())
 
   run(main)

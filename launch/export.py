@@ -19,10 +19,17 @@ def main():
   from pathlib import Path
 
   from engage_jax import checkpoint
+  from engage_jax.errors import InputError
   wd = Path(_common.workdir())
+  if not wd.is_dir():
+    raise InputError("no such work directory", f"--workdir={wd}")
   ckpt = wd / _MODEL.value / "checkpoints"
   if not ckpt.is_dir():
-    raise FileNotFoundError(f"{ckpt}: no checkpoints (run the {_MODEL.value} stage first)")
+    raise InputError(f"no checkpoints (run the {_MODEL.value} stage first)", str(ckpt))
+  if _STEP.value is not None:
+    steps = sorted(int(p.name) for p in ckpt.iterdir() if p.name.isdigit())
+    if _STEP.value not in steps:
+      raise InputError(f"no checkpoint at step {_STEP.value}; steps: {steps}", f"--step={_STEP.value}")
   out = Path(_OUT.value) if _OUT.value else wd / "export" / _MODEL.value
   path = checkpoint.export_hf(str(ckpt), str(out), step=_STEP.value)
   print(f"[engage_jax] exported {ckpt} → {path}")

@@ -37,6 +37,7 @@ import dataclasses
 import json
 import math
 import os
+import re
 import sys
 import time
 from typing import Any
@@ -547,6 +548,16 @@ def make_plan(cfg, *, which="agent", train_batch=0, seq_len=0, sample_batch=0, s
   }
 
 
+def _check(cfg, devices: int) -> None:
+  """The config's values (not its paths or data files: a plan needs neither), before any work."""
+  from engage_jax import config_check
+  from engage_jax.errors import InputErrors
+  skip = re.compile(r"config\.(model\.\w+\.path|tokenizer\.path|data\.path|data\.source)$")
+  found = [p for p in config_check.problems(cfg, devices=devices, load_data=False) if not skip.match(p.where)]
+  if found:
+    raise InputErrors(found)
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -554,6 +565,7 @@ def main(argv):
   if cfg is None:
     raise app.UsageError("--config is required, e.g. --config=configs/esconv_llama3_8b.py")
   data, fsdp, tensor = mesh_sizes(cfg, _DEVICES.value)
+  _check(cfg, data * fsdp * tensor)
   ensure_host_devices(data * fsdp * tensor)
   plan = make_plan(cfg, which=_MODEL.value, train_batch=_TRAIN_BATCH.value, seq_len=_SEQ_LEN.value,
                    sample_batch=_SAMPLE_BATCH.value, sample_len=_SAMPLE_LEN.value, compile_mode=_COMPILE.value,
@@ -570,4 +582,5 @@ def main(argv):
 
 if __name__ == "__main__":
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-  app.run(main)
+  from engage_jax import cli
+  cli.run_app(main)

@@ -25,6 +25,8 @@ from typing import Any
 
 from engage_jax import rewards
 from engage_jax.data.dialogue import AGENT, USER, Dialogue, LoadedDialogues, Turn, merge_consecutive
+from engage_jax.errors import InputError
+from engage_jax.fileio import line_of as _line_of
 
 SPLITS = ("train", "valid", "test")
 CONDITION_KEYS = ("emotion_type", "problem_type", "situation")
@@ -47,7 +49,7 @@ def _intensity(value: Any, where: str, field: str) -> int:
   try:
     return int(float(value))
   except (TypeError, ValueError):
-    raise ValueError(f"{where}: field {field!r} is not numeric: {value!r}") from None
+    raise InputError(f"field {field!r} is not numeric: {value!r}", where) from None
 
 
 def record_to_dialogue(rec: Any, dialogue_id: str, where: str, *, merge: bool = True,
@@ -55,30 +57,30 @@ def record_to_dialogue(rec: Any, dialogue_id: str, where: str, *, merge: bool = 
                        ) -> Dialogue:
   """One ESConv record (HF or raw layout) → Dialogue. `where` prefixes error messages."""
   if not isinstance(rec, dict):
-    raise ValueError(f"{where}: record is not a JSON object")
+    raise InputError("record is not a JSON object", where)
   condition = {}
   for key in CONDITION_KEYS:
     if key not in rec:
-      raise ValueError(f"{where}: missing field {key!r}")
+      raise InputError(f"missing field {key!r}", where)
     condition[key] = str(rec[key] or "").strip()
   dialog = rec.get("dialog")
   if not isinstance(dialog, list):
-    raise ValueError(f"{where}: missing field 'dialog' (a list of utterances)")
+    raise InputError("missing field 'dialog' (a list of utterances)", where)
   turns: list[Turn] = []
   feedback: list[list[int]] = []
   for j, utt in enumerate(dialog):
     uwhere = f"{where}, utterance {j}"
     if not isinstance(utt, dict):
-      raise ValueError(f"{uwhere}: utterance is not a JSON object")
+      raise InputError("utterance is not a JSON object", uwhere)
     if "speaker" not in utt:
-      raise ValueError(f"{uwhere}: missing field 'speaker'")
+      raise InputError("missing field 'speaker'", uwhere)
     role = SPEAKERS.get(utt["speaker"])
     if role is None:
-      raise ValueError(f"{uwhere}: field 'speaker' has unknown value {utt['speaker']!r}; "
-                       f"expected one of {sorted(SPEAKERS)}")
+      raise InputError(f"field 'speaker' has unknown value {utt['speaker']!r}; "
+                       f"expected one of {sorted(SPEAKERS)}", uwhere)
     text = utt.get("text", utt.get("content"))
     if not isinstance(text, str):
-      raise ValueError(f"{uwhere}: missing field 'text' (or 'content')")
+      raise InputError("missing field 'text' (or 'content')", uwhere)
     ann = utt.get("annotation") or {}
     strategy = utt.get("strategy", ann.get("strategy") if isinstance(ann, dict) else None)
     if role == AGENT and strategy is not None:
@@ -105,6 +107,13 @@ def record_to_dialogue(rec: Any, dialogue_id: str, where: str, *, merge: bool = 
   return Dialogue(id=dialogue_id, task="es", turns=turns, condition=condition, outcome=outcome)
 
 
+def _decode(raw: bytes, where: str) -> str:
+  try:
+    return raw.decode("utf-8")
+  except UnicodeDecodeError as e:
+    raise InputError(f"not valid UTF-8 (byte {e.start} of the line)", where) from None
+
+
 def _finish(items: list[Dialogue], errors: list[str], path: Path) -> LoadedDialogues:
   if errors:
     log.warning("%s: skipped %d bad record(s); first: %s", path, len(errors), errors[0])
@@ -117,16 +126,17 @@ def load_jsonl(path: str | os.PathLike, *, skip_bad: bool = False, id_prefix: st
   path = Path(path)
   prefix = id_prefix if id_prefix is not None else f"esconv-{path.stem}"
   items, errors = [], []
-  with open(path, encoding="utf-8") as f:
-    for lineno, line in enumerate(f, start=1):
-      if not line.strip():
-        continue
+  with open(path, "rb") as f:
+    for lineno, raw in enumerate(f, start=1):
       where = f"{path}:{lineno}"
       try:
+        line = _decode(raw, where)
+        if not line.strip():
+          continue
         try:
           rec = json.loads(line)
         except json.JSONDecodeError as e:
-          raise ValueError(f"{where}: malformed JSON ({e.msg})") from None
+          raise InputError(f"malformed JSON ({e.msg}, column {e.colno})", where) from None
         items.append(record_to_dialogue(rec, f"{prefix}-{lineno - 1}", where, merge=merge))
       except ValueError as e:
         if not skip_bad:
@@ -140,12 +150,17 @@ def load_raw_json(path: str | os.PathLike, *, skip_bad: bool = False,
   """Raw ESConv.json / FailedESConv.json (one JSON array) → dialogues "{prefix}-{index}"."""
   path = Path(path)
   prefix = id_prefix if id_prefix is not None else f"esconv-{path.stem}"
+  raw = path.read_bytes()
   try:
-    data = json.loads(path.read_text(encoding="utf-8"))
+    text = raw.decode("utf-8")
+  except UnicodeDecodeError as e:
+    raise InputError(f"not valid UTF-8 (byte {e.start})", f"{path}:{_line_of(raw, e.start)}") from None
+  try:
+    data = json.loads(text)
   except json.JSONDecodeError as e:
-    raise ValueError(f"{path}: malformed JSON at line {e.lineno} ({e.msg})") from None
+    raise InputError(f"malformed JSON ({e.msg})", f"{path}:{e.lineno}") from None
   if not isinstance(data, list):
-    raise ValueError(f"{path}: expected a JSON array of conversations")
+    raise InputError("expected a JSON array of conversations", str(path))
   items, errors = [], []
   for i, rec in enumerate(data):
     try:
@@ -160,9 +175,9 @@ def load_raw_json(path: str | os.PathLike, *, skip_bad: bool = False,
 def load_file(path: str | os.PathLike, **kw) -> LoadedDialogues:
   """Either layout, detected by the first non-space character ('[' → raw JSON array)."""
   path = Path(path)
-  with open(path, encoding="utf-8") as f:
+  with open(path, "rb") as f:
     head = f.read(4096).lstrip()
-  return load_raw_json(path, **kw) if head.startswith("[") else load_jsonl(path, **kw)
+  return load_raw_json(path, **kw) if head.startswith(b"[") else load_jsonl(path, **kw)
 
 
 def esconv_dir(data_dir: str | os.PathLike) -> Path:
@@ -174,10 +189,10 @@ def esconv_dir(data_dir: str | os.PathLike) -> Path:
 def load_split(data_dir: str | os.PathLike, split: str, **kw) -> LoadedDialogues:
   """`{data_dir}/esconv/{split}.txt` (HF layout); ids "esconv-{split}-{i}"."""
   if split not in SPLITS:
-    raise ValueError(f"unknown ESConv split {split!r}; expected one of {SPLITS}")
+    raise InputError(f"unknown ESConv split {split!r}; expected one of {SPLITS}", str(data_dir))
   path = esconv_dir(data_dir) / f"{split}.txt"
   if not path.is_file():
-    raise ValueError(f"ESConv split file {str(path)!r} not found")
+    raise InputError("ESConv split file not found", str(path))
   return load_jsonl(path, **kw)
 
 

@@ -15,12 +15,15 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import logging
 import os
 from pathlib import Path
 from typing import Any
 
 from engage_jax.data.dialogue import AGENT, USER, Dialogue, LoadedDialogues, Turn, merge_consecutive
+from engage_jax.errors import InputError
+from engage_jax.fileio import line_of as _line_of
 
 SPLITS = ("train", "valid", "test")
 SPLIT_FRACTIONS = (80, 10, 10)  # percent
@@ -48,90 +51,126 @@ def _float(value: str, where: str, field: str) -> float:
   try:
     return float(value)
   except (TypeError, ValueError):
-    raise ValueError(f"{where}: field {field!r} is not numeric: {value!r}") from None
+    raise InputError(f"field {field!r} is not numeric: {value!r}", where) from None
 
 
 def _require(row: dict, fields: tuple[str, ...], path: Path, line: int) -> None:
   for f in fields:
     if f not in row or row[f] is None:
-      raise ValueError(f"{path}:{line}: missing field {f!r}")
+      raise InputError(f"missing field {f!r}", f"{path}:{line}")
 
 
-def read_info(path: str | os.PathLike) -> tuple[dict[str, dict], dict[str, list[str]]]:
-  """full_info.csv → ({dialogue id: {"user": row, "persuader": row, "user_line": n}}, errors by
-  id). Row-level problems are returned per dialogue id so the caller can skip or raise."""
+def _read_text(path: Path, skip_bad: bool = False) -> str:
+  """The file as UTF-8 text; a bad byte is an InputError naming file:line (with skip_bad: replaced
+  by U+FFFD, with a warning)."""
+  raw = path.read_bytes()
+  try:
+    return raw.decode("utf-8")
+  except UnicodeDecodeError as e:
+    where = f"{path}:{_line_of(raw, e.start)}"
+    if not skip_bad:
+      raise InputError(f"not valid UTF-8 (byte {e.start})", where) from None
+    log.warning("%s: not valid UTF-8 (byte %d); bad bytes replaced", where, e.start)
+    return raw.decode("utf-8", errors="replace")
+
+
+def read_info(path: str | os.PathLike, skip_bad: bool = False
+              ) -> tuple[dict[str, dict], dict[str, list[InputError]]]:
+  """full_info.csv → ({dialogue id: {"user": row, "persuader": row, "user_where": ...}}, errors
+  by id). Row-level problems are returned per dialogue id so the caller can skip or raise."""
   path = Path(path)
   info: dict[str, dict] = {}
-  errors: dict[str, list[str]] = {}
-  with open(path, encoding="utf-8", newline="") as f:
-    reader = csv.DictReader(f)
-    for line, row in enumerate(reader, start=2):
-      _require(row, ("B2", "B4", "B6"), path, line)
-      did = row["B2"].strip()
-      role = ROLES.get(row["B4"].strip())
-      where = f"{path}:{line} (dialogue {did})"
-      if role is None:
-        errors.setdefault(did, []).append(
-            f"{where}: field 'B4' has unknown role {row['B4']!r}; expected 0 or 1")
-        continue
-      rec = info.setdefault(did, {})
-      key = "user" if role == USER else "persuader"
-      if key in rec:
-        errors.setdefault(did, []).append(f"{where}: duplicate B4={row['B4']} row")
-        continue
-      rec[key] = row
-      rec[key + "_where"] = where
+  errors: dict[str, list[InputError]] = {}
+  reader = csv.DictReader(io.StringIO(_read_text(path, skip_bad), newline=""))
+  for line, row in enumerate(reader, start=2):
+    _require(row, ("B2", "B4", "B6"), path, line)
+    did = row["B2"].strip()
+    role = ROLES.get(row["B4"].strip())
+    where = f"{path}:{line} (dialogue {did})"
+    if role is None:
+      errors.setdefault(did, []).append(
+          InputError(f"field 'B4' has unknown role {row['B4']!r}; expected 0 or 1", where))
+      continue
+    rec = info.setdefault(did, {})
+    key = "user" if role == USER else "persuader"
+    if key in rec:
+      errors.setdefault(did, []).append(InputError(f"duplicate B4={row['B4']} row", where))
+      continue
+    rec[key] = row
+    rec[key + "_where"] = where
   return info, errors
+
+
+_CACHE: dict = {}  # the last parse: {key: (items, errors by id)}; three splits read the files once
+
+
+def _stamp(p: Path) -> tuple:
+  st = p.stat()
+  return (str(p.resolve()), st.st_mtime_ns, st.st_size, st.st_ino)
+
+
+def _parse(dpath: Path, ipath: Path, skip_bad: bool, merge: bool
+           ) -> tuple[list[Dialogue], dict[str, InputError]]:
+  key = (_stamp(dpath), _stamp(ipath), skip_bad, merge)
+  if key in _CACHE:
+    return _CACHE[key]
+  info, errors = read_info(ipath, skip_bad)
+  turns: dict[str, list[Turn]] = {}
+  reader = csv.DictReader(io.StringIO(_read_text(dpath, skip_bad), newline=""))
+  for line, row in enumerate(reader, start=2):
+    _require(row, ("Unit", "B4", "B2"), dpath, line)
+    did = row["B2"].strip()
+    role = ROLES.get(row["B4"].strip())
+    if role is None:
+      errors.setdefault(did, []).append(InputError(
+          f"field 'B4' has unknown role {row['B4']!r}; expected 0 or 1", f"{dpath}:{line} (dialogue {did})"))
+      continue
+    text = " ".join((row["Unit"] or "").split())
+    if text:
+      turns.setdefault(did, []).append(Turn(role, text))
+  items: list[Dialogue] = []
+  bad: dict[str, InputError] = {}
+  for did in sorted(set(turns) | set(errors)):
+    try:
+      if errors.get(did):
+        raise errors[did][0]
+      rec = info.get(did, {})
+      if "user" not in rec:
+        raise InputError(f"dialogue {did}: no persuadee row (B4 == 1)", str(ipath))
+      items.append(_make(did, turns.get(did, []), rec, merge))
+    except ValueError as e:
+      if not skip_bad:
+        raise
+      bad[did] = e if isinstance(e, InputError) else InputError(str(e))
+  if bad:
+    first = next(iter(bad.values()))
+    log.warning("%s: skipped %d bad dialogue(s); first: %s", dpath, len(bad), first)
+  _CACHE.clear()
+  _CACHE[key] = (items, bad)
+  return items, bad
+
+
+def _paths(data_dir, dialog_file: str, info_file: str) -> tuple[Path, Path]:
+  d = p4g_dir(data_dir)
+  dpath, ipath = d / dialog_file, d / info_file
+  for p in (dpath, ipath):
+    if not p.is_file():
+      raise InputError("P4G file not found", str(p))
+  return dpath, ipath
 
 
 def load(data_dir: str | os.PathLike, *, skip_bad: bool = False, merge: bool = True,
          dialog_file: str = "full_dialog.csv", info_file: str = "full_info.csv"
          ) -> LoadedDialogues:
   """All P4G dialogues (sorted by id) from `{data_dir}/p4g/{dialog_file, info_file}`."""
-  d = p4g_dir(data_dir)
-  dpath, ipath = d / dialog_file, d / info_file
-  for p in (dpath, ipath):
-    if not p.is_file():
-      raise ValueError(f"P4G file {str(p)!r} not found")
-  info, errors = read_info(ipath)
-  turns: dict[str, list[Turn]] = {}
-  with open(dpath, encoding="utf-8", newline="") as f:
-    reader = csv.DictReader(f)
-    for line, row in enumerate(reader, start=2):
-      _require(row, ("Unit", "B4", "B2"), dpath, line)
-      did = row["B2"].strip()
-      role = ROLES.get(row["B4"].strip())
-      if role is None:
-        errors.setdefault(did, []).append(
-            f"{dpath}:{line} (dialogue {did}): field 'B4' has unknown role {row['B4']!r}; "
-            "expected 0 or 1")
-        continue
-      text = " ".join((row["Unit"] or "").split())
-      if text:
-        turns.setdefault(did, []).append(Turn(role, text))
-  items: list[Dialogue] = []
-  for did in sorted(set(turns) | set(errors)):
-    try:
-      if errors.get(did):
-        raise ValueError(errors[did][0])
-      rec = info.get(did, {})
-      if "user" not in rec:
-        raise ValueError(f"{ipath}: dialogue {did}: no persuadee row (B4 == 1)")
-      items.append(_make(did, turns.get(did, []), rec, merge))
-    except ValueError as e:
-      if not skip_bad:
-        raise
-      errors.setdefault(did, [str(e)])
-  bad = [e for did in sorted(errors) for e in errors[did][:1]]
-  if bad:
-    log.warning("%s: skipped %d bad dialogue(s); first: %s", dpath, len(bad), bad[0])
-  return LoadedDialogues(items, skipped=len(bad), errors=bad)
+  items, bad = _parse(*_paths(data_dir, dialog_file, info_file), skip_bad, merge)
+  return LoadedDialogues(items, skipped=len(bad), errors=[str(bad[d]) for d in sorted(bad)])
 
 
 def _make(did: str, turns: list[Turn], rec: dict, merge: bool) -> Dialogue:
   user, where = rec["user"], rec["user_where"]
   if not turns:
-    raise ValueError(f"{where}: dialogue {did} has no utterances in the dialog file")
+    raise InputError(f"dialogue {did} has no utterances in the dialog file", where)
   raw = _float(user["B6"], where, "B6")
   outcome: dict[str, Any] = {"donation_raw": raw, "donation": min(max(raw, 0.0), DONATION_CAP)}
   if (user.get("B7") or "").strip():
@@ -149,10 +188,13 @@ def _make(did: str, turns: list[Turn], rec: dict, merge: bool) -> Dialogue:
                   condition=condition, outcome=outcome)
 
 
-def load_split(data_dir: str | os.PathLike, split: str, **kw) -> LoadedDialogues:
-  """The dialogues whose `split_of(id)` is `split`."""
+def load_split(data_dir: str | os.PathLike, split: str, *, skip_bad: bool = False, merge: bool = True,
+               dialog_file: str = "full_dialog.csv", info_file: str = "full_info.csv") -> LoadedDialogues:
+  """The dialogues whose `split_of(id)` is `split`; `.skipped` / `.errors` count only the bad
+  dialogues of this split (the files are parsed once for all three splits)."""
   if split not in SPLITS:
-    raise ValueError(f"unknown P4G split {split!r}; expected one of {SPLITS}")
-  everything = load(data_dir, **kw)
-  return LoadedDialogues([x for x in everything if split_of(x.id) == split],
-                         skipped=everything.skipped, errors=everything.errors)
+    raise InputError(f"unknown P4G split {split!r}; expected one of {SPLITS}", str(data_dir))
+  items, bad = _parse(*_paths(data_dir, dialog_file, info_file), skip_bad, merge)
+  mine = sorted(d for d in bad if split_of(d) == split)
+  return LoadedDialogues([x for x in items if split_of(x.id) == split], skipped=len(mine),
+                         errors=[str(bad[d]) for d in mine])
