@@ -101,7 +101,7 @@ def test_plan_subprocess_compile(tmp_path):
 
 
 def test_tpu_vm_dry_run_prints_commands():
-  env = dict(os.environ, PROJECT="proj-x", ZONE="us-west4-a", TPU_NAME="t1", WORKDIR="gs://b/run")
+  env = dict(os.environ, PROJECT="proj-x", ZONE="us-west4-a", TPU_NAME="t1", WORKDIR="/mnt/disks/run")
   proc = subprocess.run(["bash", str(REPO / "launch" / "tpu_vm.sh"), "--dry-run", "all", "--",
                          "--config.data.path=/data/esconv"], capture_output=True, text=True, timeout=60, env=env)
   assert proc.returncode == 0, proc.stderr
@@ -109,7 +109,7 @@ def test_tpu_vm_dry_run_prints_commands():
   assert "gcloud compute tpus tpu-vm create t1 --project=proj-x --zone=us-west4-a" in out
   assert "--accelerator-type=v5litepod-16" in out
   assert "tpu-vm scp" in out and "tpu-vm ssh" in out and out.count("--worker=all") >= 4
-  assert "pip\\ install\\ -e\\ ." in out and "launch/pipeline.py" in out and "--workdir=gs://b/run" in out
+  assert "pip\\ install\\ -e\\ ." in out and "launch/pipeline.py" in out and "--workdir=/mnt/disks/run" in out
   assert "--config.data.path=/data/esconv" in out
   bad = subprocess.run(["bash", str(REPO / "launch" / "tpu_vm.sh"), "--dry-run", "explode"],
                        capture_output=True, text=True, timeout=60)

@@ -1,8 +1,6 @@
 """ModelEnv with tiny random models: one batched generate call per role per round; log-probs."""
 from __future__ import annotations
 
-import importlib.util
-
 import numpy as np
 import pytest
 
@@ -10,9 +8,6 @@ from engage_jax.search import ModelEnv, SearchConfig, search
 from engage_jax.sampling import sequence_logprobs
 
 from tests.search._search_helpers import es_roots
-
-HAVE_ROLLOUT = importlib.util.find_spec("engage_jax.rollout") is not None
-
 
 def _tiny_model(vocab=300, seed=0, eos=None):
   from flax import nnx
@@ -49,8 +44,6 @@ def test_sequence_logprobs_matches_right_padded_forward(tiny):
     np.testing.assert_allclose(got[r], want, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.skipif(not HAVE_ROLLOUT, reason="engage_jax.rollout (Speaker, simulate) is not "
-                    "written yet; ModelEnv is coded against docs/CONTRACTS.md")
 def test_model_env_batches_the_frontier(tiny, monkeypatch):
   from engage_jax import sampling
   tok, agent, sim = tiny

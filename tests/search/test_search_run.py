@@ -102,39 +102,52 @@ def test_resume_with_other_config_is_an_error(tmp_path):
 
 
 SCRIPT = textwrap.dedent("""
-  import sys, time
+  import os, sys, time
   sys.path.insert(0, {repo!r})
   from engage_jax.search import BanditEnv, SearchConfig, run_search
   from tests.search._search_helpers import ARMS, es_roots
 
-  class Slow(BanditEnv):
+  SIGNAL = {signal!r}
+
+  class Blocking(BanditEnv):
+    # once shard 0 is written (the signal exists), the next expand blocks: killed mid-shard 1
     def expand(self, histories, k, seed):
-      time.sleep(0.02)
+      while os.path.exists(SIGNAL):
+        time.sleep(1)
       return super().expand(histories, k, seed)
 
+  def after_shard(s):
+    if s == 0:
+      open(SIGNAL + ".tmp", "w").close()
+      os.replace(SIGNAL + ".tmp", SIGNAL)
+
   cfg = SearchConfig(budget=6, max_turns=5, prune_similarity=0.95, seed=11)
-  run_search(Slow(ARMS, max_turns=5, p_end=0.1), es_roots({n}), cfg, {out!r},
-             trees_per_shard={per}, progress=False)
+  run_search(Blocking(ARMS, max_turns=5, p_end=0.1), es_roots({n}), cfg, {out!r},
+             trees_per_shard={per}, progress=False, after_shard=after_shard)
 """)
 
 
 def test_sigkill_mid_run_then_resume(tmp_path, reference):
+  """Killed at a known point (mid-shard 1, after shard 0 is written), then resumed: the pairs are
+  those of an uninterrupted run, none twice, and exactly the finished shard is skipped."""
   _, _, ref_pairs = reference
   out = str(tmp_path / "killed")
+  sig = str(tmp_path / "shard0.done")
   repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-  script = SCRIPT.format(repo=repo, n=N_ROOTS, out=out, per=PER_SHARD)
+  script = SCRIPT.format(repo=repo, n=N_ROOTS, out=out, per=PER_SHARD, signal=sig)
   proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.DEVNULL,
                           stderr=subprocess.PIPE)
-  first = os.path.join(out, "pairs", "shard-00000.jsonl")
-  deadline = time.time() + 30
-  while not os.path.exists(first) and proc.poll() is None and time.time() < deadline:
+  deadline = time.time() + 120
+  while not os.path.exists(sig) and proc.poll() is None and time.time() < deadline:
     time.sleep(0.01)
-  assert os.path.exists(first), proc.stderr.read().decode() if proc.poll() is not None else ""
+  assert os.path.exists(sig), proc.stderr.read().decode() if proc.poll() is not None else "timeout"
   os.kill(proc.pid, signal.SIGKILL)
   proc.wait()
-  done = sorted(f for f in os.listdir(os.path.join(out, "pairs")) if f.startswith("shard-"))
-  assert 1 <= len(done) < 4, done  # killed mid-way
-  run_search(_env(), es_roots(N_ROOTS), CFG, out, trees_per_shard=PER_SHARD, progress=False)
+  done = sorted(os.listdir(os.path.join(out, "pairs")))
+  assert done == ["shard-00000.jsonl"], done
+  assert sorted(os.listdir(os.path.join(out, "trees"))) == ["shard-00000.json"]
+  summary = run_search(_env(), es_roots(N_ROOTS), CFG, out, trees_per_shard=PER_SHARD, progress=False)
+  assert summary["shards_skipped"] == 1
   pairs = load_pairs(out)
-  assert _keys(pairs) == _keys(ref_pairs)
+  assert pairs == ref_pairs
   assert len(set(_keys(pairs))) == len(pairs)
