@@ -20,6 +20,13 @@ import numpy as np
 
 from engage_jax.data.dialogue import AGENT, USER, Dialogue, Turn
 
+UNPARSED = float("nan")  # the reward of a chat whose P4G outcome line gave no donation
+
+
+def _scored_reward(outcome: Mapping) -> float:
+  """outcome["reward"], or UNPARSED when a P4G outcome was asked for and did not parse."""
+  return UNPARSED if "donation" in outcome and outcome["donation"] is None else float(outcome["reward"])
+
 
 @dataclasses.dataclass
 class Expansion:
@@ -29,7 +36,8 @@ class Expansion:
   agent_ids, user_ids: generated token ids (may be empty for fake envs).
   terminal: the simulator ended the chat in `user`.
   reward: the final reward when terminal and already known; None otherwise (search then asks
-    `rollout` for it in the round's single rollout call).
+    `rollout` for it in the round's single rollout call); NaN (`UNPARSED`) when the chat ended
+    but its P4G outcome gave no donation: no value, counted apart, never $0.
   """
   agent: Turn
   user: Turn
@@ -42,7 +50,8 @@ class Expansion:
 
 @dataclasses.dataclass
 class RolloutResult:
-  """Outcome of simulating a conversation to its end (END marker or the turn cap)."""
+  """Outcome of simulating a conversation to its end (END marker or the turn cap).
+  reward: NaN (`UNPARSED`) when the P4G outcome gave no donation (search backs up nothing)."""
   reward: float
   num_turns: int
   terminal: bool
@@ -253,15 +262,16 @@ class ModelEnv:
     return out
 
   def final_rewards(self, dialogues: list[Dialogue], seed: int) -> list[float]:
-    """Rewards of chats the simulator has ended (`rollout.score_finished`, as `simulate` does)."""
+    """Rewards of chats the simulator has ended (`rollout.score_finished`, as `simulate` does);
+    UNPARSED for a P4G outcome without a donation."""
     from engage_jax import rollout
-    return [x["reward"] for x in rollout.score_finished(self.simulator, dialogues, task=self.task,
+    return [_scored_reward(x) for x in rollout.score_finished(self.simulator, dialogues, task=self.task,
                                                         reward_cfg=self.reward_cfg, seed=seed)]
 
   def rollout(self, histories: list[Dialogue], seed: int) -> list[RolloutResult]:
     from engage_jax import rollout
     done = rollout.simulate(self.agent, self.simulator, list(histories), task=self.task,
                             max_agent_turns=self.max_turns, reward_cfg=self.reward_cfg, seed=seed)
-    return [RolloutResult(reward=float(d.outcome["reward"]),
+    return [RolloutResult(reward=_scored_reward(d.outcome),
                           num_turns=int(d.outcome.get("num_turns", 0)),
                           terminal=bool(d.outcome.get("terminal", False))) for d in done]

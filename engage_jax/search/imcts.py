@@ -8,7 +8,8 @@ One tree per user condition. Each round:
   3. rollout: ONE `env.rollout` call over all new children without a known reward (terminal
      children whose reward came with the expansion skip it);
   4. backup: every new child's reward is added (visits += 1, value_sum += r) to the child and
-     every ancestor, so a node's value is the mean of all rollout rewards below it;
+     every ancestor, so a node's value is the mean of all rollout rewards below it; an unparsed
+     P4G outcome (reward NaN, `env.UNPARSED`) adds nothing and is counted in RoundInfo.unparsed;
   5. optional cap on live (still expandable) leaves per tree (`max_live`): the lowest-valued are
      closed.
 A tree is live while it has used fewer than `budget` expansions and still has an expandable node.
@@ -253,6 +254,7 @@ class RoundInfo:
   expansions: int  # leaves expanded this round (= live trees)
   children: int    # children added
   rollouts: int    # histories sent to env.rollout
+  unparsed: int = 0  # new children whose outcome gave no reward (not backed up)
 
 
 def search(env: Env, roots: Sequence[Dialogue], cfg: SearchConfig,
@@ -280,6 +282,7 @@ def search(env: Env, roots: Sequence[Dialogue], cfg: SearchConfig,
     if len(expansions) != len(leaves):
       raise ValueError(f"env.expand returned {len(expansions)} rows for {len(leaves)} histories")
     new: list[tuple[int, int]] = []
+    known: set[tuple[int, int]] = set()  # terminal children scored by the expansion
     for (b, leaf), cands in zip(leaves, expansions):
       if len(cands) != k:
         raise ValueError(f"env.expand returned {len(cands)} candidates; expected k={k}")
@@ -293,21 +296,27 @@ def search(env: Env, roots: Sequence[Dialogue], cfg: SearchConfig,
       for node, e in zip(ids, kept):
         if e.terminal and e.reward is not None:
           trees.reward[b, node] = float(e.reward)
+          known.add((b, node))
         new.append((b, node))
-    need = [(b, n) for b, n in new if np.isnan(trees.reward[b, n])]
+    need = [(b, n) for b, n in new if (b, n) not in known]
     if need:
       results = env.rollout([trees.history(b, n) for b, n in need], _sub_seed(cfg.seed, rnd, 1))
       if len(results) != len(need):
         raise ValueError(f"env.rollout returned {len(results)} results for {len(need)} histories")
       for (b, n), res in zip(need, results):
         trees.reward[b, n] = float(res.reward)
+    unparsed = 0
     for b, n in new:
-      trees.backup(b, n, float(trees.reward[b, n]))
+      if np.isnan(trees.reward[b, n]):
+        unparsed += 1
+      else:
+        trees.backup(b, n, float(trees.reward[b, n]))
     if cfg.max_live:
       for b in live:
         _cap_live(trees, b, cfg.max_live, cfg.max_depth)
     update_closed(trees, cfg.max_depth)
     if on_round is not None:
-      on_round(RoundInfo(round=rnd, expansions=len(leaves), children=len(new), rollouts=len(need)))
+      on_round(RoundInfo(round=rnd, expansions=len(leaves), children=len(new), rollouts=len(need),
+                         unparsed=unparsed))
     rnd += 1
   return trees

@@ -53,8 +53,9 @@ def run_search(env: Env, roots: Sequence[Dialogue], cfg: SearchConfig, out_dir: 
                after_shard: Callable[[int], None] | None = None) -> dict:
   """Searches all roots shard by shard into `out_dir`; returns a summary dict.
 
-  summary: {"trees", "pairs", "expansions", "seconds", "shards", "shards_skipped",
-            "expansions_per_s", "pairs_per_min"} (pairs and expansions include skipped shards;
+  summary: {"trees", "pairs", "expansions", "seconds", "shards", "shards_skipped", "children",
+            "unparsed", "unparsed_rate", "expansions_per_s", "pairs_per_min"} (unparsed: new
+            children whose P4G outcome gave no donation, not backed up; counts include skipped shards;
             seconds and the rates count only this run's work).
   after_shard(s) is called after shard s is written (hooks, tests).
   Raises ValueError on bad config/roots (before any env call) or when `out_dir` holds a search
@@ -78,7 +79,7 @@ def run_search(env: Env, roots: Sequence[Dialogue], cfg: SearchConfig, out_dir: 
 
   n_shards = -(-len(roots) // trees_per_shard)
   seen: set[str] = set()
-  totals = {"pairs": 0, "new_pairs": 0, "expansions": 0, "skipped": 0}
+  totals = {"pairs": 0, "new_pairs": 0, "expansions": 0, "skipped": 0, "unparsed": 0, "children": 0}
   new_expansions = 0
   t0 = time.perf_counter()
   bar = tqdm(total=len(roots), unit="tree", desc="i×MCTS", disable=not progress)
@@ -97,16 +98,23 @@ def run_search(env: Env, roots: Sequence[Dialogue], cfg: SearchConfig, out_dir: 
         totals["pairs"] += len(done)
         if os.path.exists(trees_path):
           with open(trees_path, encoding="utf-8") as f:
-            totals["expansions"] += int(json.load(f)["expansions"])
+            old = json.load(f)
+          totals["expansions"] += int(old["expansions"])
+          totals["unparsed"] += int(old.get("unparsed", 0))
+          totals["children"] += int(old.get("children", 0))
         totals["skipped"] += 1
         bar.update(hi - lo)
         postfix()
         continue
 
+      shard_counts = {"unparsed": 0, "children": 0}
+
       def on_round(info: RoundInfo):
         nonlocal new_expansions
         new_expansions += info.expansions
         totals["expansions"] += info.expansions
+        shard_counts["unparsed"] += info.unparsed
+        shard_counts["children"] += info.children
         postfix()
 
       shard_cfg = dataclasses.replace(cfg, seed=shard_seed(cfg.seed, s))
@@ -114,12 +122,14 @@ def run_search(env: Env, roots: Sequence[Dialogue], cfg: SearchConfig, out_dir: 
       pairs = extract_pairs(trees, cfg.margin, cfg.pair_min_visits,
                             tree_ids=list(range(lo, hi)), seen=seen)
       stats = {"shard": s, "seed": shard_cfg.seed, "tree_ids": list(range(lo, hi)),
-               "expansions": int(trees.expansions.sum()), "pairs": len(pairs),
+               "expansions": int(trees.expansions.sum()), "pairs": len(pairs), **shard_counts,
                "trees": [trees.stats(b) for b in range(trees.batch_size)]}
       atomic_write_text(trees_path, json.dumps(stats))
       write_jsonl(pairs_path, pairs)
       totals["pairs"] += len(pairs)
       totals["new_pairs"] += len(pairs)
+      totals["unparsed"] += shard_counts["unparsed"]
+      totals["children"] += shard_counts["children"]
       bar.update(hi - lo)
       postfix()
       if after_shard is not None:
@@ -129,6 +139,8 @@ def run_search(env: Env, roots: Sequence[Dialogue], cfg: SearchConfig, out_dir: 
   seconds = time.perf_counter() - t0
   return {"trees": len(roots), "pairs": totals["pairs"], "expansions": totals["expansions"],
           "seconds": seconds, "shards": n_shards, "shards_skipped": totals["skipped"],
+          "children": totals["children"], "unparsed": totals["unparsed"],
+          "unparsed_rate": totals["unparsed"] / max(totals["children"], 1),
           "expansions_per_s": new_expansions / max(seconds, 1e-9),
           "pairs_per_min": 60.0 * totals["new_pairs"] / max(seconds, 1e-9)}
 

@@ -76,3 +76,54 @@ def test_values_are_subtree_means_on_bandit_tree():
       rewards = [t.reward[b, j] for j in below[i] if j != ROOT_INDEX]
       assert t.visits[b, i] == len(rewards)
       np.testing.assert_allclose(t.value_sum[b, i] / t.visits[b, i], np.mean(rewards))
+
+
+class UnparsedEnv:
+  """Candidates "x", "y", "z": "y" ends the chat with an unparsed outcome (reward NaN); a rollout
+  after "z" is unparsed too; every other rollout earns 1.0."""
+
+  def __init__(self):
+    self.rollout_histories = []
+
+  def expand(self, histories, k, seed):
+    from engage_jax.search.env import UNPARSED
+    return [[Expansion(agent=Turn("agent", t), user=Turn("user", "[END]" if t == "y" else "u"),
+                       terminal=t == "y", reward=UNPARSED if t == "y" else None)
+             for t in ["x", "y", "z"][:k]] for _ in histories]
+
+  def rollout(self, histories, seed):
+    self.rollout_histories.extend(histories)
+    from engage_jax.search.env import UNPARSED
+    return [RolloutResult(reward=UNPARSED if h.turns[-2].text == "z" else 1.0, num_turns=0,
+                          terminal=False) for h in histories]
+
+
+def test_unparsed_outcomes_are_counted_not_backed_up_as_zero():
+  env = UnparsedEnv()
+  rounds = []
+  cfg = SearchConfig(k=3, budget=4, max_depth=3, max_turns=8, prune_similarity=None, seed=0)
+  trees = search(env, es_roots(1), cfg, on_round=rounds.append)
+  n = int(trees.num_nodes[0])
+  nan = np.isnan(trees.reward[0, 1:n])
+  assert nan.sum() == sum(r.unparsed for r in rounds) > 0
+  # terminal unparsed children are not rolled out again
+  assert all(h.turns[-2].text != "y" for h in env.rollout_histories)
+  # only parsed rewards (all 1.0) are backed up: every visited node's value is 1.0, and visits
+  # count the parsed rewards below a node
+  vis = trees.visits[0, :n] > 0
+  np.testing.assert_allclose(trees.value()[0, :n][vis], 1.0)
+  assert trees.visits[0, ROOT_INDEX] == int((~nan).sum())
+
+
+def test_model_env_reward_and_run_summary_count_unparsed(tmp_path):
+  from engage_jax.search import run_search
+  from engage_jax.search.env import _scored_reward
+  assert np.isnan(_scored_reward({"reward": 0.0, "donation": None}))   # rollout's $0 placeholder
+  assert _scored_reward({"reward": 0.5, "donation": 0.5}) == 0.5
+  assert _scored_reward({"reward": 1.0}) == 1.0                          # ES: no donation key
+  cfg = SearchConfig(k=3, budget=4, max_depth=3, max_turns=8, prune_similarity=None, seed=0)
+  summary = run_search(UnparsedEnv(), es_roots(3), cfg, str(tmp_path), trees_per_shard=2, progress=False)
+  assert summary["unparsed"] > 0 and summary["children"] == 3 * 4 * 3
+  assert summary["unparsed_rate"] == summary["unparsed"] / summary["children"]
+  again = run_search(UnparsedEnv(), es_roots(3), cfg, str(tmp_path), trees_per_shard=2, progress=False)
+  assert again["shards_skipped"] == 2 and again["unparsed"] == summary["unparsed"]
