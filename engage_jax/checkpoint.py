@@ -16,19 +16,38 @@ half-written temporaries on start.
     restored = mgr.restore(params_like, opt_state_like)   # latest; .params .opt_state .step .meta
     export_hf(dir, out_dir)                                # → config.json + safetensors
 
-A checkpoint whose parameter names or shapes differ from the target is refused with a ValueError
-naming the first mismatching parameter.
+A checkpoint whose parameter names or shapes differ from the target is refused with a
+`CheckpointMismatch` (a ValueError) naming the first mismatching parameter: that is a config
+problem, the same for every step. A step that cannot be read (truncated, garbled, missing files)
+or holds non-finite parameters is *corrupt*: `restore_intact` (used by the training loop, and by
+`restore_latest` / `restore_model` / `export_hf` without an explicit step) falls back to the newest
+intact step with a warning naming what it skipped, and in a writable manager moves the corrupt
+step aside to `<dir>.corrupt/<step>` so that the step can be written again.
 """
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
-from typing import Any, Mapping
+import time
+from typing import Any, Callable, Mapping
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
+
+from engage_jax.errors import InputError
+
+log = logging.getLogger(__name__)
+
+
+class CheckpointMismatch(InputError):
+  """The checkpoint's parameters or optimizer state do not fit the target (config problem)."""
+
+
+class CorruptCheckpoint(InputError):
+  """A checkpoint step cannot be read or holds non-finite parameters."""
 
 
 def param_path(path: tuple) -> str:
@@ -46,6 +65,16 @@ def unflatten_params(template: nnx.State, flat: Mapping[str, Any]) -> nnx.State:
   return nnx.from_flat_state(pairs)
 
 
+def nonfinite_params(params: nnx.State) -> str | None:
+  """The name of the first parameter holding NaN / inf, or None."""
+  import jax.numpy as jnp
+  for p, v in nnx.to_flat_state(params):
+    x = v[...]
+    if jnp.issubdtype(x.dtype, jnp.floating) and not bool(jnp.isfinite(x).all()):
+      return param_path(p)
+  return None
+
+
 def param_shapes(params: nnx.State) -> dict[str, list[int]]:
   return {param_path(p): list(v.shape) for p, v in nnx.to_flat_state(params)}
 
@@ -54,14 +83,14 @@ def check_shapes(saved: Mapping[str, Any], target: Mapping[str, Any], where: str
   """ValueError naming the first parameter whose presence or shape differs."""
   for name in sorted(set(saved) | set(target)):
     if name not in target:
-      raise ValueError(f"checkpoint {where}: parameter {name!r} {list(saved[name])} does not exist "
-                       f"in the model (different architecture?)")
+      raise CheckpointMismatch(f"parameter {name!r} {list(saved[name])} does not exist in the "
+                               f"model (different architecture?)", f"checkpoint {where}")
     if name not in saved:
-      raise ValueError(f"checkpoint {where}: model parameter {name!r} {list(target[name])} is "
-                       f"missing from the checkpoint (different architecture?)")
+      raise CheckpointMismatch(f"model parameter {name!r} {list(target[name])} is missing from the "
+                               f"checkpoint (different architecture?)", f"checkpoint {where}")
     if list(saved[name]) != list(target[name]):
-      raise ValueError(f"checkpoint {where}: parameter {name!r} has shape {list(saved[name])} in "
-                       f"the checkpoint but {list(target[name])} in the model")
+      raise CheckpointMismatch(f"parameter {name!r} has shape {list(saved[name])} in the checkpoint "
+                               f"but {list(target[name])} in the model", f"checkpoint {where}")
 
 
 _EMPTY = "empty"  # stand-in item for an optimizer state without arrays (Orbax refuses empty trees)
@@ -101,6 +130,7 @@ class CheckpointManager:
     handlers = {"params": ocp.StandardCheckpointHandler(), "opt_state": ocp.StandardCheckpointHandler(),
                 "meta": ocp.JsonCheckpointHandler()}
     self._mgr = ocp.CheckpointManager(self.directory, options=options, item_handlers=handlers)
+    self._read_only = read_only
 
   def latest_step(self) -> int | None:
     return self._mgr.latest_step()
@@ -143,8 +173,9 @@ class CheckpointManager:
       saved = self._mgr.item_metadata(step)["opt_state"] or {}
       saved_n = 0 if _EMPTY in saved else len(saved)
       if saved_n != target_n:
-        raise ValueError(f"checkpoint {self.directory}/{step}: optimizer state has {saved_n} arrays, "
-                         f"the current optimizer {target_n} (different optimizer settings?)")
+        raise CheckpointMismatch(f"optimizer state has {saved_n} arrays, the current optimizer "
+                                 f"{target_n} (different optimizer settings?)",
+                                 f"checkpoint {self.directory}/{step}")
       items["opt_state"] = ocp.args.StandardRestore(_abstract(_opt_flat(opt_state)))
     out = self._mgr.restore(step, args=ocp.args.Composite(**items))
     new_params = unflatten_params(params, out["params"])
@@ -154,6 +185,45 @@ class CheckpointManager:
       new_opt = jax.tree.unflatten(jax.tree.structure(opt_state),
                                    [flat[k] for k in sorted(flat)])
     return Restored(new_params, new_opt, int(step), meta)
+
+  def restore_intact(self, params: nnx.State, opt_state: Any = None,
+                     warn: Callable[[str], None] | None = None) -> Restored | None:
+    """The newest step that restores and has finite parameters (None: no steps at all). Corrupt
+    newer steps are skipped with a warning (and moved aside unless read-only); a
+    CheckpointMismatch is raised as is; CorruptCheckpoint if no step is intact."""
+    skipped = []
+    for step in sorted(self.all_steps(), reverse=True):
+      try:
+        r = self.restore(params, opt_state, step)
+        bad = nonfinite_params(r.params)
+        if bad:
+          raise CorruptCheckpoint(f"non-finite values in parameter {bad!r}", f"{self.directory}/{step}")
+      except CheckpointMismatch:
+        raise
+      except Exception as e:  # noqa: BLE001 - Orbax raises many types for a damaged step
+        reason = " ".join(str(e).split())[:200] or type(e).__name__
+        skipped.append(step)
+        msg = f"checkpoint {self.directory}/{step} is corrupt ({type(e).__name__}: {reason})"
+        if not self._read_only:
+          msg += f"; moved to {self._quarantine(step)}"
+        (warn or log.warning)(msg + "; falling back to an older step")
+        continue
+      if skipped:
+        (warn or log.warning)(f"resuming from step {step} of {self.directory} (skipped corrupt steps "
+                              f"{skipped})")
+      return r
+    if skipped:
+      raise CorruptCheckpoint(f"no intact checkpoint: steps {skipped} are all corrupt; delete the "
+                              f"directory to start over", self.directory)
+    return None
+
+  def _quarantine(self, step: int) -> str:
+    dest_dir = self.directory + ".corrupt"
+    os.makedirs(dest_dir, exist_ok=True)
+    dest = os.path.join(dest_dir, f"{step}-{int(time.time())}")
+    os.replace(os.path.join(self.directory, str(step)), dest)
+    self._mgr.reload()
+    return dest
 
   def wait(self) -> None:
     self._mgr.wait_until_finished()
@@ -168,7 +238,7 @@ def restore_latest(directory: str, params: nnx.State, opt_state: Any = None) -> 
     return None
   mgr = CheckpointManager(directory, read_only=True)
   try:
-    return None if mgr.latest_step() is None else mgr.restore(params, opt_state)
+    return mgr.restore_intact(params, opt_state)
   finally:
     mgr.close()
 
@@ -178,7 +248,12 @@ def restore_model(model: nnx.Module, directory: str, step: int | None = None) ->
   mgr = CheckpointManager(directory, read_only=True)
   try:
     params = nnx.state(model, nnx.Param)
-    r = mgr.restore(params, None, step)
+    r = mgr.restore(params, None, step) if step is not None else mgr.restore_intact(params)
+    if r is None:
+      raise FileNotFoundError(f"no checkpoint in {directory}")
+    bad = nonfinite_params(r.params)
+    if bad:
+      raise CorruptCheckpoint(f"non-finite values in parameter {bad!r}", f"{directory}/{r.step}")
     nnx.update(model, r.params)
     return r.step
   finally:
@@ -191,7 +266,16 @@ def model_from_checkpoint(directory: str, step: int | None = None, dtype=None):
   from engage_jax.models import CausalLM, ModelConfig
   mgr = CheckpointManager(directory, read_only=True)
   try:
-    meta = mgr.read_meta(step)
+    meta = None
+    for s in ([step] if step is not None else sorted(mgr.all_steps(), reverse=True)):
+      try:
+        meta = mgr.read_meta(s)
+        break
+      except Exception as e:  # noqa: BLE001 - a corrupt step: restore_model falls back too
+        if step is not None:
+          raise CorruptCheckpoint(f"unreadable metadata ({type(e).__name__})", f"{directory}/{s}") from e
+    if meta is None:
+      raise FileNotFoundError(f"no readable checkpoint in {directory}")
   finally:
     mgr.close()
   if "model_config" not in meta:

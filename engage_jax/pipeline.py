@@ -32,7 +32,10 @@ def config_to_json(cfg) -> dict:
 
 
 def check_config(cfg) -> None:
-  """Validates what can be checked before any work starts (clear errors, nothing written)."""
+  """Validates what can be checked before any work starts (clear errors, nothing written):
+  `config_check.check` reports every problem at once, naming keys and values."""
+  from engage_jax import config_check
+  config_check.check(cfg)
   if cfg.task not in ("es", "p4g"):
     raise ValueError(f"config.task must be 'es' or 'p4g'; got {cfg.task!r}")
   src = cfg.data.source
@@ -318,25 +321,123 @@ def _jsonable(v) -> bool:
     return False
 
 
-def run(cfg, workdir: str, stages: tuple[str, ...] = STAGES, force: bool = False) -> Workdir:
+# Config keys each stage's outputs depend on (prefixes; a stage also depends on its ancestors'
+# keys). IGNORED never change an output; RESUMABLE may change when an unfinished training stage
+# resumes (e.g. a lower learning rate after a NaN stop), and the change is recorded.
+STAGE_KEYS: dict[str, tuple[str, ...]] = {
+    "tokenizer": ("task", "seed", "data", "tokenizer"),
+    "sft_agent": ("model.dtype", "model.param_dtype", "model.agent", "sft"),
+    "sft_simulator": ("model.dtype", "model.param_dtype", "model.simulator", "sft"),
+    "eval_sft": ("eval", "reward"),
+    "search": ("search", "reward"),
+    "dpo": ("dpo",),
+    "eval_dpo": ("eval", "reward"),
+    "report": (),
+}
+STAGE_EXCLUDE = {"sft_agent": ("sft.simulator_steps",), "sft_simulator": ("sft.agent_steps",)}
+IGNORED = ("name", "mesh", "model.remat", "*.log_every", "*.eval_every", "*.checkpoint_every",
+           "*.keep_checkpoints", "data.max_valid_dialogues")
+RESUMABLE = tuple(f"{s}.{k}" for s in ("sft", "dpo")
+                  for k in ("learning_rate", "warmup_steps", "weight_decay", "grad_clip"))
+
+
+def ancestors(stage: str) -> tuple[str, ...]:
+  return tuple(s for s in with_dependencies((stage,)) if s != stage)
+
+
+def downstream(stages) -> tuple[str, ...]:
+  """`stages` plus every stage that (transitively) depends on one of them, in pipeline order."""
+  out = set(stages)
+  for s in STAGES:
+    if any(a in out for a in ancestors(s)):
+      out.add(s)
+  return tuple(s for s in STAGES if s in out)
+
+
+def stage_values(flat: dict, stage: str) -> dict:
+  """The config values (flattened keys) that `stage`'s outputs depend on, ancestors' included."""
+  from engage_jax.workdir import select
+  out = {}
+  for s in (*ancestors(stage), stage):
+    out.update(select(flat, STAGE_KEYS[s], IGNORED + STAGE_EXCLUDE.get(s, ())))
+  return out
+
+
+def _check_names(names, what: str) -> None:
+  from engage_jax.errors import InputError
+  bad = [s for s in names if s not in STAGE_FNS]
+  if bad:
+    raise InputError(f"unknown stage(s) {', '.join(bad)}; stages: {', '.join(STAGES)}", what)
+
+
+def plan_conflicts(wd: Workdir, values: dict, stages, redo) -> list:
+  """InputErrors for the stages (of `stages` and what they need) whose recorded config values
+  differ where they matter; a stage whose ancestor conflicts is not reported again."""
+  from engage_jax.errors import InputError
+  bad, out = set(), []
+  for s in with_dependencies(stages):
+    if s in redo or any(a in bad for a in ancestors(s)):
+      continue
+    changed = wd.conflicts(s, values[s], RESUMABLE)
+    if not changed:
+      continue
+    bad.add(s)
+    shown = ", ".join(f"{k}={old!r} -> {new!r}" for k, (old, new) in list(changed.items())[:3])
+    more = f" (+{len(changed) - 3} more)" if len(changed) > 3 else ""
+    then = [d for d in downstream((s,)) if d != s]
+    out.append(InputError(
+        f"stage {s} ran with other values of the config keys it depends on: {shown}{more}; rerun it "
+        f"with --redo={s}" + (f" (also reruns {', '.join(then)})" if then else "") +
+        " or restore those values", str(wd.path("stages.json"))))
+  return out
+
+
+def run(cfg, workdir: str, stages: tuple[str, ...] = STAGES, force: bool = False,
+        redo: tuple[str, ...] = ()) -> Workdir:
   """Runs `stages` in order into `workdir`, skipping done ones (unless `force` for a stage that the
-  user names explicitly — never the default)."""
+  user names explicitly — never the default). `redo`: stages to rerun from scratch, with
+  everything downstream of them (their outputs are removed; the other done stages are kept).
+
+  Everything that can be known up front is checked before anything is written: the config, the
+  workdir, and each stage's recorded config values against the current ones (see STAGE_KEYS)."""
+  from engage_jax.errors import InputErrors
+  _check_names(stages, "--stages")
+  _check_names(redo, "--redo")
   check_config(cfg)
   wd = Workdir(workdir)
-  wd.bind_config(config_to_json(cfg))
-  unknown = [s for s in stages if s not in STAGE_FNS]
-  if unknown:
-    raise ValueError(f"unknown stage(s) {unknown}; stages: {', '.join(STAGES)}")
+  wd.check_root()
+  config_json = config_to_json(cfg)
+  from engage_jax.workdir import flatten
+  flat = flatten(config_json)
+  values = {s: stage_values(flat, s) for s in STAGES}
+  redo_all = downstream(redo)
+  problems = plan_conflicts(wd, values, stages, redo_all)
+  if problems:
+    raise InputErrors(problems)
+  wd.adopt_legacy(values)
+  wd.open(config_json)
+  cleared = wd.clear(redo_all)
+  if cleared:
+    print(f"[engage_jax] redo: removed the outputs of {', '.join(cleared)}", flush=True)
   for stage in stages:
     if wd.is_done(stage) and not force:
       log.info("stage %-13s done already: skipped", stage)
       print(f"[engage_jax] stage {stage}: done already, skipped", flush=True)
       continue
-    print(f"[engage_jax] stage {stage}: running", flush=True)
+    entry = wd.begin(stage, values[stage])
+    note = f" (attempt {entry['attempts']})" if entry["attempts"] > 1 else ""
+    if entry.get("changes") and entry["changes"][-1]["attempt"] == entry["attempts"]:
+      changed = [k for k in entry["changes"][-1] if k != "attempt"]
+      note += f", resuming with changed {', '.join(changed)}"
+    print(f"[engage_jax] stage {stage}: running{note}", flush=True)
     t0 = time.perf_counter()
-    info = STAGE_FNS[stage](cfg, wd) or {}
+    try:
+      info = STAGE_FNS[stage](cfg, wd) or {}
+    except BaseException:
+      wd.end(stage, time.perf_counter() - t0, done=False)
+      raise
     dt = time.perf_counter() - t0
-    wd.mark_done(stage, dt, **{"info": info} if _jsonable(info) else {})
+    wd.end(stage, dt, done=True, **{"info": info} if _jsonable(info) else {})
     print(f"[engage_jax] stage {stage}: done in {dt:.1f}s", flush=True)
   return wd
 

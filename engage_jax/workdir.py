@@ -1,26 +1,72 @@
-"""A pipeline work directory: the config it belongs to, per-stage outputs, done markers, timings.
+"""A pipeline work directory: per-stage outputs, the config values each stage ran with, done
+markers, attempts and timings.
 
 Layout of DIR:
-  config.json                       the resolved config of the run that created DIR
+  config.json                       the resolved config of the latest run
   tokenizer/                        HF tokenizer dir
-  sft_agent/ sft_simulator/         hf/ (exported HF model), ckpt/ (Orbax), metrics.jsonl
+  sft_agent/ sft_simulator/         hf/ (exported HF model), checkpoints/ (Orbax), metrics.jsonl
   eval_sft/ eval_dpo/               dialogues.jsonl, summary.json
   search/                           pairs/*.jsonl, trees/*.json, summary.json
-  dpo_agent/                        hf/, ckpt/, metrics.jsonl
+  dpo_agent/                        hf/, checkpoints/, metrics.jsonl
   report.json report.md *.png
-  stages.json                       {stage: {"done": true, "wall_seconds": s}}
+  stages.json                       {stage: {"done", "wall_seconds" (summed over attempts),
+                                     "attempts", "config" (the values of the keys the stage
+                                     depends on), "changes" (resumes with changed values), ...}}
 
 A stage is done when its marker is in stages.json (written last, atomically); a done stage is
-skipped; an unfinished one resumes from what it left (checkpoints, search shards).
+skipped; an unfinished one resumes from what it left (checkpoints, search shards). Instead of one
+lock on the whole config, each stage records the config values it depends on: `conflicts` refuses
+a stage only when one of *those* changed (a done stage: any of them; an unfinished one with
+outputs: any but the `resumable` ones, e.g. the learning rate after a NaN stop). `clear` removes
+stages' outputs for a redo (crash-safe: a killed redo is finished by the next run).
 """
 from __future__ import annotations
 
 import json
 import os
+import shutil
+import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable, Mapping
 
+from engage_jax.errors import InputError
 from engage_jax.fileio import atomic_write_json
+
+# stage → its output paths under DIR (what a redo removes)
+OUTPUTS: dict[str, tuple[str, ...]] = {
+    "tokenizer": ("tokenizer",), "sft_agent": ("sft_agent",), "sft_simulator": ("sft_simulator",),
+    "eval_sft": ("eval_sft",), "search": ("search",), "dpo": ("dpo_agent",), "eval_dpo": ("eval_dpo",),
+    "report": ("report.json", "report.md", "reward.png", "turns.png", "search.png"),
+}
+
+
+def flatten(d: Mapping, prefix: str = "") -> dict[str, Any]:
+  """{"a": {"b": 1}} → {"a.b": 1}."""
+  out = {}
+  for k, v in d.items():
+    if isinstance(v, Mapping):
+      out.update(flatten(v, f"{prefix}{k}."))
+    else:
+      out[f"{prefix}{k}"] = v
+  return out
+
+
+def select(flat: Mapping[str, Any], prefixes: Iterable[str], exclude: Iterable[str] = ()) -> dict:
+  """The entries of `flat` whose key is or lies under one of `prefixes`, minus `exclude` (keys,
+  or patterns "*.name" matching the last component)."""
+  prefixes, exclude = tuple(prefixes), tuple(exclude)
+
+  def under(k, p):
+    return k == p or k.startswith(p + ".")
+
+  def dropped(k):
+    return any(k.rsplit(".", 1)[-1] == e[2:] if e.startswith("*.") else under(k, e) for e in exclude)
+  return {k: v for k, v in sorted(flat.items()) if any(under(k, p) for p in prefixes) and not dropped(k)}
+
+
+def diff(old: Mapping, new: Mapping) -> dict[str, tuple]:
+  """{key: (old, new)} of the keys whose values differ (a missing key reads as None)."""
+  return {k: (old.get(k), new.get(k)) for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)}
 
 
 class Workdir:
@@ -32,42 +78,174 @@ class Workdir:
   def path(self, *parts: str) -> Path:
     return self.root.joinpath(*parts)
 
-  # --------------------------------------------------------------- config binding
-  def bind_config(self, config_json: dict) -> None:
-    """First run: records the config. Later runs: refuses a different config (nothing is touched)."""
-    path = self.path("config.json")
-    if path.exists():
-      old = json.loads(path.read_text())
-      if old != config_json:
-        diff = sorted(_diff_keys(old, config_json))
-        raise ValueError(f"{self.root}: this workdir belongs to another config (differs at "
-                         f"{', '.join(diff[:8])}); use a new --workdir or the original config")
-      return
-    if self.root.exists() and any(p.name != "config.json" for p in self.root.iterdir()):
-      raise ValueError(f"{self.root}: exists, is not empty and has no config.json; refusing to write into it")
-    atomic_write_json(path, config_json)
+  # --------------------------------------------------------------- checks (write nothing)
+  def check_root(self) -> None:
+    """InputError if DIR is a file, cannot be created, or holds other files but no config.json."""
+    from engage_jax.config_check import check_workdir
+    check_workdir(self.root)
+    if self.root.is_dir() and not self.path("config.json").exists() and any(self.root.iterdir()):
+      raise InputError("exists, is not empty and has no config.json; refusing to write into it",
+                       f"--workdir={self.root}")
 
-  # --------------------------------------------------------------- stages
-  def _stages(self) -> dict:
+  def stages(self) -> dict:
     path = self.path("stages.json")
-    return json.loads(path.read_text()) if path.exists() else {}
+    if not path.exists():
+      return {}
+    try:
+      data = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+      raise InputError(f"unreadable stage record ({e}); fix or delete it (done stages then rerun)",
+                       str(path)) from None
+    if not isinstance(data, dict):
+      raise InputError("the stage record must be a JSON object", str(path))
+    return data
+
+  def has_outputs(self, stage: str) -> bool:
+    for name in OUTPUTS.get(stage, (stage,)):
+      p = self.path(name)
+      if p.is_file() or (p.is_dir() and any(p.iterdir())):
+        return True
+    return False
+
+  def _legacy_values(self) -> dict | None:
+    """The flattened config.json (stages recorded before per-stage values existed)."""
+    path = self.path("config.json")
+    try:
+      return flatten(json.loads(path.read_text(encoding="utf-8"))) if path.exists() else None
+    except (ValueError, UnicodeDecodeError):
+      return None
+
+  def conflicts(self, stage: str, values: Mapping[str, Any], resumable: Iterable[str] = ()
+                ) -> dict[str, tuple] | None:
+    """The changed keys {key: (recorded, now)} that forbid running / skipping `stage` with
+    `values`, or None. A done stage: any change. An unfinished stage with outputs: any change
+    outside `resumable`. No outputs, or a pending redo: never."""
+    entry = self.stages().get(stage)
+    done = bool(entry and entry.get("done") and not entry.get("redo_pending"))
+    if entry and entry.get("redo_pending"):
+      return None
+    if not done and not self.has_outputs(stage):
+      return None
+    recorded = entry.get("config") if entry else None
+    if recorded is None:
+      legacy = self._legacy_values()
+      if legacy is None:
+        return None
+      recorded = {k: legacy.get(k) for k in values}
+    changed = diff(recorded, values)
+    if not done:
+      changed = {k: v for k, v in changed.items() if k not in set(resumable)}
+    return changed or None
 
   def is_done(self, stage: str) -> bool:
-    return bool(self._stages().get(stage, {}).get("done"))
+    e = self.stages().get(stage, {})
+    return bool(e.get("done")) and not e.get("redo_pending")
 
-  def mark_done(self, stage: str, wall_seconds: float, **info) -> None:
-    stages = self._stages()
-    stages[stage] = {"done": True, "wall_seconds": round(float(wall_seconds), 3), **info}
+  # --------------------------------------------------------------- writes
+  def adopt_legacy(self, values: Mapping[str, Mapping[str, Any]]) -> None:
+    """Stage entries written before per-stage values existed get theirs from config.json (call
+    before `open` replaces it)."""
+    legacy, st = self._legacy_values(), self.stages()
+    todo = [s for s, e in st.items() if s in values and e.get("config") is None]
+    if legacy is None or not todo:
+      return
+    for s in todo:
+      st[s]["config"] = {k: legacy.get(k) for k in values[s]}
+    self._write(st)
+
+  def open(self, config_json: dict) -> None:
+    """Creates DIR and records `config_json` as the latest run's config (unchanged: untouched)."""
+    self.root.mkdir(parents=True, exist_ok=True)
+    path = self.path("config.json")
+    if path.exists():
+      try:
+        if json.loads(path.read_text(encoding="utf-8")) == config_json:
+          return
+      except (ValueError, UnicodeDecodeError):
+        pass
+    atomic_write_json(path, config_json)
+
+  def bind_config(self, config_json: dict) -> None:
+    """Kept for callers of the old API: `check_root` then `open`."""
+    self.check_root()
+    self.open(config_json)
+
+  def _write(self, stages: dict) -> None:
     atomic_write_json(self.path("stages.json"), stages)
 
+  def clear(self, stages: Iterable[str]) -> list[str]:
+    """Removes the outputs and done markers of `stages` (and finishes a killed earlier redo):
+    marks them pending first, then moves each output aside and deletes it. Returns the stages
+    cleared."""
+    st = self.stages()
+    todo = sorted(set(stages) | {s for s, e in st.items() if e.get("redo_pending")})
+    if not todo:
+      return []
+    for s in todo:
+      old = st.get(s, {})
+      st[s] = {"done": False, "redo_pending": True, "redos": int(old.get("redos", 0)) + (not old.get("redo_pending"))}
+    self._write(st)
+    for s in todo:
+      for name in OUTPUTS.get(s, ()):
+        p = self.path(name)
+        if p.is_dir():
+          trash = self.path(f".trash-{name}-{os.getpid()}")
+          os.replace(p, trash)
+          shutil.rmtree(trash)
+        elif p.exists():
+          p.unlink()
+      st[s].pop("redo_pending")
+    self._write(st)
+    for p in self.root.glob(".trash-*"):  # left by a redo that was killed
+      shutil.rmtree(p, ignore_errors=True)
+    return todo
+
+  def begin(self, stage: str, values: Mapping[str, Any]) -> dict:
+    """Starts an attempt: counts it, records `values` and any change from the last attempt's, and
+    adds the time of an attempt that was killed (estimated from its newest output file)."""
+    st = self.stages()
+    e = st.setdefault(stage, {"done": False})
+    if "running_since" in e:
+      e["wall_seconds"] = round(float(e.get("wall_seconds", 0.0)) + self._killed_time(stage, e["running_since"]), 3)
+      e["killed_attempts"] = int(e.get("killed_attempts", 0)) + 1
+    e["attempts"] = int(e.get("attempts", 0)) + 1
+    if e.get("config") is not None:
+      changed = diff(e["config"], values)
+      if changed:
+        e.setdefault("changes", []).append({"attempt": e["attempts"], **{k: list(v) for k, v in changed.items()}})
+    e.update(done=False, config=dict(values), running_since=time.time())
+    self._write(st)
+    return e
+
+  def _killed_time(self, stage: str, since: float) -> float:
+    newest = since
+    for name in OUTPUTS.get(stage, ()):
+      p = self.path(name)
+      for f in ([p] if p.is_file() else p.rglob("*") if p.is_dir() else []):
+        try:
+          newest = max(newest, f.stat().st_mtime)
+        except OSError:
+          pass
+    return max(0.0, newest - since)
+
+  def end(self, stage: str, wall_seconds: float, done: bool, **info) -> None:
+    """Ends the attempt begun by `begin`: adds its time; `done` marks the stage done."""
+    st = self.stages()
+    e = st.setdefault(stage, {})
+    e.pop("running_since", None)
+    e["wall_seconds"] = round(float(e.get("wall_seconds", 0.0)) + float(wall_seconds), 3)
+    e["attempts"] = max(int(e.get("attempts", 0)), 1)
+    e["done"] = bool(done)
+    e.update(info)
+    self._write(st)
+
+  def mark_done(self, stage: str, wall_seconds: float, **info) -> None:
+    """Marks `stage` done after one attempt of `wall_seconds` (adds to earlier attempts)."""
+    self.end(stage, wall_seconds, True, **info)
+
   def wall_seconds(self) -> dict[str, float]:
-    return {k: v["wall_seconds"] for k, v in self._stages().items() if v.get("done")}
+    """{stage: seconds summed over its attempts} of the done stages."""
+    return {k: v["wall_seconds"] for k, v in self.stages().items() if v.get("done") and not v.get("redo_pending")}
 
-
-def _diff_keys(a: Any, b: Any, prefix: str = "") -> list[str]:
-  if isinstance(a, dict) and isinstance(b, dict):
-    out = []
-    for k in sorted(set(a) | set(b)):
-      out.extend(_diff_keys(a.get(k), b.get(k), f"{prefix}{k}."))
-    return out
-  return [] if a == b else [prefix.rstrip(".")]
+  def attempts(self) -> dict[str, int]:
+    return {k: int(v.get("attempts", 1)) for k, v in self.stages().items() if v.get("done")}

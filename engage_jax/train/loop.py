@@ -20,8 +20,14 @@ naming the step.
 Metrics: every `log_every` steps the interval means of `loss`, `grad_norm`, the loss function's
 own metrics, plus `learning_rate` and `tokens_per_s` go to the console (tqdm) and are appended to
 `<workdir>/metrics.jsonl` (one JSON object per line with `"step"`; eval lines have `"split":
-"eval"`). On resume, lines past the restored step are dropped, so the file is the loss curve of
-one uninterrupted run.
+"eval"`). On resume, lines past the restored step are dropped and the running sums of the
+unfinished logging interval come back from the checkpoint, so the file is the loss curve of one
+uninterrupted run (tokens_per_s aside: it is wall-clock).
+
+Resume: from the newest *intact* checkpoint (`CheckpointManager.restore_intact`: a corrupt newer
+step is skipped with a warning and moved aside). Optimizer settings (learning rate, warmup,
+weight decay, clipping) may differ from the run that wrote the checkpoint, e.g. a lower learning
+rate after a NaN stop; the schedule is rebuilt from the current settings.
 """
 from __future__ import annotations
 
@@ -366,11 +372,13 @@ def run(loss_fn: LossFn, params: nnx.State, make_batches: BatchesFactory, cfg: T
   manager = ckpt_lib.CheckpointManager(os.path.join(workdir, "checkpoints"),
                                        keep=cfg.keep_checkpoints)
   step, data_state, rng = 0, None, jax.random.key_data(jax.random.key(cfg.seed))
-  if resume and manager.latest_step() is not None:
-    restored = manager.restore(params, opt_state)
+  interval = _Interval()
+  restored = manager.restore_intact(params, opt_state, warn=_warn) if resume else None
+  if restored is not None:
     params, opt_state = restored.params, restored.opt_state
     step, data_state = restored.step, restored.meta.get("data_state")
     rng = np.asarray(restored.meta.get("rng", np.asarray(rng).tolist()), np.uint32)
+    interval = _Interval.from_json(restored.meta.get("metrics_interval"))
     print(f"resumed from {manager.directory} at step {step}")
   writer.truncate_after(step)
   if step == 0 and not resume and os.path.exists(writer.path):
@@ -378,7 +386,7 @@ def run(loss_fn: LossFn, params: nnx.State, make_batches: BatchesFactory, cfg: T
 
   def save(at_step: int) -> None:
     meta = dict(checkpoint_meta or {}, data_state=data_state_now(), rng=np.asarray(rng).tolist(),
-                total_steps=total_steps)
+                total_steps=total_steps, metrics_interval=interval.to_json())
     manager.save(at_step, params, opt_state, meta)
 
   batches = make_batches(data_state)
@@ -413,8 +421,6 @@ def run(loss_fn: LossFn, params: nnx.State, make_batches: BatchesFactory, cfg: T
   if step == 0 and cfg.eval_at_start:
     summary["eval_start"] = evaluate(0)
   bar = tqdm(total=total_steps, initial=step, disable=not cfg.progress, desc="train", dynamic_ncols=True)
-  acc: dict[str, float] = {}
-  n_acc, tokens, t0 = 0, 0.0, time.perf_counter()
   last_saved = manager.latest_step()
   try:
     while step < total_steps:
@@ -425,26 +431,23 @@ def run(loss_fn: LossFn, params: nnx.State, make_batches: BatchesFactory, cfg: T
       batch = stack_micro(batch, cfg.grad_accum_steps)
       if train_step is None:
         train_step = make_train_step(loss_fn, tx, schedule, mesh, p_sh, o_sh, batch)
-      tokens += float(count_tokens(batch)) if count_tokens else float(np.sum(batch.get("attention_mask", 0)))
+      interval.tokens += float(count_tokens(batch)) if count_tokens else float(np.sum(batch.get("attention_mask", 0)))
       params, opt_state, metrics = train_step(params, opt_state, batch)
       metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
       step += 1
       if metrics.pop("finite") < 1.0:
         raise NonFiniteLossError(step, metrics["loss"], metrics["grad_norm"], last_saved)
-      for k, v in metrics.items():
-        acc[k] = acc.get(k, 0.0) + v
-      n_acc += 1
+      interval.add(metrics)
       bar.update(1)
       if step % max(cfg.log_every, 1) == 0 or step == total_steps:
-        dt = time.perf_counter() - t0
-        rec = {"step": step, **{k: v / n_acc for k, v in acc.items()},
-               "learning_rate": metrics["learning_rate"], "tokens_per_s": tokens / max(dt, 1e-9)}
+        rec = {"step": step, **interval.means(), "learning_rate": metrics["learning_rate"],
+               "tokens_per_s": interval.tokens / max(interval.elapsed(), 1e-9)}
         writer.write(rec)
         bar.set_postfix(loss=f"{rec['loss']:.4f}", lr=f"{rec['learning_rate']:.2e}")
         if not cfg.progress:
           print(f"step {step}: {_fmt(rec)}", flush=True)
         summary["last_train"] = rec
-        acc, n_acc, tokens, t0 = {}, 0, 0.0, time.perf_counter()
+        interval = _Interval()
       if cfg.eval_every and step % cfg.eval_every == 0 and step != total_steps:
         evaluate(step)
       if (cfg.save_every and step % cfg.save_every == 0) or step == total_steps:
@@ -459,6 +462,37 @@ def run(loss_fn: LossFn, params: nnx.State, make_batches: BatchesFactory, cfg: T
   summary["step"] = step
   manager.close()
   return TrainState(params=params, opt_state=opt_state, step=step, summary=summary)
+
+
+class _Interval:
+  """Running sums of the current logging interval (checkpointed, so a resume continues them)."""
+
+  def __init__(self, sums: dict | None = None, n: int = 0, tokens: float = 0.0, seconds: float = 0.0):
+    self.sums, self.n, self.tokens = dict(sums or {}), int(n), float(tokens)
+    self.t0 = time.perf_counter() - float(seconds)
+
+  def add(self, metrics: Mapping[str, float]) -> None:
+    for k, v in metrics.items():
+      self.sums[k] = self.sums.get(k, 0.0) + v
+    self.n += 1
+
+  def means(self) -> dict[str, float]:
+    return {k: v / max(self.n, 1) for k, v in self.sums.items()}
+
+  def elapsed(self) -> float:
+    return time.perf_counter() - self.t0
+
+  def to_json(self) -> dict:
+    return {"sums": self.sums, "n": self.n, "tokens": self.tokens, "seconds": self.elapsed()}
+
+  @classmethod
+  def from_json(cls, d: Mapping | None) -> "_Interval":
+    return cls(**d) if d else cls()
+
+
+def _warn(msg: str) -> None:
+  import sys
+  print(f"warning: {msg}", file=sys.stderr, flush=True)
 
 
 def total_steps_for(cfg: TrainConfig, steps_per_epoch: int) -> int:
