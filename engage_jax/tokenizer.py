@@ -48,10 +48,10 @@ class ChatTokenizer:
   `end_of_turn_id` (closes a chat message; the generation stop token), `hf` (the HF tokenizer).
   """
 
-  def __init__(self, hf_tokenizer):
+  def __init__(self, hf_tokenizer, source: str = "tokenizer"):
     self.hf = hf_tokenizer
     if not getattr(hf_tokenizer, "chat_template", None):
-      raise ValueError("ChatTokenizer: the tokenizer has no chat template")
+      raise ValueError(f"{source}: the tokenizer has no chat template")
     vocab = hf_tokenizer.get_vocab()
     self.eos_id = hf_tokenizer.eos_token_id
     self.bos_id = hf_tokenizer.bos_token_id
@@ -76,11 +76,15 @@ class ChatTokenizer:
   # ---- io ----
   @classmethod
   def load(cls, path: str | os.PathLike) -> "ChatTokenizer":
-    """Loads an HF tokenizer dir; ValueError if it has no tokenizer.json."""
+    """Loads an HF tokenizer dir, or the tokenizer in a `.gguf` file's metadata; ValueError if the
+    dir has no tokenizer.json."""
+    from engage_jax.models import gguf
+    if gguf.is_gguf(path):
+      return cls(gguf.open_gguf(path).hf_tokenizer(), str(path))
     path = Path(path)
     if not (path / "tokenizer.json").is_file():
       raise ValueError(f"tokenizer dir {str(path)!r} has no tokenizer.json")
-    return cls(_load_hf(path))
+    return cls(_load_hf(path), str(path))
 
   def save(self, path: str | os.PathLike) -> None:
     """Writes an HF tokenizer dir (loadable by `transformers.AutoTokenizer`)."""

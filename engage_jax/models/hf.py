@@ -1,4 +1,5 @@
-"""HF checkpoint directories ↔ NNX models: `config.json` + `*.safetensors` (single or sharded), no torch.
+"""HF checkpoint directories ↔ NNX models: `config.json` + `*.safetensors` (single or sharded), no torch;
+`from_pretrained` also reads `.gguf` files (engage_jax.models.gguf).
 
 Parameter names map one to one onto transformers' (`model.layers.3.self_attn.q_proj.weight`); our
 `kernel`s are `[in, out]`, torch's `weight`s are `[out, in]`, so they are transposed on the way.
@@ -79,31 +80,41 @@ def _read_tensors(files: list[Path]) -> dict[str, jax.Array]:
 
 
 def from_pretrained(model_dir: str | os.PathLike, dtype=jnp.float32, param_dtype=None) -> CausalLM:
-  """Loads an HF Llama/Mistral/Qwen2 directory into a `CausalLM` (params in `param_dtype`,
-  default = `dtype`). Raises naming the tensor on any missing or mis-shaped weight."""
+  """Loads an HF Llama/Mistral/Qwen2 directory, or a `.gguf` file (engage_jax.models.gguf), into a
+  `CausalLM` (params in `param_dtype`, default = `dtype`). Raises naming the tensor on any missing
+  or mis-shaped weight."""
+  from engage_jax.models import gguf
+  if gguf.is_gguf(model_dir):
+    f = gguf.open_gguf(model_dir)
+    config = f.model_config()
+    return build_model(config, f.hf_tensors(config), str(model_dir), dtype, param_dtype)
   model_dir = Path(model_dir)
   config = read_config(model_dir)
+  return build_model(config, _read_tensors(_safetensor_files(model_dir)), str(model_dir), dtype, param_dtype)
+
+
+def build_model(config: ModelConfig, tensors: dict, source: str, dtype=jnp.float32, param_dtype=None) -> CausalLM:
+  """A `CausalLM` of `config` with weights from `tensors` (transformers names, torch layout)."""
   param_dtype = param_dtype or dtype
   abstract = nnx.eval_shape(lambda: CausalLM(config, dtype=dtype, param_dtype=param_dtype, rngs=nnx.Rngs(0)))
   graphdef, abs_state = nnx.split(abstract)
-  tensors = _read_tensors(_safetensor_files(model_dir))
   used = set()
   flat = []
   for path, var in nnx.to_flat_state(abs_state):
     name, transpose = hf_name(path)
     if name not in tensors:
-      raise ValueError(f"{model_dir}: missing tensor {name!r} (needed for {'/'.join(map(str, path))})")
+      raise ValueError(f"{source}: missing tensor {name!r} (needed for {'/'.join(map(str, path))})")
     arr = tensors[name]
     arr = arr.T if transpose else arr
     if tuple(arr.shape) != tuple(var.shape):
-      raise ValueError(f"{model_dir}: tensor {name!r} has shape {tuple(tensors[name].shape)}, expected "
+      raise ValueError(f"{source}: tensor {name!r} has shape {tuple(tensors[name].shape)}, expected "
                        f"{tuple(var.shape)[::-1] if transpose else tuple(var.shape)}")
     flat.append((path, var.replace(jnp.asarray(arr, dtype=var.dtype))))
     used.add(name)
   unexpected = [k for k in tensors if k not in used and not (k == "lm_head.weight" and config.tie_word_embeddings)
                 and "rotary_emb" not in k]
   if unexpected:
-    raise ValueError(f"{model_dir}: unexpected tensors not used by {config.model_type}: {unexpected[:5]}")
+    raise ValueError(f"{source}: unexpected tensors not used by {config.model_type}: {unexpected[:5]}")
   return nnx.merge(graphdef, nnx.from_flat_state(flat))
 
 
