@@ -2,6 +2,9 @@
 
 Prints dialogues per split, turns, non-empty condition fields, ESConv engagement / intensity
 coverage, P4G donation count, median, share > 0 and outliers (> 2 before clipping).
+
+Errors (a missing directory or file, a bad record, an empty split) are one line on stderr,
+`error: <what> (<where>)`, with exit code 2; ENGAGE_DEBUG=1 keeps the traceback.
 """
 from __future__ import annotations
 
@@ -11,7 +14,9 @@ import statistics
 from collections import Counter
 from pathlib import Path
 
+from engage_jax import errors
 from engage_jax.data import esconv, p4g
+from engage_jax.errors import InputError
 
 DEFAULT_DATA_DIR = Path(__file__).resolve().parents[2] / ".." / "shared" / "data"
 
@@ -25,6 +30,8 @@ def esconv_stats(data_dir) -> list[str]:
   lines = ["ESConv"]
   for split in esconv.SPLITS:
     ds = esconv.load_split(data_dir, split)
+    if not ds:
+      raise InputError(f"the {split} split has no dialogues", str(esconv.esconv_dir(data_dir) / f"{split}.txt"))
     turns = sum(len(d.turns) for d in ds)
     eng = sum(bool(d.outcome.get("engaged")) for d in ds)
     fin = sum("final_emotion_intensity" in d.outcome for d in ds)
@@ -36,6 +43,8 @@ def esconv_stats(data_dir) -> list[str]:
 
 def p4g_stats(data_dir) -> list[str]:
   ds = p4g.load(data_dir)
+  if not ds:
+    raise InputError("no dialogues", str(p4g.p4g_dir(data_dir)))
   don = [d.outcome["donation"] for d in ds]
   raw = [d.outcome["donation_raw"] for d in ds]
   splits = Counter(p4g.split_of(d.id) for d in ds)
@@ -52,13 +61,21 @@ def p4g_stats(data_dir) -> list[str]:
   ]
 
 
+class _Parser(argparse.ArgumentParser):
+  def error(self, message):  # one line, not usage + message
+    raise InputError(message, "command line")
+
+
 def main(argv=None) -> None:
-  ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  ap = _Parser(description=__doc__.splitlines()[0])
   ap.add_argument("--data_dir", default=os.environ.get("ENGAGE_DATA_DIR", str(DEFAULT_DATA_DIR)))
   args = ap.parse_args(argv)
+  if not Path(args.data_dir).is_dir():
+    raise InputError("no such data directory", f"--data_dir={args.data_dir}")
+  lines = esconv_stats(args.data_dir) + p4g_stats(args.data_dir)
   print(f"data_dir: {Path(args.data_dir).resolve()}")
-  print("\n".join(esconv_stats(args.data_dir) + p4g_stats(args.data_dir)))
+  print("\n".join(lines))
 
 
 if __name__ == "__main__":
-  main()
+  errors.guard(main)
