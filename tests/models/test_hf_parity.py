@@ -75,7 +75,9 @@ def test_bf16_params_run(tmp_path):
   ids = jnp.asarray(np.arange(12).reshape(2, 6) + 3)
   out, exp = np.asarray(model(ids)), np.asarray(ref(ids))
   assert out.dtype == np.float32 and np.isfinite(out).all()
-  assert np.abs(out - exp).max() < 0.1
+  # relative to the logits' scale (this model's std is ~0.17, so an absolute 0.1 let a broken
+  # path through); bf16 rounding (2^-8 relative) measured 0.026 std here
+  assert np.abs(out - exp).max() < 0.08 * exp.std(), (np.abs(out - exp).max(), exp.std())
 
 
 # ------------------------------------------------------------------ bad input
