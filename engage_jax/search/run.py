@@ -23,6 +23,8 @@ import os
 import time
 from typing import Callable, Sequence
 
+import numpy as np
+
 from engage_jax.data.dialogue import Dialogue
 from engage_jax.search.env import Env, _sub_seed
 from engage_jax.search.imcts import RoundInfo, SearchConfig, search, validate
@@ -46,6 +48,26 @@ def _manifest(roots: Sequence[Dialogue], cfg: SearchConfig, trees_per_shard: int
     cfg_json["required_condition"] = list(cfg_json["required_condition"])
   return {"config": cfg_json, "trees_per_shard": trees_per_shard,
           "roots": [r.id for r in roots]}
+
+
+def _log_shard(out_dir: str, shard: int, stats: dict, seconds: float) -> None:
+  """One line per shard in `<out_dir>/metrics.jsonl` + TensorBoard: pairs, expansions/s, and the
+  within-tree variance of node values (no variance → no pairs)."""
+  from engage_jax.progress import Scalars
+  variances = []
+  for t in stats["trees"]:
+    vals = [v for v in t["value"][1:] if v is not None]
+    if len(vals) > 1:
+      variances.append(float(np.var(vals)))
+  rec = {"step": shard, "pairs": stats["pairs"], "expansions": stats["expansions"],
+         "expansions_per_s": stats["expansions"] / max(seconds, 1e-9),
+         "reward_var": float(np.mean(variances)) if variances else 0.0,
+         "trees_with_variance": sum(v > 0 for v in variances), "unparsed": stats.get("unparsed", 0)}
+  with open(os.path.join(out_dir, "metrics.jsonl"), "a", encoding="utf-8") as f:
+    f.write(json.dumps(rec) + "\n")
+  tb = Scalars(out_dir, prefix="search/")
+  tb.write(shard, {k: v for k, v in rec.items() if k != "step"})
+  tb.close()
 
 
 def run_search(env: Env, roots: Sequence[Dialogue], cfg: SearchConfig, out_dir: str, *,
@@ -117,6 +139,7 @@ def run_search(env: Env, roots: Sequence[Dialogue], cfg: SearchConfig, out_dir: 
         shard_counts["children"] += info.children
         postfix()
 
+      t_shard = time.perf_counter()
       shard_cfg = dataclasses.replace(cfg, seed=shard_seed(cfg.seed, s))
       trees = search(env, roots[lo:hi], shard_cfg, on_round=on_round)
       pairs = extract_pairs(trees, cfg.margin, cfg.pair_min_visits,
@@ -126,6 +149,7 @@ def run_search(env: Env, roots: Sequence[Dialogue], cfg: SearchConfig, out_dir: 
                "trees": [trees.stats(b) for b in range(trees.batch_size)]}
       atomic_write_text(trees_path, json.dumps(stats))
       write_jsonl(pairs_path, pairs)
+      _log_shard(out_dir, s, stats, time.perf_counter() - t_shard)
       totals["pairs"] += len(pairs)
       totals["new_pairs"] += len(pairs)
       totals["unparsed"] += shard_counts["unparsed"]
