@@ -267,7 +267,7 @@ def _model(c: _Checker) -> None:
     mpe = c.int_ge(f"{k}.max_position_embeddings", 1)
     ml = c.get("data.max_len")
     if mpe and _is_int(ml) and ml > mpe:
-      c.add(f"{k}.max_position_embeddings", f"{mpe} is shorter than data.max_len={ml}")
+      c.add(f"{k}.max_position_embeddings", f"must be >= data.max_len={ml}; got {mpe}")
     d = {f: c.cfg.model[role].get(f) for f in ("hidden_size", "intermediate_size", "num_hidden_layers",
                                                "num_attention_heads", "num_key_value_heads")}
     if all(_is_int(v) and v >= 1 for v in d.values()):

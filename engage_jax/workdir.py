@@ -64,9 +64,11 @@ def select(flat: Mapping[str, Any], prefixes: Iterable[str], exclude: Iterable[s
   return {k: v for k, v in sorted(flat.items()) if any(under(k, p) for p in prefixes) and not dropped(k)}
 
 
-def diff(old: Mapping, new: Mapping) -> dict[str, tuple]:
-  """{key: (old, new)} of the keys whose values differ (a missing key reads as None)."""
-  return {k: (old.get(k), new.get(k)) for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)}
+def diff(old: Mapping, new: Mapping, common: bool = False) -> dict[str, tuple]:
+  """{key: (old, new)} of the keys whose values differ (a missing key reads as None). common:
+  only keys both have (a key added to or dropped from the schema since is not a change)."""
+  keys = set(old) & set(new) if common else set(old) | set(new)
+  return {k: (old.get(k), new.get(k)) for k in sorted(keys) if old.get(k) != new.get(k)}
 
 
 class Workdir:
@@ -131,8 +133,8 @@ class Workdir:
       legacy = self._legacy_values()
       if legacy is None:
         return None
-      recorded = {k: legacy.get(k) for k in values}
-    changed = diff(recorded, values)
+      recorded = {k: legacy[k] for k in values if k in legacy}
+    changed = diff(recorded, values, common=True)
     if not done:
       changed = {k: v for k, v in changed.items() if k not in set(resumable)}
     return changed or None
@@ -150,12 +152,16 @@ class Workdir:
     if legacy is None or not todo:
       return
     for s in todo:
-      st[s]["config"] = {k: legacy.get(k) for k in values[s]}
+      st[s]["config"] = {k: legacy[k] for k in values[s] if k in legacy}
     self._write(st)
 
   def open(self, config_json: dict) -> None:
     """Creates DIR and records `config_json` as the latest run's config (unchanged: untouched)."""
-    self.root.mkdir(parents=True, exist_ok=True)
+    try:
+      self.root.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+      raise InputError(f"cannot create the work directory: {e.strerror} ({e.filename})",
+                       f"--workdir={self.root}") from None
     path = self.path("config.json")
     if path.exists():
       try:
@@ -210,7 +216,7 @@ class Workdir:
       e["killed_attempts"] = int(e.get("killed_attempts", 0)) + 1
     e["attempts"] = int(e.get("attempts", 0)) + 1
     if e.get("config") is not None:
-      changed = diff(e["config"], values)
+      changed = diff(e["config"], values, common=True)
       if changed:
         e.setdefault("changes", []).append({"attempt": e["attempts"], **{k: list(v) for k, v in changed.items()}})
     e.update(done=False, config=dict(values), running_since=time.time())

@@ -81,16 +81,21 @@ def test_missing_data_path_is_an_error(tmp_path):
   proc = _launch("pipeline.py", tmp_path / "x", "--config.data.path=/nonexistent/esconv",
                  config="configs/esconv_tiny.py")
   assert proc.returncode == 2
-  assert "config.data.path='/nonexistent/esconv': missing train.txt" in proc.stderr
+  assert proc.stderr.strip() == ("error: missing train.txt, valid.txt, test.txt; got '/nonexistent/esconv' "
+                                 "(config.data.path)")
   assert not (tmp_path / "x").exists()
 
 
-def test_workdir_from_another_config_is_refused(tmp_path):
+def test_done_stage_with_another_config_value_is_refused(tmp_path):
+  """A done stage is refused only when a key it depends on changed; nothing is touched."""
   wd = tmp_path / "run"
   wd.mkdir()
   (wd / "config.json").write_text(json.dumps({"name": "something_else"}))
-  before = (wd / "config.json").read_text()
+  (wd / "stages.json").write_text(json.dumps({"tokenizer": {"done": True, "wall_seconds": 1.0,
+                                                            "config": {"tokenizer.vocab_size": 5}}}))
+  before = {p.name: p.read_text() for p in wd.iterdir()}
   proc = _launch("sft.py", wd)
   assert proc.returncode == 2
-  assert "belongs to another config" in proc.stderr
-  assert (wd / "config.json").read_text() == before and sorted(p.name for p in wd.iterdir()) == ["config.json"]
+  assert "stage tokenizer ran with other values" in proc.stderr and "--redo=tokenizer" in proc.stderr
+  assert "tokenizer.vocab_size=5 -> 1024" in proc.stderr
+  assert {p.name: p.read_text() for p in wd.iterdir()} == before
