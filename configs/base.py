@@ -41,6 +41,8 @@ def get_config() -> ml_collections.ConfigDict:
       max_len=256,                  # SFT example length (tokens), left-truncated
       skip_bad=False,               # skip malformed records (reported) instead of failing
       max_train_dialogues=0,        # 0 = all (real data: subsample for tiny CPU runs)
+      max_valid_dialogues=0,        # 0 = all (the SFT held-out loss; subsample on CPU)
+      condition_keys="",            # comma-separated condition keys kept (empty = all), e.g. P4G persona
   ))
   c.tokenizer = ml_collections.ConfigDict(dict(
       path="",                      # HF tokenizer dir; empty = train a byte-level BPE on the corpus
@@ -64,6 +66,7 @@ def get_config() -> ml_collections.ConfigDict:
       weight_decay=0.01,
       grad_clip=1.0,
       grad_accum=1,
+      min_bucket=32,                # shortest length bucket (each bucket is one compiled step)
       log_every=50,
       eval_every=200,
       checkpoint_every=200,
@@ -83,6 +86,7 @@ def get_config() -> ml_collections.ConfigDict:
       grad_clip=1.0,
       grad_accum=1,
       max_len=256,
+      min_bucket=32,
       log_every=20,
       checkpoint_every=100,
       keep_checkpoints=2,

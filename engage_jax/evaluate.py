@@ -337,6 +337,7 @@ def evaluate(agent_speaker, simulator_speaker, conditions: Sequence[Dialogue], c
     if c.task != st.task:
       raise ValueError(f"evaluate: condition {c.id!r} has task {c.task!r}, config task is {st.task!r}")
   simulate = simulate_fn if simulate_fn is not None else _default_simulate()
+  extra = {} if simulate_fn is not None else {"progress": True}
   bs = st.batch_size or len(conditions)
   out: list[Dialogue] = []
   for k in range(st.samples_per_condition):
@@ -346,7 +347,7 @@ def evaluate(agent_speaker, simulator_speaker, conditions: Sequence[Dialogue], c
       starts = [Dialogue(id=f"{c.id}/s{k}", task=c.task, turns=list(c.turns), condition=dict(c.condition),
                          outcome={}) for c in chunk]
       got = simulate(agent_speaker, simulator_speaker, starts, task=st.task,
-                     max_agent_turns=st.max_agent_turns, reward_cfg=st.reward, seed=s)
+                     max_agent_turns=st.max_agent_turns, reward_cfg=st.reward, seed=s, **extra)
       got = list(got)
       if len(got) != len(starts):
         raise ValueError(f"evaluate: simulate returned {len(got)} dialogues for {len(starts)} starts")

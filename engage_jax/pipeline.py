@@ -54,10 +54,17 @@ def check_config(cfg) -> None:
       raise FileNotFoundError(f"config.data.path={str(path)!r}: missing {', '.join(missing)}")
   for role in ("agent", "simulator"):
     p = cfg.model[role].path
-    if p and not (Path(p) / "config.json").is_file():
+    if p and models.gguf.is_gguf(p):
+      if not Path(p).is_file():
+        raise FileNotFoundError(f"config.model.{role}.path={p!r}: no such GGUF file")
+    elif p and not (Path(p) / "config.json").is_file():
       raise FileNotFoundError(f"config.model.{role}.path={p!r}: no config.json there")
-  if cfg.tokenizer.path and not (Path(cfg.tokenizer.path) / "tokenizer.json").is_file():
-    raise FileNotFoundError(f"config.tokenizer.path={cfg.tokenizer.path!r}: no tokenizer.json there")
+  tp = cfg.tokenizer.path
+  if tp and models.gguf.is_gguf(tp):
+    if not Path(tp).is_file():
+      raise FileNotFoundError(f"config.tokenizer.path={tp!r}: no such GGUF file")
+  elif tp and not (Path(tp) / "tokenizer.json").is_file():
+    raise FileNotFoundError(f"config.tokenizer.path={tp!r}: no tokenizer.json there")
   if cfg.model.dtype not in _DTYPES or cfg.model.param_dtype not in _DTYPES:
     raise ValueError(f"config.model.dtype/param_dtype must be one of {sorted(_DTYPES)}")
   if cfg.search.k < 2:
@@ -87,6 +94,13 @@ def load_corpus(cfg) -> dict[str, list[Dialogue]]:
     out[split] = list(loaded)
   if cfg.data.max_train_dialogues:
     out["train"] = out["train"][:cfg.data.max_train_dialogues]
+  if cfg.data.get("max_valid_dialogues"):
+    out["valid"] = out["valid"][:cfg.data.max_valid_dialogues]
+  keys = [k.strip() for k in cfg.data.get("condition_keys", "").split(",") if k.strip()]
+  if keys:  # every view (SFT, search, evaluation) then sees only these condition fields
+    for split in out.values():
+      for d in split:
+        d.condition = {k: d.condition[k] for k in keys if k in d.condition}
   return out
 
 
@@ -208,11 +222,18 @@ def stage_sft(cfg, wd: Workdir, role: str) -> dict:
   from engage_jax.train import sft as sft_train
   tok = load_tokenizer(wd)
   corpus = load_corpus(cfg)
-  train, stats = sft_data.build_arrays(corpus["train"], tok, role, cfg.data.max_len, pack=True)
-  valid = sft_data.build_arrays(corpus["valid"], tok, role, cfg.data.max_len, pack=True)[0] if corpus["valid"] else None
-  model = new_model(cfg, role, tok)
+  buckets = sft_data.default_buckets(cfg.data.max_len, cfg.sft.min_bucket)
+  train, stats = sft_data.build_arrays(corpus["train"], tok, role, cfg.data.max_len, buckets, pack=True)
+  valid = (sft_data.build_arrays(corpus["valid"], tok, role, cfg.data.max_len, buckets, pack=True)[0]
+           if corpus["valid"] else None)
   steps = cfg.sft.agent_steps if role == "agent" else cfg.sft.simulator_steps
   out = wd.path(f"sft_{role}")
+  if steps == 0:  # no SFT: the pretrained model as it is (e.g. a prompted simulator)
+    if not cfg.model[role].path:
+      raise ValueError(f"config.sft.{role}_steps=0 needs a pretrained config.model.{role}.path")
+    models.save_pretrained(new_model(cfg, role, tok), out / "hf")
+    return {"examples": 0, "step": 0, "pretrained_as_is": True}
+  model = new_model(cfg, role, tok)
   tcfg = train_config(cfg, cfg.sft, num_steps=steps, max_len=cfg.data.max_len)
   model, summary = sft_train.train_sft(model, train, tcfg, str(out), mesh=make_mesh(cfg), eval_data=valid)
   models.save_pretrained(model, out / "hf")
@@ -231,6 +252,10 @@ def stage_evaluate(cfg, wd: Workdir, which: str) -> dict:
               "samples_per_condition": cfg.eval.samples_per_condition, "reward": reward_cfg(cfg)}
   summary, _ = evaluate.evaluate(agent, sim, conds, settings, seed=cfg.seed + 7, out_path=str(out / "dialogues.jsonl"))
   atomic_write_json(out / "summary.json", summary)
+  from engage_jax.progress import Scalars
+  tb = Scalars(out, prefix=f"eval_{which}/")
+  tb.write(0, {k: v for k, v in summary.items() if k != "ci95"})
+  tb.close()
   return summary
 
 
@@ -276,12 +301,17 @@ def stage_dpo(cfg, wd: Workdir) -> dict:
   tok = load_tokenizer(wd)
   files = pair_files(wd)
   n_pairs = sum(1 for f in files for line in f.read_text().splitlines() if line.strip())
-  if n_pairs == 0:
-    raise RuntimeError(f"{wd.path('search', 'pairs')}: the search produced no preference pairs; raise "
-                       "config.search.budget / n_conditions or lower config.search.margin")
+  out = wd.path("dpo_agent")
+  if n_pairs == 0:  # a null result, not a crash at the end of a long run: DPO agent = SFT agent
+    msg = (f"{wd.path('search', 'pairs')}: the search found no preference pairs (no value gaps of at least "
+           "config.search.margin inside the trees); DPO is skipped and the DPO agent is the SFT agent. "
+           "Raise config.search.budget / n_conditions / max_turns or lower config.search.margin")
+    log.warning(msg)
+    print(f"[engage_jax] warning: {msg}", flush=True)
+    models.save_pretrained(load_model(cfg, wd.path("sft_agent", "hf")), out / "hf")
+    return {"pairs": 0, "skipped": "no preference pairs"}
   policy = load_model(cfg, wd.path("sft_agent", "hf"))
   ref = load_model(cfg, wd.path("sft_agent", "hf"))
-  out = wd.path("dpo_agent")
   tcfg = train_config(cfg, cfg.dpo)
   model, summary = dpo_train.train_dpo(policy, ref, [str(f) for f in files], tok, tcfg, str(out), mesh=make_mesh(cfg))
   models.save_pretrained(model, out / "hf")
@@ -311,6 +341,12 @@ STAGE_FNS: dict[str, Callable] = {
     "eval_dpo": lambda cfg, wd: stage_evaluate(cfg, wd, "dpo"),
     "report": stage_report,
 }
+
+
+def _stage_metrics(wd: Workdir, stage: str) -> Path | None:
+  """The metrics.jsonl that shows a stage's progress (training and search stages)."""
+  sub = {"sft_agent": "sft_agent", "sft_simulator": "sft_simulator", "dpo": "dpo_agent", "search": "search"}
+  return wd.path(sub[stage], "metrics.jsonl") if stage in sub else None
 
 
 def _jsonable(v) -> bool:
@@ -432,7 +468,9 @@ def run(cfg, workdir: str, stages: tuple[str, ...] = STAGES, force: bool = False
     print(f"[engage_jax] stage {stage}: running{note}", flush=True)
     t0 = time.perf_counter()
     try:
-      info = STAGE_FNS[stage](cfg, wd) or {}
+      from engage_jax import progress
+      with progress.heartbeat(stage, metrics=_stage_metrics(wd, stage)):
+        info = STAGE_FNS[stage](cfg, wd) or {}
     except BaseException:
       wd.end(stage, time.perf_counter() - t0, done=False)
       raise

@@ -19,7 +19,8 @@ naming the step.
 
 Metrics: every `log_every` steps the interval means of `loss`, `grad_norm`, the loss function's
 own metrics, plus `learning_rate` and `tokens_per_s` go to the console (tqdm) and are appended to
-`<workdir>/metrics.jsonl` (one JSON object per line with `"step"`; eval lines have `"split":
+`<workdir>/metrics.jsonl` (one JSON object per line with `"step"`; also TensorBoard scalars under
+`<workdir>/tb`; eval lines have `"split":
 "eval"`). On resume, lines past the restored step are dropped and the running sums of the
 unfinished logging interval come back from the checkpoint, so the file is the loss curve of one
 uninterrupted run (tokens_per_s aside: it is wall-clock).
@@ -297,6 +298,11 @@ class MetricsWriter:
     with open(self.path, "a", encoding="utf-8") as f:
       f.write(json.dumps(rec) + "\n")
       f.flush()
+    if not hasattr(self, "_tb"):
+      from engage_jax.progress import Scalars
+      self._tb = Scalars(os.path.dirname(self.path))
+    split = rec.get("split", "train")
+    self._tb.write(int(rec.get("step", 0)), {f"{split}/{k}": v for k, v in rec.items() if k not in ("step", "split")})
 
 
 def read_metrics(workdir: str, split: str = "train") -> list[dict]:
