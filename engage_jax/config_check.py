@@ -107,6 +107,8 @@ def _train(c: _Checker, s: str) -> None:
   c.int_ge(f"{s}.log_every", 1)
   c.int_ge(f"{s}.checkpoint_every", 0, " (0: only at the end)")
   c.int_ge(f"{s}.keep_checkpoints", 0, " (0: keep all)")
+  if "min_bucket" in c.cfg[s]:
+    c.int_ge(f"{s}.min_bucket", 1)
 
 
 def _sft(c: _Checker) -> None:
@@ -331,6 +333,8 @@ def _data(c: _Checker, load: bool) -> None:
   c.int_ge("data.max_train_dialogues", 0, " (0: all)")
   if "max_valid_dialogues" in c.cfg.data:
     c.int_ge("data.max_valid_dialogues", 0, " (0: all)")
+  if "condition_keys" in c.cfg.data:
+    c.need("data.condition_keys", lambda v: isinstance(v, str), "must be a comma-separated string")
   if src is None:
     return
   if src == "sandbox":

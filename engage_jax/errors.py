@@ -54,8 +54,10 @@ def line(exc: BaseException) -> str:
   if isinstance(exc, KeyError) and len(exc.args) == 1:
     return f"error: KeyError: {_flat(exc.args[0])}"
   name = type(exc).__name__
-  hint = "" if isinstance(exc, (ValueError, OSError, RuntimeError)) else " (ENGAGE_DEBUG=1 shows the traceback)"
-  return f"error: {name}: {_flat(exc)}{hint}"
+  stage = getattr(exc, "engage_stage", None)
+  hint = "" if isinstance(exc, (ValueError, OSError, RuntimeError)) else "; ENGAGE_DEBUG=1 shows the traceback"
+  where = f" (stage {stage}{hint})" if stage else (f" ({hint[2:]})" if hint else "")
+  return f"error: {name}: {_flat(exc)}{where}"
 
 
 def lines(exc: BaseException) -> list[str]:

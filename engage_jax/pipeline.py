@@ -471,8 +471,12 @@ def run(cfg, workdir: str, stages: tuple[str, ...] = STAGES, force: bool = False
       from engage_jax import progress
       with progress.heartbeat(stage, metrics=_stage_metrics(wd, stage)):
         info = STAGE_FNS[stage](cfg, wd) or {}
-    except BaseException:
+    except BaseException as e:
       wd.end(stage, time.perf_counter() - t0, done=False)
+      try:
+        e.engage_stage = stage  # errors.line names the stage of an error without a place
+      except AttributeError:
+        pass
       raise
     dt = time.perf_counter() - t0
     wd.end(stage, dt, done=True, **{"info": info} if _jsonable(info) else {})

@@ -3,10 +3,11 @@ evaluate DPO → report. Done stages are skipped; an interrupted run resumes.
 
   python launch/pipeline.py --config=configs/sandbox_es.py --workdir=workdirs/sandbox_es
 
-A done stage is refused only when a config value that it depends on changed (the error names the
-keys); `--redo=STAGE[,STAGE]` reruns those stages and everything downstream of them and keeps the
-rest, e.g. `--redo=search` after changing `--config.search.top_p`... only needed once the search
-has run; before that the new value is simply used.
+Each stage records the config values it depends on. A changed value is used by the stages that
+have not run yet; a done stage whose values changed is refused, naming the keys, until
+`--redo=STAGE[,STAGE]` reruns it and everything downstream of it (the other stages are kept):
+
+  python launch/pipeline.py ... --config.search.top_p=0.8 --redo=search
 """
 from __future__ import annotations
 

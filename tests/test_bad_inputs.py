@@ -334,3 +334,17 @@ def test_engage_debug_keeps_the_traceback(tmp_path):
   proc = _launch("launch/sft.py", "--config=configs/sandbox_es.py", f"--workdir={tmp_path / 'wd'}",
                  "--config.search.top_p=1.5", env={"ENGAGE_DEBUG": "1"})
   assert proc.returncode != 0 and "Traceback" in proc.stderr and "config.search.top_p" in proc.stderr
+
+
+def test_p4g_non_utf8_byte_names_file_and_line(cli, tmp_path):
+  d = tmp_path / "p4g"
+  d.mkdir()
+  (d / "full_dialog.csv").write_bytes(b",Unit,Turn,B4,B2\n0,Hi,0,0,d1\n1,N\xe9e,0,1,d1\n")
+  (d / "full_info.csv").write_text("B2,B3,B4,B6,B7\nd1,u,1,0.5,2\n")
+  _run_bad(cli, tmp_path, _config("p4g_tiny", data__path=str(d)), "not valid UTF-8", f"{d / 'full_dialog.csv'}:3")
+
+
+def test_error_inside_a_stage_names_the_stage():
+  e = ValueError("BatchIterator: no examples")
+  e.engage_stage = "sft_simulator"
+  assert errors.line(e) == "error: ValueError: BatchIterator: no examples (stage sft_simulator)"

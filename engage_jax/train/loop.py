@@ -116,8 +116,10 @@ class NonFiniteLossError(RuntimeError):
     self.step = step
     where = (f"last good checkpoint: step {checkpoint_step}" if checkpoint_step is not None
              else "no checkpoint was written")
+    resume = ("; rerun (e.g. with a lower learning rate) to resume from it" if checkpoint_step is not None
+              else "")
     super().__init__(f"non-finite loss at step {step} (loss={loss}, grad_norm={grad_norm}); "
-                     f"training stopped, the state was not updated; {where}")
+                     f"training stopped, the state was not updated; {where}{resume}")
 
 
 # ---------------------------------------------------------------------------- optimizer

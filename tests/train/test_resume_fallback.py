@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -135,3 +136,20 @@ def test_nan_stop_then_lower_lr_resumes_from_last_good_step(tmp_path):
   assert recs[8]["learning_rate"] == pytest.approx(float(lowered(7)), rel=1e-5)
   mgr = CheckpointManager(str(d / "checkpoints"), read_only=True)
   assert mgr.latest_step() == 8
+
+
+def test_nan_parameters_in_a_checkpoint_count_as_corrupt(tmp_path):
+  from engage_jax import checkpoint
+  model = H.tiny_model(64, d=32, layers=1)
+  params = nnx.state(model, nnx.Param)
+  mgr = CheckpointManager(str(tmp_path / "ck"))
+  mgr.save(1, params, None)
+  bad = jax.tree.map(lambda x: x * jnp.nan, params)
+  mgr.save(2, bad, None)
+  warnings = []
+  r = mgr.restore_intact(nnx.state(H.tiny_model(64, d=32, layers=1, seed=1), nnx.Param), warn=warnings.append)
+  assert r.step == 1 and "ck/2 is corrupt" in warnings[0] and "non-finite values in parameter" in warnings[0]
+  assert mgr.all_steps() == [1] and len(list((tmp_path / "ck.corrupt").iterdir())) == 1
+  mgr.save(2, bad, None)
+  with pytest.raises(checkpoint.CorruptCheckpoint, match="non-finite"):
+    checkpoint.restore_model(H.tiny_model(64, d=32, layers=1), str(tmp_path / "ck"), step=2)
