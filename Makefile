@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 BASE   := $(VENV)/.installed-base
 TEST   := $(VENV)/.installed-test
 
-.PHONY: venv test test-fast demo bench clean
+.PHONY: venv test test-fast demo bench clean chromium
 
 $(BASE): setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -25,10 +25,18 @@ venv: $(TEST)
 demo: $(BASE)
 	$(PY) launch/pipeline.py --config=configs/sandbox_es.py --workdir=workdirs/sandbox_es
 
-test: $(TEST)
+# Debian's chromium for the human-evaluation browser test (Playwright drives it with
+# executable_path; it cannot download its own browser here). Skipped when already installed; if it
+# cannot be installed the browser test skips and says why.
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { command -v apt-get >/dev/null 2>&1 && \
+	  (apt-get update -q && apt-get install -y -q chromium) >/dev/null 2>&1; } || \
+	  echo "warning: chromium could not be installed; the browser test will be skipped"
+
+test: $(TEST) chromium
 	$(PY) -m pytest -q -rs tests
 
-test-fast: $(TEST)
+test-fast: $(TEST) chromium
 	$(PY) -m pytest -q -rs -m "not slow" tests
 
 bench: $(TEST)

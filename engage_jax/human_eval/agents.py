@@ -1,0 +1,69 @@
+"""The two agents behind the blinded chats: the workdir's SFT and DPO HF exports.
+
+    agents = Agents.from_workdir(cfg, workdir)
+    text, ms = agents.reply("dpo", turns, seed)    # turns: [Turn]; one sampling.generate call
+
+Sampling settings are the evaluation's (`config.eval`: temperature, top_p, max_new_tokens,
+max_prompt_len), so people meet the agents the simulator met. Generation is serialised by a lock
+(one request at a time; the models are shared between the server's threads).
+"""
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from typing import Callable, Mapping, Sequence
+
+from engage_jax.data import chat
+from engage_jax.data.dialogue import Turn
+from engage_jax.errors import InputError
+
+AGENT_DIRS = {"sft": ("sft_agent", "hf"), "dpo": ("dpo_agent", "hf")}
+
+
+class Agents:
+  """{"sft", "dpo"} → a reply function (task, turns, seed) → text."""
+
+  def __init__(self, task: str, speakers: Mapping[str, Callable[[list[dict], int], str]]):
+    missing = sorted(set(AGENT_DIRS) - set(speakers))
+    if missing:
+      raise ValueError(f"Agents: no speaker for {missing}")
+    self.task, self._speakers, self._lock = task, dict(speakers), threading.Lock()
+
+  @classmethod
+  def from_workdir(cls, cfg, workdir: str | Path) -> "Agents":
+    import jax.numpy as jnp
+
+    from engage_jax import models, rollout
+    from engage_jax.tokenizer import ChatTokenizer
+    wd = Path(workdir)
+    tok_dir = wd / "tokenizer"
+    if not (tok_dir / "tokenizer.json").is_file():
+      raise InputError("no tokenizer in the workdir; run the pipeline first", str(tok_dir))
+    tok = ChatTokenizer.load(tok_dir)
+    dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[cfg.model.dtype]
+    ev = cfg.eval
+    speakers = {}
+    for name, parts in AGENT_DIRS.items():
+      d = wd.joinpath(*parts)
+      if not (d / "config.json").is_file():
+        raise InputError(f"no {name.upper()} agent (HF export) there; run the pipeline first", str(d))
+      model = models.from_pretrained(d, dtype=dtype)
+      sp = rollout.Speaker(model, tok, max_prompt_len=ev.max_prompt_len, max_new_tokens=ev.max_new_tokens,
+                           temperature=ev.temperature, top_p=ev.top_p)
+      speakers[name] = lambda msgs, seed, sp=sp: sp.generate([msgs], seed)[0]
+    return cls(cfg.task, speakers)
+
+  def reply(self, model: str, turns: Sequence[Turn], seed: int) -> tuple[str, float]:
+    """(the agent's next turn, generation milliseconds) after `turns`."""
+    msgs = chat.agent_messages(self.task, turns)
+    with self._lock:
+      t0 = time.perf_counter()
+      text = self._speakers[model](msgs, int(seed))
+      ms = 1000.0 * (time.perf_counter() - t0)
+    return chat.strip_end_marker(text), ms
+
+  def warm_up(self) -> None:
+    """One reply per agent (compiles the sampler before the first rater waits for it)."""
+    for name in AGENT_DIRS:
+      self.reply(name, [], 0)
