@@ -25,7 +25,7 @@ def sim_dialogues(task: str, model: str, n: int = N_CONDITIONS) -> list[Dialogue
   out = []
   for i in range(n):
     for k in range(2):
-      r = float((i + k + (model == "dpo")) % 2) if task == "es" else round(0.25 * i + 0.1 * k, 2)
+      r = float(k < (i + (model == "dpo")) % 3) if task == "es" else round(0.25 * i + 0.1 * k, 2)
       out.append(Dialogue(f"eval-{i}/s{k}", task, [Turn(USER, "hi"), Turn(AGENT, "hello")], {"x": "y"},
                           {"reward": r, "num_turns": 1, "condition_id": f"eval-{i}", "sample": k, "seed": k}))
   return out

@@ -1,5 +1,5 @@
 // The rater's page: renders /api/state, sends messages, ends chats, submits ratings.
-// All text is inserted with textContent (never innerHTML), so chat text cannot inject markup.
+// All text is inserted with textContent (never as markup), so chat text cannot inject HTML.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
