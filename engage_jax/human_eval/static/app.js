@@ -97,8 +97,7 @@ function renderRate(st) {
   tbody.replaceChildren();
   for (const item of st.items) {
     const tr = el("tr");
-    const hint = item.kind === "likert" ? " (1 = strongly disagree, 5 = strongly agree)" : "";
-    tr.append(el("td", "", item.label + hint));
+    tr.append(el("td", "", item.label));
     for (const slot of ["A", "B"]) tr.append(item.kind === "likert" ? likertCell(item, slot) : amountCell(item, slot));
     tbody.append(tr);
   }
