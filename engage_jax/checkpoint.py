@@ -220,7 +220,7 @@ class CheckpointManager:
   def _quarantine(self, step: int) -> str:
     dest_dir = self.directory + ".corrupt"
     os.makedirs(dest_dir, exist_ok=True)
-    dest = os.path.join(dest_dir, f"{step}-{int(time.time())}")
+    dest = os.path.join(dest_dir, f"{step}-{time.strftime('%Y%m%dT%H%M%S')}-{time.time_ns() % 10**9}")
     os.replace(os.path.join(self.directory, str(step)), dest)
     self._mgr.reload()
     return dest

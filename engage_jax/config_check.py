@@ -327,6 +327,7 @@ def _mesh(c: _Checker, devices: int | None) -> None:
 
 # ---------------------------------------------------------------------------- data
 def _data(c: _Checker, load: bool) -> None:
+  before = len(c.problems)
   src = c.one_of("data.source", tuple(SOURCES))
   c.int_ge("data.max_len", 8)
   c.boolean("data.skip_bad")
@@ -358,7 +359,7 @@ def _data(c: _Checker, load: bool) -> None:
     for n in empty:
       c.problems.append(InputError("the file is empty", str(d / n)))
     return
-  if load and not c.problems:
+  if load and len(c.problems) == before:
     _load_splits(c, src, path)
 
 

@@ -160,8 +160,7 @@ class Workdir:
     try:
       self.root.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-      raise InputError(f"cannot create the work directory: {e.strerror} ({e.filename})",
-                       f"--workdir={self.root}") from None
+      raise InputError(f"cannot create {e.filename or self.root}: {e.strerror}", f"--workdir={self.root}") from None
     path = self.path("config.json")
     if path.exists():
       try:
