@@ -48,6 +48,14 @@ PARAM_RULES: tuple[tuple[str, tuple[str, ...]], ...] = (
     (r"down_proj/kernel$", ("mlp", "embed")),
     (r"lm_head/kernel$", ("embed", "vocab")),
     (r"(layernorm|norm)/weight$", ("norm",)),
+    # LoRA adapters (models/lora.py): A [in, r] and B [r, out] follow their projection's in/out axes
+    (r"(q|k|v|gate|up)_proj/lora/lora_a$", ("embed", None)),
+    (r"o_proj/lora/lora_a$", ("heads", None)),
+    (r"down_proj/lora/lora_a$", ("mlp", None)),
+    (r"q_proj/lora/lora_b$", (None, "heads")),
+    (r"(k|v)_proj/lora/lora_b$", (None, "kv_heads")),
+    (r"(o|down)_proj/lora/lora_b$", (None, "embed")),
+    (r"(gate|up)_proj/lora/lora_b$", (None, "mlp")),
 )
 
 _log = logging.getLogger(__name__)

@@ -42,17 +42,26 @@ def _normal(rngs: nnx.Rngs, shape, dtype, std=0.02):
 
 
 class Linear(nnx.Module):
-  """y = x @ kernel (+ bias); kernel [in, out] (the transpose of torch's `weight`)."""
+  """y = x @ kernel (+ bias); kernel [in, out] (the transpose of torch's `weight`).
+
+  LoRA hook (engage_jax.models.lora.apply_lora): with an `nnx.LoRA` adapter in `self.lora`
+  (A [in, r], B [r, out]) and `lora_enabled`, y += lora_scale · (x A) B. Without one (the
+  default) the computation is exactly the plain projection."""
 
   def __init__(self, din: int, dout: int, *, use_bias: bool, dtype, param_dtype, rngs: nnx.Rngs):
     self.kernel = nnx.Param(_normal(rngs, (din, dout), param_dtype))
     self.bias = nnx.Param(jnp.zeros((dout,), param_dtype)) if use_bias else None
     self.dtype = dtype
+    self.lora = None
+    self.lora_scale = 0.0
+    self.lora_enabled = True
 
   def __call__(self, x: jax.Array) -> jax.Array:
     y = jnp.dot(x.astype(self.dtype), self.kernel[...].astype(self.dtype))
     if self.bias is not None:
       y = y + self.bias[...].astype(self.dtype)
+    if self.lora is not None and self.lora_enabled:
+      y = y + (self.lora(x.astype(self.dtype)) * self.lora_scale).astype(y.dtype)
     return y
 
 

@@ -15,10 +15,13 @@ LM head runs only on the C positions that predict completion tokens.
 
 Reference log-probs are computed once with the frozen reference model before training and
 cached in `<workdir>/ref_logps_<split>.npz` under a key hashing the pairs files, the tokenisation
-settings and the reference model; a restart reuses them.
+settings and the reference model; a restart reuses them. With a LoRA policy and
+`ref_model=None` the reference is the policy itself with its adapters switched off
+(`models.lora.disabled`): one copy of the weights; only the adapters are trained.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -33,6 +36,7 @@ from jax.sharding import Mesh
 
 from engage_jax import sharding as shd
 from engage_jax.data import sft as sft_data
+from engage_jax.models import lora
 from engage_jax.train import loop
 
 LOSS_TYPES = ("sigmoid", "ipo", "hinge", "robust")
@@ -210,8 +214,8 @@ def dpo_loss_fn(graphdef, rest, beta: float, loss_type: str, label_smoothing: fl
   rpo_alpha > 0 adds TRL's RPO term: rpo_alpha × the chosen completions' mean per-token NLL, which
   keeps the chosen likelihood from collapsing while the margin grows (metric "nll_loss")."""
 
-  def loss_fn(params, batch):
-    model = nnx.merge(graphdef, params, rest)
+  def loss_fn(params, batch, frozen=None):
+    model = loop.merge_model(graphdef, params, rest, frozen)
     pc, pr, nc, nr = sequence_logps(model, batch)
     nll = -pc / jnp.maximum(nc, 1.0)
     rc, rr = batch["ref_chosen"], batch["ref_rejected"]
@@ -310,11 +314,13 @@ def _count_tokens(batch) -> float:
 
 
 # ---------------------------------------------------------------------------- train
-def train_dpo(policy_model: nnx.Module, ref_model: nnx.Module, pairs_paths: str | Sequence[str], tokenizer,
+def train_dpo(policy_model: nnx.Module, ref_model: nnx.Module | None, pairs_paths: str | Sequence[str], tokenizer,
               cfg: Any, workdir: str, mesh: Mesh | None = None, resume: bool = True,
               eval_pairs_paths: str | Sequence[str] | None = None, on_step=None
               ) -> tuple[nnx.Module, dict]:
   """DPO-trains `policy_model` in place against the frozen `ref_model`; returns (model, summary).
+  ref_model None (a LoRA policy only): the reference is the policy with its adapters off, and
+  only the adapters are trained.
 
   cfg fields used: beta, loss_type, label_smoothing, max_len, max_completion_len, min_bucket,
   batch_size (pairs per micro-batch), grad_accum_steps, optimizer / schedule / logging fields
@@ -327,17 +333,22 @@ def train_dpo(policy_model: nnx.Module, ref_model: nnx.Module, pairs_paths: str 
   paths = [pairs_paths] if isinstance(pairs_paths, (str, os.PathLike)) else list(pairs_paths)
   os.makedirs(workdir, exist_ok=True)
   dt = loop.DTYPES[cfg.compute_dtype]
+  adapter_off = ref_model is None
+  if adapter_off and not lora.has_lora(policy_model):
+    raise ValueError("train_dpo: ref_model=None (the adapter-off reference) needs a policy with LoRA adapters")
+  ref = policy_model if adapter_off else ref_model
 
   def prepare(split, ps):
     pairs = load_pairs(ps)
     buckets = tokenize_pairs(pairs, tokenizer, cfg.max_len, cfg.max_completion_len, cfg.min_bucket)
     path = os.path.join(workdir, f"ref_logps_{split}.npz")
-    old = loop.set_compute_dtype(ref_model, dt)
+    old = loop.set_compute_dtype(ref, dt)
     try:
-      key = cache_key(ps, cfg, ref_model, tokenizer)
-      ch, rj = cached_ref_logps(path, key, ref_model, buckets, cfg.batch_size, mesh)
+      with (lora.disabled(ref) if adapter_off else contextlib.nullcontext()):
+        key = cache_key(ps, cfg, ref, tokenizer) + ("/adapter_off" if adapter_off else "")
+        ch, rj = cached_ref_logps(path, key, ref, buckets, cfg.batch_size, mesh)
     finally:
-      loop.restore_compute_dtype(ref_model, old)
+      loop.restore_compute_dtype(ref, old)
     return pairs, _with_ref(buckets, ch, rj), path
 
   pairs, train_buckets, ref_path = prepare("train", paths)
@@ -356,11 +367,11 @@ def train_dpo(policy_model: nnx.Module, ref_model: nnx.Module, pairs_paths: str 
   from engage_jax.train.sft import model_meta
   old = loop.set_compute_dtype(policy_model, dt)
   try:
-    graphdef, params, rest = nnx.split(policy_model, nnx.Param, ...)
+    graphdef, params, frozen, rest = lora.split_trainable(policy_model)
     out = loop.run(dpo_loss_fn(graphdef, rest, cfg.beta, cfg.loss_type, cfg.label_smoothing, cfg.rpo_alpha), params,
                    make_batches, cfg, workdir, mesh=mesh, total_steps=total, eval_batches=eval_fn,
                    resume=resume, checkpoint_meta=model_meta(policy_model), on_step=on_step,
-                   count_tokens=_count_tokens)
+                   count_tokens=_count_tokens, frozen=frozen)
   finally:
     loop.restore_compute_dtype(policy_model, old)
   nnx.update(policy_model, out.params)

@@ -7,6 +7,11 @@ The NNX functional pattern keeps shardings and donation explicit:
     state = run(loss_fn, params, batches_factory, cfg, workdir, mesh=mesh, ...)
     nnx.update(model, state.params)
 
+LoRA (engage_jax.models.lora): `graphdef, adapter, frozen, rest = lora.split_trainable(model)`;
+`run(loss_fn, adapter, ..., frozen=frozen)` trains (and checkpoints, and keeps optimizer state
+for) the adapter only; the frozen base weights are a sharded, non-donated jit argument and the
+loss is called as `loss_fn(params, batch, frozen)`.
+
 The jitted step takes `(params, opt_state, batch)` with `in_shardings` from
 `engage_jax.sharding` (parameters per the logical rules, batch over data×fsdp), donates the
 parameter and optimizer buffers, and runs gradient accumulation as a `lax.scan` over the A
@@ -170,13 +175,19 @@ def token_logps(logits: jax.Array, input_ids: jax.Array) -> jax.Array:
   return picked - jax.nn.logsumexp(logits, axis=-1)
 
 
+def merge_model(graphdef: nnx.GraphDef, params: nnx.State, rest: nnx.State, frozen: nnx.State | None = None):
+  """The module of a (trainable, frozen, rest) split (`lora.split_trainable`); frozen None: (params, rest)."""
+  return nnx.merge(graphdef, params, rest) if frozen is None else nnx.merge(graphdef, params, frozen, rest)
+
+
 def lm_loss_fn(graphdef: nnx.GraphDef, rest: nnx.State) -> LossFn:
   """Loss-masked token cross-entropy (mean over target tokens) for SFT batches
   {"input_ids", "loss_mask", "attention_mask"} [B, T]; loss_mask[t] = 1 means token t is a target
-  predicted from logits[t-1]. Metrics: "tokens" (number of target tokens)."""
+  predicted from logits[t-1]. Metrics: "tokens" (number of target tokens). With LoRA the loop
+  passes the frozen base weights as a third argument."""
 
-  def loss_fn(params, batch):
-    model = nnx.merge(graphdef, params, rest)
+  def loss_fn(params, batch, frozen=None):
+    model = merge_model(graphdef, params, rest, frozen)
     logits = model(batch["input_ids"], attention_mask=batch["attention_mask"])
     lp = token_logps(logits, batch["input_ids"])
     w = batch["loss_mask"][:, 1:].astype(jnp.float32)
@@ -220,18 +231,20 @@ def init_sharded(tx: optax.GradientTransformation, params: nnx.State, mesh: Mesh
 # ---------------------------------------------------------------------------- the step
 def make_train_step(loss_fn: LossFn, tx: optax.GradientTransformation, schedule: optax.Schedule,
                     mesh: Mesh, params_sharding, opt_sharding, batch_example: Mapping[str, Any],
-                    donate: bool = True):
-  """jit step `(params, opt_state, batch[A, B, ...]) -> (params, opt_state, metrics)`.
+                    donate: bool = True, frozen_sharding=None):
+  """jit step `(params, opt_state, batch[A, B, ...]) -> (params, opt_state, metrics)`; with
+  `frozen_sharding` (LoRA) `(params, opt_state, batch, frozen)`: frozen weights get no gradient
+  and are not donated.
 
   Gradients are the mean over the A micro-batches (scan). metrics: "loss", "grad_norm" (before
   clipping), "learning_rate" (of this update), "finite" (1.0 if the update was applied) and the
   loss function's metrics (means over micro-batches; "tokens" summed).
   """
-  b_sh = {k: micro_batch_sharding(mesh, np.ndim(v)) for k, v in batch_example.items()}
+  b_sh = {k: micro_batch_sharding(mesh, len(np.shape(v))) for k, v in batch_example.items()}
   rep = NamedSharding(mesh, P())
 
-  def step(params, opt_state, batch):
-    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+  def step(params, opt_state, batch, *frozen):
+    grad_fn = jax.value_and_grad(lambda p, mb: loss_fn(p, mb, *frozen), has_aux=True)
 
     def micro(acc, mb):
       (loss, aux), g = grad_fn(params, mb)
@@ -256,20 +269,23 @@ def make_train_step(loss_fn: LossFn, tx: optax.GradientTransformation, schedule:
                    learning_rate=schedule(count) if count is not None else jnp.nan)
     return new_params, new_opt, metrics
 
-  return jax.jit(step, in_shardings=(params_sharding, opt_sharding, b_sh),
+  extra = () if frozen_sharding is None else (frozen_sharding,)
+  return jax.jit(step, in_shardings=(params_sharding, opt_sharding, b_sh) + extra,
                  out_shardings=(params_sharding, opt_sharding, rep),
                  donate_argnums=(0, 1) if donate else ())
 
 
-def make_eval_step(loss_fn: LossFn, mesh: Mesh, params_sharding, batch_example):
-  """jit `(params, batch[B, ...]) -> metrics` (no gradients)."""
-  b_sh = {k: micro_batch_sharding(mesh, np.ndim(v), accum=False) for k, v in batch_example.items()}
+def make_eval_step(loss_fn: LossFn, mesh: Mesh, params_sharding, batch_example, frozen_sharding=None):
+  """jit `(params, batch[B, ...]) -> metrics` (no gradients); `(params, batch, frozen)` with
+  `frozen_sharding`."""
+  b_sh = {k: micro_batch_sharding(mesh, len(np.shape(v)), accum=False) for k, v in batch_example.items()}
 
-  def step(params, batch):
-    loss, aux = loss_fn(params, batch)
+  def step(params, batch, *frozen):
+    loss, aux = loss_fn(params, batch, *frozen)
     return dict(aux, loss=loss)
 
-  return jax.jit(step, in_shardings=(params_sharding, b_sh), out_shardings=NamedSharding(mesh, P()))
+  extra = () if frozen_sharding is None else (frozen_sharding,)
+  return jax.jit(step, in_shardings=(params_sharding, b_sh) + extra, out_shardings=NamedSharding(mesh, P()))
 
 
 # ---------------------------------------------------------------------------- metrics file
@@ -356,7 +372,8 @@ def run(loss_fn: LossFn, params: nnx.State, make_batches: BatchesFactory, cfg: T
         eval_loss_fn: LossFn | None = None, resume: bool = True,
         checkpoint_meta: Mapping[str, Any] | None = None,
         on_step: Callable[[int, dict], None] | None = None,
-        count_tokens: Callable[[Mapping[str, np.ndarray]], float] | None = None) -> TrainState:
+        count_tokens: Callable[[Mapping[str, np.ndarray]], float] | None = None,
+        frozen: nnx.State | None = None) -> TrainState:
   """Trains `params` for `total_steps` optimizer updates.
 
   make_batches(data_state) returns an iterable of batches (dicts of numpy [A*B, ...]) that
@@ -365,7 +382,9 @@ def run(loss_fn: LossFn, params: nnx.State, make_batches: BatchesFactory, cfg: T
   metrics["tokens"] (else "row_weight" count, else 1). on_step(step, host_metrics) is called
   after every step (tests use it to pause/kill a run). checkpoint_meta: extra JSON for the
   checkpoint (e.g. the model config for `checkpoint.export_hf`). count_tokens(batch) gives the
-  tokens of a batch for tokens/s (default: the sum of "attention_mask").
+  tokens of a batch for tokens/s (default: the sum of "attention_mask"). frozen: weights the
+  loss needs but that are not trained (LoRA's base model): placed by the sharding rules, passed
+  as `loss_fn(params, batch, frozen)`, never in the optimizer state or the checkpoints.
   """
   from engage_jax import checkpoint as ckpt_lib
   from tqdm.auto import tqdm
@@ -375,6 +394,11 @@ def run(loss_fn: LossFn, params: nnx.State, make_batches: BatchesFactory, cfg: T
   shd.check_batch(mesh, cfg.batch_size)
   tx, schedule = make_optimizer(cfg, total_steps)
   params, opt_state, p_sh, o_sh = init_sharded(tx, params, mesh)
+  f_sh = None
+  if frozen is not None:
+    f_sh = shd.state_sharding(mesh, frozen)
+    frozen = place(frozen, f_sh)
+  extra = () if frozen is None else (frozen,)
 
   writer = MetricsWriter(workdir)
   manager = ckpt_lib.CheckpointManager(os.path.join(workdir, "checkpoints"),
@@ -413,9 +437,9 @@ def run(loss_fn: LossFn, params: nnx.State, make_batches: BatchesFactory, cfg: T
     for b in eval_batches():
       b = {k: np.asarray(v) for k, v in b.items()}
       if eval_step is None or getattr(eval_step, "_keys", None) != tuple(sorted(b)):
-        eval_step = make_eval_step(eval_loss_fn or loss_fn, mesh, p_sh, b)
+        eval_step = make_eval_step(eval_loss_fn or loss_fn, mesh, p_sh, b, f_sh)
         eval_step._keys = tuple(sorted(b))
-      m = jax.device_get(eval_step(params, b))
+      m = jax.device_get(eval_step(params, b, *extra))
       w = float(m.get("tokens", b["row_weight"].sum() if "row_weight" in b else 1.0))
       total += w
       for k, v in m.items():
@@ -438,9 +462,9 @@ def run(loss_fn: LossFn, params: nnx.State, make_batches: BatchesFactory, cfg: T
         raise ValueError(f"training data ran out at step {step} of {total_steps}") from None
       batch = stack_micro(batch, cfg.grad_accum_steps)
       if train_step is None:
-        train_step = make_train_step(loss_fn, tx, schedule, mesh, p_sh, o_sh, batch)
+        train_step = make_train_step(loss_fn, tx, schedule, mesh, p_sh, o_sh, batch, frozen_sharding=f_sh)
       interval.tokens += float(count_tokens(batch)) if count_tokens else float(np.sum(batch.get("attention_mask", 0)))
-      params, opt_state, metrics = train_step(params, opt_state, batch)
+      params, opt_state, metrics = train_step(params, opt_state, batch, *extra)
       metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
       step += 1
       if metrics.pop("finite") < 1.0:

@@ -17,6 +17,7 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from engage_jax.data import sft as sft_data
+from engage_jax.models import lora
 from engage_jax.train import loop
 
 
@@ -43,13 +44,19 @@ def eval_batch_iter(buckets: Mapping[int, Mapping[str, np.ndarray]], batch_size:
 
 
 def model_meta(model: nnx.Module) -> dict:
+  """Checkpoint metadata: the model config, and the LoRA config of an adapter run (whose
+  checkpoints hold the adapter only)."""
   cfg = getattr(model, "config", None)
-  return {"model_config": dataclasses.asdict(cfg)} if dataclasses.is_dataclass(cfg) else {}
+  out = {"model_config": dataclasses.asdict(cfg)} if dataclasses.is_dataclass(cfg) else {}
+  if lora.has_lora(model):
+    out["lora"] = model.lora_config.to_json()
+  return out
 
 
 def train_sft(model: nnx.Module, train_data: Any, cfg: Any, workdir: str, mesh: Mesh | None = None,
               eval_data: Any = None, resume: bool = True, on_step=None) -> tuple[nnx.Module, dict]:
-  """Fine-tunes `model` in place on SFT examples; returns (model, summary).
+  """Fine-tunes `model` in place on SFT examples; returns (model, summary). A model with LoRA
+  adapters (models.lora.apply_lora) trains the adapters only; the base weights stay frozen.
 
   summary: {"step", "start_step", "total_steps", "last_train": metrics, "eval_start" / "eval_end":
   held-out metrics ({"loss"} token-weighted) or None, "examples", "target_tokens"}. Checkpoints go
@@ -70,10 +77,10 @@ def train_sft(model: nnx.Module, train_data: Any, cfg: Any, workdir: str, mesh: 
     eval_fn = eval_batch_iter(as_buckets(eval_data, cfg, pad_id), cfg.batch_size)
   old = loop.set_compute_dtype(model, loop.DTYPES[cfg.compute_dtype])
   try:
-    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    graphdef, params, frozen, rest = lora.split_trainable(model)
     out = loop.run(loop.lm_loss_fn(graphdef, rest), params, make_batches, cfg, workdir, mesh=mesh,
                    total_steps=total, eval_batches=eval_fn, resume=resume,
-                   checkpoint_meta=model_meta(model), on_step=on_step)
+                   checkpoint_meta=model_meta(model), on_step=on_step, frozen=frozen)
   finally:
     loop.restore_compute_dtype(model, old)
   nnx.update(model, out.params)
