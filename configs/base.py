@@ -22,6 +22,22 @@ def model_config(**overrides) -> ml_collections.ConfigDict:
       max_position_embeddings=512,
       tie_word_embeddings=True,
       rope_theta=10000.0,
+      lora=lora_config(),    # rank 0 = full fine-tuning (the default)
+  ))
+  cfg.update(overrides)
+  return cfg
+
+
+def lora_config(**overrides) -> ml_collections.ConfigDict:
+  """LoRA adapters of a role (engage_jax.models.lora): SFT and DPO then train the adapters only,
+  the base weights stay frozen, and DPO's reference is the model with its adapters off."""
+  cfg = ml_collections.ConfigDict(dict(
+      rank=0,                # 0 = off; > 0: adapter rank r
+      alpha=16.0,            # scale alpha / r (PEFT's lora_alpha)
+      dropout=0.0,           # only 0.0 is implemented
+      targets="q,k,v,o,gate,up,down",   # projections with adapters (comma-separated)
+      init="default",        # default: B = 0 (model unchanged at start); random: B random too
+      path="",               # a PEFT adapter dir (adapter_config.json) to start SFT from
   ))
   cfg.update(overrides)
   return cfg
@@ -109,6 +125,7 @@ def get_config() -> ml_collections.ConfigDict:
       sim_temperature=1.0,          # the simulator samples the user's reactions at T=1 so that
       sim_max_new_tokens=32,        # their learned probabilities are kept (T<1 sharpens them away)
       max_prompt_len=256,
+      reward_horizon="future",      # "future": end-of-chat outcome (rollouts); "turn": the next user turn only
   ))
   c.eval = ml_collections.ConfigDict(dict(
       n_conditions=250,             # held-out conditions

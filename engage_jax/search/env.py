@@ -175,6 +175,20 @@ class BanditEnv:
     return out
 
 
+def turn_reward(task: str, e: Expansion, reward_cfg: Any = None) -> float:
+  """The user's immediate reaction to `e.agent` (SearchConfig.reward_horizon "turn"): ES 1.0 if
+  the reply `e.user` alone matches the regex; P4G the donation that reply states (free text,
+  0.0 if none), or the chat's outcome `e.reward` when the reply ended it (UNPARSED stays NaN)."""
+  from engage_jax import rewards
+  st = rewards.RewardSettings.from_any(reward_cfg)
+  if task == "es":
+    return 1.0 if rewards.es_engaged([e.user.text], st.es_pattern, 1) else 0.0
+  if e.terminal and e.reward is not None:
+    return float(e.reward)
+  d = rewards.parse_donation(e.user.text, st.donation_cap, outcome_line=False)
+  return 0.0 if d is None else float(d)
+
+
 class ModelEnv:
   """The real env: agent and user-simulator LMs.
 
@@ -260,6 +274,10 @@ class ModelEnv:
       for (e, _), r in zip(ended, rewards):
         e.reward = r
     return out
+
+  def turn_rewards(self, expansions: Sequence[Expansion]) -> list[float]:
+    """`turn_reward` of each new child (reward_horizon "turn")."""
+    return [turn_reward(self.task, e, self.reward_cfg) for e in expansions]
 
   def final_rewards(self, dialogues: list[Dialogue], seed: int) -> list[float]:
     """Rewards of chats the simulator has ended (`rollout.score_finished`, as `simulate` does);

@@ -39,6 +39,9 @@ REQUIRED_CONDITION = {
 }
 
 
+REWARD_HORIZONS = ("future", "turn")
+
+
 @dataclasses.dataclass(frozen=True)
 class SearchConfig:
   """Every constant of i×MCTS (the paper gives few; GDP-Zero uses PUCT, c=1, 15-turn cap).
@@ -66,6 +69,10 @@ class SearchConfig:
   Sampling (used by ModelEnv.from_config):
     temperature, top_p, top_k, max_new_tokens: the agent's candidates.
     sim_temperature, sim_top_p, sim_top_k, sim_max_new_tokens: the simulator's replies.
+  Reward horizon:
+    reward_horizon: "future" (a child's reward is the end-of-chat outcome of a rollout, or of the
+      chat its reply ends) or "turn" (the user's immediate reaction to that agent turn:
+      `env.turn_rewards`, e.g. the ES regex on the next user turn alone; no rollouts).
   seed: all randomness derives from it (round r uses sub-seeds of (seed, r)).
   required_condition: condition fields every root needs; None = REQUIRED_CONDITION[task].
   """
@@ -90,8 +97,14 @@ class SearchConfig:
   sim_top_p: float = 1.0
   sim_top_k: int = 0
   sim_max_new_tokens: int = 64
+  reward_horizon: str = "future"
   seed: int = 0
   required_condition: tuple[str, ...] | None = None
+
+  def __post_init__(self):
+    if self.reward_horizon not in REWARD_HORIZONS:
+      raise ValueError(f"SearchConfig.reward_horizon must be one of {REWARD_HORIZONS}; "
+                       f"got {self.reward_horizon!r}")
 
   # keys of the launcher's `config.search` section that are not SearchConfig fields
   RUNNER_KEYS = ("n_conditions", "trees_per_shard", "max_prompt_len")
@@ -161,6 +174,9 @@ def validate(roots: Sequence[Dialogue], cfg: SearchConfig, env: Env | None = Non
     if r.num_agent_turns >= cfg.max_turns:
       raise ValueError(f"root {r.id!r}: already has {r.num_agent_turns} agent turns >= "
                        f"max_turns={cfg.max_turns}")
+  if cfg.reward_horizon == "turn" and env is not None and not hasattr(env, "turn_rewards"):
+    raise ValueError(f"SearchConfig.reward_horizon='turn' needs an env with turn_rewards; "
+                     f"{type(env).__name__} has none")
 
 
 def similarity(a: str, b: str, kind: str = "difflib") -> float:
@@ -282,6 +298,7 @@ def search(env: Env, roots: Sequence[Dialogue], cfg: SearchConfig,
     if len(expansions) != len(leaves):
       raise ValueError(f"env.expand returned {len(expansions)} rows for {len(leaves)} histories")
     new: list[tuple[int, int]] = []
+    new_exp: list[Expansion] = []
     known: set[tuple[int, int]] = set()  # terminal children scored by the expansion
     for (b, leaf), cands in zip(leaves, expansions):
       if len(cands) != k:
@@ -298,6 +315,11 @@ def search(env: Env, roots: Sequence[Dialogue], cfg: SearchConfig,
           trees.reward[b, node] = float(e.reward)
           known.add((b, node))
         new.append((b, node))
+        new_exp.append(e)
+    if cfg.reward_horizon == "turn":  # the immediate reaction, no rollout
+      for (b, n), r in zip(new, env.turn_rewards(new_exp)):
+        trees.reward[b, n] = float(r)
+      known = set(new)
     need = [(b, n) for b, n in new if (b, n) not in known]
     if need:
       results = env.rollout([trees.history(b, n) for b, n in need], _sub_seed(cfg.seed, rnd, 1))

@@ -44,6 +44,8 @@ def shard_paths(out_dir: str, shard: int) -> tuple[str, str]:
 
 def _manifest(roots: Sequence[Dialogue], cfg: SearchConfig, trees_per_shard: int) -> dict:
   cfg_json = dataclasses.asdict(cfg)
+  if cfg_json.get("reward_horizon") == "future":  # the default: manifests of older searches stay valid
+    del cfg_json["reward_horizon"]
   if cfg_json.get("required_condition") is not None:
     cfg_json["required_condition"] = list(cfg_json["required_condition"])
   return {"config": cfg_json, "trees_per_shard": trees_per_shard,
