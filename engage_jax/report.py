@@ -98,6 +98,25 @@ def _unpaired_test(a: np.ndarray, b: np.ndarray, seed: int, n_perm: int = 20_000
   return (1 + count) / (1 + n_perm)
 
 
+def simulator_behaviour(task: str, dialogues: Sequence[Dialogue]) -> dict:
+  """What the simulated user did: how often it ended the chat itself (END marker, not the turn cap),
+  said the engaged phrase in its last turns (ES) / stated a parsable donation (P4G), and the
+  donations it stated. Evidence for why DPO did or did not move the reward."""
+  n = len(dialogues)
+  if not n:
+    return {"n": 0}
+  out = {"n": n, "ended_by_simulator": sum(bool(d.outcome.get("terminal")) for d in dialogues) / n,
+         "mean_user_words": float(np.mean([np.mean([len(t.text.split()) for t in d.turns if t.role == "user"] or [0])
+                                           for d in dialogues]))}
+  if task == "es":
+    out["engaged"] = sum(float(d.outcome.get("reward") or 0.0) > 0 for d in dialogues) / n
+  else:
+    stated = [d.outcome.get("donation") for d in dialogues if d.outcome.get("donation") is not None]
+    out["donation_stated"] = len(stated) / n
+    out["donation_nonzero"] = sum(x > 0 for x in stated) / n
+  return out
+
+
 def build_report(task: str, sft_dialogues: Sequence[Dialogue], dpo_dialogues: Sequence[Dialogue],
                  pairs_count: int, wall_seconds: Mapping[str, float], search_stats: Mapping | None = None,
                  *, seed: int = 0, n_boot: int = 10_000) -> dict:
@@ -127,6 +146,7 @@ def build_report(task: str, sft_dialogues: Sequence[Dialogue], dpo_dialogues: Se
     if sa.size and np.all(np.isin(sa, (0.0, 1.0))) and np.all(np.isin(sb, (0.0, 1.0))):
       extra["mcnemar_p"] = ev.mcnemar_exact(sa, sb, alternative="two-sided")
       extra["mcnemar_test"] = "exact McNemar, two-sided, dialogue-level pairs (same condition and seed)"
+  extra["simulator"] = {"sft": simulator_behaviour(task, sft_dialogues), "dpo": simulator_behaviour(task, dpo_dialogues)}
   if search_stats:
     extra["search"] = _search_summary(search_stats)
   report = {"task": task, "sft": sft, "dpo": dpo, "pairs": int(pairs_count), "p_value": float(p),
@@ -243,6 +263,14 @@ def render_markdown(report: Mapping) -> str:
         f"{n.upper()} {u[n]['count']}/{u[n]['total']} ({100 * u[n]['rate']:.1f}%)" for n in ("sft", "dpo")))
   lines += [f"- preference pairs used for DPO: **{report['pairs']}**",
             f"- paper (arXiv 2506.21497), for context: {ref['text']} (SFT → DPO)", ""]
+  if extra.get("simulator"):
+    keys = [k for k in extra["simulator"]["sft"] if k != "n"]
+    lines += ["## What the simulated user did", "", "| model | " + " | ".join(keys) + " |",
+              "|---|" + "---:|" * len(keys)]
+    for name in ("sft", "dpo"):
+      row = extra["simulator"][name]
+      lines.append(f"| {name.upper()} | " + " | ".join(f"{row.get(k, 0):.3g}" for k in keys) + " |")
+    lines.append("")
   ws = report["wall_seconds"]
   if ws:
     lines += ["## Stage wall time", "", "| stage | seconds |", "|---|---:|"]

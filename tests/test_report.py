@@ -130,7 +130,7 @@ def _table_rows(md: str) -> dict:
   for line in md.splitlines():
     cells = [c.strip() for c in line.strip("|").split("|")]
     if cells[0] in ("SFT", "DPO"):
-      rows[cells[0]] = cells
+      rows.setdefault(cells[0], cells)  # the first table is the SFT/DPO one
   return rows
 
 
@@ -180,3 +180,20 @@ def test_report_pairs_by_condition_id_not_by_order():
   by_position = [Dialogue(d.id, d.task, d.turns, {}, dict(d.outcome, condition_id=s.outcome["condition_id"]))
                  for s, d in zip(sft, shuffled)]
   assert _paired_p_by_id(sft, by_position) != pytest.approx(want)
+
+
+def test_simulator_behaviour_counts_by_hand():
+  """Ended-by-simulator, engaged (ES) and stated/non-zero donation (P4G) rates over dialogues."""
+  es = _dialogues([1, 0, 0, 1])
+  es[1].outcome["terminal"] = False
+  es[2].outcome["terminal"] = False
+  es[0].turns = [Turn("user", "one two three"), Turn("agent", "x y"), Turn("user", "a")]
+  got = rp.simulator_behaviour("es", es)
+  assert got["n"] == 4 and got["ended_by_simulator"] == 0.5 and got["engaged"] == 0.5
+  assert got["mean_user_words"] == pytest.approx((2 + 1 + 1 + 1) / 4)
+  p4g = _p4g([0.5, None, 0.0, 2.0, None])
+  got = rp.simulator_behaviour("p4g", p4g)
+  assert got["donation_stated"] == 3 / 5 and got["donation_nonzero"] == 2 / 5 and got["ended_by_simulator"] == 0
+  r = rp.build_report("p4g", p4g, _p4g([1.0, 1.0, None, 0.0, 0.5]), pairs_count=1, wall_seconds={})
+  assert r["extra"]["simulator"]["dpo"]["donation_stated"] == 4 / 5
+  assert "## What the simulated user did" in rp.render_markdown(r)
