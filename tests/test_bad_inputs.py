@@ -301,7 +301,7 @@ def test_launcher_config_file_missing_syntax_error_and_exception(tmp_path):
   bad.write_text("def get_config(:\n")
   _one_line(_launch("launch/pipeline.py", f"--config={bad}", f"--workdir={wd}"), f"({bad}:1)")
   bad.write_text("def get_config():\n  return undefined_name\n")
-  _one_line(_launch("launch/pipeline.py", f"--config={bad}", f"--workdir={wd}"), f"NameError")
+  _one_line(_launch("launch/pipeline.py", f"--config={bad}", f"--workdir={wd}"), "NameError")
   assert not wd.exists()
 
 
