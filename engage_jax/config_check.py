@@ -235,12 +235,48 @@ def _dims(c: _Checker, key: str, d: dict, source: str) -> None:
       c.add(where("num_attention_heads"), f"head_dim {head_dim} must be even (RoPE){suffix}")
 
 
+LORA_TARGETS = ("q", "k", "v", "o", "gate", "up", "down")  # engage_jax.models.lora.TARGETS
+
+
+def _lora(c: _Checker, k: str) -> None:
+  """model.<role>.lora (engage_jax.models.lora; kept free of jax imports): rank >= 0; with rank > 0
+  alpha, dropout (0 only), init and targets; `path` a PEFT adapter dir whose r equals rank."""
+  if c.cfg.model[k.split(".")[1]].get("lora") is None:
+    return
+  k = f"{k}.lora"
+  rank = c.int_ge(f"{k}.rank", 0, " (0 = LoRA off)")
+  path = c.need(f"{k}.path", lambda v: isinstance(v, str), "must be a string (empty: a fresh adapter)")
+  if rank == 0 and path:
+    c.add(f"{k}.rank", "must be > 0 (the adapter's r) when lora.path is set; got 0")
+  if not rank:
+    return
+  c.num(f"{k}.alpha", 0.0, lo_open=True)
+  c.need(f"{k}.dropout", lambda v: v == 0, "LoRA dropout is not implemented; must be 0.0")
+  c.one_of(f"{k}.init", ("default", "random"))
+  targets = c.need(f"{k}.targets", lambda v: isinstance(v, str) and v.strip(),
+                   "must be a comma-separated list of projections")
+  if targets:
+    names = [t.strip().removesuffix("_proj") for t in targets.split(",") if t.strip()]
+    bad = [t for t in names if t not in LORA_TARGETS]
+    if bad:
+      c.add(f"{k}.targets", f"{', '.join(bad)} match no projection (targets: {', '.join(LORA_TARGETS)}); "
+                            f"got {targets!r}")
+  if path:
+    cfg_file = Path(path) / "adapter_config.json"
+    obj, bad = _json_object(cfg_file) if cfg_file.is_file() else (None, f"no adapter_config.json in {path!r}")
+    if bad:
+      c.add(f"{k}.path", bad)
+    elif obj.get("r") != rank:
+      c.add(f"{k}.rank", f"must equal the adapter's r={obj.get('r')!r} ({cfg_file}); got {rank}")
+
+
 def _model(c: _Checker) -> None:
   c.one_of("model.dtype", DTYPES)
   c.one_of("model.param_dtype", DTYPES)
   c.boolean("model.remat")
   for role in ("agent", "simulator"):
     k = f"model.{role}"
+    _lora(c, k)
     path = c.need(f"{k}.path", lambda v: isinstance(v, str), "must be a string (empty: from scratch)")
     if path:
       p = Path(path)

@@ -6,6 +6,7 @@ Each stage reads its inputs from the workdir, writes its outputs there, and mark
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
@@ -152,12 +153,14 @@ def load_tokenizer(wd: Workdir):
   return ChatTokenizer.load(wd.path("tokenizer"))
 
 
-def new_model(cfg, role: str, tok) -> models.CausalLM:
-  """The initial model of `role`: pretrained from `model.<role>.path` or a fresh random one."""
+def new_model(cfg, role: str, tok, adapters: bool = True) -> models.CausalLM:
+  """The initial model of `role`: pretrained from `model.<role>.path` or a fresh random one;
+  with `model.<role>.lora.rank` > 0 (and `adapters`) carrying LoRA adapters (`with_lora`)."""
   mc = cfg.model[role]
   dtype, param_dtype = _DTYPES[cfg.model.dtype], _DTYPES[cfg.model.param_dtype]
   if mc.path:
-    return load_model(cfg, mc.path)
+    model = load_model(cfg, mc.path)
+    return with_lora(cfg, role, model) if adapters else model
   config = models.ModelConfig(
       model_type=mc.model_type, vocab_size=tok.vocab_size, hidden_size=mc.hidden_size,
       intermediate_size=mc.intermediate_size, num_hidden_layers=mc.num_hidden_layers,
@@ -167,7 +170,32 @@ def new_model(cfg, role: str, tok) -> models.CausalLM:
   seed = cfg.seed + (0 if role == "agent" else 1)
   model = models.CausalLM(config, dtype=dtype, param_dtype=param_dtype, rngs=nnx.Rngs(seed))
   model.remat = cfg.model.remat
-  return model
+  return with_lora(cfg, role, model) if adapters else model
+
+
+def with_lora(cfg, role: str, model, fresh: bool = False, rank: int | None = None):
+  """`model` with the LoRA adapters of `model.<role>.lora` (in place; rank 0: unchanged): loaded
+  from `lora.path` (a PEFT dir) unless `fresh`, else newly initialised (seeded). rank: override."""
+  from engage_jax.models import lora
+  node = cfg.model[role].get("lora")
+  lcfg = lora.LoraConfig.from_any(node)
+  if rank is not None:
+    lcfg = dataclasses.replace(lcfg, rank=rank)
+  if not lcfg.enabled:
+    return model
+  if lcfg.path and not fresh:
+    return lora.load_peft(model, lcfg.path)
+  seed = cfg.seed + 100 + (0 if role == "agent" else 1)
+  return lora.apply_lora(model, lcfg, rngs=nnx.Rngs(seed), where=f"config.model.{role}.lora")
+
+
+def save_trained(model, out: Path, base: str = "") -> None:
+  """`out/hf`: the model (LoRA adapters merged into the weights) for the later stages and
+  transformers; with adapters also `out/adapter`, the PEFT adapter dir (base: the base model's path)."""
+  from engage_jax.models import lora
+  models.save_pretrained(lora.merge(model), out / "hf")
+  if lora.has_lora(model):
+    lora.save_peft(model, out / "adapter", base_model_name_or_path=str(base))
 
 
 def load_model(cfg, path) -> models.CausalLM:
@@ -231,12 +259,12 @@ def stage_sft(cfg, wd: Workdir, role: str) -> dict:
   if steps == 0:  # no SFT: the pretrained model as it is (e.g. a prompted simulator)
     if not cfg.model[role].path:
       raise ValueError(f"config.sft.{role}_steps=0 needs a pretrained config.model.{role}.path")
-    models.save_pretrained(new_model(cfg, role, tok), out / "hf")
+    save_trained(new_model(cfg, role, tok), out, cfg.model[role].path)
     return {"examples": 0, "step": 0, "pretrained_as_is": True}
   model = new_model(cfg, role, tok)
   tcfg = train_config(cfg, cfg.sft, num_steps=steps, max_len=cfg.data.max_len)
   model, summary = sft_train.train_sft(model, train, tcfg, str(out), mesh=make_mesh(cfg), eval_data=valid)
-  models.save_pretrained(model, out / "hf")
+  save_trained(model, out, cfg.model[role].path)
   return {"examples": stats.get("examples"), **{k: v for k, v in summary.items() if _jsonable(v)}}
 
 
@@ -310,11 +338,13 @@ def stage_dpo(cfg, wd: Workdir) -> dict:
     print(f"[engage_jax] warning: {msg}", flush=True)
     models.save_pretrained(load_model(cfg, wd.path("sft_agent", "hf")), out / "hf")
     return {"pairs": 0, "skipped": "no preference pairs"}
-  policy = load_model(cfg, wd.path("sft_agent", "hf"))
-  ref = load_model(cfg, wd.path("sft_agent", "hf"))
+  # LoRA: a fresh adapter on the (merged) SFT agent; the reference is that model, adapter off
+  policy = with_lora(cfg, "agent", load_model(cfg, wd.path("sft_agent", "hf")), fresh=True)
+  from engage_jax.models import lora
+  ref = None if lora.has_lora(policy) else load_model(cfg, wd.path("sft_agent", "hf"))
   tcfg = train_config(cfg, cfg.dpo)
   model, summary = dpo_train.train_dpo(policy, ref, [str(f) for f in files], tok, tcfg, str(out), mesh=make_mesh(cfg))
-  models.save_pretrained(model, out / "hf")
+  save_trained(model, out, wd.path("sft_agent", "hf"))
   return {"pairs": n_pairs, **{k: v for k, v in summary.items() if _jsonable(v)}}
 
 
