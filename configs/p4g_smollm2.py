@@ -22,4 +22,9 @@ def get_config():
   c.data.source = "p4g"
   c.data.path = os.path.normpath(os.path.join(esconv_smollm2.DATA, "p4g"))
   c.data.condition_keys = "age,sex,income,ideology,benevolence,universalism,care"
+  # The stated donation varies inside the trees (unlike ES's rare engaged phrase), so the search
+  # budget buys pairs here: two shards of 8 trees, 4 expansions each; 48 of the 96 test conditions.
+  c.search.n_conditions = 16
+  c.search.budget = 4
+  c.eval.n_conditions = 48
   return c
