@@ -7,7 +7,8 @@ strategy (None) is unhelpful (ES probability P_BASE, P4G not effective) and coun
   evaluation chats): first-turn helpful rate, unmatched rate, and the exact expected reward of the
   strategies played (`sandbox.expected_reward`; for ES chats the simulator ended early this is a
   lower bound, the later turns were never played).
-- `simulate_world(agent, starts, task, seed)`: live chats with the true user. ES: the agent plays
+- `simulate_world(agent, starts, task, seed)` (agent: a rollout.Speaker, or a policy with
+  `choose(histories, seed)` such as baselines.BestOfN): live chats with the true user. ES: the agent plays
   up to ES_MAX_TURNS turns; after each the world engages with P_HELP / P_BASE and ends the chat,
   otherwise continues (a goodbye after the last). P4G: ES-like for P4G_STRATEGY_TURNS persuasion
   turns (positive / lukewarm replies by effectiveness), then a donation drawn from
@@ -75,7 +76,11 @@ def simulate_world(agent, starts: Sequence[Dialogue], task: str, seed: int) -> l
   shadow = [list(d.turns) for d in rows]          # ES: the not-yet-engaged path, to the cap
   strat: list[list[str]] = [[] for _ in rows]
   for t in range(n_turns):
-    texts = agent.generate([chat.agent_messages(task, h) for h in shadow], int(seed * 7919 + t) % (2 ** 31))
+    call_seed = int(seed * 7919 + t) % (2 ** 31)
+    if hasattr(agent, "choose"):  # a policy that needs the condition (baselines.BestOfN)
+      texts = agent.choose([Dialogue(d.id, task, h, dict(d.condition)) for d, h in zip(rows, shadow)], call_seed)
+    else:
+      texts = agent.generate([chat.agent_messages(task, h) for h in shadow], call_seed)
     for i, (d, text) in enumerate(zip(rows, texts)):
       s = sandbox.strategy_of(text, task) or UNMATCHED
       strat[i].append(s)

@@ -1,0 +1,452 @@
+"""Named variants x seeds over the pipeline, with shared stages, resume, and the comparison table.
+
+Layout of the experiment directory DIR:
+  seed-S/base/          a pipeline workdir (pipeline.run): tokenizer, sft_agent, sft_simulator,
+                        eval_sft — shared by every variant of seed S (config.seed = S)
+  seed-S/sims/sim-J/    held-out simulator J (J = 1 .. ensemble_size - 1): the pipeline's
+                        simulator SFT with seed S + 100 J (other init, other sandbox training split)
+  seed-S/<variant>/     search/, dpo_agent/ or agent/, eval/, oracle/, ens/sim-J/ (dialogues.jsonl)
+  seed-S/done/*.json    one marker per finished step (its result and seconds): a restart skips it
+  seed-S/<variant>/result.json   the variant's finished result for seed S (written last)
+  experiment.json experiment.md reward.png
+
+Shared steps run once: the base, the held-out simulators and the "future" search (which future,
+corpus_mix and rft all use). The pipeline's stage functions do the work (`ModelOps`); they see a
+`View` whose shared paths point into seed-S/base. Every agent is evaluated on the same held-out
+conditions and seeds as the pipeline's eval_sft, so all comparisons are paired by (seed, condition).
+
+experiment.json: {"variants": {name: {"seeds", "reward_mean", "ci95", "mean_turns", "oracle_mean",
+"oracle_ci95", "oracle_expected", "oracle_first_turn_helpful", "oracle_unmatched_rate",
+"sim_first_turn_helpful", "p_vs_sft", "p_vs_future", "oracle_p_vs_sft", "oracle_p_vs_future",
+"seed_means", "heldout_gain", "heldout_p", "by_simulator", ...}}, "wall_seconds", "command",
+"sizes"}. ci95: percentile bootstrap over (seed, condition) units of per-condition mean rewards;
+p: paired sign-flip tests (evaluate.paired_test) over the same units.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from engage_jax.experiments import variants as V
+from engage_jax.fileio import atomic_write_json
+
+SHARED_STAGES = ("tokenizer", "sft_agent", "sft_simulator", "eval_sft")
+BASE_LINKS = ("tokenizer", "sft_agent", "sft_simulator")
+
+
+class View:
+  """Workdir-like paths for the pipeline's stage functions: a first component in `links` maps
+  there (shared outputs of seed-S/base), anything else lives under `root`."""
+
+  def __init__(self, root: Path, links: Mapping[str, Path]):
+    self.root = Path(root)
+    self.links = {k: Path(v) for k, v in links.items()}
+
+  def path(self, *parts: str) -> Path:
+    if parts and parts[0] in self.links:
+      return self.links[parts[0]].joinpath(*parts[1:])
+    return self.root.joinpath(*parts)
+
+
+def pipeline_config(cfg, seed: int, **search):
+  """The pipeline's config (no experiment section) for one seed, search keys overridden."""
+  import ml_collections
+  d = cfg.to_dict()
+  d.pop("experiment", None)
+  d["seed"] = int(seed)
+  d["search"].update(search)
+  return ml_collections.ConfigDict(d)
+
+
+def per_condition(dialogues, key: str = "reward") -> dict[str, float]:
+  """{condition id: mean outcome[key]} over scored dialogues."""
+  from engage_jax import evaluate
+  g: dict[str, list[float]] = {}
+  for d in evaluate.scored(dialogues) if key == "reward" else dialogues:
+    g.setdefault(evaluate.condition_id(d), []).append(float(d.outcome[key]))
+  return {c: float(np.mean(v)) for c, v in g.items()}
+
+
+class ModelOps:
+  """The real work of each step (tests substitute fakes with the same methods)."""
+
+  # ------------------------------------------------------------------ training
+  def base(self, cfg, root: Path) -> dict:
+    from engage_jax import pipeline
+    pipeline.run(cfg, str(root), SHARED_STAGES)
+    return {}
+
+  def simulator(self, cfg, view: View) -> dict:
+    from engage_jax import pipeline
+    return pipeline.stage_sft(cfg, view, "simulator")
+
+  def search(self, cfg, view: View) -> dict:
+    from engage_jax import pipeline
+    return pipeline.stage_search(cfg, view)
+
+  def dpo(self, cfg, view: View) -> dict:
+    from engage_jax import pipeline
+    return pipeline.stage_dpo(cfg, view)
+
+  def corpus_mix_pairs(self, cfg, view: View, search_dir: Path, n_corpus: int) -> dict:
+    """Writes the search's pairs + corpus pairs into view's search/pairs/."""
+    from engage_jax import pipeline
+    from engage_jax.experiments import baselines
+    from engage_jax.fileio import atomic_write_jsonl
+    from engage_jax.search.pairs import read_jsonl
+    pairs = [p for f in sorted((search_dir / "pairs").glob("shard-*.jsonl")) for p in read_jsonl(str(f))]
+    tok = pipeline.load_tokenizer(view)
+    agent = pipeline.speaker(cfg, cfg.search, pipeline.load_model(cfg, view.path("sft_agent", "hf")), tok, "agent")
+    corpus = pipeline.load_corpus(cfg)["train"]
+    cp = baselines.corpus_pairs(cfg.task, corpus, agent, n_corpus or len(pairs), seed=cfg.seed + 13)
+    out = view.path("search", "pairs")
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_jsonl(str(out / "shard-00000.jsonl"), pairs)
+    atomic_write_jsonl(str(out / "shard-corpus.jsonl"), cp)
+    return {"search_pairs": len(pairs), "corpus_pairs": len(cp)}
+
+  def rft(self, cfg, view: View, search_dir: Path, steps: int, lr: float, min_value: float) -> dict:
+    """SFT of the SFT agent on the search's chosen turns (value >= min_value) → view's agent/hf."""
+    from engage_jax import models, pipeline
+    from engage_jax.data import sft as sft_data
+    from engage_jax.experiments import baselines
+    from engage_jax.search.pairs import read_jsonl
+    from engage_jax.train import sft as sft_train
+    pairs = [p for f in sorted((search_dir / "pairs").glob("shard-*.jsonl")) for p in read_jsonl(str(f))]
+    tok = pipeline.load_tokenizer(view)
+    msgs = baselines.rft_examples(pairs, min_value)
+    out = view.path("agent")
+    model = pipeline.load_model(cfg, view.path("sft_agent", "hf"))
+    if not msgs:
+      models.save_pretrained(model, out / "hf")
+      return {"examples": 0, "skipped": f"no chosen turn with value >= {min_value}"}
+    exs = [e for m in msgs for e in sft_data.examples_from_messages(tok, m, cfg.data.max_len, targets=[len(m) - 1])]
+    data = sft_data.pad_to_buckets(exs, tok.pad_id, cfg.data.max_len,
+                                   sft_data.default_buckets(cfg.data.max_len, cfg.sft.min_bucket))
+    tcfg = pipeline.train_config(cfg, cfg.sft, num_steps=steps, learning_rate=lr,
+                                 warmup_steps=max(1, steps // 10), max_len=cfg.data.max_len)
+    model, summary = sft_train.train_sft(model, data, tcfg, str(out), mesh=pipeline.make_mesh(cfg))
+    models.save_pretrained(model, out / "hf")
+    return {"examples": len(exs), "step": summary.get("step")}
+
+  # ------------------------------------------------------------------ evaluation
+  def _agent(self, cfg, tok, agent_dir, best_of_n: int, lookahead_dir):
+    from engage_jax import pipeline
+    agent = pipeline.speaker(cfg, cfg.eval, pipeline.load_model(cfg, agent_dir), tok, "agent")
+    if not best_of_n:
+      return agent, None
+    from engage_jax.experiments import baselines
+    look = pipeline.speaker(cfg, cfg.eval, pipeline.load_model(cfg, lookahead_dir), tok, "simulator")
+    policy = baselines.BestOfN(agent, look, best_of_n, cfg.task, cfg.eval.max_agent_turns, pipeline.reward_cfg(cfg))
+    return policy, baselines.simulate_best_of_n
+
+  def sft_eval(self, cfg, base: Path) -> dict:
+    from engage_jax import evaluate
+    return self._result(cfg, evaluate.load_dialogues(str(base / "eval_sft" / "dialogues.jsonl")))
+
+  def evaluate(self, cfg, tok_dir: Path, agent_dir: Path, sim_dir: Path, out_dir: Path,
+               best_of_n: int = 0, lookahead_dir: Path | None = None) -> dict:
+    """The pipeline's evaluation (same conditions, settings and seed as stage_evaluate)."""
+    from engage_jax import evaluate, pipeline
+    from engage_jax.tokenizer import ChatTokenizer
+    tok = ChatTokenizer.load(tok_dir)
+    agent, fn = self._agent(cfg, tok, agent_dir, best_of_n, lookahead_dir)
+    sim = pipeline.speaker(cfg, cfg.eval, pipeline.load_model(cfg, sim_dir), tok, "simulator")
+    conds = eval_conditions(cfg)
+    settings = {"task": cfg.task, "max_agent_turns": cfg.eval.max_agent_turns,
+                "samples_per_condition": cfg.eval.samples_per_condition, "reward": pipeline.reward_cfg(cfg)}
+    _, dialogues = evaluate.evaluate(agent, sim, conds, settings, seed=cfg.seed + 7,
+                                     out_path=str(out_dir / "dialogues.jsonl"), simulate_fn=fn)
+    return self._result(cfg, dialogues)
+
+  def _result(self, cfg, dialogues) -> dict:
+    from engage_jax import evaluate
+    res = {"summary": evaluate.summarize(dialogues, n_boot=2000), "per_condition": per_condition(dialogues)}
+    if cfg.data.source == "sandbox":
+      from engage_jax.experiments import oracle
+      res["transcript"] = oracle.transcript_scores(cfg.task, dialogues)
+    samples = [d.outcome["agent_samples"] for d in dialogues if "agent_samples" in d.outcome]
+    if samples:
+      res["agent_samples_per_chat"] = float(np.mean(samples))
+    return res
+
+  def oracle(self, cfg, tok_dir: Path, agent_dir: Path, out_dir: Path, best_of_n: int = 0,
+             lookahead_dir: Path | None = None) -> dict:
+    """Live chats with the sandbox world as the user on the evaluation conditions."""
+    from engage_jax.experiments import oracle
+    from engage_jax.fileio import atomic_write_jsonl
+    from engage_jax.tokenizer import ChatTokenizer
+    tok = ChatTokenizer.load(tok_dir)
+    agent, _ = self._agent(cfg, tok, agent_dir, best_of_n, lookahead_dir)
+    rows = oracle.evaluate_world(agent, eval_conditions(cfg), cfg.task, cfg.eval.samples_per_condition,
+                                 seed=cfg.seed + 11)
+    atomic_write_jsonl(str(out_dir / "dialogues.jsonl"), [d.to_json() for d in rows])
+    return {"summary": oracle.summarize(rows), "per_condition": per_condition(rows),
+            "per_condition_expected": per_condition(rows, "expected")}
+
+
+def eval_conditions(cfg):
+  """The held-out conditions of the pipeline's evaluation (pipeline.roots "eval")."""
+  from engage_jax import pipeline
+  corpus = pipeline.load_corpus(cfg) if cfg.data.source != "sandbox" else {}
+  return pipeline.roots(cfg, corpus, "eval", cfg.eval.n_conditions)
+
+
+class Experiment:
+  """`run()` every variant x seed into `root` (resumed), then `write()` the table."""
+
+  def __init__(self, cfg, root: str, variants: Sequence[str], seeds: Sequence[int], ops: Any = None,
+               command: str = ""):
+    V.check(cfg, list(variants), list(seeds))
+    self.cfg, self.root = cfg, Path(root)
+    self.variants, self.seeds = list(variants), list(seeds)
+    self.ops = ops or ModelOps()
+    self.command = command
+    self.exp = cfg.experiment
+    self.ran: list[str] = []   # steps computed by this run (not resumed), "seed-S/name"
+
+  # ------------------------------------------------------------------ steps
+  def _step(self, seed: int, name: str, fn) -> Any:
+    marker = self.root / f"seed-{seed}" / "done" / f"{name.replace('/', '__')}.json"
+    if marker.exists():
+      return json.loads(marker.read_text())["result"]
+    print(f"[experiment] seed {seed}: {name}", flush=True)
+    t0 = time.perf_counter()
+    result = fn()
+    atomic_write_json(marker, {"result": result, "seconds": time.perf_counter() - t0})
+    self.ran.append(f"seed-{seed}/{name}")
+    return result
+
+  def _dirs(self, seed: int):
+    s = self.root / f"seed-{seed}"
+    base = s / "base"
+    return s, base, {k: base / k for k in BASE_LINKS}
+
+  def _search(self, seed: int, horizon: str) -> Path:
+    s, _, links = self._dirs(seed)
+    cfg = pipeline_config(self.cfg, seed, reward_horizon=horizon)
+    view = View(s / horizon, links)
+    self._step(seed, f"{horizon}/search", lambda: self.ops.search(cfg, view))
+    return view.path("search")
+
+  def _agent(self, seed: int, v: str) -> tuple[Path, int]:
+    """(agent HF dir, best_of_n) of variant v, training what it needs."""
+    s, base, links = self._dirs(seed)
+    cfg = pipeline_config(self.cfg, seed)
+    if v in ("sft", "best_of_n"):
+      return base / "sft_agent" / "hf", int(self.exp.best_of_n) if v == "best_of_n" else 0
+    if v in ("future", "turn"):
+      self._search(seed, v)
+      cfg = pipeline_config(self.cfg, seed, reward_horizon=v)
+      view = View(s / v, links)
+      self._step(seed, f"{v}/dpo", lambda: self.ops.dpo(cfg, view))
+      return view.path("dpo_agent", "hf"), 0
+    search_dir = self._search(seed, "future")
+    view = View(s / v, links)
+    if v == "corpus_mix":
+      self._step(seed, "corpus_mix/pairs",
+                 lambda: self.ops.corpus_mix_pairs(cfg, view, search_dir, int(self.exp.corpus_pairs)))
+      self._step(seed, "corpus_mix/dpo", lambda: self.ops.dpo(cfg, view))
+      return view.path("dpo_agent", "hf"), 0
+    assert v == "rft", v
+    self._step(seed, "rft/train", lambda: self.ops.rft(cfg, view, search_dir, int(self.exp.rft_steps),
+                                                       float(self.exp.rft_learning_rate),
+                                                       float(self.exp.rft_min_value)))
+    return view.path("agent", "hf"), 0
+
+  def simulators(self, seed: int) -> dict[str, Path]:
+    """{"sim-0": the search's simulator, "sim-J": held-out ones (trained here once)}."""
+    s, base, _ = self._dirs(seed)
+    out = {"sim-0": base / "sft_simulator" / "hf"}
+    for j in range(1, int(self.exp.ensemble_size)):
+      cfg = pipeline_config(self.cfg, seed + 100 * j)
+      view = View(s / "sims" / f"sim-{j}", {"tokenizer": base / "tokenizer"})
+      self._step(seed, f"sims/sim-{j}", lambda: self.ops.simulator(cfg, view))
+      out[f"sim-{j}"] = view.path("sft_simulator", "hf")
+    return out
+
+  def run_variant(self, seed: int, v: str) -> dict:
+    s, base, _ = self._dirs(seed)
+    result_path = s / v / "result.json"
+    if result_path.exists():
+      return json.loads(result_path.read_text())
+    cfg = pipeline_config(self.cfg, seed)
+    self._step(seed, "base", lambda: self.ops.base(cfg, base))
+    sims = self.simulators(seed)
+    agent_dir, n = self._agent(seed, v)
+    tok, look = base / "tokenizer", sims["sim-0"]
+    if v == "sft":
+      main = self._step(seed, "sft/eval", lambda: self.ops.sft_eval(cfg, base))
+    else:
+      main = self._step(seed, f"{v}/eval", lambda: self.ops.evaluate(cfg, tok, agent_dir, look, s / v / "eval",
+                                                                      n, look))
+    result = {"variant": v, "seed": seed, "sim": main, "ensemble": {"sim-0": main}}
+    for name, sim_dir in sims.items():
+      if name != "sim-0":
+        result["ensemble"][name] = self._step(
+            seed, f"{v}/ens/{name}", lambda: self.ops.evaluate(cfg, tok, agent_dir, sim_dir,
+                                                               s / v / "ens" / name, n, look))
+    if self.exp.oracle:
+      result["oracle"] = self._step(seed, f"{v}/oracle",
+                                    lambda: self.ops.oracle(cfg, tok, agent_dir, s / v / "oracle", n, look))
+    atomic_write_json(result_path, result)
+    return result
+
+  def run(self) -> dict:
+    t0 = time.perf_counter()
+    results = {v: {} for v in self.variants}
+    for seed in self.seeds:
+      for v in self.variants:
+        results[v][seed] = self.run_variant(seed, v)
+    summary = aggregate(results, self.variants)
+    summary.update(command=self.command, wall_seconds=self.wall_seconds(time.perf_counter() - t0),
+                   sizes=sizes(self.cfg), seeds=self.seeds)
+    return summary
+
+  def wall_seconds(self, this_run: float) -> dict:
+    """{"this_run", "steps_total" (every finished step, earlier runs included), "by_step"}."""
+    by = {}
+    for m in sorted(self.root.glob("seed-*/done/*.json")):
+      name = m.stem.replace("__", "/")
+      by[name] = by.get(name, 0.0) + json.loads(m.read_text())["seconds"]
+    return {"this_run": this_run, "steps_total": float(sum(by.values())),
+            "by_step": {k: round(v, 1) for k, v in by.items()}}
+
+
+def sizes(cfg) -> dict:
+  """The sizes that bound the experiment (stated with the results)."""
+  return {"sft_agent_steps": cfg.sft.agent_steps, "sft_simulator_steps": cfg.sft.simulator_steps,
+          "search_conditions": cfg.search.n_conditions, "search_budget": cfg.search.budget,
+          "search_k": cfg.search.k, "eval_conditions": cfg.eval.n_conditions,
+          "eval_samples_per_condition": cfg.eval.samples_per_condition,
+          "dpo_epochs": cfg.dpo.num_epochs, **{k: v for k, v in cfg.experiment.to_dict().items()
+                                               if k not in ("variants", "seeds")}}
+
+
+def _units(results_v: Mapping, block: str, key: str = "per_condition", sim: str | None = None) -> dict:
+  out = {}
+  for seed, r in results_v.items():
+    b = r["ensemble"][sim] if sim else r.get(block)
+    if b is None:
+      continue
+    out.update({f"{seed}:{c}": x for c, x in b[key].items()})
+  return out
+
+
+def _paired_p(a: Mapping, b: Mapping) -> float | None:
+  from engage_jax import evaluate
+  common = [k for k in a if k in b]
+  if not common:
+    return None
+  return evaluate.paired_test([a[k] for k in common], [b[k] for k in common])
+
+
+def aggregate(results: Mapping[str, Mapping[int, dict]], variants: Sequence[str]) -> dict:
+  """The table (see module doc) from per-(variant, seed) results."""
+  from engage_jax.evaluate import bootstrap_ci
+  units = {v: _units(results[v], "sim") for v in variants}
+  ounits = {v: _units(results[v], "oracle") for v in variants}
+  eunits = {v: _units(results[v], "oracle", "per_condition_expected") for v in variants}
+  table = {}
+  for v in variants:
+    rs = results[v]
+    x = np.array(list(units[v].values()))
+    row = {"seeds": sorted(rs), "n_units": int(x.size), "reward_mean": float(x.mean()),
+           "ci95": list(bootstrap_ci(x, n_boot=5000)),
+           "seed_means": {str(s): r["sim"]["summary"]["reward_mean"] for s, r in rs.items()},
+           "mean_turns": float(np.mean([r["sim"]["summary"]["mean_turns"] for r in rs.values()])),
+           "p_vs_sft": _paired_p(units.get("sft", {}), units[v]) if v != "sft" else None,
+           "p_vs_future": _paired_p(units.get("future", {}), units[v]) if v != "future" else None}
+    if all("transcript" in r["sim"] for r in rs.values()):
+      row["sim_first_turn_helpful"] = float(np.mean([r["sim"]["transcript"]["first_turn_helpful"] for r in rs.values()]))
+    samples = [r["sim"].get("agent_samples_per_chat") for r in rs.values() if r["sim"].get("agent_samples_per_chat")]
+    if samples:
+      row["agent_samples_per_chat"] = float(np.mean(samples))
+    if ounits[v]:
+      o = np.array(list(ounits[v].values()))
+      e = np.array(list(eunits[v].values()))
+      ob = [r["oracle"]["summary"] for r in rs.values()]
+      row.update(oracle_mean=float(o.mean()), oracle_ci95=list(bootstrap_ci(o, n_boot=5000)),
+                 oracle_expected=float(e.mean()), oracle_expected_ci95=list(bootstrap_ci(e, n_boot=5000)),
+                 oracle_first_turn_helpful=float(np.mean([b["first_turn_helpful"] for b in ob])),
+                 oracle_unmatched_rate=float(np.mean([b["unmatched_rate"] for b in ob])),
+                 oracle_p_vs_sft=_paired_p(eunits.get("sft", {}), eunits[v]) if v != "sft" else None,
+                 oracle_p_vs_future=_paired_p(eunits.get("future", {}), eunits[v]) if v != "future" else None,
+                 sim_minus_oracle=float(x.mean() - e.mean()))
+    else:
+      row["oracle_mean"] = None
+    sims = sorted({k for r in rs.values() for k in r["ensemble"]})
+    by_sim = {}
+    for sim in sims:
+      u = _units(rs, "", sim=sim)
+      base = _units(results["sft"], "", sim=sim) if "sft" in results else {}
+      common = [k for k in u if k in base]
+      by_sim[sim] = {"reward_mean": float(np.mean(list(u.values()))),
+                     "gain_vs_sft": float(np.mean([u[k] - base[k] for k in common])) if common else None,
+                     "p_vs_sft": _paired_p(base, u) if v != "sft" and common else None}
+    row["by_simulator"] = by_sim
+    held = [s for s in sims if s != "sim-0"]
+    if held and "sft" in results:
+      a, b = {}, {}
+      for sim in held:
+        a.update({f"{sim}:{k}": x for k, x in _units(rs, "", sim=sim).items()})
+        b.update({f"{sim}:{k}": x for k, x in _units(results["sft"], "", sim=sim).items()})
+      common = [k for k in a if k in b]
+      row["heldout_gain"] = float(np.mean([a[k] - b[k] for k in common])) if common else None
+      row["heldout_p"] = _paired_p(b, a) if v != "sft" else None
+    table[v] = row
+  return {"variants": table}
+
+
+def render_markdown(summary: Mapping, task: str) -> str:
+  fmt = (lambda x: "–" if x is None else (f"{x:.3f}" if task == "es" else f"${x:.3f}"))
+  pf = (lambda p: "–" if p is None else f"{p:.3g}")
+  lines = [f"# Experiment ({task})", "", f"`{summary.get('command', '')}`", "",
+           "| variant | seeds | reward (sim) | 95% CI | turns | oracle (sampled) | oracle (exact) | first-turn helpful (oracle) | held-out sim gain | p vs sft | p vs future | oracle p vs sft |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+  for v, r in summary["variants"].items():
+    ci = f"[{fmt(r['ci95'][0])}, {fmt(r['ci95'][1])}]"
+    lines.append(f"| {v} | {len(r['seeds'])} | {fmt(r['reward_mean'])} | {ci} | {r['mean_turns']:.2f} | "
+                 f"{fmt(r.get('oracle_mean'))} | {fmt(r.get('oracle_expected'))} | "
+                 f"{pf(r.get('oracle_first_turn_helpful'))} | {fmt(r.get('heldout_gain'))} | "
+                 f"{pf(r.get('p_vs_sft'))} | {pf(r.get('p_vs_future'))} | {pf(r.get('oracle_p_vs_sft'))} |")
+  w = summary.get("wall_seconds", {})
+  lines += ["", f"Wall time: this run {w.get('this_run', 0):.0f} s; all steps {w.get('steps_total', 0):.0f} s.",
+            "", "Sizes: " + ", ".join(f"{k}={v}" for k, v in summary.get("sizes", {}).items()), ""]
+  return "\n".join(lines)
+
+
+def plot(summary: Mapping, path: Path, task: str) -> None:
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  names = list(summary["variants"])
+  rows = [summary["variants"][n] for n in names]
+  x = np.arange(len(names))
+  fig, ax = plt.subplots(figsize=(1.3 * len(names) + 2, 3.6))
+  m = np.array([r["reward_mean"] for r in rows])
+  err = np.array([[r["reward_mean"] - r["ci95"][0], r["ci95"][1] - r["reward_mean"]] for r in rows]).T
+  ax.bar(x - 0.2, m, 0.4, yerr=err, capsize=3, label="learned simulator")
+  if all(r.get("oracle_expected") is not None for r in rows):
+    o = np.array([r["oracle_expected"] for r in rows])
+    oerr = np.array([[r["oracle_expected"] - r["oracle_expected_ci95"][0],
+                      r["oracle_expected_ci95"][1] - r["oracle_expected"]] for r in rows]).T
+    ax.bar(x + 0.2, o, 0.4, yerr=oerr, capsize=3, label="sandbox world (exact)")
+  ax.set_xticks(x, names)
+  ax.set_ylabel("engagement rate" if task == "es" else "mean donation ($)")
+  ax.legend(fontsize=8)
+  ax.set_title("reward by variant (95% CI over seeds x conditions)", fontsize=9)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
+def write(summary: Mapping, root: Path, task: str) -> None:
+  root.mkdir(parents=True, exist_ok=True)
+  atomic_write_json(root / "experiment.json", summary)
+  (root / "experiment.md").write_text(render_markdown(summary, task))
+  plot(summary, root / "reward.png", task)
