@@ -231,6 +231,45 @@ def build_train_step(graphdef, abs_params, mesh, tx, remat: bool):
   return jitted, abs_opt, (p_sh, o_sh, b_sh)
 
 
+def lora_config(cfg, which: str):
+  """The models.lora.LoraConfig of cfg.model.<which>.lora (rank 0 when the key is absent)."""
+  from engage_jax.models import lora
+  return lora.LoraConfig.from_any(cfg.model[which].get("lora"))
+
+
+def build_lora_train_step(cfg, mc, lcfg, mesh, dtype, param_dtype, train_batch: int, seq_len: int):
+  """The *real* LoRA train step (train.loop.make_train_step over train.loop.lm_loss_fn, the
+  pipeline's TrainConfig and optimizer, model.remat as configured) on abstract inputs. Returns
+  (jitted step, abstract args (adapter, opt_state, batch [A, B, T], frozen), (adapter, opt, frozen)
+  shardings)."""
+  import jax
+  import jax.numpy as jnp
+  from flax import nnx
+  from engage_jax import pipeline, sharding as shd
+  from engage_jax.models import CausalLM, lora
+  from engage_jax.train import loop
+
+  def build():
+    m = CausalLM(mc, dtype=dtype, param_dtype=param_dtype, rngs=nnx.Rngs(0))
+    m.remat = bool(cfg.model.remat)
+    return lora.apply_lora(m, dataclasses.replace(lcfg, path=""), rngs=nnx.Rngs(1))
+
+  model = nnx.eval_shape(build)
+  graphdef, adapter, frozen, rest = lora.split_trainable(model)
+  tcfg = pipeline.train_config(cfg, cfg.sft, num_steps=max(1, int(cfg.sft.agent_steps)), max_len=seq_len,
+                               batch_size=train_batch)
+  tx, schedule = loop.make_optimizer(tcfg, tcfg.num_steps)
+  a_sh, f_sh = shd.state_sharding(mesh, adapter), shd.state_sharding(mesh, frozen)
+  abs_opt = jax.eval_shape(tx.init, adapter)
+  o_sh = loop.opt_state_sharding(tx, abs_opt, a_sh, mesh)
+  accum = int(tcfg.grad_accum_steps)
+  x = jax.ShapeDtypeStruct((accum, train_batch, seq_len), jnp.int32)
+  batch = {"input_ids": x, "loss_mask": x, "attention_mask": x}
+  step = loop.make_train_step(loop.lm_loss_fn(graphdef, rest), tx, schedule, mesh, a_sh, o_sh, batch,
+                              frozen_sharding=f_sh)
+  return step, (adapter, abs_opt, batch, frozen), (a_sh, o_sh, f_sh)
+
+
 def cache_sharding(mesh, mc, batch: int, length: int):
   """Per-layer (keys, values) NamedShardings of the KV cache (`llama.cache_shapes`)."""
   from jax.sharding import NamedSharding
@@ -406,17 +445,37 @@ def make_plan(cfg, *, which="agent", train_batch=0, seq_len=0, sample_batch=0, s
   tx = make_optimizer(cfg)
   lowered, timings, compiled_stats = {}, {}, {}
   t = time.time()
-  step_remat, abs_opt, (p_sh, o_sh, _) = build_train_step(graphdef, abs_params, mesh, tx, remat=True)
   ids = jax.ShapeDtypeStruct((train_batch, seq_len), jnp.int32)
-  lowered["train_remat"] = step_remat.lower(abs_params, abs_opt, ids, ids, ids)
-  step_plain, _, _ = build_train_step(graphdef, abs_params, mesh, tx, remat=False)
-  lowered["train"] = step_plain.lower(abs_params, abs_opt, ids, ids, ids)
+  lcfg = lora_config(cfg, which)
+  lora_info = None
+  if lcfg.enabled:  # the real step: only the adapter is trained / in the optimizer state
+    lstep, largs, (a_sh, lo_sh, f_sh) = build_lora_train_step(cfg, mc, lcfg, mesh, dtype, param_dtype,
+                                                             train_batch, seq_len)
+    lowered["train_lora"] = lstep.lower(*largs)
+    abs_opt = largs[1]
+    adapter_b = leaves_bytes_per_device(largs[0], a_sh)
+    frozen_b = leaves_bytes_per_device(largs[3], f_sh)
+    params_b, opt_b, grads_b = frozen_b + adapter_b, leaves_bytes_per_device(abs_opt, lo_sh), adapter_b
+    transient_b = fsdp_transient_bytes(mc, fsdp, tensor, param_dtype.itemsize) // 2  # no base-weight gradient
+    lora_info = {"rank": lcfg.rank, "alpha": lcfg.alpha, "targets": list(lcfg.targets),
+                 "adapter_params": count_params(largs[0]), "adapter_bytes": adapter_b, "frozen_bytes": frozen_b,
+                 "remat": bool(cfg.model.remat), "grad_accum": int(largs[2]["input_ids"].shape[0]),
+                 "step": "train.loop.make_train_step(train.loop.lm_loss_fn) (the real train step)"}
+  else:
+    step_remat, abs_opt, (p_sh, o_sh, _) = build_train_step(graphdef, abs_params, mesh, tx, remat=True)
+    lowered["train_remat"] = step_remat.lower(abs_params, abs_opt, ids, ids, ids)
+    step_plain, _, _ = build_train_step(graphdef, abs_params, mesh, tx, remat=False)
+    lowered["train"] = step_plain.lower(abs_params, abs_opt, ids, ids, ids)
+    params_b = leaves_bytes_per_device(abs_params, p_sh)
+    opt_b = leaves_bytes_per_device(abs_opt, o_sh)
+    grads_b = params_b
+    transient_b = fsdp_transient_bytes(mc, fsdp, tensor, param_dtype.itemsize)
   timings["lower_train"] = round(time.time() - t, 2)
-  params_b = leaves_bytes_per_device(abs_params, p_sh)
-  opt_b = leaves_bytes_per_device(abs_opt, o_sh)
-  grads_b = params_b
-  transient_b = fsdp_transient_bytes(mc, fsdp, tensor, param_dtype.itemsize)
   act = {r: activation_bytes(mc, local_b, seq_len, act_bytes, r) for r in (False, True)}
+  if lcfg.enabled:  # + each adapter's x·A [tokens, r] per target and layer
+    extra = local_b * seq_len * lcfg.rank * len(lcfg.targets) * act_bytes
+    for r in (False, True):
+      act[r] = dict(act[r], total=act[r]["total"] + extra * (1 if r else mc.num_hidden_layers))
   measured = {}
   calibration = 1.0
   if compile_mode in ("auto", "full"):
@@ -429,14 +488,20 @@ def make_plan(cfg, *, which="agent", train_batch=0, seq_len=0, sample_batch=0, s
     timings["measure_activations"] = round(time.time() - t, 2)
     t = time.time()
     small = dataclasses.replace(mc, num_hidden_layers=min(2, mc.num_hidden_layers))
-    gd_s, ps_s = abstract_model(small, dtype, param_dtype)
-    st_s, opt_s, _ = build_train_step(gd_s, ps_s, mesh, tx, remat=True)
-    compiled_stats["train_remat_sharded_%dlayers" % small.num_hidden_layers] = _mem_stats(
-        st_s.lower(ps_s, opt_s, ids, ids, ids).compile())
+    if lcfg.enabled:
+      st_s, args_s, _ = build_lora_train_step(cfg, small, lcfg, mesh, dtype, param_dtype, train_batch, seq_len)
+      compiled_stats["train_lora_sharded_%dlayers" % small.num_hidden_layers] = _mem_stats(
+          st_s.lower(*args_s).compile())
+    else:
+      gd_s, ps_s = abstract_model(small, dtype, param_dtype)
+      st_s, opt_s, _ = build_train_step(gd_s, ps_s, mesh, tx, remat=True)
+      compiled_stats["train_remat_sharded_%dlayers" % small.num_hidden_layers] = _mem_stats(
+          st_s.lower(ps_s, opt_s, ids, ids, ids).compile())
     timings["compile_train_sharded_small"] = round(time.time() - t, 2)
   if compile_mode == "full":
     t = time.time()
-    compiled_stats["train_remat_sharded_full"] = _mem_stats(lowered["train_remat"].compile())
+    full_key = "train_lora" if lcfg.enabled else "train_remat"
+    compiled_stats[full_key + "_sharded_full"] = _mem_stats(lowered[full_key].compile())
     timings["compile_train_sharded_full"] = round(time.time() - t, 2)
 
   def act_total(r):
@@ -473,18 +538,25 @@ def make_plan(cfg, *, which="agent", train_batch=0, seq_len=0, sample_batch=0, s
   sampling = {"params": sample_params_b, "kv_cache": kv_b, "prefill_transient": prefill_transient,
               "total": sampling_total, "fits": sampling_total <= usable_fraction * hbm}
 
-  alternatives = _alternatives(mc, train_batch, seq_len, act_bytes, hbm, usable_fraction, n_dev, tensor,
-                               calibration)
+  alternatives = [] if lcfg.enabled else _alternatives(mc, train_batch, seq_len, act_bytes, hbm, usable_fraction,
+                                                      n_dev, tensor, calibration)
   suggestion = next((a for a in alternatives if a["fits"]), None)
 
   # -- print
   def g(x):
     return f"{x / GiB:9.3f} GiB" if x >= 2 ** 24 else f"{x / 2 ** 20:9.3f} MiB"
-  log("\nper-device memory, training (SFT step, AdamW):")
+  log("\nper-device memory, training (SFT step, AdamW" + (", LoRA" if lcfg.enabled else "") + "):")
+  if lcfg.enabled:
+    log(f"  LoRA rank {lcfg.rank}, alpha {lcfg.alpha:g} on {', '.join(lcfg.targets)}: "
+        f"{lora_info['adapter_params']:,} adapter parameters (fp32) trained, base frozen in {param_dtype.name}; "
+        f"real train step, grad_accum {lora_info['grad_accum']}, remat {lora_info['remat']}")
+    log(f"  {'frozen base params (' + param_dtype.name + ', exact)':<40s}{g(lora_info['frozen_bytes'])}")
+    log(f"  {'adapter params (float32, exact)':<40s}{g(lora_info['adapter_bytes'])}")
   opt_dtypes = ", ".join(sorted({x.dtype.name for x in jax.tree.leaves(abs_opt) if x.ndim}))
   log(f"  {'params (' + param_dtype.name + ', exact)':<40s}{g(params_b)}")
   log(f"  {'optimizer mu+nu (' + opt_dtypes + ', exact)':<40s}{g(opt_b)}")
-  log(f"  {'gradients (' + param_dtype.name + ', exact)':<40s}{g(grads_b)}")
+  grad_dtype = "float32 adapter" if lcfg.enabled else param_dtype.name
+  log(f"  {'gradients (' + grad_dtype + ', exact)':<40s}{g(grads_b)}")
   log(f"  {'FSDP gather transients (analytic)':<40s}{g(transient_b)}")
   for r in (False, True):
     name = "activations " + ("with remat" if r else "without remat") + " (analytic)"
@@ -545,6 +617,7 @@ def make_plan(cfg, *, which="agent", train_batch=0, seq_len=0, sample_batch=0, s
       "compiled_cpu": compiled_stats, "timings_s": timings, "lowered": list(lowered),
       "verdict": {"train": verdict_train, "sampling_fits": sampling["fits"], "suggestion": suggestion},
       "alternatives": alternatives,
+      "lora": lora_info,
   }
 
 
