@@ -124,6 +124,7 @@ def get_config() -> ml_collections.ConfigDict:
       max_new_tokens=32,
       sim_temperature=1.0,          # the simulator samples the user's reactions at T=1 so that
       sim_max_new_tokens=32,        # their learned probabilities are kept (T<1 sharpens them away)
+      sim_top_p=1.0,
       max_prompt_len=256,
       reward_horizon="future",      # "future": end-of-chat outcome (rollouts); "turn": the next user turn only
   ))
@@ -135,6 +136,7 @@ def get_config() -> ml_collections.ConfigDict:
       top_p=0.9,
       max_new_tokens=32,
       sim_temperature=1.0,
+      sim_top_p=1.0,
       sim_max_new_tokens=32,
       max_prompt_len=256,
   ))

@@ -137,6 +137,7 @@ def _sampling(c: _Checker, s: str) -> None:
   c.num(f"{s}.top_p", 0.0, 1.0, lo_open=True)
   c.int_ge(f"{s}.max_new_tokens", 1)
   c.num(f"{s}.sim_temperature", 0.0)
+  c.num(f"{s}.sim_top_p", 0.0, 1.0, lo_open=True)
   c.int_ge(f"{s}.sim_max_new_tokens", 1)
   c.int_ge(f"{s}.max_prompt_len", 1)
   c.int_ge(f"{s}.n_conditions", 1)

@@ -215,7 +215,7 @@ def speaker(cfg, section, model, tok, role: str):
     return rollout.Speaker(model, tok, section.max_prompt_len, section.max_new_tokens, section.temperature,
                            section.top_p, 0)
   return rollout.Speaker(model, tok, section.max_prompt_len, section.sim_max_new_tokens, section.sim_temperature,
-                         1.0, 0)
+                         section.get("sim_top_p", 1.0), 0)
 
 
 # ===================================================================== stages
