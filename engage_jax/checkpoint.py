@@ -70,7 +70,8 @@ def nonfinite_params(params: nnx.State) -> str | None:
   import jax.numpy as jnp
   for p, v in nnx.to_flat_state(params):
     x = v[...]
-    if jnp.issubdtype(x.dtype, jnp.floating) and not bool(jnp.isfinite(x).all()):
+    from engage_jax import sharding
+    if jnp.issubdtype(x.dtype, jnp.floating) and not bool(sharding.to_host(jnp.isfinite(x).all())):
       return param_path(p)
   return None
 
@@ -219,9 +220,13 @@ class CheckpointManager:
 
   def _quarantine(self, step: int) -> str:
     dest_dir = self.directory + ".corrupt"
-    os.makedirs(dest_dir, exist_ok=True)
     dest = os.path.join(dest_dir, f"{step}-{time.strftime('%Y%m%dT%H%M%S')}-{time.time_ns() % 10**9}")
-    os.replace(os.path.join(self.directory, str(step)), dest)
+
+    def move():
+      os.makedirs(dest_dir, exist_ok=True)
+      os.replace(os.path.join(self.directory, str(step)), dest)
+    from engage_jax import multihost
+    multihost.main_write(move, what=dest_dir)  # process 0 moves it; every process then reloads
     self._mgr.reload()
     return dest
 

@@ -1,6 +1,7 @@
 """Atomic file writes (temp file in the same directory, fsync, os.replace) and JSON lines I/O:
 a reader never sees a half-written file, and a killed writer leaves the old file or none.
-Written files get the usual mode (0666 minus the umask)."""
+Written files get the usual mode (0666 minus the umask). Under several JAX processes only
+process 0 writes; the others wait at a barrier (engage_jax.multihost.main_write)."""
 from __future__ import annotations
 
 import json
@@ -22,6 +23,11 @@ def _umask() -> int:
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+  from engage_jax import multihost
+  multihost.main_write(_atomic_write_text, path, text, what=os.fspath(path))
+
+
+def _atomic_write_text(path: str | os.PathLike, text: str) -> None:
   path = os.fspath(path)
   d = os.path.dirname(os.path.abspath(path))
   os.makedirs(d, exist_ok=True)

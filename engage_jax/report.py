@@ -361,6 +361,12 @@ def write_report(workdir: str, report: Mapping, *, sft_dialogues: Sequence[Dialo
   "turns.png" when dialogues are given, "search.png" when search_stats has margins/depths).
   """
   validate_report(report)
+  from engage_jax import multihost
+  return multihost.main_write(_write_report, workdir, report, sft_dialogues, dpo_dialogues, search_stats,
+                              plots, what=os.path.join(workdir, "report.json")) or {}
+
+
+def _write_report(workdir, report, sft_dialogues, dpo_dialogues, search_stats, plots) -> dict[str, str]:
   os.makedirs(workdir, exist_ok=True)
   out = {}
   path = os.path.join(workdir, "report.json")

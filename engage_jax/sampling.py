@@ -330,7 +330,8 @@ def generate(model, prompts: Sequence[Sequence[int]], max_new_tokens: int = 64,
   out, _ = fn(state, *args, jnp.int32(max_new_tokens), jax.random.key(seed),
               jnp.float32(temperature if temperature > 0 else 1.0), jnp.float32(top_p),
               jnp.int32(top_k), _stop_array(stop_token_ids))
-  out = np.asarray(jax.device_get(out))
+  from engage_jax import sharding
+  out = sharding.to_host(out)
   stops = set(stop_token_ids)
   return [_cut(out[i], max_new_tokens, stops) for i in range(len(prompts))]
 
@@ -352,7 +353,8 @@ def _place_batch(x: np.ndarray, mesh) -> jax.Array:
   from jax.sharding import NamedSharding, PartitionSpec
   axes = _batch_axes(mesh)
   spec = PartitionSpec(axes if axes else None, *([None] * (x.ndim - 1)))
-  return jax.device_put(x, NamedSharding(mesh, spec))
+  from engage_jax import sharding
+  return sharding.put(x, NamedSharding(mesh, spec))
 
 
 # ---------------------------------------------------------------------------------------- log-probs
@@ -401,5 +403,6 @@ def sequence_logprobs(model, prompts: Sequence[Sequence[int]],
   fn = _LOGPROB_JIT.get(graphdef)
   if fn is None:
     fn = _LOGPROB_JIT[graphdef] = jax.jit(functools.partial(_logprobs_core, graphdef))
-  out = np.asarray(jax.device_get(fn(state, tokens, mask, target)), np.float32)
+  from engage_jax import sharding
+  out = np.asarray(sharding.to_host(fn(state, tokens, mask, target)), np.float32)
   return out[:len(rows)]

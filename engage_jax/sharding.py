@@ -123,7 +123,7 @@ def state_sharding(mesh: Mesh, state: nnx.State) -> nnx.State:
 def shard_model(model: nnx.Module, mesh: Mesh) -> nnx.Module:
   """Places every parameter of `model` with its NamedSharding on `mesh` (in place; returns model)."""
   state = nnx.state(model)
-  flat = [(path, var.replace(jax.device_put(var[...], param_sharding(mesh, path, var.shape))))
+  flat = [(path, var.replace(put(var[...], param_sharding(mesh, path, var.shape))))
           for path, var in nnx.to_flat_state(state)]
   nnx.update(model, nnx.from_flat_state(flat))
   return model
@@ -147,3 +147,57 @@ def check_batch(mesh: Mesh, batch_size: int, what: str = "batch size") -> None:
   d = batch_divisor(mesh)
   if batch_size % d:
     raise ValueError(f"{what} {batch_size} is not divisible by the data×fsdp mesh extent {d}")
+
+
+# ---------------------------------------------------------------------------- processes
+# The one place that knows about JAX's multi-controller runtime: every process holds the same
+# host data (host-side decisions are identical), builds global arrays from its own part of it,
+# and reads sharded results back through one gather.
+def _local_box(sharding: jax.sharding.Sharding, shape: Sequence[int]) -> tuple[slice, ...]:
+  """The slice of the global array `shape` that this process's devices hold (a box: for each
+  dimension, from the lowest start to the highest stop of its addressable shards)."""
+  idx = list(sharding.addressable_devices_indices_map(tuple(shape)).values())
+  box = []
+  for d, n in enumerate(shape):
+    parts = [s[d].indices(n)[:2] for s in idx]
+    box.append(slice(min(p[0] for p in parts), max(p[1] for p in parts)))
+  return tuple(box)
+
+
+def put(x, sharding: jax.sharding.Sharding) -> jax.Array:
+  """Host array `x` (its *global* value, the same on every process) as a jax.Array with
+  `sharding`. One process (or a sharding whose devices are all this process's): `jax.device_put`.
+  Several: each process passes its own rows to `jax.make_array_from_process_local_data`."""
+  if sharding.is_fully_addressable or (isinstance(x, jax.Array) and not x.is_fully_addressable):
+    return jax.device_put(x, sharding)  # host → local devices, or global → global (a reshard)
+  x = np.asarray(x)
+  return jax.make_array_from_process_local_data(sharding, x[_local_box(sharding, x.shape)], x.shape)
+
+
+def put_tree(tree, shardings):
+  """`put` over matching pytrees of host arrays and shardings (e.g. a batch dict)."""
+  return jax.tree.map(put, tree, shardings)
+
+
+def place_batch(batch, shardings):
+  """A batch dict {key: host array [B, ...] / [A, B, ...]} placed with `shardings` ({key:
+  NamedSharding} or one sharding for every key): the one batch-placement helper."""
+  if isinstance(shardings, jax.sharding.Sharding):
+    return {k: put(v, shardings) for k, v in batch.items()}
+  return {k: put(v, shardings[k]) for k, v in batch.items()}
+
+
+def to_host(tree):
+  """numpy copies of `tree`'s arrays (other leaves unchanged). An array that is not fully
+  addressable is gathered first (`multihost_utils.process_allgather`): a collective, so every
+  process calls this at the same point of the program."""
+  def one(x):
+    if not isinstance(x, jax.Array):
+      return x
+    if x.is_fully_addressable:
+      return np.asarray(jax.device_get(x))
+    if x.is_fully_replicated:
+      return np.asarray(x.addressable_data(0))
+    from jax.experimental import multihost_utils
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+  return jax.tree.map(one, tree)

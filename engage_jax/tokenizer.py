@@ -87,9 +87,9 @@ class ChatTokenizer:
     return cls(_load_hf(path), str(path))
 
   def save(self, path: str | os.PathLike) -> None:
-    """Writes an HF tokenizer dir (loadable by `transformers.AutoTokenizer`)."""
-    Path(path).mkdir(parents=True, exist_ok=True)
-    self.hf.save_pretrained(str(path))
+    """Writes an HF tokenizer dir (loadable by `transformers.AutoTokenizer`); process 0 only."""
+    from engage_jax import multihost
+    multihost.main_write(_save_hf, self.hf, path, what=str(path))
 
   # ---- text ----
   def encode(self, text: str) -> list[int]:
@@ -165,6 +165,11 @@ def train_bpe(texts: Iterable[str], vocab_size: int, out_dir: str | os.PathLike,
       additional_special_tokens=[SYSTEM, USER, ASSISTANT, END], clean_up_tokenization_spaces=False)
   hf.chat_template = CHAT_TEMPLATE
   out = Path(out_dir)
-  out.mkdir(parents=True, exist_ok=True)
-  hf.save_pretrained(str(out))
+  from engage_jax import multihost
+  multihost.main_write(_save_hf, hf, out, what=str(out))  # then every process loads process 0's files
   return ChatTokenizer.load(out)
+
+
+def _save_hf(hf, path) -> None:
+  Path(path).mkdir(parents=True, exist_ok=True)
+  hf.save_pretrained(str(path))

@@ -85,7 +85,8 @@ class Workdir:
     """InputError if DIR is a file, cannot be created, or holds other files but no config.json."""
     from engage_jax.config_check import check_workdir
     check_workdir(self.root)
-    if self.root.is_dir() and not self.path("config.json").exists() and any(self.root.iterdir()):
+    others = [p for p in self.root.iterdir() if p.name != "logs"] if self.root.is_dir() else []
+    if others and not self.path("config.json").exists():
       raise InputError("exists, is not empty and has no config.json; refusing to write into it",
                        f"--workdir={self.root}")
 
@@ -156,7 +157,13 @@ class Workdir:
     self._write(st)
 
   def open(self, config_json: dict) -> None:
-    """Creates DIR and records `config_json` as the latest run's config (unchanged: untouched)."""
+    """Creates DIR and records `config_json` as the latest run's config (unchanged: untouched).
+    Several processes: process 0 does it, then every process checks that it sees DIR."""
+    from engage_jax import multihost
+    multihost.main_write(self._open, config_json, what=str(self.path("config.json")))
+    multihost.check_shared_dir(self.root)
+
+  def _open(self, config_json: dict) -> None:
     try:
       self.root.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -181,7 +188,14 @@ class Workdir:
   def clear(self, stages: Iterable[str]) -> list[str]:
     """Removes the outputs and done markers of `stages` (and finishes a killed earlier redo):
     marks them pending first, then moves each output aside and deletes it. Returns the stages
-    cleared."""
+    cleared (on every process; process 0 removes)."""
+    from engage_jax import multihost
+    st = self.stages()
+    todo = sorted(set(stages) | {s for s, e in st.items() if e.get("redo_pending")})
+    multihost.main_write(self._clear, stages, what=f"{self.root} redo")
+    return todo
+
+  def _clear(self, stages: Iterable[str]) -> list[str]:
     st = self.stages()
     todo = sorted(set(stages) | {s for s, e in st.items() if e.get("redo_pending")})
     if not todo:

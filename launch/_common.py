@@ -21,7 +21,13 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Output directory of the run (cr
 _REDO = flags.DEFINE_list(
     "redo", None, "Rerun these stages and everything downstream of them (their outputs are removed "
     "first); the other done stages are kept.")
-_DISTRIBUTED = flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() (multi-host TPU/GPU).")
+_DISTRIBUTED = flags.DEFINE_bool(
+    "distributed", False, "Join JAX's multi-controller runtime (jax.distributed.initialize): TPU VMs and "
+    "SLURM are auto-detected; elsewhere give --coordinator_address, --num_processes and --process_id.")
+_COORDINATOR = flags.DEFINE_string("coordinator_address", None,
+                                   "With --distributed: host:port of process 0's coordinator.")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "With --distributed: how many processes.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "With --distributed: this process's id, 0..N-1.")
 _COMPILATION_CACHE = flags.DEFINE_string(
     "compilation_cache", None, "Directory of JAX's persistent compilation cache (default: "
     "$ENGAGE_JAX_COMPILATION_CACHE or ~/.cache/engage_jax/xla; 'off' disables).")
@@ -52,14 +58,57 @@ def run(main_fn, require_workdir: bool = True) -> None:
     logging.getLogger("engage_jax").setLevel(logging.INFO)
     from absl import logging as absl_logging
     absl_logging.set_verbosity(absl_logging.WARNING)  # Orbax logs every save at INFO
-    if _DISTRIBUTED.value:
+    dist = distributed_args(_DISTRIBUTED.value, _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+    if dist is not None:
       import jax
-      jax.distributed.initialize()
+      jax.distributed.initialize(**dist)
+    _log_writes()
     from engage_jax import compile_cache
     compile_cache.enable(_COMPILATION_CACHE.value)
     main_fn()
 
   cli.run_app(_main)
+
+
+def distributed_args(distributed: bool, coordinator: str | None, num_processes: int | None,
+                     process_id: int | None) -> dict | None:
+  """kwargs of jax.distributed.initialize (None: stay single-process), checked before JAX starts;
+  bad combinations are one-line UsageErrors."""
+  explicit = {"--coordinator_address": coordinator, "--num_processes": num_processes,
+              "--process_id": process_id}
+  given = [k for k, v in explicit.items() if v is not None]
+  if not distributed:
+    if given:
+      raise app.UsageError(f"{', '.join(given)} need(s) --distributed")
+    return None
+  if not given:
+    return {}  # auto-detection (TPU VMs, SLURM, ...)
+  if coordinator is None:
+    raise app.UsageError(f"{', '.join(given)} need(s) --coordinator_address=host:port")
+  host, _, port = coordinator.rpartition(":")
+  if not host or not port.isdigit() or not 0 < int(port) < 65536:
+    raise app.UsageError(f"--coordinator_address={coordinator!r} must be host:port")
+  if num_processes is None or process_id is None:
+    raise app.UsageError("--coordinator_address needs --num_processes and --process_id as well")
+  if num_processes < 1:
+    raise app.UsageError(f"--num_processes={num_processes} must be >= 1")
+  if not 0 <= process_id < num_processes:
+    raise app.UsageError(f"--process_id={process_id} is out of range 0..{num_processes - 1} "
+                         f"(--num_processes={num_processes})")
+  out = {"coordinator_address": coordinator, "num_processes": num_processes, "process_id": process_id}
+  import os
+  if os.environ.get("ENGAGE_HEARTBEAT_TIMEOUT_S"):  # local tests: notice a dead peer sooner
+    out["heartbeat_timeout_seconds"] = int(os.environ["ENGAGE_HEARTBEAT_TIMEOUT_S"])
+  return out
+
+
+def _log_writes() -> None:
+  """ENGAGE_WRITE_LOG=DIR: record this process's file writes under --workdir (tests)."""
+  import os
+  log_dir = os.environ.get("ENGAGE_WRITE_LOG")
+  if log_dir and _WORKDIR.value:
+    from engage_jax import multihost
+    multihost.log_writes(log_dir, _WORKDIR.value)
 
 
 def run_stages(stages: tuple[str, ...]) -> None:

@@ -120,18 +120,23 @@ def build_model(config: ModelConfig, tensors: dict, source: str, dtype=jnp.float
 
 def save_pretrained(model: CausalLM, out_dir: str | os.PathLike, dtype=None) -> Path:
   """Writes `config.json` + `model.safetensors` that `transformers.AutoModelForCausalLM` loads."""
+  from engage_jax import multihost, sharding
   out_dir = Path(out_dir)
-  out_dir.mkdir(parents=True, exist_ok=True)
   tensors = {}
   for path, var in nnx.to_flat_state(nnx.state(model, nnx.Param)):
     name, transpose = hf_name(path)
-    arr = jax.device_get(var[...])
+    arr = sharding.to_host(var[...])  # every process joins the gather; process 0 writes
     arr = np.ascontiguousarray(arr.T if transpose else arr)
     tensors[name] = jnp.asarray(arr, dtype=dtype or arr.dtype)
+  multihost.main_write(_write_hf, model, out_dir, tensors, dtype, what=str(out_dir))
+  return out_dir
+
+
+def _write_hf(model: CausalLM, out_dir: Path, tensors: dict, dtype) -> None:
+  out_dir.mkdir(parents=True, exist_ok=True)
   tmp = out_dir / "model.safetensors.tmp"
   save_file(tensors, str(tmp), metadata={"format": "pt"})
   os.replace(tmp, out_dir / "model.safetensors")
   hf = model.config.to_hf_dict()
   hf["torch_dtype"] = str(jnp.dtype(dtype or next(iter(tensors.values())).dtype))
   (out_dir / "config.json").write_text(json.dumps(hf, indent=2) + "\n")
-  return out_dir

@@ -65,8 +65,12 @@ def _log_shard(out_dir: str, shard: int, stats: dict, seconds: float) -> None:
          "expansions_per_s": stats["expansions"] / max(seconds, 1e-9),
          "reward_var": float(np.mean(variances)) if variances else 0.0,
          "trees_with_variance": sum(v > 0 for v in variances), "unparsed": stats.get("unparsed", 0)}
-  with open(os.path.join(out_dir, "metrics.jsonl"), "a", encoding="utf-8") as f:
-    f.write(json.dumps(rec) + "\n")
+  from engage_jax import multihost
+
+  def append():
+    with open(os.path.join(out_dir, "metrics.jsonl"), "a", encoding="utf-8") as f:
+      f.write(json.dumps(rec) + "\n")
+  multihost.main_only(append)  # process 0 (a progress log: nobody reads it back for decisions)
   tb = Scalars(out_dir, prefix="search/")
   tb.write(shard, {k: v for k, v in rec.items() if k != "step"})
   tb.close()

@@ -279,7 +279,8 @@ def compute_ref_logps(ref_model: nnx.Module, buckets, batch_size: int, mesh: Mes
     if key not in fns:
       b_sh = {k: loop.micro_batch_sharding(mesh, 2, accum=False) for k in batch}
       fns[key] = jax.jit(fwd, in_shardings=(p_sh, b_sh))
-    pc, pr = jax.device_get(fns[key](params, batch))
+    b_sh = {k: loop.micro_batch_sharding(mesh, 2, accum=False) for k in batch}
+    pc, pr = shd.to_host(fns[key](params, shd.place_batch(batch, b_sh)))
     real = w > 0
     chosen[idx[real]], rejected[idx[real]] = pc[real], pr[real]
   return chosen, rejected
@@ -292,9 +293,13 @@ def cached_ref_logps(path: str, key: str, ref_model, buckets, batch_size, mesh):
       if str(z["key"]) == key:
         return z["chosen"], z["rejected"]
   chosen, rejected = compute_ref_logps(ref_model, buckets, batch_size, mesh)
-  tmp = path + ".tmp.npz"
-  np.savez(tmp, key=np.asarray(key), chosen=chosen, rejected=rejected)
-  os.replace(tmp, path)
+
+  def write():
+    tmp = path + ".tmp.npz"
+    np.savez(tmp, key=np.asarray(key), chosen=chosen, rejected=rejected)
+    os.replace(tmp, path)
+  from engage_jax import multihost
+  multihost.main_write(write, what=path)  # process 0 writes; every process computed the same values
   return chosen, rejected
 
 

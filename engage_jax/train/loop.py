@@ -215,7 +215,7 @@ def opt_state_sharding(tx: optax.GradientTransformation, opt_state, params_shard
 
 
 def place(tree, shardings):
-  return jax.tree.map(lambda x, s: jax.device_put(x, s), tree, shardings)
+  return shd.put_tree(tree, shardings)
 
 
 def init_sharded(tx: optax.GradientTransformation, params: nnx.State, mesh: Mesh):
@@ -313,6 +313,9 @@ class MetricsWriter:
     os.replace(tmp, self.path)
 
   def write(self, rec: dict) -> None:
+    from engage_jax import multihost
+    if not multihost.is_main():  # process 0 keeps the metrics
+      return
     with open(self.path, "a", encoding="utf-8") as f:
       f.write(json.dumps(rec) + "\n")
       f.flush()
@@ -412,9 +415,10 @@ def run(loss_fn: LossFn, params: nnx.State, make_batches: BatchesFactory, cfg: T
     rng = np.asarray(restored.meta.get("rng", np.asarray(rng).tolist()), np.uint32)
     interval = _Interval.from_json(restored.meta.get("metrics_interval"))
     print(f"resumed from {manager.directory} at step {step}")
-  writer.truncate_after(step)
+  from engage_jax import multihost
+  multihost.main_write(writer.truncate_after, step, what=writer.path)
   if step == 0 and not resume and os.path.exists(writer.path):
-    os.remove(writer.path)
+    multihost.main_write(os.remove, writer.path, what=writer.path)
 
   def save(at_step: int) -> None:
     meta = dict(checkpoint_meta or {}, data_state=data_state_now(), rng=np.asarray(rng).tolist(),
@@ -439,7 +443,8 @@ def run(loss_fn: LossFn, params: nnx.State, make_batches: BatchesFactory, cfg: T
       if eval_step is None or getattr(eval_step, "_keys", None) != tuple(sorted(b)):
         eval_step = make_eval_step(eval_loss_fn or loss_fn, mesh, p_sh, b, f_sh)
         eval_step._keys = tuple(sorted(b))
-      m = jax.device_get(eval_step(params, b, *extra))
+      placed = {k: shd.put(v, micro_batch_sharding(mesh, v.ndim, accum=False)) for k, v in b.items()}
+      m = shd.to_host(eval_step(params, placed, *extra))
       w = float(m.get("tokens", b["row_weight"].sum() if "row_weight" in b else 1.0))
       total += w
       for k, v in m.items():
@@ -464,8 +469,9 @@ def run(loss_fn: LossFn, params: nnx.State, make_batches: BatchesFactory, cfg: T
       if train_step is None:
         train_step = make_train_step(loss_fn, tx, schedule, mesh, p_sh, o_sh, batch, frozen_sharding=f_sh)
       interval.tokens += float(count_tokens(batch)) if count_tokens else float(np.sum(batch.get("attention_mask", 0)))
-      params, opt_state, metrics = train_step(params, opt_state, batch, *extra)
-      metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+      placed = {k: shd.put(v, micro_batch_sharding(mesh, v.ndim)) for k, v in batch.items()}
+      params, opt_state, metrics = train_step(params, opt_state, placed, *extra)
+      metrics = {k: float(v) for k, v in shd.to_host(metrics).items()}
       step += 1
       if metrics.pop("finite") < 1.0:
         raise NonFiniteLossError(step, metrics["loss"], metrics["grad_norm"], last_saved)
