@@ -10,7 +10,8 @@ own GGUF loader), fp32, torch with 2 threads.
   parity check (4 prompts x 32 tokens, token-identical expected).
 - training: one optimizer step of full fine-tuning on B=8 x 256 tokens (AdamW, loss on every
   token): engage_jax's own SFT train step (`train.sft.train_sft`, the pipeline's code) vs a torch
-  loop; tokens/s over the timed steps after a warm-up.
+  loop; tokens/s over the timed steps after a warm-up. Also engage_jax with LoRA r=16 on all seven
+  projections (`models.lora`, base frozen) on the same batches.
 Writes benchmarks/results/smollm2_vs_hf.json (or --out).
 """
 from __future__ import annotations
@@ -112,6 +113,16 @@ def main(argv=None) -> dict:
     sft_train.train_sft(model, exs * (steps + 1), TrainConfig.from_any(dict(cfg, num_steps=steps)),
                         os.path.join(tmp, "timed"))
     jax_train_s = (time.perf_counter() - t0) / steps
+    # the same step with LoRA r=16 on all seven projections (adapters trained, base frozen)
+    from flax import nnx
+    from engage_jax.models import lora
+    lmodel = lora.apply_lora(models.from_pretrained(path, dtype=jnp.float32), lora.LoraConfig(rank=16, alpha=32),
+                             rngs=nnx.Rngs(0))
+    sft_train.train_sft(lmodel, exs * 2, TrainConfig.from_any(dict(cfg, num_steps=1)), os.path.join(tmp, "lwarm"))
+    t0 = time.perf_counter()
+    sft_train.train_sft(lmodel, exs * (steps + 1), TrainConfig.from_any(dict(cfg, num_steps=steps)),
+                        os.path.join(tmp, "ltimed"))
+    lora_train_s = (time.perf_counter() - t0) / steps
   hf.train()
   opt = torch.optim.AdamW(hf.parameters(), lr=1e-5)
   x = torch.tensor(rows)
@@ -137,6 +148,8 @@ def main(argv=None) -> dict:
       "training": {"engage_jax_s_per_step": jax_train_s, "transformers_s_per_step": hf_train_s,
                    "engage_jax_tokens_per_s": tb * tt / jax_train_s, "transformers_tokens_per_s": tb * tt / hf_train_s},
       "training_speedup": hf_train_s / jax_train_s,
+      "training_lora_r16": {"engage_jax_s_per_step": lora_train_s, "engage_jax_tokens_per_s": tb * tt / lora_train_s,
+                            "speedup_vs_full": jax_train_s / lora_train_s},
       "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "jax": jax.__version__,
                   "torch": torch.__version__, "transformers": transformers.__version__,
                   "loadavg_1m": os.getloadavg()[0]},
