@@ -28,6 +28,9 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
 
 
 def _atomic_write_text(path: str | os.PathLike, text: str) -> None:
+  from engage_jax import paths
+  if paths.is_remote(path):
+    return paths.write_text(path, text)
   path = os.fspath(path)
   d = os.path.dirname(os.path.abspath(path))
   os.makedirs(d, exist_ok=True)

@@ -112,7 +112,7 @@ def check_shared_dir(root: str | os.PathLike) -> None:
   def write():
     from engage_jax.fileio import atomic_write_text
     atomic_write_text(path, json.dumps([int(t) for t in token]))
-  main_write(write, what=path)
+  main_write(write, what="the workdir marker")  # the same barrier name on every process
   want = [int(t) for t in multihost_utils.broadcast_one_to_all(token)]
   try:
     with open(path, encoding="utf-8") as f:

@@ -75,7 +75,8 @@ class Workdir:
   """Paths and stage bookkeeping of one pipeline run."""
 
   def __init__(self, root: str | os.PathLike):
-    self.root = Path(root)
+    from engage_jax import paths
+    self.root = paths.path(root)  # pathlib.Path, or etils.epath.Path for gs://... (untested)
 
   def path(self, *parts: str) -> Path:
     return self.root.joinpath(*parts)
