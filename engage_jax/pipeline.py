@@ -357,6 +357,9 @@ def stage_report(cfg, wd: Workdir) -> dict:
   search_stats = report.search_stats_from_pairs(pairs) if pairs else None
   rep = report.build_report(cfg.task, sft, dpo, len(pairs), wd.wall_seconds(), search_stats=search_stats,
                             seed=cfg.seed)
+  if cfg.data.source == "sandbox":  # the world itself as the user (engage_jax.experiments.oracle)
+    from engage_jax.experiments import oracle
+    rep["oracle"] = oracle.report_block(cfg, wd)
   report.write_report(str(wd.root), rep, sft_dialogues=sft, dpo_dialogues=dpo, search_stats=search_stats)
   return {"p_value": rep["p_value"]}
 

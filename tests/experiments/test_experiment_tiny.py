@@ -52,3 +52,16 @@ def test_tiny_experiment_end_to_end(tmp_path):
   again = runner.Experiment(_tiny(), tmp_path, names, [0])
   again.run()
   assert again.ran == []
+
+
+@pytest.mark.slow
+def test_pipeline_report_has_oracle_per_model(tmp_path):
+  from engage_jax import pipeline, report
+  cfg = runner.pipeline_config(_tiny(), 0)
+  pipeline.run(cfg, str(tmp_path))
+  rep = report.load_report(str(tmp_path / "report.json"))
+  for m in ("sft", "dpo"):
+    o = rep["oracle"][m]
+    assert o["n"] == 3 and 0.0 <= o["expected_mean"] <= 1.0 and 0.0 <= o["first_turn_helpful"] <= 1.0
+    assert o["transcript"]["n"] == 3
+    assert o["sim_minus_oracle"] == pytest.approx(rep[m]["reward_mean"] - o["expected_mean"])
