@@ -6,7 +6,7 @@
 Sizes (reduced from configs/sandbox_es.py to fit a shared 2-core machine): the pipeline's SFT
 (agent 150 steps, simulator 400 steps) and search (96 trees, budget 8, k 3) unchanged; evaluation
 on 100 held-out conditions x 2 samples (the demo: 250 x 2); one held-out simulator (seed +100,
-its own sandbox training split); best-of-3; RFT 50 steps at lr 1e-3 on the chosen turns with
+its own sandbox training split); best-of-2 (2 candidates per turn); RFT 50 steps at lr 1e-3 on the chosen turns with
 value >= 0.5. Measured wall time: see docs/results/sandbox_ablation_es.json ("wall_seconds").
 """
 import importlib.util
@@ -26,11 +26,11 @@ def _load(name: str):
 
 def experiment_section(**overrides) -> ml_collections.ConfigDict:
   e = ml_collections.ConfigDict(dict(
-      variants="sft,future,turn,best_of_n,corpus_mix,rft",
+      variants="sft,future,turn,corpus_mix,rft,best_of_n",
       seeds="0,1,2",
       ensemble_size=2,         # simulators: the search's own + (ensemble_size - 1) held out
       oracle=True,             # evaluate every agent against the sandbox world as well
-      best_of_n=3,             # candidates per turn of the best_of_n variant
+      best_of_n=2,             # candidates per turn of the best_of_n variant
       corpus_pairs=0,          # corpus pairs of corpus_mix (0: as many as the search's pairs)
       rft_steps=50,
       rft_learning_rate=1e-3,

@@ -210,10 +210,18 @@ class Experiment:
     self.ran: list[str] = []   # steps computed by this run (not resumed), "seed-S/name"
 
   # ------------------------------------------------------------------ steps
+  def _marker_path(self, seed: int, name: str) -> Path:
+    return self.root / f"seed-{seed}" / "done" / f"{name.replace('/', '__')}.json"
+
+  def _marker(self, seed: int, name: str) -> dict | None:
+    """The result of a finished step, or None."""
+    m = self._marker_path(seed, name)
+    return json.loads(m.read_text())["result"] if m.exists() else None
+
   def _step(self, seed: int, name: str, fn) -> Any:
-    marker = self.root / f"seed-{seed}" / "done" / f"{name.replace('/', '__')}.json"
+    marker = self._marker_path(seed, name)
     if marker.exists():
-      return json.loads(marker.read_text())["result"]
+      return self._marker(seed, name)
     print(f"[experiment] seed {seed}: {name}", flush=True)
     t0 = time.perf_counter()
     result = fn()
@@ -250,6 +258,9 @@ class Experiment:
     if v == "corpus_mix":
       self._step(seed, "corpus_mix/pairs",
                  lambda: self.ops.corpus_mix_pairs(cfg, view, search_dir, int(self.exp.corpus_pairs)))
+      future_dpo = self._marker(seed, "future/dpo")
+      if future_dpo and future_dpo.get("total_steps"):  # as many DPO steps as "future" (equal compute)
+        cfg.dpo.steps = int(future_dpo["total_steps"])
       self._step(seed, "corpus_mix/dpo", lambda: self.ops.dpo(cfg, view))
       return view.path("dpo_agent", "hf"), 0
     assert v == "rft", v

@@ -5,7 +5,8 @@
   turn        i×MCTS with search.reward_horizon="turn" (the next user turn only) → DPO
   best_of_n   the SFT agent decoding best-of-N (experiment.best_of_n candidates per turn, each
               valued by one rollout with the search's simulator)
-  corpus_mix  DPO on the "future" search's pairs + as many corpus pairs (baselines.corpus_pairs)
+  corpus_mix  DPO on the "future" search's pairs + as many corpus pairs (baselines.corpus_pairs),
+              for as many DPO steps as "future" took when it ran (equal compute)
   rft         SFT of the SFT agent on the "future" search's chosen turns with value >=
               experiment.rft_min_value (rejection-sampling fine-tuning)
 """

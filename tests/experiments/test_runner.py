@@ -60,8 +60,8 @@ class FakeOps:
     return {"pairs": 10}
 
   def dpo(self, cfg, view):
-    self.calls.append(("dpo", cfg.seed, view.root.name))
-    return {}
+    self.calls.append(("dpo", cfg.seed, view.root.name, cfg.dpo.steps))
+    return {"total_steps": 7}
 
   def corpus_mix_pairs(self, cfg, view, search_dir, n):
     self.calls.append(("corpus_pairs", cfg.seed, search_dir.parent.name))
@@ -100,6 +100,7 @@ def test_shared_steps_once_resume_and_table(tmp_path):
     assert ops.calls.count(("simulator", seed + 100)) == 1
     assert ops.calls.count(("search", seed, "future")) == 1
     assert ("corpus_pairs", seed, "future") in ops.calls
+    assert ("dpo", seed, "corpus_mix", 7) in ops.calls  # as many DPO steps as future's
   t = summary["variants"]
   assert t["future"]["reward_mean"] == pytest.approx(9 / 12)
   assert t["sft"]["n_units"] == 24
