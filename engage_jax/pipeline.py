@@ -126,6 +126,11 @@ def roots(cfg, corpus: dict[str, list[Dialogue]], purpose: str, n: int) -> list[
     return [Dialogue(f"{purpose}-{i}", cfg.task, sandbox.opening_turns(cfg.task, c), c) for i, c in enumerate(conds)]
   split = {"search": "train", "eval": "test"}[purpose]
   pool = corpus[split]
+  if purpose == "search":  # a tree needs a condition for its simulator (4 P4G dialogues have no persona)
+    empty = [d.id for d in pool if not d.condition]
+    if empty:
+      log.warning("%d %s dialogues without a condition are not search roots: %s", len(empty), split, empty[:3])
+      pool = [d for d in pool if d.condition]
   if len(pool) < n:
     log.warning("only %d %s dialogues for %d %s roots", len(pool), split, n, purpose)
   return [Dialogue(f"{purpose}-{d.id}", d.task, _opening(d), dict(d.condition)) for d in pool[:n]]
