@@ -200,9 +200,7 @@ def sequence_logps(model: nnx.Module, batch: Mapping[str, jax.Array]) -> tuple[j
   att = jnp.concatenate([jnp.concatenate([pm, pm], 0), cmask], 1)
   hidden = model.hidden_states(ids, att)                         # [2B, P+C, D]
   logits = model.logits(hidden[:, p - 1:-1])                     # [2B, C, V] fp32
-  tgt = ids[:, p:]
-  picked = jnp.take_along_axis(logits, tgt[..., None], axis=-1)[..., 0]
-  lp = (picked - jax.nn.logsumexp(logits, axis=-1)) * cmask
+  lp = loop.token_logps(logits, ids[:, p:]) * cmask               # [2B, C]
   seq = jnp.sum(lp, axis=-1)
   cnt = jnp.sum(cmask, axis=-1).astype(jnp.float32)
   return seq[:b], seq[b:], cnt[:b], cnt[b:]

@@ -167,11 +167,12 @@ def restore_compute_dtype(model: nnx.Module, old: Mapping) -> None:
       module.dtype = old[path]
 
 
-def token_logps(logits: jax.Array, input_ids: jax.Array) -> jax.Array:
-  """log p(input_ids[:, t+1] | ..t) for t < T-1, in fp32: logits [B, T, V] → [B, T-1]."""
-  logits = logits[:, :-1].astype(jnp.float32)
-  tgt = input_ids[:, 1:]
-  picked = jnp.take_along_axis(logits, tgt[..., None], axis=-1)[..., 0]
+def token_logps(logits: jax.Array, targets: jax.Array) -> jax.Array:
+  """The log-prob of each target token under the logits that predict it, in fp32 (the training
+  loss, SFT and DPO alike): logits [..., V], targets [...] int → [...]. The caller aligns them:
+  for a sequence, `token_logps(logits[:, :-1], input_ids[:, 1:])` (logits[t] predicts token t+1)."""
+  logits = logits.astype(jnp.float32)
+  picked = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
   return picked - jax.nn.logsumexp(logits, axis=-1)
 
 
@@ -189,7 +190,7 @@ def lm_loss_fn(graphdef: nnx.GraphDef, rest: nnx.State) -> LossFn:
   def loss_fn(params, batch, frozen=None):
     model = merge_model(graphdef, params, rest, frozen)
     logits = model(batch["input_ids"], attention_mask=batch["attention_mask"])
-    lp = token_logps(logits, batch["input_ids"])
+    lp = token_logps(logits[:, :-1], batch["input_ids"][:, 1:])         # [B, T-1]
     w = batch["loss_mask"][:, 1:].astype(jnp.float32)
     n = jnp.sum(w)
     loss = -jnp.sum(lp * w) / jnp.maximum(n, 1.0)
