@@ -20,7 +20,6 @@ from typing import Any, Callable
 
 from engage_jax.errors import InputError, InputErrors
 
-DTYPES = ("float32", "bfloat16")
 MODEL_TYPES = ("llama", "mistral", "qwen2")
 LOSS_TYPES = ("sigmoid", "ipo", "hinge", "robust")
 SOURCES = {"sandbox": None, "esconv": "es", "p4g": "p4g"}
@@ -272,8 +271,9 @@ def _lora(c: _Checker, k: str) -> None:
 
 
 def _model(c: _Checker) -> None:
-  c.one_of("model.dtype", DTYPES)
-  c.one_of("model.param_dtype", DTYPES)
+  from engage_jax.models.config import DTYPE_NAMES
+  c.one_of("model.dtype", DTYPE_NAMES)
+  c.one_of("model.param_dtype", DTYPE_NAMES)
   c.boolean("model.remat")
   for role in ("agent", "simulator"):
     k = f"model.{role}"

@@ -13,10 +13,10 @@ import time
 from pathlib import Path
 from typing import Callable
 
-import jax.numpy as jnp
 from flax import nnx
 
 from engage_jax import models
+from engage_jax.models.config import DTYPE_NAMES, jax_dtype
 from engage_jax.data.dialogue import USER, Dialogue
 from engage_jax.fileio import atomic_write_json
 from engage_jax.workdir import Workdir
@@ -24,7 +24,6 @@ from engage_jax.workdir import Workdir
 log = logging.getLogger("engage_jax")
 
 STAGES = ("tokenizer", "sft_agent", "sft_simulator", "eval_sft", "search", "dpo", "eval_dpo", "report")
-_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
 # ===================================================================== config checks
@@ -66,8 +65,8 @@ def check_config(cfg) -> None:
       raise FileNotFoundError(f"config.tokenizer.path={tp!r}: no such GGUF file")
   elif tp and not (Path(tp) / "tokenizer.json").is_file():
     raise FileNotFoundError(f"config.tokenizer.path={tp!r}: no tokenizer.json there")
-  if cfg.model.dtype not in _DTYPES or cfg.model.param_dtype not in _DTYPES:
-    raise ValueError(f"config.model.dtype/param_dtype must be one of {sorted(_DTYPES)}")
+  if cfg.model.dtype not in DTYPE_NAMES or cfg.model.param_dtype not in DTYPE_NAMES:
+    raise ValueError(f"config.model.dtype/param_dtype must be one of {sorted(DTYPE_NAMES)}")
   if cfg.search.k < 2:
     raise ValueError(f"config.search.k must be >= 2 (pairs need siblings); got {cfg.search.k}")
   if cfg.search.budget < 1 or cfg.search.n_conditions < 1:
@@ -162,7 +161,7 @@ def new_model(cfg, role: str, tok, adapters: bool = True) -> models.CausalLM:
   """The initial model of `role`: pretrained from `model.<role>.path` or a fresh random one;
   with `model.<role>.lora.rank` > 0 (and `adapters`) carrying LoRA adapters (`with_lora`)."""
   mc = cfg.model[role]
-  dtype, param_dtype = _DTYPES[cfg.model.dtype], _DTYPES[cfg.model.param_dtype]
+  dtype, param_dtype = jax_dtype(cfg.model.dtype), jax_dtype(cfg.model.param_dtype)
   if mc.path:
     model = load_model(cfg, mc.path)
     return with_lora(cfg, role, model) if adapters else model
@@ -204,7 +203,7 @@ def save_trained(model, out: Path, base: str = "") -> None:
 
 
 def load_model(cfg, path) -> models.CausalLM:
-  model = models.from_pretrained(path, dtype=_DTYPES[cfg.model.dtype], param_dtype=_DTYPES[cfg.model.param_dtype])
+  model = models.from_pretrained(path, dtype=jax_dtype(cfg.model.dtype), param_dtype=jax_dtype(cfg.model.param_dtype))
   model.remat = cfg.model.remat
   return model
 

@@ -32,8 +32,6 @@ class Agents:
 
   @classmethod
   def from_workdir(cls, cfg, workdir: str | Path) -> "Agents":
-    import jax.numpy as jnp
-
     from engage_jax import models, rollout
     from engage_jax.tokenizer import ChatTokenizer
     wd = Path(workdir)
@@ -41,7 +39,7 @@ class Agents:
     if not (tok_dir / "tokenizer.json").is_file():
       raise InputError("no tokenizer in the workdir; run the pipeline first", str(tok_dir))
     tok = ChatTokenizer.load(tok_dir)
-    dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[cfg.model.dtype]
+    dtype = models.config.jax_dtype(cfg.model.dtype)
     ev = cfg.eval
     speakers = {}
     for name, parts in AGENT_DIRS.items():

@@ -6,6 +6,22 @@ from typing import Any
 
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2")
 
+# The one dtype map: a config names a dtype (model.dtype, model.param_dtype, train compute_dtype)
+# and `jax_dtype` gives the JAX dtype of that name. The trainer's compute_dtype also takes the
+# short aliases.
+DTYPE_NAMES = ("float32", "bfloat16")
+DTYPE_ALIASES = {"fp32": "float32", "bf16": "bfloat16"}
+
+
+def jax_dtype(name: str, aliases: bool = False):
+  """"float32" → jnp.float32, "bfloat16" → jnp.bfloat16 (with aliases: also "fp32", "bf16");
+  KeyError on any other name."""
+  import jax.numpy as jnp  # here, not at the top: this module stays free of jax imports
+  canonical = DTYPE_ALIASES.get(name, name) if aliases else name
+  if canonical not in DTYPE_NAMES:
+    raise KeyError(name)
+  return getattr(jnp, canonical)
+
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:

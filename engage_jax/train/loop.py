@@ -52,9 +52,10 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from engage_jax import sharding as shd
+from engage_jax.models.config import DTYPE_ALIASES, DTYPE_NAMES, jax_dtype
 
 LossFn = Callable[[nnx.State, Mapping[str, jax.Array]], tuple[jax.Array, dict]]
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "fp32": jnp.float32, "bf16": jnp.bfloat16}
+DTYPES = {n: jax_dtype(n, aliases=True) for n in (*DTYPE_NAMES, *DTYPE_ALIASES)}   # compute_dtype names
 
 
 @dataclasses.dataclass
