@@ -341,7 +341,7 @@ def sizes(cfg) -> dict:
 def _units(results_v: Mapping, block: str, key: str = "per_condition", sim: str | None = None) -> dict:
   out = {}
   for seed, r in results_v.items():
-    b = r["ensemble"][sim] if sim else r.get(block)
+    b = r["ensemble"].get(sim) if sim else r.get(block)  # seeds may differ in ensemble size
     if b is None:
       continue
     out.update({f"{seed}:{c}": x for c, x in b[key].items()})

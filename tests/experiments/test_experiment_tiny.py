@@ -12,8 +12,8 @@ from engage_jax.experiments import runner
 REPO = __import__("pathlib").Path(__file__).resolve().parents[2]
 
 
-def _tiny():
-  spec = importlib.util.spec_from_file_location("_exp_es", REPO / "configs" / "experiments" / "sandbox_es.py")
+def _tiny(task: str = "es"):
+  spec = importlib.util.spec_from_file_location(f"_exp_{task}", REPO / "configs" / "experiments" / f"sandbox_{task}.py")
   mod = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(mod)
   c = mod.get_config()
@@ -65,3 +65,19 @@ def test_pipeline_report_has_oracle_per_model(tmp_path):
     assert o["n"] == 3 and 0.0 <= o["expected_mean"] <= 1.0 and 0.0 <= o["first_turn_helpful"] <= 1.0
     assert o["transcript"]["n"] == 3
     assert o["sim_minus_oracle"] == pytest.approx(rep[m]["reward_mean"] - o["expected_mean"])
+
+
+@pytest.mark.slow
+def test_tiny_experiment_p4g(tmp_path):
+  """The P4G paths: turn rewards from the next user turn, corpus pairs of donating chats, the
+  world's donations, best-of-N valued by the stated donation."""
+  names = ["sft", "turn", "corpus_mix", "best_of_n"]
+  c = _tiny("p4g")
+  c.experiment.ensemble_size = 1
+  c.sft.simulator_steps = 80  # enough for the tiny simulator to state parsable donations
+  summary = runner.Experiment(c, tmp_path, names, [0]).run()
+  t = summary["variants"]
+  for v in names:
+    assert t[v]["n_units"] == 3 and 0.0 <= t[v]["oracle_expected"] <= 2.0
+  pairs = (tmp_path / "seed-0" / "corpus_mix" / "search" / "pairs" / "shard-corpus.jsonl").read_text().splitlines()
+  assert pairs and all('"source": "corpus"' in p for p in pairs)

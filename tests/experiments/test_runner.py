@@ -178,3 +178,13 @@ def test_launcher_one_line_error(tmp_path):
   lines = [x for x in p.stderr.splitlines() if x.strip()]
   assert len(lines) == 1 and "unknown variant(s) 'nope'" in lines[0], p.stderr
   assert not wd.exists()
+
+
+def test_seeds_with_different_ensemble_sizes_aggregate(tmp_path):
+  """A seed run with one held-out simulator and one without: held-out figures from the first only."""
+  ops = FakeOps()
+  runner.Experiment(_cfg(), tmp_path, ["sft", "future"], [0], ops=ops).run()
+  s = runner.Experiment(_cfg(ensemble_size=1), tmp_path, ["sft", "future"], [0, 1], ops=ops).run()
+  row = s["variants"]["future"]
+  assert row["n_units"] == 24 and row["heldout_gain"] == pytest.approx(5 / 12)
+  assert set(row["by_simulator"]) == {"sim-0", "sim-1"}
