@@ -41,6 +41,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from engage_jax.buckets import bucket  # sampling.bucket: the rung of one size (batch, prompt, new tokens)
+
 MIN_BATCH_BUCKET = 8
 MIN_PROMPT_BUCKET = 16
 MIN_NEW_BUCKET = 16
@@ -63,16 +65,6 @@ class SamplingParams:
     """Keyword arguments for `generate`."""
     return dict(max_new_tokens=self.max_new_tokens, temperature=self.temperature, top_p=self.top_p,
                 top_k=self.top_k, stop_token_ids=tuple(self.stop_token_ids))
-
-
-def bucket(n: int, minimum: int, *, half_steps: bool = True) -> int:
-  """Smallest bucket >= max(n, minimum): a power of two, or (half_steps) also 1.5x a power of two
-  (8, 12, 16, 24, 32, 48, ...), so padding wastes at most a third instead of half."""
-  n = max(int(n), int(minimum))
-  p2 = 1 << (n - 1).bit_length()
-  if half_steps and p2 >= 4 and n <= 3 * p2 // 4:
-    return 3 * p2 // 4
-  return p2
 
 
 def _check_params(max_new_tokens, temperature, top_p, top_k, stop_token_ids) -> None:

@@ -29,6 +29,7 @@ from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 
+from engage_jax import buckets as buckets_lib
 from engage_jax.data.chat import OUTCOME_REQUEST, agent_messages, outcome_line, simulator_messages
 from engage_jax.data.dialogue import USER, Dialogue
 
@@ -203,13 +204,8 @@ def tokenizer_texts(dialogues: Sequence[Dialogue]) -> Iterator[str]:
 
 
 def default_buckets(max_len: int, min_bucket: int = 32) -> tuple[int, ...]:
-  """Powers of two from min_bucket below max_len, then max_len, e.g. (32, 64, 128, 200)."""
-  out, b = [], min_bucket
-  while b < max_len:
-    out.append(b)
-    b *= 2
-  out.append(max_len)
-  return tuple(out)
+  """min_bucket doubled while below max_len, then max_len, e.g. (32, 64, 128, 200): `buckets.ladder`."""
+  return buckets_lib.ladder(max_len, min_bucket)
 
 
 def pad_to_buckets(examples: Sequence[Example], pad_id: int, max_len: int,
@@ -223,7 +219,7 @@ def pad_to_buckets(examples: Sequence[Example], pad_id: int, max_len: int,
     if n > buckets[-1]:
       raise ValueError(f"example of dialogue {ex.dialogue_id!r} has {n} tokens > largest "
                        f"bucket {buckets[-1]}")
-    rows.setdefault(next(b for b in buckets if b >= n), []).append(ex)
+    rows.setdefault(buckets_lib.fit(n, buckets), []).append(ex)
   out = {}
   for b in sorted(rows):
     exs = rows[b]

@@ -34,6 +34,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh
 
+from engage_jax import buckets as buckets_lib
 from engage_jax import sharding as shd
 from engage_jax.data import sft as sft_data
 from engage_jax.models import lora
@@ -132,14 +133,6 @@ def _completion(full: list[int], gen: list[int], content_ids: list[int], eot: in
   return content_ids + [eot]
 
 
-def _buckets(limit: int, min_bucket: int) -> list[int]:
-  out, b = [], max(1, min_bucket)
-  while b < limit:
-    out.append(b)
-    b *= 2
-  return out + [limit]
-
-
 def tokenize_pairs(pairs: Sequence[dict], tok, max_len: int, max_completion_len: int = 0,
                    min_bucket: int = 16) -> dict[tuple[int, int], dict[str, np.ndarray]]:
   """Bucketed pair arrays {(P, C): {PAIR_KEYS..., "pair_index" [N]}} (see module docstring)."""
@@ -162,11 +155,11 @@ def tokenize_pairs(pairs: Sequence[dict], tok, max_len: int, max_completion_len:
     r = _completion(fr, gen, cr, eot)[:cmax]
     prompt = gen[-(max_len - max(len(c), len(r))):]
     rows.append((prompt, c, r))
-  p_buckets = _buckets(max_len, min_bucket)
-  c_buckets = _buckets(cmax, min_bucket)
+  p_buckets = buckets_lib.ladder(max_len, min_bucket)
+  c_buckets = buckets_lib.ladder(cmax, min_bucket)
   groups: dict[tuple[int, int], list[int]] = {}
   for i, (p, c, r) in enumerate(rows):
-    key = (next(b for b in p_buckets if b >= len(p)), next(b for b in c_buckets if b >= max(len(c), len(r))))
+    key = (buckets_lib.fit(len(p), p_buckets), buckets_lib.fit(max(len(c), len(r)), c_buckets))
     groups.setdefault(key, []).append(i)
   pad = tok.pad_id
   out = {}
