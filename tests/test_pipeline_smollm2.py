@@ -1,6 +1,10 @@
 """Smoke run of the whole pipeline on the real pretrained checkpoint (configs/p4g_smollm2.py, real
-P4G data, SmolLM2-135M-Instruct and its own tokenizer) at a tiny size: every stage runs, the
-report is well formed, and the texts went through the real chat template and stop token."""
+P4G data, SmolLM2-135M-Instruct's own tokenizer from the GGUF) at a tiny size: every stage runs, the
+report is well formed, and the texts went through the real chat template and stop token.
+
+The models are SmolLM2's first 2 of its 30 layers (the real weights, converted with
+`models.convert_gguf`), so CI compiles 2-layer programs instead of 30-layer ones; the full model is
+checked against transformers in tests/models/test_smollm2.py and runs in the documented configs."""
 from __future__ import annotations
 
 import json
@@ -26,13 +30,33 @@ TINY = [
 ]
 
 
+def truncated_smollm2(out_dir, layers: int = 2):
+  """SmolLM2-135M-Instruct's first `layers` decoder layers (+ embeddings, final norm) as an HF dir."""
+  from safetensors.numpy import load_file, save_file
+  from engage_jax import models
+  from engage_jax.models.gguf import smollm2_135m_instruct
+  full = models.convert_gguf(smollm2_135m_instruct(), out_dir / "full")
+  tensors = load_file(str(full / "model.safetensors"))
+  keep = {k: v for k, v in tensors.items()
+          if not k.startswith("model.layers.") or int(k.split(".")[2]) < layers}
+  out = out_dir / f"smollm2_{layers}l"
+  out.mkdir()
+  save_file(keep, str(out / "model.safetensors"), metadata={"format": "pt"})
+  cfg = json.loads((full / "config.json").read_text())
+  (out / "config.json").write_text(json.dumps(dict(cfg, num_hidden_layers=layers)))
+  return out
+
+
 @pytest.mark.slow
 @pytest.mark.data
 def test_real_model_pipeline_every_stage(data_dir, tmp_path):
+  from engage_jax.models.gguf import smollm2_135m_instruct
+  model_dir = truncated_smollm2(tmp_path)
   wd = tmp_path / "wd"
   proc = subprocess.run(
       [sys.executable, "launch/pipeline.py", "--config=configs/p4g_smollm2.py", f"--workdir={wd}",
-       f"--config.data.path={data_dir / 'p4g'}", *TINY],
+       f"--config.data.path={data_dir / 'p4g'}", f"--config.tokenizer.path={smollm2_135m_instruct()}",
+       f"--config.model.agent.path={model_dir}", f"--config.model.simulator.path={model_dir}", *TINY],
       cwd=REPO, capture_output=True, text=True, timeout=600, env={**__import__("os").environ,
                                                                    "ENGAGE_HEARTBEAT_S": "30"})
   assert proc.returncode == 0, proc.stderr[-3000:]
