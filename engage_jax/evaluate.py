@@ -30,6 +30,7 @@ import numpy as np
 
 from engage_jax.data.dialogue import Dialogue
 from engage_jax.fileio import atomic_write_jsonl
+from engage_jax.seeding import sample_seed  # evaluate.sample_seed: the seed of one simulate call
 
 EXACT_MAX_N = 16          # exact enumeration of 2^n sign patterns up to this many pairs
 DEFAULT_PERMUTATIONS = 20_000
@@ -299,11 +300,6 @@ def eval_settings(cfg: Any) -> EvalSettings:
     raise ValueError(f"evaluate: batch_size must be >= 0, got {bs}")
   return EvalSettings(task=task, max_agent_turns=int(max_turns), samples_per_condition=spc,
                       batch_size=bs, reward=find("reward"))
-
-
-def sample_seed(seed: int, sample: int, chunk: int) -> int:
-  """Deterministic seed of one `simulate` call (sample repeat `sample`, condition chunk `chunk`)."""
-  return int((seed * 1_000_003 + sample * 10_007 + chunk) % (2 ** 31 - 1))
 
 
 def _default_simulate() -> Callable:

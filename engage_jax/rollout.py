@@ -26,11 +26,10 @@ import copy
 import dataclasses
 from typing import Any, Sequence
 
-import numpy as np
-
 from engage_jax import rewards, sampling
 from engage_jax.data import chat
 from engage_jax.data.dialogue import AGENT, USER, Dialogue, Turn
+from engage_jax.seeding import sub_seed
 
 
 @dataclasses.dataclass
@@ -76,10 +75,6 @@ class Speaker:
                             temperature=self.temperature, top_p=self.top_p, top_k=self.top_k,
                             seed=seed, stop_token_ids=self.stop_token_ids)
     return [self.tokenizer.decode(x).strip() for x in ids]
-
-
-def _call_seed(seed: int, call: int) -> int:
-  return int(np.random.SeedSequence([int(seed) & 0xFFFFFFFF, call]).generate_state(1)[0])
 
 
 def score_finished(simulator: "Speaker", dialogues: list[Dialogue], *, task: str, reward_cfg: Any = None,
@@ -137,7 +132,7 @@ def simulate(agent: Speaker, simulator: Speaker, starts: list[Dialogue], *, task
           agent_rows.append(i)
     if agent_rows:
       texts = agent.generate([chat.agent_messages(task, rows[i].turns) for i in agent_rows],
-                             _call_seed(seed, calls))
+                             sub_seed(seed, calls, bits=32))
       calls += 1
       for i, text in zip(agent_rows, texts):
         rows[i].turns.append(Turn(AGENT, text))
@@ -145,7 +140,7 @@ def simulate(agent: Speaker, simulator: Speaker, starts: list[Dialogue], *, task
     if sim_rows:
       texts = simulator.generate(
           [chat.simulator_messages(task, rows[i].condition, rows[i].turns) for i in sim_rows],
-          _call_seed(seed, calls))
+          sub_seed(seed, calls, bits=32))
       calls += 1
       for i, text in zip(sim_rows, texts):
         ended = chat.END_MARKER in text
@@ -153,7 +148,7 @@ def simulate(agent: Speaker, simulator: Speaker, starts: list[Dialogue], *, task
         if ended:
           terminal[i], live[i] = True, False
   bar.close()
-  scores = score_finished(simulator, rows, task=task, reward_cfg=reward_cfg, seed=_call_seed(seed, calls))
+  scores = score_finished(simulator, rows, task=task, reward_cfg=reward_cfg, seed=sub_seed(seed, calls, bits=32))
   for i, (d, score) in enumerate(zip(rows, scores)):
     d.outcome.update(num_turns=d.num_agent_turns, terminal=bool(terminal[i]), **score)
   return rows

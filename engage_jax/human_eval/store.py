@@ -95,9 +95,8 @@ def new_secret() -> str:
 
 def turn_seed(study_seed: int, conversation_id: int, idx: int) -> int:
   """The sampling seed of the agent turn at index `idx` of a conversation (deterministic)."""
-  import numpy as np
-  return int(np.random.SeedSequence([int(study_seed) & 0xFFFFFFFF, int(conversation_id), int(idx)])
-             .generate_state(1)[0] & 0x7FFFFFFF)
+  from engage_jax.seeding import sub_seed
+  return sub_seed(study_seed, conversation_id, idx)
 
 
 class Store:

@@ -19,6 +19,7 @@ from typing import Any, Callable, Mapping, Protocol, Sequence
 import numpy as np
 
 from engage_jax.data.dialogue import AGENT, USER, Dialogue, Turn
+from engage_jax.seeding import sub_seed
 
 UNPARSED = float("nan")  # the reward of a chat whose P4G outcome line gave no donation
 
@@ -69,11 +70,6 @@ class Env(Protocol):
     ...
 
 
-def _sub_seed(seed: int, *keys: int) -> int:
-  """A 31-bit seed derived from `seed` and integer keys (stable across runs and platforms)."""
-  return int(np.random.SeedSequence([seed & 0xFFFFFFFF, *keys]).generate_state(1)[0] & 0x7FFFFFFF)
-
-
 class SequentialEnv:
   """Serves histories one at a time through `inner` (the non-batched baseline).
 
@@ -88,10 +84,10 @@ class SequentialEnv:
     return getattr(self.inner, name)
 
   def expand(self, histories: list[Dialogue], k: int, seed: int) -> list[list[Expansion]]:
-    return [self.inner.expand([h], k, _sub_seed(seed, i))[0] for i, h in enumerate(histories)]
+    return [self.inner.expand([h], k, sub_seed(seed, i))[0] for i, h in enumerate(histories)]
 
   def rollout(self, histories: list[Dialogue], seed: int) -> list[RolloutResult]:
-    return [self.inner.rollout([h], _sub_seed(seed, i))[0] for i, h in enumerate(histories)]
+    return [self.inner.rollout([h], sub_seed(seed, i))[0] for i, h in enumerate(histories)]
 
 
 class BanditEnv:
@@ -243,7 +239,7 @@ class ModelEnv:
     from engage_jax.data import chat
     rows = [(i, h) for i, h in enumerate(histories) for _ in range(k)]
     a_prompts = [self.agent.prompt(chat.agent_messages(h.task, h.turns)) for _, h in rows]
-    a_ids = self._generate(self.agent, a_prompts, _sub_seed(seed, 0))
+    a_ids = self._generate(self.agent, a_prompts, sub_seed(seed, 0))
     a_texts = [self.tokenizer.decode(ids).strip() for ids in a_ids]
     if self.logprobs:
       from engage_jax.sampling import sequence_logprobs
@@ -255,7 +251,7 @@ class ModelEnv:
     s_prompts = [self.simulator.prompt(chat.simulator_messages(h.task, h.condition,
                                                                list(h.turns) + [a]))
                  for (_, h), a in zip(rows, agent_turns)]
-    s_ids = self._generate(self.simulator, s_prompts, _sub_seed(seed, 1))
+    s_ids = self._generate(self.simulator, s_prompts, sub_seed(seed, 1))
     out: list[list[Expansion]] = [[] for _ in histories]
     ended = []
     for r, ((i, h), a) in enumerate(zip(rows, agent_turns)):
@@ -270,7 +266,7 @@ class ModelEnv:
         ended.append((e, Dialogue(h.id, h.task, list(h.turns) + [e.agent, e.user],
                                   dict(h.condition))))
     if ended:
-      rewards = self.final_rewards([d for _, d in ended], _sub_seed(seed, 2))
+      rewards = self.final_rewards([d for _, d in ended], sub_seed(seed, 2))
       for (e, _), r in zip(ended, rewards):
         e.reward = r
     return out

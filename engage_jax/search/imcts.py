@@ -27,7 +27,8 @@ from typing import Callable, Sequence
 import numpy as np
 
 from engage_jax.data.dialogue import AGENT, Dialogue
-from engage_jax.search.env import Env, Expansion, _sub_seed
+from engage_jax.seeding import sub_seed
+from engage_jax.search.env import Env, Expansion
 from engage_jax.search.tree import ROOT_INDEX, UNVISITED, Trees, init_trees
 
 _WORD = re.compile(r"\w+")
@@ -294,7 +295,7 @@ def search(env: Env, roots: Sequence[Dialogue], cfg: SearchConfig,
       break
     leaves = [(b, select_leaf(trees, b, cfg)) for b in live]
     histories = [trees.history(b, n) for b, n in leaves]
-    expansions = env.expand(histories, k, _sub_seed(cfg.seed, rnd, 0))
+    expansions = env.expand(histories, k, sub_seed(cfg.seed, rnd, 0))
     if len(expansions) != len(leaves):
       raise ValueError(f"env.expand returned {len(expansions)} rows for {len(leaves)} histories")
     new: list[tuple[int, int]] = []
@@ -322,7 +323,7 @@ def search(env: Env, roots: Sequence[Dialogue], cfg: SearchConfig,
       known = set(new)
     need = [(b, n) for b, n in new if (b, n) not in known]
     if need:
-      results = env.rollout([trees.history(b, n) for b, n in need], _sub_seed(cfg.seed, rnd, 1))
+      results = env.rollout([trees.history(b, n) for b, n in need], sub_seed(cfg.seed, rnd, 1))
       if len(results) != len(need):
         raise ValueError(f"env.rollout returned {len(results)} results for {len(need)} histories")
       for (b, n), res in zip(need, results):

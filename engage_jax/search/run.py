@@ -26,14 +26,15 @@ from typing import Callable, Sequence
 import numpy as np
 
 from engage_jax.data.dialogue import Dialogue
-from engage_jax.search.env import Env, _sub_seed
+from engage_jax.seeding import sub_seed
+from engage_jax.search.env import Env
 from engage_jax.search.imcts import RoundInfo, SearchConfig, search, validate
 from engage_jax.search.pairs import atomic_write_text, extract_pairs, pair_key, read_jsonl, write_jsonl
 
 
 def shard_seed(seed: int, shard: int) -> int:
   """The search seed of shard `shard` (depends only on the run seed and the shard index)."""
-  return _sub_seed(seed, 7919, shard)
+  return sub_seed(seed, 7919, shard)
 
 
 def shard_paths(out_dir: str, shard: int) -> tuple[str, str]:
