@@ -333,7 +333,8 @@ def evaluate(agent_speaker, simulator_speaker, conditions: Sequence[Dialogue], c
     if c.task != st.task:
       raise ValueError(f"evaluate: condition {c.id!r} has task {c.task!r}, config task is {st.task!r}")
   simulate = simulate_fn if simulate_fn is not None else _default_simulate()
-  extra = {} if simulate_fn is not None else {"progress": True}
+  import inspect
+  extra = {"progress": True} if "progress" in inspect.signature(simulate).parameters else {}
   bs = st.batch_size or len(conditions)
   out: list[Dialogue] = []
   for k in range(st.samples_per_condition):

@@ -1,6 +1,7 @@
-"""Smoke run of the whole pipeline on the real pretrained checkpoint (configs/p4g_smollm2.py, real
-P4G data, SmolLM2-135M-Instruct's own tokenizer from the GGUF) at a tiny size: every stage runs, the
-report is well formed, and the texts went through the real chat template and stop token.
+"""Smoke run of the whole pipeline on the real pretrained checkpoint (configs/esconv_smollm2.py, real
+ESConv data, SmolLM2-135M-Instruct's own tokenizer from the GGUF) at a tiny size: every stage runs,
+the report is well formed, and the texts went through the real chat template and stop token; and
+DPO's pair tokenization + one step with that tokenizer (the tiny search rarely finds ES pairs).
 
 The models are SmolLM2's first 2 of its 30 layers (the real weights, converted with
 `models.convert_gguf`), so CI compiles 2-layer programs instead of 30-layer ones; the full model is
@@ -20,10 +21,10 @@ TINY = [
     "--config.sft.agent_steps=1", "--config.sft.simulator_steps=1", "--config.sft.batch_size=2",
     "--config.sft.min_bucket=128", "--config.sft.warmup_steps=0",
     "--config.search.n_conditions=2", "--config.search.trees_per_shard=2", "--config.search.k=2",
-    "--config.search.budget=1", "--config.search.max_depth=1", "--config.search.max_turns=1",
+    "--config.search.budget=1", "--config.search.max_depth=1", "--config.search.max_turns=2",
     "--config.search.margin=0.01", "--config.search.max_new_tokens=12", "--config.search.sim_max_new_tokens=12",
     "--config.search.max_prompt_len=128",
-    "--config.eval.n_conditions=2", "--config.eval.max_agent_turns=1", "--config.eval.max_new_tokens=12",
+    "--config.eval.n_conditions=2", "--config.eval.max_agent_turns=2", "--config.eval.max_new_tokens=12",
     "--config.eval.sim_max_new_tokens=12", "--config.eval.max_prompt_len=128",
     "--config.dpo.max_len=128", "--config.dpo.min_bucket=128", "--config.dpo.batch_size=2",
     "--config.dpo.warmup_steps=0",
@@ -54,8 +55,8 @@ def test_real_model_pipeline_every_stage(data_dir, tmp_path):
   model_dir = truncated_smollm2(tmp_path)
   wd = tmp_path / "wd"
   proc = subprocess.run(
-      [sys.executable, "launch/pipeline.py", "--config=configs/p4g_smollm2.py", f"--workdir={wd}",
-       f"--config.data.path={data_dir / 'p4g'}", f"--config.tokenizer.path={smollm2_135m_instruct()}",
+      [sys.executable, "launch/pipeline.py", "--config=configs/esconv_smollm2.py", f"--workdir={wd}",
+       f"--config.data.path={data_dir / 'esconv'}", f"--config.tokenizer.path={smollm2_135m_instruct()}",
        f"--config.model.agent.path={model_dir}", f"--config.model.simulator.path={model_dir}", *TINY],
       cwd=REPO, capture_output=True, text=True, timeout=600, env={**__import__("os").environ,
                                                                    "ENGAGE_HEARTBEAT_S": "30"})
@@ -64,13 +65,52 @@ def test_real_model_pipeline_every_stage(data_dir, tmp_path):
   for s in ("tokenizer", "sft_agent", "sft_simulator", "eval_sft", "search", "dpo", "eval_dpo", "report"):
     assert stages[s]["done"], s
   report = json.loads((wd / "report.json").read_text())
-  assert report["task"] == "p4g" and report["sft"]["n"] + report["extra"]["unparsed"]["sft"]["count"] == 2
+  assert report["task"] == "es" and report["sft"]["n"] == report["dpo"]["n"] == 2
   tok = json.loads((wd / "tokenizer" / "tokenizer_config.json").read_text())
   assert tok["eos_token"] == "<|im_end|>"
   dialogues = [json.loads(line) for line in (wd / "eval_sft" / "dialogues.jsonl").read_text().splitlines()]
   assert len(dialogues) == 2
   for d in dialogues:
-    texts = [t["text"] for t in d["turns"]] + [d["outcome"].get("outcome_text", "")]
+    texts = [t["text"] for t in d["turns"]]
     assert not any("<|im_end|>" in t or "<|im_start|>" in t for t in texts)  # cut at the stop token
-    assert d["turns"][0]["role"] == "agent"  # P4G: the persuader opens
+    assert d["turns"][-1]["role"] == "user" and 1 <= d["outcome"]["num_turns"] <= 2
   assert (wd / "sft_agent" / "tb").is_dir() and any((wd / "sft_agent" / "tb").iterdir())
+
+
+@pytest.fixture(scope="module")
+def small_real(tmp_path_factory):
+  from engage_jax.models.gguf import smollm2_135m_instruct
+  from engage_jax.tokenizer import ChatTokenizer
+  return truncated_smollm2(tmp_path_factory.mktemp("smol")), ChatTokenizer.load(smollm2_135m_instruct())
+
+
+def test_dpo_pairs_and_a_step_with_the_real_tokenizer(small_real, tmp_path):
+  """Chosen/rejected token spans are exactly the completions + <|im_end|>; one DPO step runs."""
+  import numpy as np
+  from engage_jax import models
+  from engage_jax.train import dpo
+  model_dir, tok = small_real
+  prompt = [{"role": "system", "content": "You are a supporter."}, {"role": "user", "content": "I feel alone."}]
+  pairs = [{"prompt": prompt, "chosen": [{"role": "assistant", "content": "That sounds hard. I'm here."}],
+            "rejected": [{"role": "assistant", "content": "Ok."}]},
+           {"prompt": prompt[:1] + [{"role": "user", "content": "Work is 100% too much."}],
+            "chosen": [{"role": "assistant", "content": "What part weighs most?"}],
+            "rejected": [{"role": "assistant", "content": "Just quit, 2 easy."}]}]
+  buckets = dpo.tokenize_pairs(pairs, tok, max_len=64)
+  seen = {}
+  for arr in buckets.values():
+    for j, i in enumerate(arr["pair_index"]):
+      for side in ("chosen", "rejected"):
+        ids = arr[f"{side}_ids"][j][arr[f"{side}_mask"][j] == 1]
+        seen[(int(i), side)] = tok.hf.decode(ids.tolist(), skip_special_tokens=False)
+  for i, p in enumerate(pairs):
+    for side in ("chosen", "rejected"):
+      assert seen[(i, side)] == p[side][0]["content"] + "<|im_end|>"
+  path = tmp_path / "pairs.jsonl"
+  path.write_text("".join(json.dumps(p) + "\n" for p in pairs))
+  policy, ref = models.from_pretrained(model_dir), models.from_pretrained(model_dir)
+  cfg = dict(beta=0.1, max_len=64, min_bucket=64, batch_size=2, num_steps=1, learning_rate=1e-5, warmup_steps=0,
+             save_every=0, log_every=1, progress=False)
+  _, summary = dpo.train_dpo(policy, ref, [str(path)], tok, cfg, str(tmp_path / "dpo"))
+  m = summary["last_train"]
+  assert np.isfinite(m["loss"]) and abs(m["loss"] - np.log(2)) < 1e-3  # policy == reference at step 0
