@@ -66,18 +66,3 @@ def test_pipeline_report_has_oracle_per_model(tmp_path):
     assert o["transcript"]["n"] == 3
     assert o["sim_minus_oracle"] == pytest.approx(rep[m]["reward_mean"] - o["expected_mean"])
 
-
-@pytest.mark.slow
-def test_tiny_experiment_p4g(tmp_path):
-  """The P4G paths: turn rewards from the next user turn, corpus pairs of donating chats, the
-  world's donations, best-of-N valued by the stated donation."""
-  names = ["sft", "turn", "corpus_mix", "best_of_n"]
-  c = _tiny("p4g")
-  c.experiment.ensemble_size = 1
-  c.sft.simulator_steps = 80  # enough for the tiny simulator to state parsable donations
-  summary = runner.Experiment(c, tmp_path, names, [0]).run()
-  t = summary["variants"]
-  for v in names:
-    assert t[v]["n_units"] == 3 and 0.0 <= t[v]["oracle_expected"] <= 2.0
-  pairs = (tmp_path / "seed-0" / "corpus_mix" / "search" / "pairs" / "shard-corpus.jsonl").read_text().splitlines()
-  assert pairs and all('"source": "corpus"' in p for p in pairs)
