@@ -3,12 +3,12 @@
   python launch/experiment.py --config=configs/experiments/sandbox_p4g.py \
       --workdir=workdirs/exp_p4g --variants=sft,future,turn,best_of_n,corpus_mix,rft --seeds=0,1,2
 
-Sizes (reduced from configs/sandbox_p4g.py to fit a shared 2-core machine): the pipeline's SFT
-(agent 150 steps, simulator 400 steps) and search (96 trees, budget 8, k 3) unchanged; evaluation
-on 100 held-out conditions x 2 samples (the demo: 250 x 2); one held-out simulator (seed +100,
-its own sandbox training split); best-of-2 (2 candidates per turn); RFT 50 steps at lr 1e-3 on the chosen turns with
-value >= 1.0 (dollars). NOT RUN YET on this machine (no CPU time was left after the ES grid);
-only the tiny P4G smoke test (tests/experiments/test_experiment_tiny.py) ran these code paths.
+Sizes as configs/experiments/sandbox_es.py (SFT, search, DPO as in configs/sandbox_p4g.py;
+evaluation 100 held-out conditions x 2 samples; best-of-2; RFT on chosen turns with value >= $1).
+
+Measured: only seed 0 of sft, future, turn ran (docs/results/sandbox_ablation_p4g.json), with
+`--seeds=0 --variants=sft,future,turn --config.experiment.ensemble_size=1`; the full grid (3 seeds,
+all variants) did not fit in the session's time.
 """
 import importlib.util
 import os
