@@ -73,7 +73,9 @@ class SearchConfig:
   Reward horizon:
     reward_horizon: "future" (a child's reward is the end-of-chat outcome of a rollout, or of the
       chat its reply ends) or "turn" (the user's immediate reaction to that agent turn:
-      `env.turn_rewards`, e.g. the ES regex on the next user turn alone; no rollouts).
+      `env.turn_rewards`, e.g. the ES regex on the next user turn alone; no rollouts). The backup
+      is unchanged, so a node's value is still the mean of the rewards in its subtree: later
+      turns' immediate reactions reach an earlier turn's value.
   seed: all randomness derives from it (round r uses sub-seeds of (seed, r)).
   required_condition: condition fields every root needs; None = REQUIRED_CONDITION[task].
   """
