@@ -364,6 +364,10 @@ def stage_report(cfg, wd: Workdir) -> dict:
   if cfg.data.source == "sandbox":  # the world itself as the user (engage_jax.experiments.oracle)
     from engage_jax.experiments import oracle
     rep["oracle"] = oracle.report_block(cfg, wd)
+  summary_path = wd.path("search", "summary.json")
+  if summary_path.is_file():  # unparsed outcomes inside the trees (P4G): not backed up, counted here
+    ss = json.loads(summary_path.read_text())
+    rep["extra"]["search_outcomes"] = {k: ss[k] for k in ("children", "unparsed", "unparsed_rate") if k in ss}
   report.write_report(str(wd.root), rep, sft_dialogues=sft, dpo_dialogues=dpo, search_stats=search_stats)
   return {"p_value": rep["p_value"]}
 

@@ -261,6 +261,10 @@ def render_markdown(report: Mapping) -> str:
     u = extra["unparsed"]
     lines.append("- unparsed outcomes (no donation stated; left out, not $0): " + ", ".join(
         f"{n.upper()} {u[n]['count']}/{u[n]['total']} ({100 * u[n]['rate']:.1f}%)" for n in ("sft", "dpo")))
+  if "search_outcomes" in extra and extra["search_outcomes"].get("children"):
+    so = extra["search_outcomes"]
+    lines.append(f"- search: {so.get('unparsed', 0)} of {so['children']} tree nodes had an unparsed outcome "
+                 f"({100 * so.get('unparsed_rate', 0):.1f}%; not backed up, not $0)")
   lines += [f"- preference pairs used for DPO: **{report['pairs']}**",
             f"- paper (arXiv 2506.21497), for context: {ref['text']} (SFT → DPO)", ""]
   if extra.get("simulator"):

@@ -197,3 +197,10 @@ def test_simulator_behaviour_counts_by_hand():
   r = rp.build_report("p4g", p4g, _p4g([1.0, 1.0, None, 0.0, 0.5]), pairs_count=1, wall_seconds={})
   assert r["extra"]["simulator"]["dpo"]["donation_stated"] == 4 / 5
   assert "## What the simulated user did" in rp.render_markdown(r)
+
+
+def test_search_unparsed_outcomes_in_report_md():
+  r = rp.build_report("p4g", _p4g([0.5, 1.0]), _p4g([1.0, 0.5]), pairs_count=1, wall_seconds={})
+  r["extra"]["search_outcomes"] = {"children": 189, "unparsed": 15, "unparsed_rate": 15 / 189}
+  rp.validate_report(r)
+  assert "- search: 15 of 189 tree nodes had an unparsed outcome (7.9%" in rp.render_markdown(r)
