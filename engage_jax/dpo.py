@@ -1,4 +1,4 @@
-"""Public DPO API (DESIGN.md section 2): `from engage_jax import dpo; dpo.dpo_loss(...)`."""
+"""Public DPO API (docs/CONTRACTS.md): `from engage_jax import dpo; dpo.dpo_loss(...)`."""
 from engage_jax.train.dpo import (LOSS_TYPES, dpo_loss, load_pairs, sequence_logps, tokenize_pairs,
                                   train_dpo)
 

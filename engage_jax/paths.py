@@ -3,7 +3,7 @@ reaches Cloud Storage where gcsfs / tensorflow's gfile is installed; local paths
 `pathlib.Path` (unchanged behaviour, and what the tests cover).
 
     root = paths.path("gs://bucket/run")   # epath.Path
-    root = paths.path("/tmp/run")          # pathlib.Path
+    root = paths.path("workdirs/run")      # pathlib.Path
 """
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """The run's report: report.json (the public contract), report.md and PNG plots.
 
-report.json (DESIGN.md section 2) has exactly these keys, plus an optional "extra" object:
+report.json (docs/CONTRACTS.md) has exactly these keys, plus an optional "extra" object:
 
   {"task": "es"|"p4g",
    "sft": M, "dpo": M,          # M = {"n": int, "reward_mean": float, "ci95": [lo, hi], "mean_turns": float}

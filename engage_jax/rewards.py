@@ -1,7 +1,7 @@
 """Engagement rewards: ES "feels better" regex and P4G donation parsing.
 
 - ES: binary. `es_engaged` searches the seeker's last `last_n` turns (case-insensitive) for an
-  expression of feeling better / being helped (DESIGN.md section 1).
+  expression of feeling better / being helped (docs/CONTRACTS.md).
 - P4G: the donation in dollars the persuadee states, parsed by `parse_donation`, clipped to
   [0, cap] (cap 2.0 by default, the task's maximum). Unparsed texts give None, never a guess.
 

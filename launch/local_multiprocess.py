@@ -2,7 +2,7 @@
 debugging; CPU collectives use gloo):
 
   python launch/local_multiprocess.py --num_processes=2 --devices_per_process=2 -- \\
-      launch/pipeline.py --config=configs/sandbox_es.py --workdir=/tmp/mp --config.mesh.data=4
+      launch/pipeline.py --config=configs/sandbox_es.py --workdir=workdirs/mp --config.mesh.data=4
 
 Process i runs `python <launcher> <its flags> --distributed --coordinator_address=127.0.0.1:<free
 port> --num_processes=N --process_id=i` with D forced host devices (XLA_FLAGS); its stdout and

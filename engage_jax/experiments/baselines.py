@@ -11,7 +11,7 @@ fine-tuning data.
 - `corpus_pairs(task, dialogues, agent, limit, seed)`: chosen = a corpus agent turn of a successful
   training dialogue (ES: the turn the seeker answered with engagement; P4G: every persuasion turn of
   a chat that donated >= $1), rejected = the SFT agent's sample on the same prompt (dropped when
-  identical); DESIGN.md's pair format with meta.source = "corpus".
+  identical); the pair format of docs/CONTRACTS.md with meta.source = "corpus".
 - `rft_examples(pairs, min_value)`: (prompt messages + chosen) of search pairs whose chosen child's
   value is >= min_value, deduplicated: the search's best steps as SFT data.
 """

@@ -2,7 +2,7 @@
 
 At every expanded node, every ordered pair of children (a, b) whose mean values differ by at least
 `margin` (value(a) - value(b) >= margin and value(a) > value(b)) gives one pair: all of them are
-kept (the paper keeps all stepwise pairs). One JSON object per pair (DESIGN.md section 2):
+kept (the paper keeps all stepwise pairs). One JSON object per pair (docs/CONTRACTS.md):
 
   {"prompt":   [{"role": "system"|"user"|"assistant", "content": str}, ...],  # agent's view
    "chosen":   [{"role": "assistant", "content": <agent turn of a>}],

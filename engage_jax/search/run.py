@@ -3,7 +3,7 @@
 Roots are split in order into shards of `trees_per_shard`. Shard s searches its trees with the seed
 `shard_seed(cfg.seed, s)` (independent of the other shards) and, when finished, writes atomically
   <out>/trees/shard-XXXXX.json   per-tree stats (visits, values, depth, expansions) + shard info
-  <out>/pairs/shard-XXXXX.jsonl  its pairs (DESIGN.md section 2), written last.
+  <out>/pairs/shard-XXXXX.jsonl  its pairs (docs/CONTRACTS.md), written last.
 A restart skips every shard whose pairs file exists, so a resumed run yields exactly the pairs of
 an uninterrupted one; nothing is written twice. Pairs are deduplicated across shards too (a
 shard's pairs are checked against those of the shards before it).
