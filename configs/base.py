@@ -43,6 +43,19 @@ def lora_config(**overrides) -> ml_collections.ConfigDict:
   return cfg
 
 
+def sampling_config(temperature: float, top_p: float = 1.0, max_new_tokens: int = 32,
+                    top_k: int = 0) -> ml_collections.ConfigDict:
+  """One role's sampling settings: the fields of engage_jax.sampling.SamplingParams (the stop ids
+  are the tokenizer's end-of-turn / eos). Sections: search.agent_sampling,
+  search.simulator_sampling, eval.agent_sampling, eval.simulator_sampling."""
+  return ml_collections.ConfigDict(dict(
+      max_new_tokens=max_new_tokens,
+      temperature=temperature,      # 0 = greedy
+      top_p=top_p,                  # 1.0 = off
+      top_k=top_k,                  # 0 = off
+  ))
+
+
 def get_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.name = "base"
@@ -119,12 +132,10 @@ def get_config() -> ml_collections.ConfigDict:
       margin=0.2,
       prune_similarity=0.95,
       max_live=0,
-      temperature=0.9,
-      top_p=0.9,
-      max_new_tokens=32,
-      sim_temperature=1.0,          # the simulator samples the user's reactions at T=1 so that
-      sim_max_new_tokens=32,        # their learned probabilities are kept (T<1 sharpens them away)
-      sim_top_p=1.0,
+      agent_sampling=sampling_config(temperature=0.9, top_p=0.9),
+      # the simulator samples the user's reactions at T=1 so that their learned probabilities are
+      # kept (T<1 sharpens them away)
+      simulator_sampling=sampling_config(temperature=1.0),
       max_prompt_len=256,
       reward_horizon="future",      # "future": end-of-chat outcome (rollouts); "turn": the next user turn only
   ))
@@ -132,12 +143,8 @@ def get_config() -> ml_collections.ConfigDict:
       n_conditions=250,             # held-out conditions
       samples_per_condition=2,      # seeds per condition (same for SFT and DPO)
       max_agent_turns=4,
-      temperature=0.7,
-      top_p=0.9,
-      max_new_tokens=32,
-      sim_temperature=1.0,
-      sim_top_p=1.0,
-      sim_max_new_tokens=32,
+      agent_sampling=sampling_config(temperature=0.7, top_p=0.9),
+      simulator_sampling=sampling_config(temperature=1.0),
       max_prompt_len=256,
   ))
   c.reward = ml_collections.ConfigDict(dict(

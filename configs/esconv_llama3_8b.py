@@ -90,21 +90,21 @@ def get_config():
   c.search.selection = "puct"
   c.search.c = 1.0
   c.search.margin = 0.2
-  c.search.temperature = 0.9
-  c.search.top_p = 0.9
-  c.search.max_new_tokens = 96
-  c.search.sim_temperature = 0.3
-  c.search.sim_max_new_tokens = 64
+  c.search.agent_sampling.temperature = 0.9
+  c.search.agent_sampling.top_p = 0.9
+  c.search.agent_sampling.max_new_tokens = 96
+  c.search.simulator_sampling.temperature = 0.3
+  c.search.simulator_sampling.max_new_tokens = 64
   c.search.max_prompt_len = 1024
 
   c.eval.n_conditions = 128                          # held-out conditions (64.06% = 82/128)
   c.eval.samples_per_condition = 1
   c.eval.max_agent_turns = 10
-  c.eval.temperature = 0.7
-  c.eval.top_p = 0.9
-  c.eval.max_new_tokens = 96
-  c.eval.sim_temperature = 0.3
-  c.eval.sim_max_new_tokens = 64
+  c.eval.agent_sampling.temperature = 0.7
+  c.eval.agent_sampling.top_p = 0.9
+  c.eval.agent_sampling.max_new_tokens = 96
+  c.eval.simulator_sampling.temperature = 0.3
+  c.eval.simulator_sampling.max_new_tokens = 64
   c.eval.max_prompt_len = 1024
 
   c.reward.es_pattern = ""                           # engage_jax.rewards.DEFAULT_ES_PATTERN

@@ -34,14 +34,14 @@ def get_config():
   c.search.max_turns = 8
   c.search.max_depth = 2
   c.search.budget = 4
-  c.search.max_new_tokens = 40
-  c.search.sim_max_new_tokens = 40
+  c.search.agent_sampling.max_new_tokens = 40
+  c.search.simulator_sampling.max_new_tokens = 40
   c.search.max_prompt_len = 256
   c.eval.n_conditions = 64
   c.eval.samples_per_condition = 1
   c.eval.max_agent_turns = 8
-  c.eval.max_new_tokens = 40
-  c.eval.sim_max_new_tokens = 40
+  c.eval.agent_sampling.max_new_tokens = 40
+  c.eval.simulator_sampling.max_new_tokens = 40
   c.eval.max_prompt_len = 256
   c.dpo.max_len = 256
   return c

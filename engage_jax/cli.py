@@ -63,6 +63,9 @@ def flag_error(exc: BaseException, argv: Sequence[str]) -> InputError:
       key = name.split("'")[1] if "'" in name else name
       for o in _overrides(argv):
         if key in o.split("."):
+          from engage_jax.config_check import renamed
+          if renamed(o):
+            return InputError(f"config key {o!r} was renamed to {renamed(o)!r}", f"--config.{o}")
           hint = re.search(r"[Dd]id you mean[^?]*\?", name)
           return InputError(f"unknown config key {o!r}" + (f"; {hint.group(0)}" if hint else ""),
                             f"--config.{o}")

@@ -6,8 +6,9 @@
 Every section is checked: types, ranges of step counts, batch sizes, sampling settings and model
 dimensions, the mesh against the device count, batch sizes against the mesh, model / tokenizer
 paths (an HF directory with a valid config.json / tokenizer.json, or a `.gguf` file) and the data
-files (each split parsed, none empty). Each problem names its key (`config.search.top_p`) or file
-and the bad value.
+files (each split parsed, none empty). Each problem names its key
+(`config.search.agent_sampling.top_p`) or file and the bad value; a key renamed since
+(`RENAMED`, e.g. `search.sim_temperature`) names its new key.
 """
 from __future__ import annotations
 
@@ -131,13 +132,36 @@ def _dpo(c: _Checker) -> None:
   _train(c, "dpo")
 
 
+SAMPLING_ROLES = ("agent", "simulator")     # sub-sections <section>.<role>_sampling
+SAMPLING_KEYS = ("max_new_tokens", "temperature", "top_p", "top_k")  # configs/base.py sampling_config
+# flat keys of config.search / config.eval before the sampling sub-sections → their new names
+RENAMED = {f"{s}.{prefix}{k}": f"{s}.{role}_sampling.{k}" for s in ("search", "eval")
+           for role, prefix in (("agent", ""), ("simulator", "sim_")) for k in SAMPLING_KEYS}
+
+
+def renamed(key: str) -> str | None:
+  """The current name of a renamed config key (`search.sim_temperature` →
+  `search.simulator_sampling.temperature`), or None."""
+  return RENAMED.get(key)
+
+
 def _sampling(c: _Checker, s: str) -> None:
-  c.num(f"{s}.temperature", 0.0)
-  c.num(f"{s}.top_p", 0.0, 1.0, lo_open=True)
-  c.int_ge(f"{s}.max_new_tokens", 1)
-  c.num(f"{s}.sim_temperature", 0.0)
-  c.num(f"{s}.sim_top_p", 0.0, 1.0, lo_open=True)
-  c.int_ge(f"{s}.sim_max_new_tokens", 1)
+  """Section `s` (search | eval): the two sampling sub-sections, prompt length, conditions."""
+  for key in c.cfg[s]:
+    if f"{s}.{key}" in RENAMED:
+      c.add(f"{s}.{key}", f"renamed: set config.{RENAMED[f'{s}.{key}']} instead")
+  for role in SAMPLING_ROLES:
+    k = f"{s}.{role}_sampling"
+    sub = c.get(k)
+    if sub is _MISSING:
+      continue
+    extra = sorted(set(sub) - set(SAMPLING_KEYS)) if hasattr(sub, "keys") else []
+    if extra:
+      c.add(f"{k}.{extra[0]}", f"unknown sampling key; the keys are {', '.join(SAMPLING_KEYS)}")
+    c.int_ge(f"{k}.max_new_tokens", 1)
+    c.num(f"{k}.temperature", 0.0)
+    c.num(f"{k}.top_p", 0.0, 1.0, lo_open=True)
+    c.int_ge(f"{k}.top_k", 0, " (0: off)")
   c.int_ge(f"{s}.max_prompt_len", 1)
   c.int_ge(f"{s}.n_conditions", 1)
 
@@ -150,7 +174,8 @@ def _search(c: _Checker) -> None:
   c.int_ge("search.budget", 1)
   c.int_ge("search.max_depth", 1)
   c.int_ge("search.max_turns", 1)
-  c.one_of("search.selection", ("uct", "puct"))
+  from engage_jax.search.selection import SELECTION_RULES
+  c.one_of("search.selection", tuple(SELECTION_RULES))
   c.num("search.c", 0.0)
   c.num("search.margin", 0.0)
   v = c.get("search.prune_similarity")
@@ -159,8 +184,8 @@ def _search(c: _Checker) -> None:
   c.int_ge("search.max_live", 0, " (0: no cap)")
   if len(c.problems) == before:
     try:
-      from engage_jax.search.imcts import SearchConfig
-      SearchConfig.from_dict(c.cfg.search, seed=c.cfg.seed)
+      from engage_jax.search.run import config_from_section
+      config_from_section(c.cfg.search, seed=c.cfg.seed)
     except (ValueError, TypeError) as e:
       c.add("search", str(e))
 

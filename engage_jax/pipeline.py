@@ -214,12 +214,12 @@ def make_mesh(cfg):
 
 
 def speaker(cfg, section, model, tok, role: str):
+  """The `rollout.Speaker` of `role` ("agent" | "simulator") with a config section's settings
+  (`config.search` or `config.eval`): max_prompt_len and `<role>_sampling`."""
   from engage_jax import rollout
-  if role == "agent":
-    return rollout.Speaker(model, tok, section.max_prompt_len, section.max_new_tokens, section.temperature,
-                           section.top_p, 0)
-  return rollout.Speaker(model, tok, section.max_prompt_len, section.sim_max_new_tokens, section.sim_temperature,
-                         section.get("sim_top_p", 1.0), 0)
+  from engage_jax.sampling import SamplingParams
+  return rollout.Speaker(model, tok, section.max_prompt_len,
+                         sampling=SamplingParams(**section[f"{role}_sampling"].to_dict()))
 
 
 # ===================================================================== stages
@@ -298,9 +298,9 @@ def reward_cfg(cfg) -> dict:
 
 
 def search_config(cfg):
-  """The SearchConfig of `config.search` (runner keys such as n_conditions are the pipeline's)."""
-  from engage_jax.search.imcts import SearchConfig
-  return SearchConfig.from_dict(cfg.search, seed=cfg.seed)
+  """The SearchConfig of `config.search` (its RUNNER_KEYS, e.g. n_conditions, are the pipeline's)."""
+  from engage_jax.search.run import config_from_section
+  return config_from_section(cfg.search, seed=cfg.seed)
 
 
 def stage_search(cfg, wd: Workdir) -> dict:

@@ -1,7 +1,9 @@
 """Batched simulated conversations between the agent LM and the user-simulator LM.
 
-    agent = Speaker(agent_model, tok, max_prompt_len=512, max_new_tokens=64, temperature=0.9, top_p=0.9)
-    sim = Speaker(sim_model, tok, max_prompt_len=512, max_new_tokens=64, temperature=0.3)
+    agent = Speaker(agent_model, tok, max_prompt_len=512,
+                    sampling=SamplingParams(max_new_tokens=64, temperature=0.9, top_p=0.9))
+    sim = Speaker(sim_model, tok, max_prompt_len=512,
+                  sampling=SamplingParams(max_new_tokens=64, temperature=0.3))
     done = simulate(agent, sim, starts, task="es", max_agent_turns=8, reward_cfg=None, seed=0)
 
 Every row continues from its own turns, at its own turn: each round makes ONE `sampling.generate`
@@ -29,6 +31,7 @@ from typing import Any, Sequence
 from engage_jax import rewards, sampling
 from engage_jax.data import chat
 from engage_jax.data.dialogue import AGENT, USER, Dialogue, Turn
+from engage_jax.sampling import SamplingParams
 from engage_jax.seeding import sub_seed
 
 
@@ -39,24 +42,22 @@ class Speaker:
   model: `engage_jax.models.CausalLM`; tokenizer: `engage_jax.tokenizer.ChatTokenizer`;
   max_prompt_len: prompts longer than this drop their oldest messages (system prompt kept), then,
   if still too long, their oldest tokens.
+  sampling: what every `sampling.generate` call of this speaker gets; empty `stop_token_ids`
+  become the tokenizer's end-of-turn and eos ids (a speaker stops at the end of its turn).
   """
   model: Any
   tokenizer: Any
   max_prompt_len: int = 512
-  max_new_tokens: int = 64
-  temperature: float = 0.0
-  top_p: float = 1.0
-  top_k: int = 0
+  sampling: SamplingParams = SamplingParams()
 
   def __post_init__(self):
-    if self.max_prompt_len < 1 or self.max_new_tokens < 1:
+    if self.max_prompt_len < 1 or self.sampling.max_new_tokens < 1:
       raise ValueError(f"Speaker: max_prompt_len ({self.max_prompt_len}) and max_new_tokens "
-                       f"({self.max_new_tokens}) must be positive")
-
-  @property
-  def stop_token_ids(self) -> tuple[int, ...]:
-    tok = self.tokenizer
-    return tuple(dict.fromkeys(int(t) for t in (tok.end_of_turn_id, tok.eos_id) if t is not None))
+                       f"({self.sampling.max_new_tokens}) must be positive")
+    if not self.sampling.stop_token_ids and self.tokenizer is not None:
+      tok = self.tokenizer
+      stops = tuple(dict.fromkeys(int(t) for t in (tok.end_of_turn_id, tok.eos_id) if t is not None))
+      self.sampling = dataclasses.replace(self.sampling, stop_token_ids=stops)
 
   def prompt(self, messages: list[dict]) -> list[int]:
     """Chat-template ids with a generation prompt, left-truncated to `max_prompt_len`."""
@@ -68,12 +69,13 @@ class Speaker:
       ids = self.tokenizer.apply_chat(msgs, add_generation_prompt=True)
     return ids[-self.max_prompt_len:]
 
+  def generate_ids(self, prompts: Sequence[list[int]], seed: int) -> list[list[int]]:
+    """One batched `sampling.generate` call over prompt ids; the new ids of each (ragged)."""
+    return sampling.generate(self.model, prompts, seed=seed, **self.sampling.kwargs())
+
   def generate(self, messages: Sequence[list[dict]], seed: int) -> list[str]:
     """One batched `sampling.generate` call; returns the decoded, stripped replies."""
-    prompts = [self.prompt(m) for m in messages]
-    ids = sampling.generate(self.model, prompts, max_new_tokens=self.max_new_tokens,
-                            temperature=self.temperature, top_p=self.top_p, top_k=self.top_k,
-                            seed=seed, stop_token_ids=self.stop_token_ids)
+    ids = self.generate_ids([self.prompt(m) for m in messages], seed)
     return [self.tokenizer.decode(x).strip() for x in ids]
 
 

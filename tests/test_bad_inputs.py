@@ -87,10 +87,12 @@ def _run_bad(cli, tmp_path, cfg, needle: str, where: str | None = None) -> str:
 
 # ------------------------------------------------------------------- config values (in-process)
 @pytest.mark.parametrize("overrides,key", [
-    ({"search__top_p": 1.5}, "config.search.top_p"),
-    ({"search__top_p": 0.0}, "config.search.top_p"),
-    ({"eval__temperature": -1.0}, "config.eval.temperature"),
-    ({"eval__top_p": 2.0}, "config.eval.top_p"),
+    ({"search__agent_sampling__top_p": 1.5}, "config.search.agent_sampling.top_p"),
+    ({"search__agent_sampling__top_p": 0.0}, "config.search.agent_sampling.top_p"),
+    ({"search__simulator_sampling__max_new_tokens": 0}, "config.search.simulator_sampling.max_new_tokens"),
+    ({"eval__agent_sampling__temperature": -1.0}, "config.eval.agent_sampling.temperature"),
+    ({"eval__agent_sampling__top_p": 2.0}, "config.eval.agent_sampling.top_p"),
+    ({"eval__simulator_sampling__top_k": -1}, "config.eval.simulator_sampling.top_k"),
     ({"sft__agent_steps": -5}, "config.sft.agent_steps"),
     ({"sft__simulator_steps": 0}, "config.sft.simulator_steps"),   # no SFT needs a pretrained model
     ({"sft__batch_size": 0}, "config.sft.batch_size"),
@@ -124,11 +126,28 @@ def test_bad_config_value(cli, tmp_path, overrides, key):
 
 
 def test_every_problem_is_reported_at_once(cli, tmp_path):
-  cfg = _config(search__top_p=1.5, eval__temperature=-1.0, sft__agent_steps=-5)
+  cfg = _config(search__agent_sampling__top_p=1.5, eval__agent_sampling__temperature=-1.0, sft__agent_steps=-5)
   lines = cli(pipeline.run, cfg, str(tmp_path / "wd"))
   assert len(lines) == 3 and {x.rsplit("(", 1)[1] for x in lines} == {
-      "config.search.top_p)", "config.eval.temperature)", "config.sft.agent_steps)"}
+      "config.search.agent_sampling.top_p)", "config.eval.agent_sampling.temperature)", "config.sft.agent_steps)"}
   assert not (tmp_path / "wd").exists()
+
+
+@pytest.mark.parametrize("old,new", [("search__sim_temperature", "config.search.simulator_sampling.temperature"),
+                                     ("search__top_p", "config.search.agent_sampling.top_p"),
+                                     ("eval__sim_max_new_tokens", "config.eval.simulator_sampling.max_new_tokens")])
+def test_renamed_sampling_key_in_a_config_names_the_new_key(cli, tmp_path, old, new):
+  """A config file that still sets a flat sampling key (an unlocked ConfigDict adds it): one line."""
+  cfg = _config(**{old: 0.3})
+  lines = cli(pipeline.run, cfg, str(tmp_path / "wd"))
+  assert lines == [f"error: renamed: set {new} instead (config.{old.replace('__', '.')})"]
+  assert not (tmp_path / "wd").exists()
+
+
+def test_unknown_key_in_a_sampling_section(cli, tmp_path):
+  cfg = _config()
+  cfg.eval.agent_sampling.temprature = 0.5
+  _run_bad(cli, tmp_path, cfg, "unknown sampling key", "config.eval.agent_sampling.temprature")
 
 
 # ------------------------------------------------------------------- paths and files (in-process)
@@ -284,7 +303,10 @@ def _one_line(proc, needle: str) -> str:
     (["--config.nosection.x=1"], "(--config.nosection.x)"),
     (["--config.sft.agent_steps=abc"], "(--config.sft.agent_steps)"),
     (["--bogus=1"], "unknown flag --bogus"),
-    (["--config.search.top_p=1.5"], "(config.search.top_p)"),
+    (["--config.search.agent_sampling.top_p=1.5"], "(config.search.agent_sampling.top_p)"),
+    (["--config.search.sim_temperature=0.3"],   # a flat key from before the sampling sub-sections
+     "renamed to 'search.simulator_sampling.temperature' (--config.search.sim_temperature)"),
+    (["--config.eval.max_new_tokens=8"], "renamed to 'eval.agent_sampling.max_new_tokens' (--config.eval.max_new_tokens)"),
     (["--redo=nope"], "(--redo)"),
 ])
 def test_launcher_flag_and_value_errors(tmp_path, args, needle):
@@ -332,8 +354,8 @@ def test_stats_tool_errors(tmp_path):
 
 def test_engage_debug_keeps_the_traceback(tmp_path):
   proc = _launch("launch/sft.py", "--config=configs/sandbox_es.py", f"--workdir={tmp_path / 'wd'}",
-                 "--config.search.top_p=1.5", env={"ENGAGE_DEBUG": "1"})
-  assert proc.returncode != 0 and "Traceback" in proc.stderr and "config.search.top_p" in proc.stderr
+                 "--config.search.agent_sampling.top_p=1.5", env={"ENGAGE_DEBUG": "1"})
+  assert proc.returncode != 0 and "Traceback" in proc.stderr and "config.search.agent_sampling.top_p" in proc.stderr
 
 
 def test_p4g_non_utf8_byte_names_file_and_line(cli, tmp_path):

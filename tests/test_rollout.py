@@ -10,6 +10,7 @@ from engage_jax import rollout
 from engage_jax.data import chat, sandbox
 from engage_jax.data.dialogue import AGENT, USER, Dialogue, Turn
 from engage_jax.models import CausalLM, ModelConfig
+from engage_jax.sampling import SamplingParams
 from engage_jax.tokenizer import train_bpe
 
 
@@ -36,8 +37,9 @@ def _starts(task, n=3):
 
 
 def test_simulate_turn_cap_and_determinism(tok, model):
-  agent = rollout.Speaker(model, tok, max_prompt_len=64, max_new_tokens=6, temperature=1.0, top_p=0.9)
-  sim = rollout.Speaker(model, tok, max_prompt_len=64, max_new_tokens=6, temperature=0.3)
+  agent = rollout.Speaker(model, tok, max_prompt_len=64,
+                          sampling=SamplingParams(max_new_tokens=6, temperature=1.0, top_p=0.9))
+  sim = rollout.Speaker(model, tok, max_prompt_len=64, sampling=SamplingParams(max_new_tokens=6, temperature=0.3))
   starts = _starts("es")
   a = rollout.simulate(agent, sim, starts, task="es", max_agent_turns=2, seed=0)
   b = rollout.simulate(agent, sim, starts, task="es", max_agent_turns=2, seed=0)
@@ -61,7 +63,7 @@ def test_simulate_turn_cap_and_determinism(tok, model):
 
 
 def test_prompt_left_truncation(tok, model):
-  sp = rollout.Speaker(model, tok, max_prompt_len=40, max_new_tokens=4)
+  sp = rollout.Speaker(model, tok, max_prompt_len=40, sampling=SamplingParams(max_new_tokens=4))
   msgs = chat.agent_messages("es", [Turn(USER, "hi . i feel sad because of my job .")] * 6)
   ids = sp.prompt(msgs)
   assert len(ids) <= 40
@@ -114,3 +116,50 @@ def test_es_reward(tok):
   out = rollout.simulate(agent, sim, _starts("es", 1), task="es", max_agent_turns=4,
                          reward_cfg={"es_pattern": r"never matches xyz"})
   assert out[0].outcome["reward"] == 0.0
+
+
+def test_speaker_passes_its_sampling_params_to_generate(tok, monkeypatch):
+  """What reaches `sampling.generate`: the SamplingParams fields, and the tokenizer's end-of-turn /
+  eos ids when the params name no stop ids (explicit ones are kept)."""
+  from engage_jax import sampling
+  stops = tuple(dict.fromkeys(t for t in (tok.end_of_turn_id, tok.eos_id) if t is not None))
+  assert stops
+  seen = []
+  monkeypatch.setattr(sampling, "generate", lambda model, prompts, **kw: seen.append(kw) or [[]] * len(prompts))
+  sp = rollout.Speaker(None, tok, 64, sampling=SamplingParams(max_new_tokens=7, temperature=0.5, top_p=0.8, top_k=3))
+  sp.generate([[{"role": "user", "content": "hi"}]], seed=11)
+  assert seen[-1] == dict(max_new_tokens=7, temperature=0.5, top_p=0.8, top_k=3, seed=11, stop_token_ids=stops)
+  rollout.Speaker(None, tok, 64, sampling=SamplingParams(stop_token_ids=(5,))).generate_ids([[1, 2]], 0)
+  assert seen[-1]["stop_token_ids"] == (5,)
+  with pytest.raises(ValueError, match="max_new_tokens"):
+    rollout.Speaker(None, tok, 64, sampling=SamplingParams(max_new_tokens=0))
+
+
+def test_sandbox_config_sampling_equals_the_old_flat_values(tok):
+  """configs/sandbox_es.py (the demo): the Speakers and the SearchConfig get exactly the values the
+  flat keys gave before the sampling sub-sections (search temperature/top_p/max_new_tokens 0.9,
+  0.9, 32, sim_* 1.0, 1.0, 32; eval 0.7, 0.9, 32 and 1.0, 1.0, 32; top_k 0 everywhere)."""
+  import importlib.util
+  import sys
+  from pathlib import Path
+  from engage_jax import pipeline
+  configs = Path(__file__).resolve().parents[1] / "configs"
+  spec = importlib.util.spec_from_file_location("cfg_sandbox_es_sampling", configs / "sandbox_es.py")
+  mod = importlib.util.module_from_spec(spec)
+  sys.path.insert(0, str(configs))
+  try:
+    spec.loader.exec_module(mod)
+  finally:
+    sys.path.remove(str(configs))
+  cfg = mod.get_config()
+  old = {("search", "agent"): (32, 0.9, 0.9, 0), ("search", "simulator"): (32, 1.0, 1.0, 0),
+         ("eval", "agent"): (32, 0.7, 0.9, 0), ("eval", "simulator"): (32, 1.0, 1.0, 0)}
+  stops = tuple(dict.fromkeys(t for t in (tok.end_of_turn_id, tok.eos_id) if t is not None))
+  for (section, role), (n, t, p, k) in old.items():
+    sp = pipeline.speaker(cfg, cfg[section], None, tok, role)
+    assert sp.max_prompt_len == 256
+    assert sp.sampling == SamplingParams(max_new_tokens=n, temperature=t, top_p=p, top_k=k, stop_token_ids=stops)
+    assert type(sp.sampling.max_new_tokens) is int and type(sp.sampling.temperature) is float
+  scfg = pipeline.search_config(cfg)
+  assert scfg.agent_sampling == SamplingParams(max_new_tokens=32, temperature=0.9, top_p=0.9, top_k=0)
+  assert scfg.simulator_sampling == SamplingParams(max_new_tokens=32, temperature=1.0, top_p=1.0, top_k=0)

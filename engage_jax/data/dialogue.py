@@ -13,6 +13,13 @@ AGENT = "agent"
 USER = "user"
 ROLES = (AGENT, USER)
 TASKS = ("es", "p4g")
+# Condition fields each task's user simulator needs in every conversation it plays (search roots;
+# SearchConfig.required_condition overrides). P4G persona fields vary by corpus: only a non-empty
+# condition is required.
+REQUIRED_CONDITION: dict[str, tuple[str, ...]] = {
+    "es": ("emotion_type", "problem_type", "situation"),
+    "p4g": (),
+}
 
 
 @dataclasses.dataclass

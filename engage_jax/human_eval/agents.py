@@ -3,8 +3,8 @@
     agents = Agents.from_workdir(cfg, workdir)
     text, ms = agents.reply("dpo", turns, seed)    # turns: [Turn]; one sampling.generate call
 
-Sampling settings are the evaluation's (`config.eval`: temperature, top_p, max_new_tokens,
-max_prompt_len), so people meet the agents the simulator met. Generation is serialised by a lock
+Sampling settings are the evaluation's (`config.eval.agent_sampling` and max_prompt_len, through
+`pipeline.speaker`), so people meet the agents the simulator met. Generation is serialised by a lock
 (one request at a time; the models are shared between the server's threads).
 """
 from __future__ import annotations
@@ -32,7 +32,7 @@ class Agents:
 
   @classmethod
   def from_workdir(cls, cfg, workdir: str | Path) -> "Agents":
-    from engage_jax import models, rollout
+    from engage_jax import models, pipeline
     from engage_jax.tokenizer import ChatTokenizer
     wd = Path(workdir)
     tok_dir = wd / "tokenizer"
@@ -40,15 +40,13 @@ class Agents:
       raise InputError("no tokenizer in the workdir; run the pipeline first", str(tok_dir))
     tok = ChatTokenizer.load(tok_dir)
     dtype = models.config.jax_dtype(cfg.model.dtype)
-    ev = cfg.eval
     speakers = {}
     for name, parts in AGENT_DIRS.items():
       d = wd.joinpath(*parts)
       if not (d / "config.json").is_file():
         raise InputError(f"no {name.upper()} agent (HF export) there; run the pipeline first", str(d))
       model = models.from_pretrained(d, dtype=dtype)
-      sp = rollout.Speaker(model, tok, max_prompt_len=ev.max_prompt_len, max_new_tokens=ev.max_new_tokens,
-                           temperature=ev.temperature, top_p=ev.top_p)
+      sp = pipeline.speaker(cfg, cfg.eval, model, tok, "agent")
       speakers[name] = lambda msgs, seed, sp=sp: sp.generate([msgs], seed)[0]
     return cls(cfg.task, speakers)
 

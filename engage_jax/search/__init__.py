@@ -1,23 +1,33 @@
 """i×MCTS over simulated conversations (tree, search, pairs, envs, resumable runner).
 
 Public API:
-  SearchConfig, search, validate                      (imcts.py)
-  Trees, init_trees, ROOT_INDEX, NO_PARENT, UNVISITED (tree.py)
-  Env, Expansion, RolloutResult, ModelEnv, SequentialEnv, BanditEnv (env.py)
+  SearchConfig, search, validate, RoundInfo           (imcts.py: the algorithm)
+  uct_scores, puct_scores, SELECTION_RULES            (selection.py: child scores, descent)
+  similarity, prune_duplicates                        (similarity.py: sibling pruning)
+  Trees, init_trees, ROOT_INDEX, NO_PARENT, UNVISITED (tree.py: the arrays)
+  Env, Expansion, RolloutResult, UNPARSED             (base.py: the env protocol and records)
+  ModelEnv                                            (env.py: the agent + simulator LMs)
+  BanditEnv, SequentialEnv                            (testing.py: test doubles)
   extract_pairs, tree_pairs, write_jsonl, read_jsonl  (pairs.py)
-  run_search, load_pairs, shard_seed                  (run.py)
-Nothing here imports jax at import time (ModelEnv imports the model stack lazily).
+  run_search, read_search_pairs, config_from_section, shard_seed, RUNNER_KEYS (run.py)
+ModelEnv imports the model stack lazily; SearchConfig's SamplingParams comes from
+engage_jax.sampling (which imports jax).
 """
-from engage_jax.search.env import (BanditEnv, Env, Expansion, ModelEnv, RolloutResult,
-                                   SequentialEnv)
+from engage_jax.search.base import UNPARSED, Env, Expansion, RolloutResult
+from engage_jax.search.env import ModelEnv
 from engage_jax.search.imcts import RoundInfo, SearchConfig, search, validate
 from engage_jax.search.pairs import extract_pairs, read_jsonl, tree_pairs, write_jsonl
-from engage_jax.search.run import load_pairs, run_search, shard_seed
+from engage_jax.search.run import (RUNNER_KEYS, config_from_section, read_search_pairs, run_search,
+                                   shard_seed)
+from engage_jax.search.selection import SELECTION_RULES, puct_scores, uct_scores
+from engage_jax.search.similarity import prune_duplicates, similarity
+from engage_jax.search.testing import BanditEnv, SequentialEnv
 from engage_jax.search.tree import NO_PARENT, ROOT_INDEX, UNVISITED, Trees, init_trees
 
 __all__ = [
-    "BanditEnv", "Env", "Expansion", "ModelEnv", "RolloutResult", "SequentialEnv", "RoundInfo",
-    "SearchConfig", "search", "validate", "extract_pairs", "read_jsonl", "tree_pairs",
-    "write_jsonl", "load_pairs", "run_search", "shard_seed", "NO_PARENT", "ROOT_INDEX",
-    "UNVISITED", "Trees", "init_trees",
+    "UNPARSED", "Env", "Expansion", "RolloutResult", "ModelEnv", "RoundInfo", "SearchConfig",
+    "search", "validate", "extract_pairs", "read_jsonl", "tree_pairs", "write_jsonl",
+    "RUNNER_KEYS", "config_from_section", "read_search_pairs", "run_search", "shard_seed",
+    "SELECTION_RULES", "puct_scores", "uct_scores", "prune_duplicates", "similarity",
+    "BanditEnv", "SequentialEnv", "NO_PARENT", "ROOT_INDEX", "UNVISITED", "Trees", "init_trees",
 ]

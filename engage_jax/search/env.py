@@ -1,174 +1,19 @@
-"""The interface between i×MCTS and the models.
-
-An `Env` turns a frontier of conversations into candidate children (`expand`) and estimates the
-value of conversations by simulating them to the end (`rollout`). Search calls each method ONCE
-per round over the whole frontier of all trees, so a model-backed env can serve a round with one
-batched sampling call per role.
-
-- `ModelEnv`: the real agent and user-simulator LMs (`engage_jax.sampling`, `engage_jax.rollout`).
-- `SequentialEnv`: wraps any env and serves one history at a time (the straightforward
-  implementation; the baseline of benchmarks/search_batched_vs_sequential.py).
-- `BanditEnv`: a model-free stand-in whose agent candidates are arms with known success
-  probabilities (tests, docs).
+"""The production search env: `ModelEnv`, the agent and user-simulator LMs behind the `Env`
+protocol (search/base.py), and `turn_reward`, the immediate reward of a child (reward_horizon
+"turn"). Model-free test doubles are in search/testing.py.
 """
 from __future__ import annotations
 
-import dataclasses
-from typing import Any, Callable, Mapping, Protocol, Sequence
-
-import numpy as np
+from typing import Any, Callable, Mapping, Sequence
 
 from engage_jax.data.dialogue import AGENT, USER, Dialogue, Turn
+from engage_jax.search.base import UNPARSED, Expansion, RolloutResult
 from engage_jax.seeding import sub_seed
-
-UNPARSED = float("nan")  # the reward of a chat whose P4G outcome line gave no donation
 
 
 def _scored_reward(outcome: Mapping) -> float:
   """outcome["reward"], or UNPARSED when a P4G outcome was asked for and did not parse."""
   return UNPARSED if "donation" in outcome and outcome["donation"] is None else float(outcome["reward"])
-
-
-@dataclasses.dataclass
-class Expansion:
-  """One candidate child: an agent turn and the simulator's reply to it.
-
-  agent_logprob: the agent's sequence log-prob of `agent` (PUCT prior; 0.0 when unknown).
-  agent_ids, user_ids: generated token ids (may be empty for fake envs).
-  terminal: the simulator ended the chat in `user`.
-  reward: the final reward when terminal and already known; None otherwise (search then asks
-    `rollout` for it in the round's single rollout call); NaN (`UNPARSED`) when the chat ended
-    but its P4G outcome gave no donation: no value, counted apart, never $0.
-  """
-  agent: Turn
-  user: Turn
-  agent_logprob: float = 0.0
-  agent_ids: list[int] = dataclasses.field(default_factory=list)
-  user_ids: list[int] = dataclasses.field(default_factory=list)
-  terminal: bool = False
-  reward: float | None = None
-
-
-@dataclasses.dataclass
-class RolloutResult:
-  """Outcome of simulating a conversation to its end (END marker or the turn cap).
-  reward: NaN (`UNPARSED`) when the P4G outcome gave no donation (search backs up nothing)."""
-  reward: float
-  num_turns: int
-  terminal: bool
-
-
-class Env(Protocol):
-  """What i×MCTS needs from the models. Both methods are deterministic given `seed`."""
-
-  def expand(self, histories: list[Dialogue], k: int, seed: int) -> list[list[Expansion]]:
-    """k candidate children per history: result[i] has length k (order = generation order)."""
-    ...
-
-  def rollout(self, histories: list[Dialogue], seed: int) -> list[RolloutResult]:
-    """One simulated continuation to a terminal (or the turn cap) per history."""
-    ...
-
-
-class SequentialEnv:
-  """Serves histories one at a time through `inner` (the non-batched baseline).
-
-  expand: one `inner.expand([h], k, ...)` call per history (k candidates of one leaf together);
-  rollout: one `inner.rollout([h], ...)` call per history.
-  """
-
-  def __init__(self, inner: Env):
-    self.inner = inner
-
-  def __getattr__(self, name):  # expose e.g. max_turns of the wrapped env
-    return getattr(self.inner, name)
-
-  def expand(self, histories: list[Dialogue], k: int, seed: int) -> list[list[Expansion]]:
-    return [self.inner.expand([h], k, sub_seed(seed, i))[0] for i, h in enumerate(histories)]
-
-  def rollout(self, histories: list[Dialogue], seed: int) -> list[RolloutResult]:
-    return [self.inner.rollout([h], sub_seed(seed, i))[0] for i, h in enumerate(histories)]
-
-
-class BanditEnv:
-  """A model-free env: agent candidates are arms with known success probabilities.
-
-  Each expansion draws k arms (without replacement while k <= number of arms). The success
-  probability of a conversation is the mean of `arms[a]` over the agent turns it holds (those of
-  the root included only when they carry a known strategy; 0.5 when none). The simulator's reply
-  ends the chat with probability `p_end` (reward then drawn at once, Expansion.reward set); a
-  rollout plays strategy-less filler turns (which do not change the success probability) until
-  the turn cap or an end and returns Bernoulli(success probability). So the expected value of a
-  node is the mean of the arm probabilities on its path: the best path repeats the best arm.
-
-  bernoulli=False: rewards are the success probabilities themselves (noise-free tests).
-  agent texts: `texts[arm]` if given (a list cycled by draw) else "<arm> #<n>"; strategy = arm.
-  """
-
-  def __init__(self, arms: Mapping[str, float], *, max_turns: int = 6, p_end: float = 0.0,
-               texts: Mapping[str, Sequence[str]] | None = None, bernoulli: bool = True):
-    if not arms:
-      raise ValueError("BanditEnv: no arms")
-    self.arms = dict(arms)
-    self.names = list(self.arms)
-    self.max_turns = max_turns
-    self.p_end = p_end
-    self.bernoulli = bernoulli
-    self.texts = {a: list(t) for a, t in (texts or {}).items()}
-    self.expand_calls = 0
-    self.rollout_calls = 0
-
-  def success_prob(self, turns: Sequence[Turn]) -> float:
-    ps = [self.arms[t.strategy] for t in turns if t.role == AGENT and t.strategy in self.arms]
-    return float(np.mean(ps)) if ps else 0.5
-
-  def _reward(self, p: float, rng: np.random.Generator) -> float:
-    return float(rng.random() < p) if self.bernoulli else p
-
-  def _text(self, arm: str, rng: np.random.Generator) -> str:
-    n = int(rng.integers(1_000_000))
-    if arm in self.texts and self.texts[arm]:
-      return self.texts[arm][n % len(self.texts[arm])]
-    return f"{arm} #{n}"
-
-  def expand(self, histories: list[Dialogue], k: int, seed: int) -> list[list[Expansion]]:
-    self.expand_calls += 1
-    out = []
-    for i, h in enumerate(histories):
-      rng = np.random.default_rng([seed & 0xFFFFFFFF, i])
-      replace = k > len(self.names)
-      picks = rng.choice(len(self.names), size=k, replace=replace)
-      row = []
-      for a in picks:
-        arm = self.names[int(a)]
-        agent = Turn(AGENT, self._text(arm, rng), strategy=arm)
-        terminal = bool(rng.random() < self.p_end)
-        reward = None
-        if terminal:
-          p = self.success_prob(list(h.turns) + [agent])
-          reward = self._reward(p, rng)
-        user = Turn(USER, "[END]" if terminal else "ok")
-        row.append(Expansion(agent=agent, user=user, agent_logprob=float(np.log(1.0 / len(self.names))),
-                             terminal=terminal, reward=reward))
-      out.append(row)
-    return out
-
-  def rollout(self, histories: list[Dialogue], seed: int) -> list[RolloutResult]:
-    self.rollout_calls += 1
-    out = []
-    for i, h in enumerate(histories):
-      rng = np.random.default_rng([seed & 0xFFFFFFFF, i, 1])
-      turns = list(h.turns)
-      n, terminal = 0, False
-      while sum(t.role == AGENT for t in turns) < self.max_turns:
-        turns += [Turn(AGENT, "filler"), Turn(USER, "ok")]
-        n += 1
-        if rng.random() < self.p_end:
-          terminal = True
-          break
-      reward = self._reward(self.success_prob(turns), rng)
-      out.append(RolloutResult(reward=reward, num_turns=n, terminal=terminal))
-    return out
 
 
 def turn_reward(task: str, e: Expansion, reward_cfg: Any = None) -> float:
@@ -195,7 +40,8 @@ class ModelEnv:
   batched simulator call for the outcome line). END_MARKER is stripped from stored user turns.
   rollout: `rollout.simulate` over all histories (one batched call per role per turn).
 
-  agent, simulator: `engage_jax.rollout.Speaker`s (model, tokenizer, lengths, sampling params).
+  agent, simulator: `engage_jax.rollout.Speaker`s (model, tokenizer, prompt length and
+    `sampling.SamplingParams`).
   reward_cfg: passed to `rollout.simulate`. max_turns: the conversation's cap in agent turns.
   logprobs: score the agent's candidates (PUCT prior); otherwise agent_logprob = 0.0.
   strategy_fn: labels agent texts with a strategy (e.g. `data.sandbox.strategy_of`), which pairs
@@ -217,29 +63,20 @@ class ModelEnv:
   def from_config(cls, agent_model, simulator_model, tokenizer, cfg, *, task: str, reward_cfg: Any,
                   max_prompt_len: int = 512, logprobs: bool | None = None,
                   strategy_fn: Callable[[str], str | None] | None = None) -> "ModelEnv":
-    """Builds both Speakers from a `SearchConfig` (agent/simulator sampling settings, turn cap)."""
+    """Builds both Speakers from a `SearchConfig` (agent_sampling / simulator_sampling, turn cap)."""
     from engage_jax import rollout
-    agent = rollout.Speaker(agent_model, tokenizer, max_prompt_len, cfg.max_new_tokens,
-                            cfg.temperature, cfg.top_p, cfg.top_k)
-    sim = rollout.Speaker(simulator_model, tokenizer, max_prompt_len, cfg.sim_max_new_tokens,
-                          cfg.sim_temperature, cfg.sim_top_p, cfg.sim_top_k)
+    agent = rollout.Speaker(agent_model, tokenizer, max_prompt_len, sampling=cfg.agent_sampling)
+    sim = rollout.Speaker(simulator_model, tokenizer, max_prompt_len, sampling=cfg.simulator_sampling)
     if logprobs is None:
       logprobs = cfg.selection == "puct"
     return cls(agent, sim, task=task, reward_cfg=reward_cfg, max_turns=cfg.max_turns,
                logprobs=logprobs, strategy_fn=strategy_fn)
 
-  def _generate(self, speaker, prompts: list[list[int]], seed: int) -> list[list[int]]:
-    from engage_jax import sampling
-    return sampling.generate(speaker.model, prompts, max_new_tokens=speaker.max_new_tokens,
-                             temperature=speaker.temperature, top_p=speaker.top_p,
-                             top_k=speaker.top_k, seed=seed,
-                             stop_token_ids=speaker.stop_token_ids)
-
   def expand(self, histories: list[Dialogue], k: int, seed: int) -> list[list[Expansion]]:
     from engage_jax.data import chat
     rows = [(i, h) for i, h in enumerate(histories) for _ in range(k)]
     a_prompts = [self.agent.prompt(chat.agent_messages(h.task, h.turns)) for _, h in rows]
-    a_ids = self._generate(self.agent, a_prompts, sub_seed(seed, 0))
+    a_ids = self.agent.generate_ids(a_prompts, sub_seed(seed, 0))  # [len(rows)] ragged
     a_texts = [self.tokenizer.decode(ids).strip() for ids in a_ids]
     if self.logprobs:
       from engage_jax.sampling import sequence_logprobs
@@ -251,7 +88,7 @@ class ModelEnv:
     s_prompts = [self.simulator.prompt(chat.simulator_messages(h.task, h.condition,
                                                                list(h.turns) + [a]))
                  for (_, h), a in zip(rows, agent_turns)]
-    s_ids = self._generate(self.simulator, s_prompts, sub_seed(seed, 1))
+    s_ids = self.simulator.generate_ids(s_prompts, sub_seed(seed, 1))
     out: list[list[Expansion]] = [[] for _ in histories]
     ended = []
     for r, ((i, h), a) in enumerate(zip(rows, agent_turns)):

@@ -9,7 +9,7 @@ One tree per user condition. Each round:
      children whose reward came with the expansion skip it);
   4. backup: every new child's reward is added (visits += 1, value_sum += r) to the child and
      every ancestor, so a node's value is the mean of all rollout rewards below it; an unparsed
-     P4G outcome (reward NaN, `env.UNPARSED`) adds nothing and is counted in RoundInfo.unparsed;
+     P4G outcome (reward NaN, `base.UNPARSED`) adds nothing and is counted in RoundInfo.unparsed;
   5. optional cap on live (still expandable) leaves per tree (`max_live`): the lowest-valued are
      closed.
 A tree is live while it has used fewer than `budget` expansions and still has an expandable node.
@@ -19,26 +19,17 @@ nodes at `max_depth`.
 from __future__ import annotations
 
 import dataclasses
-import difflib
-import math
-import re
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
-from engage_jax.data.dialogue import AGENT, Dialogue
+from engage_jax.data.dialogue import AGENT, REQUIRED_CONDITION, Dialogue
+from engage_jax.sampling import SamplingParams
 from engage_jax.seeding import sub_seed
-from engage_jax.search.env import Env, Expansion
+from engage_jax.search.base import Env, Expansion
+from engage_jax.search.selection import SELECTION_RULES, select_leaf
+from engage_jax.search.similarity import SIMILARITIES, prune_duplicates
 from engage_jax.search.tree import ROOT_INDEX, UNVISITED, Trees, init_trees
-
-_WORD = re.compile(r"\w+")
-
-# Condition fields each task's simulator needs (SearchConfig.required_condition overrides).
-REQUIRED_CONDITION = {
-    "es": ("emotion_type", "problem_type", "situation"),
-    "p4g": (),  # persona fields vary by corpus; a non-empty condition is required
-}
-
 
 REWARD_HORIZONS = ("future", "turn")
 
@@ -54,12 +45,12 @@ class SearchConfig:
       leaves whose value comes from rollouts only).
     max_turns: cap on agent turns in the whole conversation (root turns included); a child that
       reaches it is `truncated`. ModelEnv rollouts use the same cap.
-  Selection:
+  Selection (search/selection.py, SELECTION_RULES):
     selection: "uct" (Q + c sqrt(ln N_parent / N_child)) or "puct"
       (Q + c P sqrt(N_parent) / (1 + N_child), P = softmax(prior / prior_temperature) over siblings).
     c: exploration constant.
     q_normalize: min-max normalise Q over the tree's visited nodes (mctx-style) before scoring.
-  Pruning:
+  Pruning (search/similarity.py):
     prune_similarity: drop a candidate whose agent text is at least this similar to an earlier
       sibling (None: keep all); similarity: "difflib" (SequenceMatcher ratio) or "jaccard"
       (word sets, punctuation ignored).
@@ -67,9 +58,9 @@ class SearchConfig:
   Pairs:
     margin: children whose mean values differ by at least this give (chosen, rejected).
     pair_min_visits: both children need at least this many visits.
-  Sampling (used by ModelEnv.from_config):
-    temperature, top_p, top_k, max_new_tokens: the agent's candidates.
-    sim_temperature, sim_top_p, sim_top_k, sim_max_new_tokens: the simulator's replies.
+  Sampling (`sampling.SamplingParams`, used by ModelEnv.from_config):
+    agent_sampling: the agent's candidates; simulator_sampling: the simulator's replies (empty
+      stop_token_ids: the tokenizer's end-of-turn / eos ids, see rollout.Speaker).
   Reward horizon:
     reward_horizon: "future" (a child's reward is the end-of-chat outcome of a rollout, or of the
       chat its reply ends) or "turn" (the user's immediate reaction to that agent turn:
@@ -77,7 +68,8 @@ class SearchConfig:
       is unchanged, so a node's value is still the mean of the rewards in its subtree: later
       turns' immediate reactions reach an earlier turn's value.
   seed: all randomness derives from it (round r uses sub-seeds of (seed, r)).
-  required_condition: condition fields every root needs; None = REQUIRED_CONDITION[task].
+  required_condition: condition fields every root needs; None = the task's
+    (`data.dialogue.REQUIRED_CONDITION`).
   """
   k: int = 3
   budget: int = 20
@@ -92,14 +84,8 @@ class SearchConfig:
   max_live: int = 0
   margin: float = 0.2
   pair_min_visits: int = 1
-  temperature: float = 0.9
-  top_p: float = 0.9
-  top_k: int = 0
-  max_new_tokens: int = 64
-  sim_temperature: float = 0.3
-  sim_top_p: float = 1.0
-  sim_top_k: int = 0
-  sim_max_new_tokens: int = 64
+  agent_sampling: SamplingParams = SamplingParams(max_new_tokens=64, temperature=0.9, top_p=0.9)
+  simulator_sampling: SamplingParams = SamplingParams(max_new_tokens=64, temperature=0.3)
   reward_horizon: str = "future"
   seed: int = 0
   required_condition: tuple[str, ...] | None = None
@@ -109,23 +95,34 @@ class SearchConfig:
       raise ValueError(f"SearchConfig.reward_horizon must be one of {REWARD_HORIZONS}; "
                        f"got {self.reward_horizon!r}")
 
-  # keys of the launcher's `config.search` section that are not SearchConfig fields
-  RUNNER_KEYS = ("n_conditions", "trees_per_shard", "max_prompt_len")
-
   @classmethod
-  def from_dict(cls, d, **overrides) -> "SearchConfig":
-    """From a mapping / ml_collections ConfigDict (e.g. `config.search`); keys in RUNNER_KEYS are
-    skipped, any other unknown key is a ValueError."""
+  def from_dict(cls, d: Mapping, **overrides) -> "SearchConfig":
+    """From a mapping / ml_collections ConfigDict whose keys are SearchConfig fields; the two
+    sampling fields may be mappings of SamplingParams fields. An unknown key is a ValueError
+    (the launcher's `config.search` section: `search.run.config_from_section`)."""
     d = dict(d.to_dict() if hasattr(d, "to_dict") else d)
     d.update(overrides)
     names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(k for k in d if k not in names and k not in cls.RUNNER_KEYS)
+    unknown = sorted(k for k in d if k not in names)
     if unknown:
       raise ValueError(f"SearchConfig: unknown keys {unknown}; known: {sorted(names)}")
-    kw = {k: v for k, v in d.items() if k in names}
-    if kw.get("required_condition") is not None:
-      kw["required_condition"] = tuple(kw["required_condition"])
-    return cls(**kw)
+    if d.get("required_condition") is not None:
+      d["required_condition"] = tuple(d["required_condition"])
+    for k in ("agent_sampling", "simulator_sampling"):
+      if isinstance(d.get(k), Mapping):
+        d[k] = _sampling_params(d[k], k)
+    return cls(**d)
+
+
+def _sampling_params(d: Mapping, where: str) -> SamplingParams:
+  names = {f.name for f in dataclasses.fields(SamplingParams)}
+  unknown = sorted(k for k in d if k not in names)
+  if unknown:
+    raise ValueError(f"SearchConfig.{where}: unknown keys {unknown}; known: {sorted(names)}")
+  d = dict(d)
+  if "stop_token_ids" in d:
+    d["stop_token_ids"] = tuple(d["stop_token_ids"])
+  return SamplingParams(**d)
 
 
 def validate(roots: Sequence[Dialogue], cfg: SearchConfig, env: Env | None = None) -> None:
@@ -139,16 +136,17 @@ def validate(roots: Sequence[Dialogue], cfg: SearchConfig, env: Env | None = Non
     raise ValueError(f"SearchConfig.max_depth must be >= 1; got {cfg.max_depth}")
   if cfg.max_turns < 1:
     raise ValueError(f"SearchConfig.max_turns must be >= 1; got {cfg.max_turns}")
-  if cfg.selection not in ("uct", "puct"):
-    raise ValueError(f"SearchConfig.selection must be 'uct' or 'puct'; got {cfg.selection!r}")
+  if cfg.selection not in SELECTION_RULES:
+    raise ValueError(f"SearchConfig.selection must be one of {', '.join(map(repr, SELECTION_RULES))}; "
+                     f"got {cfg.selection!r}")
   if cfg.c < 0 or cfg.prior_temperature <= 0:
     raise ValueError(f"SearchConfig: need c >= 0 and prior_temperature > 0; got c={cfg.c}, "
                      f"prior_temperature={cfg.prior_temperature}")
   if cfg.prune_similarity is not None and not 0.0 < cfg.prune_similarity <= 1.0:
     raise ValueError(f"SearchConfig.prune_similarity must be in (0, 1] or None; "
                      f"got {cfg.prune_similarity}")
-  if cfg.similarity not in ("difflib", "jaccard"):
-    raise ValueError(f"SearchConfig.similarity must be 'difflib' or 'jaccard'; "
+  if cfg.similarity not in SIMILARITIES:
+    raise ValueError(f"SearchConfig.similarity must be one of {', '.join(map(repr, SIMILARITIES))}; "
                      f"got {cfg.similarity!r}")
   if cfg.max_live < 0 or cfg.margin < 0 or cfg.pair_min_visits < 1:
     raise ValueError(f"SearchConfig: need max_live >= 0, margin >= 0, pair_min_visits >= 1; got "
@@ -182,26 +180,6 @@ def validate(roots: Sequence[Dialogue], cfg: SearchConfig, env: Env | None = Non
                      f"{type(env).__name__} has none")
 
 
-def similarity(a: str, b: str, kind: str = "difflib") -> float:
-  """Similarity in [0, 1] of two agent texts: difflib ratio or word-set Jaccard."""
-  if kind == "jaccard":
-    sa, sb = set(_WORD.findall(a.lower())), set(_WORD.findall(b.lower()))
-    return 1.0 if not sa and not sb else len(sa & sb) / len(sa | sb)
-  return difflib.SequenceMatcher(None, a, b, autojunk=False).ratio()
-
-
-def prune_duplicates(cands: Sequence[Expansion], cfg: SearchConfig) -> list[Expansion]:
-  """Keeps candidates (in order) not too similar to an earlier kept one; the first is kept."""
-  if cfg.prune_similarity is None:
-    return list(cands)
-  kept: list[Expansion] = []
-  for e in cands:
-    if all(similarity(e.agent.text, x.agent.text, cfg.similarity) < cfg.prune_similarity
-           for x in kept):
-      kept.append(e)
-  return kept
-
-
 def update_closed(trees: Trees, max_depth: int) -> None:
   """Recomputes `trees.closed` [B, N] bottom-up (children always have larger indices)."""
   n_cap = trees.capacity
@@ -214,43 +192,6 @@ def update_closed(trees: Trees, max_depth: int) -> None:
     kids = trees.children[:, n, :]  # [B, K]
     kid_closed = np.where(kids == UNVISITED, True, closed[rows, np.maximum(kids, 0)])
     closed[:, n] = self_closed[:, n] | (trees.expanded[:, n] & kid_closed.all(axis=1))
-
-
-def child_scores(trees: Trees, b: int, node: int, kids: Sequence[int],
-                 cfg: SearchConfig) -> np.ndarray:
-  """UCT / PUCT scores of `kids` (children of `node` in tree b), [len(kids)] float64."""
-  kids = np.asarray(kids)
-  visits = trees.visits[b, kids].astype(np.float64)
-  q = trees.value_sum[b, kids] / np.maximum(visits, 1.0)
-  if cfg.q_normalize:
-    n = int(trees.num_nodes[b])
-    vis = trees.visits[b, :n] > 0
-    vals = trees.value_sum[b, :n][vis] / trees.visits[b, :n][vis]
-    lo, hi = (float(vals.min()), float(vals.max())) if vals.size else (0.0, 0.0)
-    q = (q - lo) / (hi - lo) if hi > lo else np.full_like(q, 0.5)
-  parent_visits = float(max(trees.visits[b, node], 1))
-  if cfg.selection == "uct":
-    bonus = cfg.c * np.sqrt(math.log(parent_visits) / np.maximum(visits, 1.0))
-    bonus = np.where(visits > 0, bonus, np.inf)
-  else:
-    siblings = trees.child_indices(b, node)
-    logits = trees.prior[b, siblings] / cfg.prior_temperature
-    p = np.exp(logits - logits.max())
-    p = dict(zip(siblings, p / p.sum()))
-    prior = np.array([p[int(c)] for c in kids])
-    bonus = cfg.c * prior * math.sqrt(parent_visits) / (1.0 + visits)
-  return q + bonus
-
-
-def select_leaf(trees: Trees, b: int, cfg: SearchConfig) -> int:
-  """Descends tree b from the root through open children by max score (first index on ties)."""
-  node = ROOT_INDEX
-  while trees.expanded[b, node]:
-    kids = [c for c in trees.child_indices(b, node) if not trees.closed[b, c]]
-    if not kids:
-      raise RuntimeError(f"tree {b}: open node {node} has no open child (closed flags stale)")
-    node = kids[int(np.argmax(child_scores(trees, b, node, kids, cfg)))]
-  return node
 
 
 def _cap_live(trees: Trees, b: int, max_live: int, max_depth: int) -> None:
@@ -306,7 +247,7 @@ def search(env: Env, roots: Sequence[Dialogue], cfg: SearchConfig,
     for (b, leaf), cands in zip(leaves, expansions):
       if len(cands) != k:
         raise ValueError(f"env.expand returned {len(cands)} candidates; expected k={k}")
-      kept = prune_duplicates(cands, cfg)
+      kept = prune_duplicates(cands, cfg.prune_similarity, cfg.similarity)
       turns_after = root_turns[b] + int(trees.depth[b, leaf]) + 1
       ids = trees.add_children(
           b, leaf, [e.agent for e in kept], [e.user for e in kept],

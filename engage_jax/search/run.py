@@ -10,9 +10,11 @@ shard's pairs are checked against those of the shards before it).
 `<out>/search_config.json` records the config and roots; resuming with different ones is an error.
 
 Typical use (the launcher / sandbox tests):
-  env = ModelEnv.from_config(agent_model, sim_model, tokenizer, cfg, task=..., reward_cfg=...)
-  summary = run_search(env, roots, cfg, out_dir, trees_per_shard=16)
-  pairs = load_pairs(out_dir)
+  cfg = config_from_section(config.search, seed=config.seed)   # RUNNER_KEYS are not the algorithm's
+  env = ModelEnv.from_config(agent_model, sim_model, tokenizer, cfg, task=..., reward_cfg=...,
+                             max_prompt_len=config.search.max_prompt_len)
+  summary = run_search(env, roots, cfg, out_dir, trees_per_shard=config.search.trees_per_shard)
+  pairs = read_search_pairs(out_dir)
 """
 from __future__ import annotations
 
@@ -21,15 +23,27 @@ import glob
 import json
 import os
 import time
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
 from engage_jax.data.dialogue import Dialogue
 from engage_jax.seeding import sub_seed
-from engage_jax.search.env import Env
+from engage_jax.search.base import Env
 from engage_jax.search.imcts import RoundInfo, SearchConfig, search, validate
 from engage_jax.search.pairs import atomic_write_text, extract_pairs, pair_key, read_jsonl, write_jsonl
+
+
+# keys of the launcher's `config.search` section that the runner and pipeline read, not i×MCTS:
+# the number of trees (roots), trees per shard, and the Speakers' prompt length.
+RUNNER_KEYS = ("n_conditions", "trees_per_shard", "max_prompt_len")
+
+
+def config_from_section(section: Mapping, **overrides) -> SearchConfig:
+  """The SearchConfig of a `config.search` section (configs/base.py): every key but RUNNER_KEYS
+  is a SearchConfig field (unknown ones are a ValueError)."""
+  d = dict(section.to_dict() if hasattr(section, "to_dict") else section)
+  return SearchConfig.from_dict({k: v for k, v in d.items() if k not in RUNNER_KEYS}, **overrides)
 
 
 def shard_seed(seed: int, shard: int) -> int:
@@ -176,8 +190,8 @@ def run_search(env: Env, roots: Sequence[Dialogue], cfg: SearchConfig, out_dir: 
           "pairs_per_min": 60.0 * totals["new_pairs"] / max(seconds, 1e-9)}
 
 
-def load_pairs(out_dir: str) -> list[dict]:
-  """All pairs of a search directory, in shard order."""
+def read_search_pairs(out_dir: str) -> list[dict]:
+  """All pairs of a search directory (`<out_dir>/pairs/shard-*.jsonl`), in shard order."""
   out = []
   for path in sorted(glob.glob(os.path.join(out_dir, "pairs", "shard-*.jsonl"))):
     out.extend(read_jsonl(path))

@@ -10,7 +10,8 @@ import pytest
 from engage_jax import rewards
 from engage_jax.data.dialogue import AGENT, USER, Dialogue, Turn
 from engage_jax.search import env as env_mod
-from engage_jax.search.env import BanditEnv, Expansion, RolloutResult
+from engage_jax.search.base import Expansion, RolloutResult
+from engage_jax.search.testing import BanditEnv
 from engage_jax.search.imcts import SearchConfig, search
 
 REPLIES = ("thank you , i feel much better now .", "it is still hard for me .",

@@ -86,14 +86,14 @@ class UnparsedEnv:
     self.rollout_histories = []
 
   def expand(self, histories, k, seed):
-    from engage_jax.search.env import UNPARSED
+    from engage_jax.search.base import UNPARSED
     return [[Expansion(agent=Turn("agent", t), user=Turn("user", "[END]" if t == "y" else "u"),
                        terminal=t == "y", reward=UNPARSED if t == "y" else None)
              for t in ["x", "y", "z"][:k]] for _ in histories]
 
   def rollout(self, histories, seed):
     self.rollout_histories.extend(histories)
-    from engage_jax.search.env import UNPARSED
+    from engage_jax.search.base import UNPARSED
     return [RolloutResult(reward=UNPARSED if h.turns[-2].text == "z" else 1.0, num_turns=0,
                           terminal=False) for h in histories]
 

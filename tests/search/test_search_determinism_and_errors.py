@@ -80,12 +80,21 @@ def test_p4g_root_with_empty_turns_is_fine():
 
 
 def test_config_from_launcher_section():
+  from engage_jax.sampling import SamplingParams
+  from engage_jax.search import config_from_section
   section = {"n_conditions": 48, "trees_per_shard": 16, "k": 3, "budget": 8, "max_depth": 3,
              "max_turns": 4, "selection": "uct", "c": 1.0, "margin": 0.2,
-             "prune_similarity": 0.95, "max_live": 0, "temperature": 0.9, "top_p": 0.9,
-             "max_new_tokens": 32, "sim_temperature": 0.3, "sim_max_new_tokens": 32,
+             "prune_similarity": 0.95, "max_live": 0,
+             "agent_sampling": {"max_new_tokens": 32, "temperature": 0.9, "top_p": 0.9, "top_k": 0},
+             "simulator_sampling": {"max_new_tokens": 32, "temperature": 0.3, "top_p": 1.0, "top_k": 0},
              "max_prompt_len": 256}
-  cfg = SearchConfig.from_dict(section, seed=3)
+  cfg = config_from_section(section, seed=3)
   assert cfg.budget == 8 and cfg.max_turns == 4 and cfg.seed == 3
+  assert cfg.agent_sampling == SamplingParams(max_new_tokens=32, temperature=0.9, top_p=0.9)
+  assert cfg.simulator_sampling == SamplingParams(max_new_tokens=32, temperature=0.3)
   with pytest.raises(ValueError, match="budgett"):
     SearchConfig.from_dict({"budgett": 3})
+  with pytest.raises(ValueError, match="n_conditions"):   # runner keys are not the algorithm's
+    SearchConfig.from_dict(section)
+  with pytest.raises(ValueError, match="temprature"):
+    SearchConfig.from_dict({"agent_sampling": {"temprature": 0.5}})

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from engage_jax.search import ModelEnv, SearchConfig, search
-from engage_jax.sampling import sequence_logprobs
+from engage_jax.sampling import SamplingParams, sequence_logprobs
 
 from tests.search._search_helpers import es_roots
 
@@ -48,7 +48,9 @@ def test_model_env_batches_the_frontier(tiny, monkeypatch):
   from engage_jax import sampling
   tok, agent, sim = tiny
   cfg = SearchConfig(k=2, budget=2, max_turns=2, max_depth=2, prune_similarity=None,
-                     max_new_tokens=4, sim_max_new_tokens=4, selection="puct")
+                     agent_sampling=SamplingParams(max_new_tokens=4, temperature=0.9, top_p=0.9),
+                     simulator_sampling=SamplingParams(max_new_tokens=4, temperature=0.3),
+                     selection="puct")
   env = ModelEnv.from_config(agent, sim, tok, cfg, task="es", reward_cfg=None, max_prompt_len=64)
   calls = []
   real = sampling.generate

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from engage_jax.search import BanditEnv, SearchConfig, load_pairs, run_search
+from engage_jax.search import BanditEnv, SearchConfig, read_search_pairs, run_search
 from engage_jax.search.pairs import pair_key
 
 from tests.search._search_helpers import ARMS, es_roots
@@ -33,7 +33,7 @@ def reference(tmp_path_factory):
   out = str(tmp_path_factory.mktemp("ref"))
   summary = run_search(_env(), es_roots(N_ROOTS), CFG, out, trees_per_shard=PER_SHARD,
                        progress=False)
-  return out, summary, load_pairs(out)
+  return out, summary, read_search_pairs(out)
 
 
 def test_uninterrupted_run_layout(reference):
@@ -89,8 +89,8 @@ def test_exception_after_shard_then_resume(tmp_path, reference):
   summary = run_search(env, es_roots(N_ROOTS), CFG, out, trees_per_shard=PER_SHARD,
                        progress=False)
   assert summary["shards_skipped"] == 2
-  assert _keys(load_pairs(out)) == _keys(ref_pairs)
-  assert load_pairs(out) == ref_pairs
+  assert _keys(read_search_pairs(out)) == _keys(ref_pairs)
+  assert read_search_pairs(out) == ref_pairs
 
 
 def test_resume_with_other_config_is_an_error(tmp_path):
@@ -148,6 +148,6 @@ def test_sigkill_mid_run_then_resume(tmp_path, reference):
   assert sorted(os.listdir(os.path.join(out, "trees"))) == ["shard-00000.json"]
   summary = run_search(_env(), es_roots(N_ROOTS), CFG, out, trees_per_shard=PER_SHARD, progress=False)
   assert summary["shards_skipped"] == 1
-  pairs = load_pairs(out)
+  pairs = read_search_pairs(out)
   assert pairs == ref_pairs
   assert len(set(_keys(pairs))) == len(pairs)

@@ -8,7 +8,7 @@ import pytest
 
 from engage_jax.data.dialogue import Turn
 from engage_jax.search import SearchConfig
-from engage_jax.search.imcts import child_scores
+from engage_jax.search.selection import child_scores
 from engage_jax.search.tree import ROOT_INDEX, init_trees
 
 from tests.search._search_helpers import es_roots
