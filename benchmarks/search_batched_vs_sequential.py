@@ -41,8 +41,8 @@ ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 sys.path.insert(0, ROOT)
 
 from engage_jax.data.dialogue import AGENT, Dialogue  # noqa: E402
-from engage_jax.search import (ModelEnv, RolloutResult, SearchConfig, SequentialEnv,  # noqa: E402
-                               extract_pairs, search)
+from engage_jax.search import ModelEnv, RolloutResult, extract_pairs, search  # noqa: E402
+from engage_jax.search.testing import SequentialEnv  # noqa: E402
 
 
 class ProxyRewardEnv:
@@ -72,11 +72,11 @@ def load_config(args):
   mod = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(mod)
   cfg = mod.get_config()
-  for name in ("budget", "k", "max_depth", "max_turns", "max_new_tokens"):
+  for name in ("budget", "k", "max_depth", "max_turns"):
     if getattr(args, name) is not None:
       cfg.search[name] = getattr(args, name)
   if args.max_new_tokens is not None:
-    cfg.search.sim_max_new_tokens = args.max_new_tokens
+    cfg.search.agent_sampling.max_new_tokens = cfg.search.simulator_sampling.max_new_tokens = args.max_new_tokens
   for side in (cfg.model.agent, cfg.model.simulator):
     if args.hidden is not None:
       side.hidden_size, side.intermediate_size = args.hidden, args.hidden * 11 // 4
@@ -157,7 +157,7 @@ def main(argv=None):
                                    max_prompt_len=config.search.max_prompt_len)
   envs = {"batched": ProxyRewardEnv(model_env),
           "sequential": ProxyRewardEnv(SequentialEnv(model_env))}
-  result = {"config": {**vars(args), "search": dict(cfg.__dict__),
+  result = {"config": {**vars(args), "search": dataclasses.asdict(cfg),
                        "model": dataclasses.asdict(mcfg),
                        "model_params": mcfg.num_params, "backend": jax.default_backend(),
                        "reward": "proxy: crc32 of the conversation's agent text / 2**32"}}

@@ -1,7 +1,7 @@
 """Bad-input errors and their one-line form for the command-line tools.
 
-    raise InputError("must be in (0, 1]; got 1.5", where="config.search.top_p")
-    lines(exc)   # ["error: must be in (0, 1]; got 1.5 (config.search.top_p)"]
+    raise InputError("must be in (0, 1]; got 1.5", where="config.search.agent_sampling.top_p")
+    lines(exc)   # ["error: must be in (0, 1]; got 1.5 (config.search.agent_sampling.top_p)"]
     guard(main)  # runs main; any exception → those lines on stderr, exit code 2
 
 `str(InputError)` is "where: what", so messages read as before when not formatted by `lines`.

@@ -7,7 +7,7 @@ Each stage records the config values it depends on. A changed value is used by t
 have not run yet; a done stage whose values changed is refused, naming the keys, until
 `--redo=STAGE[,STAGE]` reruns it and everything downstream of it (the other stages are kept):
 
-  python launch/pipeline.py ... --config.search.top_p=0.8 --redo=search
+  python launch/pipeline.py ... --config.search.agent_sampling.top_p=0.8 --redo=search
 """
 from __future__ import annotations
 

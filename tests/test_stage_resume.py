@@ -19,7 +19,8 @@ TINY = dict(data__sandbox_train=40, data__sandbox_valid=8, data__max_len=128, to
             sft__agent_steps=2, sft__simulator_steps=2, sft__batch_size=4, sft__log_every=1,
             sft__eval_every=0, sft__checkpoint_every=1, sft__warmup_steps=1,
             search__n_conditions=2, search__trees_per_shard=2, search__k=2, search__budget=1,
-            search__max_depth=1, search__max_turns=1, search__max_new_tokens=4, search__sim_max_new_tokens=4,
+            search__max_depth=1, search__max_turns=1, search__agent_sampling__max_new_tokens=4,
+            search__simulator_sampling__max_new_tokens=4,
             search__max_prompt_len=128)
 for _role in ("agent", "simulator"):
   TINY.update({f"model__{_role}__hidden_size": 32, f"model__{_role}__intermediate_size": 64,
@@ -51,17 +52,40 @@ def wd(sft_done, tmp_path):
 
 def test_fixing_a_search_setting_after_sft_keeps_the_sft_stages(wd):
   before = _stamps(wd)
-  with pytest.raises(InputErrors, match="config.search.top_p"):
-    pipeline.run(_cfg(search__top_p=1.5), str(wd), pipeline.with_dependencies(("search",)))
+  with pytest.raises(InputErrors, match="config.search.agent_sampling.top_p"):
+    pipeline.run(_cfg(search__agent_sampling__top_p=1.5), str(wd), pipeline.with_dependencies(("search",)))
   assert _stamps(wd) == before and not (wd / "search").exists()  # refused before any work
-  pipeline.run(_cfg(search__top_p=0.8), str(wd), pipeline.with_dependencies(("search",)))
+  pipeline.run(_cfg(search__agent_sampling__top_p=0.8), str(wd), pipeline.with_dependencies(("search",)))
   after = _stamps(wd)
   for stage in SFT:  # the SFT outputs (checkpoints included) are untouched
     assert {p: t for p, t in after.items() if f"/{stage}/" in p} == {
         p: t for p, t in before.items() if f"/{stage}/" in p}, stage
   st = json.loads((wd / "stages.json").read_text())
-  assert st["search"]["done"] and st["search"]["config"]["search.top_p"] == 0.8
-  assert json.loads((wd / "config.json").read_text())["search"]["top_p"] == 0.8
+  assert st["search"]["done"] and st["search"]["config"]["search.agent_sampling.top_p"] == 0.8
+  assert json.loads((wd / "config.json").read_text())["search"]["agent_sampling"]["top_p"] == 0.8
+  # the same config again: every stage is skipped, nothing changes
+  pipeline.run(_cfg(search__agent_sampling__top_p=0.8), str(wd), pipeline.with_dependencies(("search",)))
+  assert _stamps(wd) == {**after, str(wd / "stages.json"): _stamps(wd)[str(wd / "stages.json")]}
+  assert json.loads((wd / "stages.json").read_text())["search"]["attempts"] == 1
+  # a changed sampling setting of the done search is refused, naming the nested key
+  with pytest.raises(InputErrors, match="search.agent_sampling.top_p=0.8 -> 0.7"):
+    pipeline.run(_cfg(search__agent_sampling__top_p=0.7), str(wd), pipeline.with_dependencies(("search",)))
+
+
+def test_stage_recorded_with_the_flat_sampling_keys_stays_done(wd):
+  """A workdir from before the sampling sub-sections (stages.json holds search.top_p etc.): the
+  renamed keys are in no common key set, so its done stages are kept (and not compared on them)."""
+  pipeline.run(_cfg(), str(wd), pipeline.with_dependencies(("search",)))
+  path = wd / "stages.json"
+  st = json.loads(path.read_text())
+  rec = st["search"]["config"]
+  for role, prefix in (("agent", ""), ("simulator", "sim_")):
+    for k in ("max_new_tokens", "temperature", "top_p", "top_k"):
+      rec[f"search.{prefix}{k}"] = rec.pop(f"search.{role}_sampling.{k}")
+  path.write_text(json.dumps(st))
+  before = _stamps(wd, "search")
+  pipeline.run(_cfg(), str(wd), pipeline.with_dependencies(("search",)))
+  assert _stamps(wd, "search") == before and json.loads(path.read_text())["search"]["attempts"] == 1
 
 
 def test_changed_stage_setting_is_refused_then_redo_reruns_it_and_keeps_the_rest(wd, capsys):

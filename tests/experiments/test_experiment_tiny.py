@@ -25,9 +25,9 @@ def _tiny(task: str = "es"):
   c.sft.batch_size, c.sft.warmup_steps, c.sft.eval_every = 8, 1, 100
   c.dpo.num_epochs, c.dpo.batch_size, c.dpo.warmup_steps = 1, 4, 1
   c.search.n_conditions, c.search.trees_per_shard, c.search.budget = 2, 2, 2
-  c.search.max_new_tokens = c.search.sim_max_new_tokens = 12
+  c.search.agent_sampling.max_new_tokens = c.search.simulator_sampling.max_new_tokens = 12
   c.eval.n_conditions, c.eval.samples_per_condition = 3, 1
-  c.eval.max_new_tokens = c.eval.sim_max_new_tokens = 12
+  c.eval.agent_sampling.max_new_tokens = c.eval.simulator_sampling.max_new_tokens = 12
   c.experiment.update(best_of_n=2, rft_steps=2, rft_min_value=0.0)
   return c
 

@@ -16,7 +16,7 @@ from engage_jax.data.dialogue import AGENT, USER, Dialogue, Turn
 
 REPO = Path(__file__).resolve().parents[2]
 N_CONDITIONS = 4
-OVERRIDES = (f"--config.eval.n_conditions={N_CONDITIONS}", "--config.eval.max_new_tokens=6",
+OVERRIDES = (f"--config.eval.n_conditions={N_CONDITIONS}", "--config.eval.agent_sampling.max_new_tokens=6",
              "--config.eval.max_prompt_len=96", "--config.eval.max_agent_turns=3")
 
 
