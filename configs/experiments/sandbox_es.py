@@ -15,40 +15,13 @@ other jobs (load average 7-11), the three seeds as parallel processes
 (`--seeds=S`, seeds 1 and 2 with `--config.experiment.ensemble_size=1` to fit: the held-out
 simulator ran for seed 0 only), then the command above to aggregate (12 s).
 """
-import importlib.util
+
 import os
+import sys
 
-import ml_collections
-
-
-def _load(name: str):
-  """configs/<name>.py by path (this directory has files of the same names)."""
-  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", f"{name}.py")
-  spec = importlib.util.spec_from_file_location(f"_engage_configs_{name}", path)
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  return mod
-
-
-def experiment_section(**overrides) -> ml_collections.ConfigDict:
-  e = ml_collections.ConfigDict(dict(
-      variants="sft,future,turn,corpus_mix,rft,best_of_n",
-      seeds="0,1,2",
-      ensemble_size=2,         # simulators: the search's own + (ensemble_size - 1) held out
-      oracle=True,             # evaluate every agent against the sandbox world as well
-      best_of_n=2,             # candidates per turn of the best_of_n variant
-      corpus_pairs=0,          # corpus pairs of corpus_mix (0: as many as the search's pairs)
-      rft_steps=50,
-      rft_learning_rate=1e-3,
-      rft_min_value=0.5,       # chosen turns with at least this search value are RFT data
-  ))
-  e.update(overrides)
-  return e
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import grid_common  # noqa: E402
 
 
 def get_config():
-  c = _load("sandbox_es").get_config()
-  c.name = "experiment_sandbox_es"
-  c.eval.n_conditions = 100
-  c.experiment = experiment_section()
-  return c
+  return grid_common.grid_config("sandbox_es", transfer_from="workdirs/exp_p4g")

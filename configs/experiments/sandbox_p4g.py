@@ -10,40 +10,13 @@ Measured: only seed 0 of sft, future, turn ran (docs/results/sandbox_ablation_p4
 `--seeds=0 --variants=sft,future,turn --config.experiment.ensemble_size=1`; the full grid (3 seeds,
 all variants) did not fit in the session's time.
 """
-import importlib.util
+
 import os
+import sys
 
-import ml_collections
-
-
-def _load(name: str):
-  """configs/<name>.py by path (this directory has files of the same names)."""
-  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", f"{name}.py")
-  spec = importlib.util.spec_from_file_location(f"_engage_configs_{name}", path)
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  return mod
-
-
-def experiment_section(**overrides) -> ml_collections.ConfigDict:
-  e = ml_collections.ConfigDict(dict(
-      variants="sft,future,turn,corpus_mix,rft,best_of_n",
-      seeds="0,1,2",
-      ensemble_size=2,         # simulators: the search's own + (ensemble_size - 1) held out
-      oracle=True,             # evaluate every agent against the sandbox world as well
-      best_of_n=2,             # candidates per turn of the best_of_n variant
-      corpus_pairs=0,          # corpus pairs of corpus_mix (0: as many as the search's pairs)
-      rft_steps=50,
-      rft_learning_rate=1e-3,
-      rft_min_value=1.0,       # chosen turns with at least this search value ($) are RFT data
-  ))
-  e.update(overrides)
-  return e
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import grid_common  # noqa: E402
 
 
 def get_config():
-  c = _load("sandbox_p4g").get_config()
-  c.name = "experiment_sandbox_p4g"
-  c.eval.n_conditions = 100
-  c.experiment = experiment_section()
-  return c
+  return grid_common.grid_config("sandbox_p4g", rft_min_value=1.0, transfer_from="workdirs/exp_es")

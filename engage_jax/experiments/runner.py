@@ -109,6 +109,18 @@ class ModelOps:
     atomic_write_jsonl(str(out / "shard-corpus.jsonl"), cp)
     return {"search_pairs": len(pairs), "corpus_pairs": len(cp)}
 
+  def transfer_pairs(self, cfg, view: View, files: Sequence[Path]) -> dict:
+    """Copies the other task's pair files into view's search/pairs/ (their text is tokenised by
+    this task's tokenizer at DPO time)."""
+    from engage_jax.fileio import atomic_write_jsonl
+    from engage_jax.search.pairs import read_jsonl
+    pairs = [p for f in files for p in read_jsonl(str(f))]
+    out = view.path("search", "pairs")
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_jsonl(str(out / "shard-00000.jsonl"), pairs)
+    tasks = sorted({str(p.get("meta", {}).get("task")) for p in pairs})
+    return {"pairs": len(pairs), "source_tasks": tasks, "source": str(Path(files[0]).parents[3]) if files else ""}
+
   def rft(self, cfg, view: View, search_dir: Path, steps: int, lr: float, min_value: float) -> dict:
     """SFT of the SFT agent on the search's chosen turns (value >= min_value) → view's agent/hf."""
     from engage_jax import models, pipeline
@@ -127,7 +139,7 @@ class ModelOps:
     exs = [e for m in msgs for e in sft_data.examples_from_messages(tok, m, cfg.data.max_len, targets=[len(m) - 1])]
     data = sft_data.pad_to_buckets(exs, tok.pad_id, cfg.data.max_len,
                                    sft_data.default_buckets(cfg.data.max_len, cfg.sft.min_bucket))
-    tcfg = pipeline.train_config(cfg, cfg.sft, num_steps=steps, learning_rate=lr,
+    tcfg = pipeline.train_config(cfg, cfg.sft, steps=steps, learning_rate=lr,
                                  warmup_steps=max(1, steps // 10), max_len=cfg.data.max_len)
     model, summary = sft_train.train_sft(model, data, tcfg, str(out), mesh=pipeline.make_mesh(cfg))
     models.save_pretrained(model, out / "hf")
@@ -253,8 +265,13 @@ class Experiment:
       view = View(s / v, links)
       self._step(seed, f"{v}/dpo", lambda: self.ops.dpo(cfg, view))
       return view.path("dpo_agent", "hf"), 0
-    search_dir = self._search(seed, "future")
     view = View(s / v, links)
+    if v == "transfer":
+      files = V.transfer_pairs(self.exp.transfer_from, seed)
+      self._step(seed, "transfer/pairs", lambda: self.ops.transfer_pairs(cfg, view, files))
+      self._step(seed, "transfer/dpo", lambda: self.ops.dpo(cfg, view))
+      return view.path("dpo_agent", "hf"), 0
+    search_dir = self._search(seed, "future")
     if v == "corpus_mix":
       self._step(seed, "corpus_mix/pairs",
                  lambda: self.ops.corpus_mix_pairs(cfg, view, search_dir, int(self.exp.corpus_pairs)))

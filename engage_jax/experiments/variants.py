@@ -9,6 +9,9 @@
               for as many DPO steps as "future" took when it ran (equal compute)
   rft         SFT of the SFT agent on the "future" search's chosen turns with value >=
               experiment.rft_min_value (rejection-sampling fine-tuning)
+  transfer    DPO of this task's SFT agent on the OTHER task's "future" search pairs (same seed,
+              read from the experiment directory experiment.transfer_from), evaluated on this
+              task's conditions: cross-task transfer, to set beside the in-task gain of "future"
 """
 from __future__ import annotations
 
@@ -21,6 +24,7 @@ VARIANTS = {
     "best_of_n": "SFT agent, best of N candidates per turn by one simulator rollout each",
     "corpus_mix": "DPO on the future search's pairs + corpus pairs (chosen = successful corpus turn)",
     "rft": "SFT on the future search's chosen turns (value >= rft_min_value)",
+    "transfer": "DPO on the other task's future-search pairs (experiment.transfer_from)",
 }
 NEEDS_FUTURE_SEARCH = ("future", "corpus_mix", "rft")
 
@@ -43,8 +47,15 @@ def parse_seeds(text) -> list[int]:
   return out
 
 
+def transfer_pairs(source, seed: int) -> list:
+  """The pair files of the other task's "future" search for `seed` under experiment dir `source`."""
+  from pathlib import Path
+  return sorted((Path(source) / f"seed-{seed}" / "future" / "search" / "pairs").glob("shard-*.jsonl"))
+
+
 def check(cfg, variants: list[str], seeds: list[int]) -> None:
-  """InputError (one line) for an unknown variant, the oracle on real data, an empty ensemble."""
+  """InputError (one line) for an unknown variant, the oracle on real data, an empty ensemble,
+  a transfer without the other task's finished search."""
   bad = [v for v in variants if v not in VARIANTS]
   if bad:
     raise InputError(f"unknown variant(s) {', '.join(map(repr, bad))}; variants: {', '.join(VARIANTS)}",
@@ -64,3 +75,22 @@ def check(cfg, variants: list[str], seeds: list[int]) -> None:
   if "best_of_n" in variants and int(exp.best_of_n) < 1:
     raise InputError(f"best_of_n needs at least 1 candidate per turn; got {exp.best_of_n}",
                      "config.experiment.best_of_n")
+  if "transfer" in variants:
+    source = str(exp.get("transfer_from", "") or "")
+    if not source:
+      raise InputError("the transfer variant needs config.experiment.transfer_from: the other task's "
+                       "experiment directory (its variant future run for the same seeds)",
+                       "config.experiment.transfer_from")
+    import json
+    with open(transfer_pairs(source, seeds[0])[0]) as f:
+      first = f.readline()
+    task = json.loads(first).get("meta", {}).get("task") if first.strip() else None
+    if task == cfg.task:
+      raise InputError(f"transfer: {source} holds {task} pairs, the task of this experiment; "
+                       "transfer_from must be the other task's experiment", "config.experiment.transfer_from")
+    missing = [s for s in seeds if not transfer_pairs(source, s)]
+    if missing:
+      raise InputError(f"transfer: {source} has no future-search pairs for seed(s) "
+                       f"{', '.join(map(str, missing))} (run the other task's experiment with "
+                       f"--variants=future --seeds={','.join(map(str, missing))} first)",
+                       "config.experiment.transfer_from")

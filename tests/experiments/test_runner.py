@@ -16,7 +16,7 @@ REPO = __import__("pathlib").Path(__file__).resolve().parents[2]
 CONDS = [f"eval-{i}" for i in range(12)]
 # per variant: the conditions (by index) where the agent's reward is 1 under the learned simulator
 WINS = {"sft": range(0, 4), "future": range(0, 9), "turn": range(0, 6), "best_of_n": range(0, 5),
-        "corpus_mix": range(0, 8), "rft": range(0, 7)}
+        "corpus_mix": range(0, 8), "rft": range(0, 7), "transfer": range(1, 4)}
 
 
 def _cfg(**exp):
@@ -66,6 +66,10 @@ class FakeOps:
   def corpus_mix_pairs(self, cfg, view, search_dir, n):
     self.calls.append(("corpus_pairs", cfg.seed, search_dir.parent.name))
     return {}
+
+  def transfer_pairs(self, cfg, view, files):
+    self.calls.append(("transfer_pairs", cfg.seed, tuple(f.name for f in files)))
+    return runner.ModelOps().transfer_pairs(cfg, view, files)
 
   def rft(self, cfg, view, search_dir, steps, lr, min_value):
     self.calls.append(("rft", cfg.seed, search_dir.parent.name))
@@ -188,3 +192,53 @@ def test_seeds_with_different_ensemble_sizes_aggregate(tmp_path):
   row = s["variants"]["future"]
   assert row["n_units"] == 24 and row["heldout_gain"] == pytest.approx(5 / 12)
   assert set(row["by_simulator"]) == {"sim-0", "sim-1"}
+
+
+def _other_task_pairs(root, seeds, task="p4g", n=3):
+  """An experiment dir of the other task with `n` pairs per seed in future/search/pairs."""
+  for seed in seeds:
+    d = root / f"seed-{seed}" / "future" / "search" / "pairs"
+    d.mkdir(parents=True)
+    rows = [{"prompt": [{"role": "user", "content": f"q{i}"}], "chosen": [{"role": "assistant", "content": "a"}],
+             "rejected": [{"role": "assistant", "content": "b"}], "meta": {"task": task, "tree_id": i}}
+            for i in range(n)]
+    (d / "shard-00000.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+  return root
+
+
+def test_transfer_trains_on_the_other_tasks_pairs(tmp_path):
+  """transfer: DPO from this task's SFT agent on the other task's future pairs of the same seed,
+  no search of its own; evaluated and paired like every variant."""
+  other = _other_task_pairs(tmp_path / "other", [0, 1])
+  ops = FakeOps()
+  s = runner.Experiment(_cfg(transfer_from=str(other)), tmp_path / "exp", ["sft", "transfer"], [0, 1],
+                        ops=ops).run()
+  for seed in (0, 1):
+    assert ("transfer_pairs", seed, ("shard-00000.jsonl",)) in ops.calls
+    assert sum(c[:3] == ("dpo", seed, "transfer") for c in ops.calls) == 1
+    copied = tmp_path / "exp" / f"seed-{seed}" / "transfer" / "search" / "pairs" / "shard-00000.jsonl"
+    assert [json.loads(x)["meta"]["task"] for x in copied.read_text().splitlines()] == ["p4g"] * 3
+  assert not any(c[0] == "search" for c in ops.calls)
+  row = s["variants"]["transfer"]
+  # transfer wins conditions 1-3, sft 0-3: one lost unit per seed
+  assert row["reward_mean"] == pytest.approx(3 / 12)
+  marker = json.loads((tmp_path / "exp" / "seed-0" / "done" / "transfer__pairs.json").read_text())
+  assert marker["result"]["pairs"] == 3 and marker["result"]["source_tasks"] == ["p4g"]
+
+
+@pytest.mark.parametrize("setup, match", [
+    ("unset", "needs config.experiment.transfer_from"),
+    ("missing_seed", r"no future-search pairs for seed\(s\) 1"),
+    ("same_task", "holds es pairs, the task of this experiment"),
+])
+def test_transfer_bad_inputs_before_any_work(tmp_path, setup, match):
+  if setup == "unset":
+    cfg = _cfg(transfer_from="")
+  else:
+    other = _other_task_pairs(tmp_path / "other", [0], task="es" if setup == "same_task" else "p4g")
+    cfg = _cfg(transfer_from=str(other))
+  ops = FakeOps()
+  seeds = [0, 1] if setup == "missing_seed" else [0]
+  with pytest.raises(InputError, match=match):
+    runner.Experiment(cfg, tmp_path / "x", ["sft", "transfer"], seeds, ops=ops)
+  assert not ops.calls and not (tmp_path / "x").exists()

@@ -1,0 +1,41 @@
+"""What the sandbox ablation grids (sandbox_es.py, sandbox_p4g.py here) share: the pipeline config
+they start from and the experiment section (engage_jax/experiments/runner.py reads it)."""
+import importlib.util
+import os
+
+import ml_collections
+
+
+def pipeline_config(name: str) -> ml_collections.ConfigDict:
+  """configs/<name>.py's get_config(), loaded by path (this directory has files of the same names)."""
+  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", f"{name}.py")
+  spec = importlib.util.spec_from_file_location(f"_engage_configs_{name}", path)
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  return mod.get_config()
+
+
+def experiment_section(**overrides) -> ml_collections.ConfigDict:
+  e = ml_collections.ConfigDict(dict(
+      variants="sft,future,turn,corpus_mix,rft,best_of_n",
+      seeds="0,1,2",
+      ensemble_size=2,         # simulators: the search's own + (ensemble_size - 1) held out
+      oracle=True,             # evaluate every agent against the sandbox world as well
+      best_of_n=2,             # candidates per turn of the best_of_n variant
+      corpus_pairs=0,          # corpus pairs of corpus_mix (0: as many as the search's pairs)
+      rft_steps=50,
+      rft_learning_rate=1e-3,
+      rft_min_value=0.5,       # chosen turns with at least this search value are RFT data
+      transfer_from="",        # the other task's experiment dir (variant transfer reads its pairs)
+  ))
+  e.update(overrides)
+  return e
+
+
+def grid_config(task_config: str, **experiment) -> ml_collections.ConfigDict:
+  """The pipeline config `task_config` with the grid's evaluation size and experiment section."""
+  c = pipeline_config(task_config)
+  c.name = f"experiment_{task_config}"
+  c.eval.n_conditions = 100
+  c.experiment = experiment_section(**experiment)
+  return c
