@@ -300,8 +300,11 @@ class Experiment:
   def run_variant(self, seed: int, v: str) -> dict:
     s, base, _ = self._dirs(seed)
     result_path = s / v / "result.json"
-    if result_path.exists():
-      return json.loads(result_path.read_text())
+    if result_path.exists():  # reused if it has every simulator (and the oracle) asked for now
+      cached = json.loads(result_path.read_text())
+      want = {f"sim-{j}" for j in range(int(self.exp.ensemble_size))}
+      if want <= set(cached["ensemble"]) and (not self.exp.oracle or "oracle" in cached):
+        return cached
     cfg = pipeline_config(self.cfg, seed)
     self._step(seed, "base", lambda: self.ops.base(cfg, base))
     sims = self.simulators(seed)

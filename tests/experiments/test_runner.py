@@ -194,6 +194,18 @@ def test_seeds_with_different_ensemble_sizes_aggregate(tmp_path):
   assert set(row["by_simulator"]) == {"sim-0", "sim-1"}
 
 
+def test_a_larger_ensemble_adds_only_the_new_simulators_steps(tmp_path):
+  """A variant finished with 1 simulator, rerun with ensemble_size=2: the held-out simulator is
+  trained and every variant evaluated against it; nothing else is recomputed."""
+  ops = FakeOps()
+  runner.Experiment(_cfg(ensemble_size=1), tmp_path, ["sft", "future"], [0], ops=ops).run()
+  ops.calls.clear()
+  s = runner.Experiment(_cfg(ensemble_size=2), tmp_path, ["sft", "future"], [0], ops=ops).run()
+  assert sorted(ops.calls) == sorted([("simulator", 100), ("eval", 0, "sft", "sim-1"),
+                                      ("eval", 0, "future", "sim-1")])
+  assert s["variants"]["future"]["heldout_gain"] == pytest.approx(5 / 12)
+
+
 def _other_task_pairs(root, seeds, task="p4g", n=3):
   """An experiment dir of the other task with `n` pairs per seed in future/search/pairs."""
   for seed in seeds:
