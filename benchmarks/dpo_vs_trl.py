@@ -18,12 +18,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
 
 import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import _results  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -52,11 +54,10 @@ def data(s, seed=0):
 
 def bench_jax(s):
   import jax
-  import jax.numpy as jnp
   from flax import nnx
   from engage_jax import sharding as shd
   from engage_jax.models import CausalLM
-  from engage_jax.train import dpo, loop
+  from engage_jax.train import dpo_loss, loop, reference
 
   model = CausalLM(model_config(s), rngs=nnx.Rngs(0))
   prompt, chosen, rejected = data(s)
@@ -64,7 +65,7 @@ def bench_jax(s):
            "chosen_mask": np.ones_like(chosen), "rejected_ids": rejected, "rejected_mask": np.ones_like(rejected)}
   buckets = {(s["prompt"], s["completion"]): dict(batch, pair_index=np.arange(s["pairs"], dtype=np.int32))}
   t = time.perf_counter()
-  ref_c, ref_r = dpo.compute_ref_logps(model, buckets, s["pairs"])
+  ref_c, ref_r = reference.compute_ref_logps(model, buckets, s["pairs"])
   ref_s = time.perf_counter() - t
   batch.update(ref_chosen=ref_c, ref_rejected=ref_r, row_weight=np.ones(s["pairs"], np.float32))
   cfg = loop.TrainConfig(learning_rate=1e-5, warmup_steps=0, batch_size=s["pairs"])
@@ -73,7 +74,7 @@ def bench_jax(s):
   tx, sched = loop.make_optimizer(cfg, 100)
   params, opt, p_sh, o_sh = loop.init_sharded(tx, params, mesh)
   mb = loop.stack_micro(batch, 1)
-  step = loop.make_train_step(dpo.dpo_loss_fn(graphdef, rest, 0.1, "sigmoid", 0.0), tx, sched, mesh,
+  step = loop.make_train_step(dpo_loss.dpo_loss_fn(graphdef, rest, 0.1, "sigmoid", 0.0), tx, sched, mesh,
                               p_sh, o_sh, mb)
   t = time.perf_counter()
   for _ in range(s["warmup"]):
@@ -153,14 +154,13 @@ def main(argv=None) -> int:
                                                 "dpo_vs_trl.json"))
   a = ap.parse_args(argv)
   s = QUICK if a.quick else FULL
-  import jax
-  res = {"config": dict(s, quick=a.quick), "ref_logps": "precomputed on both sides",
-         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "jax": jax.__version__}}
+  res = {"config": dict(s, quick=a.quick), "ref_logps": "precomputed on both sides"}
   res["jax"] = bench_jax(s)
   print(f"engage_jax: {res['jax']['tokens_per_s']:.0f} tokens/s ({res['jax']['step_s'] * 1e3:.0f} ms/step)", flush=True)
   res["trl"] = bench_trl(s, a.threads)
   print(f"TRL DPOTrainer: {res['trl']['tokens_per_s']:.0f} tokens/s ({res['trl']['step_s'] * 1e3:.0f} ms/step)", flush=True)
   res["speedup"] = res["jax"]["tokens_per_s"] / res["trl"]["tokens_per_s"]
+  res["machine"] = _results.machine()  # after both sides ran: the versions of what they imported
   print(f"speedup engage_jax / TRL: {res['speedup']:.2f}x (target >= 1.5x)")
   out = a.out if not a.quick else a.out.replace(".json", "_quick.json")
   os.makedirs(os.path.dirname(out), exist_ok=True)

@@ -14,9 +14,6 @@ Writes benchmarks/results/sampling_vs_hf.json (or --out).
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -27,6 +24,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import _results  # noqa: E402
 
 
 def _timeit(fn, reps: int) -> list[float]:
@@ -63,7 +62,6 @@ def main(argv=None) -> dict:
 
   import torch
   import transformers
-  import jax
   import jax.numpy as jnp
   from engage_jax import models, sampling
 
@@ -129,10 +127,7 @@ def main(argv=None) -> dict:
                      max_new_tokens=new, dtype="float32", greedy=True, torch_threads=args.threads,
                      quick=args.quick, reps=reps),
       "engage_jax": side("jax"), "transformers": side("hf"),
-      "machine": dict(peaks, cpus=os.cpu_count(), platform=platform.platform(),
-                      jax=jax.__version__, torch=torch.__version__,
-                      transformers=transformers.__version__,
-                      loadavg_1m=os.getloadavg()[0]),
+      "machine": _results.machine(**peaks),
       "greedy_token_match": match,
       "decode_flops_per_step": flops_step, "decode_bytes_per_step": bytes_step,
   }
@@ -140,10 +135,7 @@ def main(argv=None) -> dict:
   res["speedup_ms_per_step"] = res["transformers"]["ms_per_step"] / res["engage_jax"]["ms_per_step"]
   res["engage_jax"]["pct_matmul_peak"] = 100 * res["engage_jax"]["decode_gflops"] / peaks["matmul_gflops"]
   res["engage_jax"]["pct_read_bw"] = 100 * res["engage_jax"]["decode_gbs"] / peaks["read_gbs"]
-  Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-  Path(args.out).write_text(json.dumps(res, indent=2) + "\n")
-  print(json.dumps(res, indent=2))
-  return res
+  return _results.write(res, args.out)
 
 
 if __name__ == "__main__":

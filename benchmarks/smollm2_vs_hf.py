@@ -17,9 +17,7 @@ Writes benchmarks/results/smollm2_vs_hf.json (or --out).
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -30,6 +28,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import _results  # noqa: E402
 
 
 def main(argv=None) -> dict:
@@ -38,7 +38,6 @@ def main(argv=None) -> dict:
   ap.add_argument("--reps", type=int, default=2)
   ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "smollm2_vs_hf.json"))
   args = ap.parse_args(argv)
-  import jax
   import jax.numpy as jnp
   import torch
   import transformers
@@ -47,7 +46,7 @@ def main(argv=None) -> dict:
   from engage_jax.models.gguf import smollm2_135m_instruct
   from engage_jax.tokenizer import ChatTokenizer
   from engage_jax.train import sft as sft_train
-  from engage_jax.train.loop import TrainConfig
+  from engage_jax.train.config import TrainConfig
 
   torch.set_num_threads(2)
   path = smollm2_135m_instruct()
@@ -106,11 +105,11 @@ def main(argv=None) -> dict:
   rows = rng.integers(3, tok.vocab_size, (tb, tt))
   exs = [Example(r.tolist(), [0] + [1] * (tt - 1)) for r in rows]
   cfg = dict(learning_rate=1e-5, warmup_steps=0, batch_size=tb, max_len=tt, min_bucket=tt, log_every=1,
-             save_every=0, eval_at_start=False, progress=False)
+             checkpoint_every=0, eval_at_start=False, progress=False)
   with tempfile.TemporaryDirectory() as tmp:
-    sft_train.train_sft(model, exs * 2, TrainConfig.from_any(dict(cfg, num_steps=1)), os.path.join(tmp, "warm"))
+    sft_train.train_sft(model, exs * 2, TrainConfig.from_any(dict(cfg, steps=1)), os.path.join(tmp, "warm"))
     t0 = time.perf_counter()
-    sft_train.train_sft(model, exs * (steps + 1), TrainConfig.from_any(dict(cfg, num_steps=steps)),
+    sft_train.train_sft(model, exs * (steps + 1), TrainConfig.from_any(dict(cfg, steps=steps)),
                         os.path.join(tmp, "timed"))
     jax_train_s = (time.perf_counter() - t0) / steps
     # the same step with LoRA r=16 on all seven projections (adapters trained, base frozen)
@@ -118,9 +117,9 @@ def main(argv=None) -> dict:
     from engage_jax.models import lora
     lmodel = lora.apply_lora(models.from_pretrained(path, dtype=jnp.float32), lora.LoraConfig(rank=16, alpha=32),
                              rngs=nnx.Rngs(0))
-    sft_train.train_sft(lmodel, exs * 2, TrainConfig.from_any(dict(cfg, num_steps=1)), os.path.join(tmp, "lwarm"))
+    sft_train.train_sft(lmodel, exs * 2, TrainConfig.from_any(dict(cfg, steps=1)), os.path.join(tmp, "lwarm"))
     t0 = time.perf_counter()
-    sft_train.train_sft(lmodel, exs * (steps + 1), TrainConfig.from_any(dict(cfg, num_steps=steps)),
+    sft_train.train_sft(lmodel, exs * (steps + 1), TrainConfig.from_any(dict(cfg, steps=steps)),
                         os.path.join(tmp, "ltimed"))
     lora_train_s = (time.perf_counter() - t0) / steps
   hf.train()
@@ -150,14 +149,9 @@ def main(argv=None) -> dict:
       "training_speedup": hf_train_s / jax_train_s,
       "training_lora_r16": {"engage_jax_s_per_step": lora_train_s, "engage_jax_tokens_per_s": tb * tt / lora_train_s,
                             "speedup_vs_full": jax_train_s / lora_train_s},
-      "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "jax": jax.__version__,
-                  "torch": torch.__version__, "transformers": transformers.__version__,
-                  "loadavg_1m": os.getloadavg()[0]},
+      "machine": _results.machine(),
   }
-  Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-  Path(args.out).write_text(json.dumps(res, indent=2) + "\n")
-  print(json.dumps(res, indent=2))
-  return res
+  return _results.write(res, args.out)
 
 
 if __name__ == "__main__":
