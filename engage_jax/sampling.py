@@ -23,12 +23,14 @@ static graphdef and its state (an argument, so a sharded state stays sharded); t
 top-p / top-k / seed / the true `max_new_tokens` / the stop ids are traced values, so changing
 them does not recompile. The decode loop stops early once
 every row has stopped. The prefill computes the last layer's queries, attention and MLP for the
-last position only (`CausalLM.forward_cached(last_only=True)`).
+last position only (`CausalLM.forward_cached(mode="prefill", last_only=True)`).
 
-The KV cache (per layer keys `[B, KV, hd, S]`, values `[B, KV, S, hd]`) is allocated inside the
-jitted function and carried through the while loop, where each step writes one slot with
-`dynamic_update_slice` in place (no copy of the cache per step; checked in the XLA dump), so
-there is no input buffer to donate.
+The KV cache (per layer `LayerCache(keys [B, KV, hd, S], values [B, KV, S, hd])`) is allocated
+inside the jitted function and carried through the while loop (in a `DecodeState`), where each
+step writes one slot with `dynamic_update_slice` in place (no copy of the cache per step; checked
+in the XLA dump), so there is no input buffer to donate.
+
+`sequence_logprobs` scores given completions with one full forward pass (`logprobs.token_logps`).
 """
 from __future__ import annotations
 
@@ -39,9 +41,11 @@ from typing import Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
+from flax import nnx, struct
 
+from engage_jax import sharding
 from engage_jax.buckets import bucket  # sampling.bucket: the rung of one size (batch, prompt, new tokens)
+from engage_jax.logprobs import token_logps
 
 MIN_BATCH_BUCKET = 8
 MIN_PROMPT_BUCKET = 16
@@ -195,6 +199,17 @@ def _mode(temperature: float, top_p: float, top_k: int) -> str:
 
 
 # ---------------------------------------------------------------------------------------- jitted core
+@struct.dataclass
+class DecodeState:
+  """The carry of the decode `lax.while_loop` (B rows, N = num_new slots for new tokens)."""
+  step: jax.Array     # () int32: index in `out` of the token this step samples (1 = first step)
+  cache: tuple        # per layer LayerCache(keys [B, KV, hd, S], values [B, KV, S, hd])
+  token: jax.Array    # [B] int32: the last sampled token (-1 once a row is done)
+  done: jax.Array     # [B] bool: the row has sampled a stop token (or is batch padding)
+  out: jax.Array      # [B, N] int32: sampled tokens so far, -1 elsewhere
+  key: jax.Array      # PRNG key, split once per step
+
+
 def _generate_core(graphdef, state, tokens, prompt_mask, src, row_valid, max_new, key, temperature,
                    top_p, top_k, stop_ids, *, num_new: int, mode: str):
   """tokens/prompt_mask [U, P] (left-padded distinct prompts); src [B] int32 or None: row b
@@ -212,7 +227,7 @@ def _generate_core(graphdef, state, tokens, prompt_mask, src, row_valid, max_new
   new_slots = jnp.ones((u, num_new), prompt_mask.dtype)
   kv_mask = jnp.concatenate([prompt_mask, new_slots], axis=1)                    # [U, S]
   hidden, cache = model.forward_cached(tokens, positions, model.init_cache(u, s), 0, kv_mask,
-                                       last_only=True)
+                                       mode="prefill", last_only=True)
   logits = model.logits(hidden[:, -1])                                          # [U, V]
   if src is not None:  # one prefill per distinct prompt, then each row takes its prompt's cache
     cache, logits, kv_mask, prompt_mask = jax.tree.map(lambda x: jnp.take(x, src, axis=0),
@@ -225,23 +240,24 @@ def _generate_core(graphdef, state, tokens, prompt_mask, src, row_valid, max_new
   done = is_stop(tok) | ~row_valid
   out = jnp.full((b, num_new), -1, jnp.int32).at[:, 0].set(tok)
 
-  def cond(carry):
-    i, _, _, done, _, _ = carry
-    return (i < max_new) & ~jnp.all(done)
+  def cond(st: DecodeState):
+    return (st.step < max_new) & ~jnp.all(st.done)
 
-  def body(carry):
-    i, cache, tok, done, out, key = carry
+  def body(st: DecodeState) -> DecodeState:
+    i = st.step
     pos = (lengths + i - 1)[:, None]                                              # [B, 1]
-    hidden, cache = model.forward_cached(tok[:, None], pos, cache, p + i - 1, kv_mask)
+    hidden, cache = model.forward_cached(st.token[:, None], pos, st.cache, p + i - 1, kv_mask,
+                                         mode="decode")
     logits = model.logits(hidden[:, 0])
-    key, sub = jax.random.split(key)
+    key, sub = jax.random.split(st.key)
     nxt = sample_logits(logits, sub, temperature, top_p, top_k, mode=mode)
-    nxt = jnp.where(done, -1, nxt)
-    out = jax.lax.dynamic_update_slice(out, nxt[:, None], (0, i))
-    return i + 1, cache, nxt, done | is_stop(nxt), out, key
+    nxt = jnp.where(st.done, -1, nxt)
+    out = jax.lax.dynamic_update_slice(st.out, nxt[:, None], (0, i))
+    return DecodeState(step=i + 1, cache=cache, token=nxt, done=st.done | is_stop(nxt), out=out, key=key)
 
-  i, _, _, _, out, _ = jax.lax.while_loop(cond, body, (jnp.int32(1), cache, tok, done, out, key))
-  return out, i
+  init = DecodeState(step=jnp.int32(1), cache=cache, token=tok, done=done, out=out, key=key)
+  final = jax.lax.while_loop(cond, body, init)
+  return final.out, final.step
 
 
 _JIT_CACHE: dict = {}
@@ -305,7 +321,7 @@ def generate(model, prompts: Sequence[Sequence[int]], max_new_tokens: int = 64,
   b = bucket(len(prompts), MIN_BATCH_BUCKET)
   u = bucket(len(distinct), MIN_BATCH_BUCKET)
   if mesh is not None:
-    b, u = _round_to_batch_axes(b, mesh), _round_to_batch_axes(u, mesh)
+    b, u = sharding.round_to_batch(b, mesh), sharding.round_to_batch(u, mesh)
   if u < b:  # share prefills only where that shrinks the prefill's batch bucket
     src = np.pad(src, (0, b - len(src)))
   else:
@@ -317,36 +333,14 @@ def generate(model, prompts: Sequence[Sequence[int]], max_new_tokens: int = 64,
   graphdef, state = nnx.split(model)
   args = [tokens, mask, src, np.arange(b) < len(prompts)]
   if mesh is not None:
-    args = [None if a is None else _place_batch(a, mesh) for a in args]
+    args = sharding.place_batch(args, mesh)
   fn = _compiled(graphdef, n, mode)
   out, _ = fn(state, *args, jnp.int32(max_new_tokens), jax.random.key(seed),
               jnp.float32(temperature if temperature > 0 else 1.0), jnp.float32(top_p),
               jnp.int32(top_k), _stop_array(stop_token_ids))
-  from engage_jax import sharding
   out = sharding.to_host(out)
   stops = set(stop_token_ids)
   return [_cut(out[i], max_new_tokens, stops) for i in range(len(prompts))]
-
-
-# ---------------------------------------------------------------------------------------- sharding
-_BATCH_AXES = ("data", "fsdp")
-
-
-def _batch_axes(mesh) -> tuple[str, ...]:
-  return tuple(a for a in _BATCH_AXES if a in mesh.axis_names and mesh.shape[a] > 1)
-
-
-def _round_to_batch_axes(b: int, mesh) -> int:
-  size = int(np.prod([mesh.shape[a] for a in _batch_axes(mesh)] or [1]))
-  return -(-b // size) * size
-
-
-def _place_batch(x: np.ndarray, mesh) -> jax.Array:
-  from jax.sharding import NamedSharding, PartitionSpec
-  axes = _batch_axes(mesh)
-  spec = PartitionSpec(axes if axes else None, *([None] * (x.ndim - 1)))
-  from engage_jax import sharding
-  return sharding.put(x, NamedSharding(mesh, spec))
 
 
 # ---------------------------------------------------------------------------------------- log-probs
@@ -355,9 +349,8 @@ def _logprobs_core(graphdef, state, tokens, mask, target_mask):
   of the tokens where target_mask is 1, given everything before them: [B]."""
   model = nnx.merge(graphdef, state)
   hidden = model.hidden_states(tokens, mask)                                    # [B, T, D]
-  logits = model.logits(hidden[:, :-1]).astype(jnp.float32)                    # [B, T-1, V]
-  logp = jax.nn.log_softmax(logits, axis=-1)
-  tok_lp = jnp.take_along_axis(logp, tokens[:, 1:, None], axis=-1)[..., 0]     # [B, T-1]
+  logits = model.logits(hidden[:, :-1])                                         # [B, T-1, V] fp32
+  tok_lp = token_logps(logits, tokens[:, 1:])                                   # [B, T-1]
   return jnp.sum(jnp.where(target_mask[:, 1:] > 0, tok_lp, 0.0), axis=-1)
 
 
@@ -366,7 +359,7 @@ _LOGPROB_JIT: dict = {}
 
 def sequence_logprobs(model, prompts: Sequence[Sequence[int]],
                       completions: Sequence[Sequence[int]]) -> np.ndarray:
-  """Sum of log p(completion tokens | prompt) per row, fp32 log-softmax: float32 [N].
+  """Sum of log p(completion tokens | prompt) per row (fp32, `logprobs.token_logps`): float32 [N].
 
   prompts / completions: N ragged token lists (each non-empty). Rows are right-padded to a
   power-of-two length and a bucketed batch (`bucket`, as `generate` pads), so similar calls share
@@ -395,6 +388,5 @@ def sequence_logprobs(model, prompts: Sequence[Sequence[int]],
   fn = _LOGPROB_JIT.get(graphdef)
   if fn is None:
     fn = _LOGPROB_JIT[graphdef] = jax.jit(functools.partial(_logprobs_core, graphdef))
-  from engage_jax import sharding
   out = np.asarray(sharding.to_host(fn(state, tokens, mask, target)), np.float32)
   return out[:len(rows)]

@@ -1,17 +1,28 @@
 """Device mesh and sharding rules: the one place that says how arrays are laid out over devices.
 
 Mesh axes: `data` (pure data parallel), `fsdp` (data parallel with parameters sharded over it),
-`tensor` (heads / MLP / vocab split). Parameters get *logical* axis names from `PARAM_RULES`
-(regex on the NNX state path); `LOGICAL_TO_MESH` maps logical names to mesh axes. A dimension
-that a mesh axis does not divide is replicated instead (reported once per tensor at placement).
+`tensor` (heads / MLP / vocab split). This module owns:
+
+* parameters: every variable of a model's NNX state (the `nnx.Param`s and LoRA's `nnx.LoRAParam`s:
+  a `CausalLM` holds no other variables; rope frequencies are recomputed, LoRA's scale and
+  on/off flag are static attributes) gets *logical* axis names from `PARAM_RULES` (regex on its
+  state path; a path no rule matches is an error); `LOGICAL_TO_MESH` maps them to mesh axes;
+* activations: `constrain(x, axes)` pins an activation inside the model to `ACTIVATION_TO_MESH`
+  on the mesh set with `jax.set_mesh` (no mesh set: x unchanged, the traced program has no
+  sharding constraint);
+* batches: `batch_sharding` / `round_to_batch` / `place_batch`, the batch dim over data×fsdp;
+* the KV cache's layout (`cache_sharding`);
+* processes: `put` / `to_host`, the multi-controller host ↔ global array boundary.
+
+A dimension that its mesh axes do not divide is replicated instead.
 
     mesh = make_mesh(data=2, fsdp=4, tensor=1)
     model = shard_model(model, mesh)                    # params placed with NamedSharding
     step = jax.jit(fn, in_shardings=(state_sharding(mesh, state), batch_sharding(mesh, 2)), ...)
+    batch = place_batch({"input_ids": ids}, mesh)       # host [B, T] → global, B over data×fsdp
 """
 from __future__ import annotations
 
-import logging
 import math
 import re
 from typing import Sequence
@@ -36,6 +47,15 @@ LOGICAL_TO_MESH: dict[str, str | tuple[str, ...] | None] = {
     "head_dim": None,
 }
 
+# Activations (the model's `constrain` calls): logical name → mesh axes. Only the batch is split:
+# the hidden dim stays whole (parameters' "embed" is over fsdp, which already splits the batch).
+ACTIVATION_TO_MESH: dict[str, str | tuple[str, ...] | None] = {
+    "batch": ("data", "fsdp"),
+    "length": None,
+    "embed": None,
+}
+HIDDEN_AXES = ("batch", "length", "embed")  # the residual stream [B, T, D]
+
 # NNX parameter path (joined with "/") → logical axes of the array, first match wins.
 PARAM_RULES: tuple[tuple[str, tuple[str, ...]], ...] = (
     (r"embed_tokens$", ("vocab", "embed")),
@@ -57,9 +77,6 @@ PARAM_RULES: tuple[tuple[str, tuple[str, ...]], ...] = (
     (r"(o|down)_proj/lora/lora_b$", (None, "embed")),
     (r"(gate|up)_proj/lora/lora_b$", (None, "mlp")),
 )
-
-_log = logging.getLogger(__name__)
-
 
 def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1, devices: Sequence | None = None) -> Mesh:
   """A (data, fsdp, tensor) mesh; one size may be -1 to take the remaining devices."""
@@ -83,24 +100,28 @@ def path_str(path: tuple) -> str:
 
 
 def logical_axes(path: tuple, ndim: int) -> tuple[str | None, ...]:
-  """Logical axis names for the parameter at NNX `path` (replicated if no rule matches)."""
+  """Logical axis names for the variable at NNX state `path` (first matching `PARAM_RULES` entry);
+  ValueError naming the path when no rule matches or the rule's rank differs."""
   name = path_str(path)
   for pattern, axes in PARAM_RULES:
     if re.search(pattern, name):
       if len(axes) != ndim:
         raise ValueError(f"sharding rule {pattern!r} gives {len(axes)} axes for {name} of rank {ndim}")
       return axes
-  return (None,) * ndim
+  raise ValueError(f"no sharding rule (engage_jax.sharding.PARAM_RULES) matches the state path {name!r}")
 
 
-def logical_to_spec(mesh: Mesh, axes: Sequence[str | None], shape: Sequence[int] | None = None) -> P:
-  """PartitionSpec for logical `axes`; dims that the mesh axes do not divide are replicated."""
+def logical_to_spec(mesh: Mesh, axes: Sequence[str | None], shape: Sequence[int] | None = None,
+                    rules=None) -> P:
+  """PartitionSpec for logical `axes` under `rules` (default `LOGICAL_TO_MESH`); mesh axes of size
+  1 or absent from the mesh are dropped, and dims that the mesh axes do not divide are replicated."""
+  rules = LOGICAL_TO_MESH if rules is None else rules
   spec = []
   for i, ax in enumerate(axes):
-    mesh_ax = LOGICAL_TO_MESH.get(ax) if ax is not None else None
+    mesh_ax = rules.get(ax) if ax is not None else None
     if mesh_ax is not None:
       names = (mesh_ax,) if isinstance(mesh_ax, str) else tuple(mesh_ax)
-      names = tuple(n for n in names if mesh.shape[n] > 1)
+      names = tuple(n for n in names if mesh.shape.get(n, 1) > 1)
       size = math.prod(mesh.shape[n] for n in names)
       if not names or (shape is not None and shape[i] % size):
         mesh_ax = None
@@ -129,9 +150,22 @@ def shard_model(model: nnx.Module, mesh: Mesh) -> nnx.Module:
   return model
 
 
-def batch_sharding(mesh: Mesh, ndim: int) -> NamedSharding:
-  """Leading (batch) dim over (data, fsdp); the rest replicated."""
-  return NamedSharding(mesh, logical_to_spec(mesh, ("batch",) + (None,) * (ndim - 1)))
+def constrain(x: jax.Array, axes: Sequence[str | None]) -> jax.Array:
+  """`x` constrained to the logical activation `axes` (`ACTIVATION_TO_MESH`, e.g. `HIDDEN_AXES`
+  for [B, T, D]) on the mesh set with `jax.set_mesh`; without one, `x` itself (no constraint is
+  traced). Dims the mesh axes do not divide stay replicated."""
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh.empty:
+    return x
+  return jax.lax.with_sharding_constraint(x, logical_to_spec(mesh, axes, x.shape, ACTIVATION_TO_MESH))
+
+
+# ---------------------------------------------------------------------------- batches
+def batch_sharding(mesh: Mesh, ndim: int, *, accum: bool = False) -> NamedSharding:
+  """An [B, ...] array of rank `ndim` (accum: [A, B, ...], A micro-batches, replicated): B over
+  the batch axes (data, fsdp), the rest replicated."""
+  lead = (None, "batch") if accum else ("batch",)
+  return NamedSharding(mesh, logical_to_spec(mesh, lead + (None,) * (ndim - len(lead))))
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
@@ -140,13 +174,31 @@ def replicated(mesh: Mesh) -> NamedSharding:
 
 def batch_divisor(mesh: Mesh) -> int:
   """Global batch sizes must be multiples of this (the data × fsdp extent)."""
-  return mesh.shape["data"] * mesh.shape["fsdp"]
+  return math.prod(mesh.shape.get(a, 1) for a in LOGICAL_TO_MESH["batch"])
+
+
+def round_to_batch(size: int, mesh: Mesh) -> int:
+  """The smallest multiple of `batch_divisor(mesh)` that is >= size (a batch padded to it splits
+  evenly over the batch axes)."""
+  d = batch_divisor(mesh)
+  return -(-size // d) * d
 
 
 def check_batch(mesh: Mesh, batch_size: int, what: str = "batch size") -> None:
   d = batch_divisor(mesh)
   if batch_size % d:
     raise ValueError(f"{what} {batch_size} is not divisible by the data×fsdp mesh extent {d}")
+
+
+def cache_sharding(mesh: Mesh, config, batch: int, length: int) -> tuple:
+  """NamedShardings of a KV cache (`models.llama.init_cache`: a tuple over layers of
+  `LayerCache(keys [B, KV, hd, S], values [B, KV, S, hd])`) by its logical axes
+  (`llama.CACHE_KEY_AXES` / `CACHE_VALUE_AXES`)."""
+  from engage_jax.models import llama  # here: llama imports this module
+  k_shape, v_shape = llama.cache_shapes(config, batch, length)
+  layer = llama.LayerCache(keys=NamedSharding(mesh, logical_to_spec(mesh, llama.CACHE_KEY_AXES, k_shape)),
+                           values=NamedSharding(mesh, logical_to_spec(mesh, llama.CACHE_VALUE_AXES, v_shape)))
+  return tuple(layer for _ in range(config.num_hidden_layers))
 
 
 # ---------------------------------------------------------------------------- processes
@@ -179,12 +231,11 @@ def put_tree(tree, shardings):
   return jax.tree.map(put, tree, shardings)
 
 
-def place_batch(batch, shardings):
-  """A batch dict {key: host array [B, ...] / [A, B, ...]} placed with `shardings` ({key:
-  NamedSharding} or one sharding for every key): the one batch-placement helper."""
-  if isinstance(shardings, jax.sharding.Sharding):
-    return {k: put(v, shardings) for k, v in batch.items()}
-  return {k: put(v, shardings[k]) for k, v in batch.items()}
+def place_batch(tree, mesh: Mesh, *, accum: bool = False):
+  """A pytree of host arrays [B, ...] (accum: [A, B, ...]) as global arrays on `mesh`, each
+  with `batch_sharding(mesh, ndim, accum=accum)` (`put`: multi-host safe; None leaves stay
+  None): the one batch-placement helper."""
+  return jax.tree.map(lambda x: put(x, batch_sharding(mesh, np.ndim(x), accum=accum)), tree)
 
 
 def to_host(tree):

@@ -5,13 +5,20 @@ SwiGLU MLP, tied or untied output embedding. Two entry points:
 
 * `model(input_ids [B, T], attention_mask [B, T], positions [B, T]) -> logits [B, T, V]` (fp32).
 * the KV-cache path: `cache = model.init_cache(B, S)`, then
-  `model.forward_cached(ids [B, T], positions [B, T], cache, cache_index, kv_mask [B, S])
-  -> (hidden [B, T, D], cache)` writes the T new keys/values at slots `cache_index..+T-1` and attends
-  to every slot `s <= slot(t)` with `kv_mask[b, s]`; `model.logits(hidden)` gives the logits.
+  `model.forward_cached(ids [B, T], positions [B, T], cache, cache_index, kv_mask [B, S], mode=...)
+  -> (hidden [B, T, D], cache)` writes the T new keys/values at slots `cache_index..+T-1`;
+  `model.logits(hidden)` gives the logits. `mode` (static) says which attention runs:
+  "decode" (the default): token t attends to every cache slot `s <= cache_index + t` with
+  `kv_mask[b, s]`; "prefill" (an empty cache, `cache_index` 0): the T tokens attend causally among
+  themselves (blocked causal self-attention, optionally for the last position only).
 
-The cache is a tuple over layers of `(keys [B, KV, hd, S], values [B, KV, S, hd])` (head-major
-with transposed keys: both decode attention products are then plain matmuls, which XLA:CPU runs
-much faster than with `[B, S, KV, hd]` or keys `[B, KV, S, hd]`).
+The cache is a tuple over layers of `LayerCache(keys [B, KV, hd, S], values [B, KV, S, hd])`
+(head-major with transposed keys: both decode attention products are then plain matmuls, which
+XLA:CPU runs much faster than with `[B, S, KV, hd]` or keys `[B, KV, S, hd]`).
+
+Sharding and remat are declared here: the residual stream [B, T, D] (embedding output and every
+layer's output) is constrained to `sharding.HIDDEN_AXES` on the mesh set with `jax.set_mesh` (a
+no-op without one), and `CausalLM(..., remat=True)` recomputes each layer in the backward pass.
 """
 from __future__ import annotations
 
@@ -19,21 +26,49 @@ import math
 
 import jax
 import jax.numpy as jnp
-from flax import nnx
+from flax import nnx, struct
 
+from engage_jax import sharding
 from engage_jax.models.config import ModelConfig
 
-KVCache = tuple  # tuple[(keys [B, KV, hd, S], values [B, KV, S, hd]), ...] over layers
 # Logical axes of one layer's cached keys and values (sharding rules: engage_jax.sharding).
 CACHE_KEY_AXES = ("batch", "kv_heads", "head_dim", "length")
 CACHE_VALUE_AXES = ("batch", "kv_heads", "length", "head_dim")
+MODES = ("prefill", "decode")  # the cached forward's attention (module docstring)
+
+
+@struct.dataclass
+class LayerCache:
+  """One layer's KV cache. Keys are stored transposed so the decode score product q·k is a plain
+  matmul with S as its wide N."""
+  keys: jax.Array    # [B, KV, hd, S]
+  values: jax.Array  # [B, KV, S, hd]
+
+  def write(self, kt: jax.Array, v: jax.Array, index) -> "LayerCache":
+    """kt [B, KV, hd, T] / v [B, KV, T, hd] written at slots index..index+T-1 (in place under jit)."""
+    zero, index = jnp.zeros((), jnp.int32), jnp.asarray(index, jnp.int32)
+    return LayerCache(
+        keys=jax.lax.dynamic_update_slice(self.keys, kt.astype(self.keys.dtype), (zero, zero, zero, index)),
+        values=jax.lax.dynamic_update_slice(self.values, v.astype(self.values.dtype), (zero, zero, index, zero)))
+
+
+KVCache = tuple  # tuple[LayerCache, ...] over layers
 
 
 def cache_shapes(config: ModelConfig, batch: int, length: int) -> tuple[tuple, tuple]:
-  """Shapes of one layer's cached (keys, values): ([B, KV, hd, S], [B, KV, S, hd]). Keys are
-  stored transposed so the decode score product q·k is a plain matmul with S as its wide N."""
+  """Shapes of one layer's cached (keys, values): ([B, KV, hd, S], [B, KV, S, hd])."""
   kv, hd = config.num_key_value_heads, config.head_dim
   return (batch, kv, hd, length), (batch, kv, length, hd)
+
+
+def init_cache(config: ModelConfig, batch: int, length: int, dtype) -> KVCache:
+  """Zeroed cache: a `LayerCache(keys [B, KV, hd, S], values [B, KV, S, hd])` per layer (for an
+  abstract one: `jax.eval_shape(lambda: init_cache(config, B, S, dtype))`)."""
+  k_shape, v_shape = cache_shapes(config, batch, length)
+  return tuple(LayerCache(keys=jnp.zeros(k_shape, dtype), values=jnp.zeros(v_shape, dtype))
+               for _ in range(config.num_hidden_layers))
+
+
 _MASK_VALUE = -0.7 * float(jnp.finfo(jnp.float32).max)
 
 
@@ -176,30 +211,28 @@ class Attention(nnx.Module):
     self.window = config.sliding_window
     self.dtype = dtype
 
-  def __call__(self, x, cos, sin, valid, cache=None, cache_index=0, q_slots=None,
-               last_only: bool = False):
+  def __call__(self, x, cos, sin, valid, cache: LayerCache | None = None, cache_index=0,
+               q_slots=None, *, mode: str = "prefill", last_only: bool = False):
     """x [B, T, D]; cos/sin [B, T, hd]; valid [B, S] bool: which key slots hold real tokens.
 
-    cache None: causal self-attention of the T tokens (S == T). cache (keys [B, KV, hd, S],
-    values [B, KV, S, hd]; `cache_shapes`): the new keys/values are written at slots
-    `cache_index..+T-1`; with `cache_index` the Python int 0 (a prefill) the T tokens attend
-    causally among themselves, otherwise query t (slot q_slots[t], [T] int) attends to every cache slot s <= q_slots[t] with valid[b, s] (and inside the sliding
-    window). last_only (self-attention only): keys/values of all T tokens, but the output of the
-    last query alone ([B, 1, D]). Returns (out [B, T or 1, D], new (k, v) or None).
+    The new keys/values are written into `cache` (when given) at slots `cache_index..+T-1`.
+    mode (static) "prefill": causal self-attention of the T tokens (slots 0..T-1: no cache, or
+    `cache_index` 0); "decode" (needs a cache): query t (slot q_slots[t], [T] int) attends to
+    every cache slot s <= q_slots[t] with valid[b, s]. Both keep to the sliding window.
+    last_only (prefill only): keys/values of all T tokens, but the output of the last query alone
+    ([B, 1, D]). Returns (out [B, T or 1, D], new LayerCache or None).
     """
+    if mode not in MODES:
+      raise ValueError(f"Attention: mode must be one of {MODES}, got {mode!r}")
+    if mode == "decode" and cache is None:
+      raise ValueError("Attention: mode='decode' needs a cache")
+    if last_only and mode != "prefill":
+      raise ValueError("Attention: last_only needs mode='prefill'")
     b, t, _ = x.shape
     kv, g, hd = self.num_kv_heads, self.num_heads // self.num_kv_heads, self.head_dim
     kt = apply_rope(self.k_proj(x).reshape(b, t, kv, hd), cos, sin).transpose(0, 2, 3, 1)
     v = self.v_proj(x).reshape(b, t, kv, hd).transpose(0, 2, 1, 3)
-    new_cache = None
-    if cache is not None:
-      zero, index = jnp.zeros((), jnp.int32), jnp.asarray(cache_index, jnp.int32)
-      new_cache = (
-          jax.lax.dynamic_update_slice(cache[0], kt.astype(cache[0].dtype), (zero, zero, zero, index)),
-          jax.lax.dynamic_update_slice(cache[1], v.astype(cache[1].dtype), (zero, zero, index, zero)))
-    self_attention = cache is None or (isinstance(cache_index, int) and cache_index == 0)
-    if last_only and not self_attention:
-      raise ValueError("Attention: last_only needs self-attention (no cache, or cache_index=0)")
+    new_cache = None if cache is None else cache.write(kt, v, cache_index)
     if last_only:
       x, cos, sin = x[:, -1:], cos[:, -1:], sin[:, -1:]
     tq = x.shape[1]
@@ -208,11 +241,11 @@ class Attention(nnx.Module):
     if last_only:
       allowed = causal_allowed(jnp.array([t - 1]), jnp.arange(t), self.window)
       out = attend(q, kt, v, allowed[None] & valid[:, None, :t], self.dtype)
-    elif self_attention:
+    elif mode == "prefill":
       out = causal_self_attention(q, kt, v, valid[:, :t], self.window, self.dtype)
     else:
       allowed = causal_allowed(q_slots, jnp.arange(valid.shape[1]), self.window)
-      out = attend(q, *new_cache, allowed[None] & valid[:, None, :], self.dtype)
+      out = attend(q, new_cache.keys, new_cache.values, allowed[None] & valid[:, None, :], self.dtype)
     return self.o_proj(out), new_cache
 
 
@@ -231,6 +264,9 @@ class MLP(nnx.Module):
 
 
 class DecoderLayer(nnx.Module):
+  """Pre-norm block: x + attention(norm(x)), then + mlp(norm(.)); the output [B, T, D] is
+  constrained to `sharding.HIDDEN_AXES` (a no-op without a mesh set)."""
+
   def __init__(self, config: ModelConfig, *, dtype, param_dtype, rngs: nnx.Rngs):
     norm = dict(eps=config.rms_norm_eps, dtype=dtype, param_dtype=param_dtype)
     self.input_layernorm = RMSNorm(config.hidden_size, **norm)
@@ -238,20 +274,22 @@ class DecoderLayer(nnx.Module):
     self.post_attention_layernorm = RMSNorm(config.hidden_size, **norm)
     self.mlp = MLP(config, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
 
-  def __call__(self, x, cos, sin, valid, cache=None, cache_index=0, q_slots=None,
-               last_only: bool = False):
-    """See `Attention.__call__`; last_only: the output of the last position alone [B, 1, D]."""
+  def __call__(self, x, cos, sin, valid, cache: LayerCache | None = None, cache_index=0,
+               q_slots=None, *, mode: str = "prefill", last_only: bool = False):
+    """x [B, T, D] → (out [B, T, D] (last_only: [B, 1, D]), new LayerCache or None); the other
+    arguments as in `Attention.__call__`."""
     h, new_cache = self.self_attn(self.input_layernorm(x), cos, sin, valid, cache, cache_index,
-                                  q_slots, last_only)
+                                  q_slots, mode=mode, last_only=last_only)
     x = (x[:, -1:] if last_only else x) + h
-    return x + self.mlp(self.post_attention_layernorm(x)), new_cache
+    return sharding.constrain(x + self.mlp(self.post_attention_layernorm(x)), sharding.HIDDEN_AXES), new_cache
 
 
 class CausalLM(nnx.Module):
-  """Llama-family causal LM (see module docstring for shapes)."""
+  """Llama-family causal LM (see module docstring for shapes). remat: recompute each layer's
+  activations in the backward pass of the full forward (`jax.checkpoint` per layer)."""
 
   def __init__(self, config: ModelConfig, *, dtype=jnp.float32, param_dtype=jnp.float32,
-               rngs: nnx.Rngs | None = None):
+               rngs: nnx.Rngs | None = None, remat: bool = False):
     rngs = rngs if rngs is not None else nnx.Rngs(0)
     self.config = config
     self.dtype = dtype
@@ -259,14 +297,15 @@ class CausalLM(nnx.Module):
     self.layers = nnx.List([DecoderLayer(config, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
                             for _ in range(config.num_hidden_layers)])
     self.norm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps, dtype=dtype, param_dtype=param_dtype)
-    self.remat = False  # True: recompute each layer's activations in the backward pass (jax.checkpoint)
+    self.remat = remat
     self.lm_head = None if config.tie_word_embeddings else Linear(
         config.hidden_size, config.vocab_size, use_bias=False, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
 
   # ------------------------------------------------------------------ pieces
   def embed(self, input_ids: jax.Array) -> jax.Array:
-    """input_ids [B, T] int → [B, T, D]."""
-    return jnp.take(self.embed_tokens[...], input_ids, axis=0).astype(self.dtype)
+    """input_ids [B, T] int → [B, T, D] (constrained to `sharding.HIDDEN_AXES`)."""
+    return sharding.constrain(jnp.take(self.embed_tokens[...], input_ids, axis=0).astype(self.dtype),
+                              sharding.HIDDEN_AXES)
 
   def logits(self, hidden: jax.Array) -> jax.Array:
     """hidden [..., D] (already final-normed) → fp32 logits [..., V]."""
@@ -302,21 +341,22 @@ class CausalLM(nnx.Module):
 
   # ------------------------------------------------------------------ KV-cache path
   def init_cache(self, batch: int, max_len: int, dtype=None) -> KVCache:
-    """Zeroed cache: per layer (keys [B, KV, hd, S], values [B, KV, S, hd]) (`cache_shapes`)."""
-    k_shape, v_shape = cache_shapes(self.config, batch, max_len)
-    dtype = dtype or self.dtype
-    return tuple((jnp.zeros(k_shape, dtype), jnp.zeros(v_shape, dtype))
-                 for _ in range(self.config.num_hidden_layers))
+    """Zeroed cache: a `LayerCache(keys [B, KV, hd, S], values [B, KV, S, hd])` per layer."""
+    return init_cache(self.config, batch, max_len, dtype or self.dtype)
 
-  def forward_cached(self, input_ids, positions, cache: KVCache, cache_index, kv_mask,
-                     last_only: bool = False):
-    """ids/positions [B, T]; cache per layer (keys [B, KV, hd, S], values [B, KV, S, hd]);
-    kv_mask [B, S] (1 = slot holds a real token, including the T being written). Returns (final-normed hidden [B, T, D], new cache).
+  def forward_cached(self, input_ids, positions, cache: KVCache, cache_index, kv_mask, *,
+                     mode: str = "decode", last_only: bool = False):
+    """ids/positions [B, T]; cache: a LayerCache per layer; kv_mask [B, S] (1 = slot holds a real
+    token, including the T being written). Returns (final-normed hidden [B, T, D], new cache).
 
-    last_only (a prefill: `cache_index` the Python int 0): hidden [B, 1, D] of the last position
-    only; the last layer then computes queries, attention and MLP for that position alone (every
-    layer still writes the keys/values of all T tokens).
+    mode (static): "decode" attends to the cache slots <= each token's slot; "prefill" (an empty
+    cache: `cache_index` must be 0) runs causal self-attention over the T tokens. last_only
+    (prefill only): hidden [B, 1, D] of the last position; the last layer then computes queries,
+    attention and MLP for that position alone (every layer still writes all T keys/values).
     """
+    if mode == "prefill" and not (isinstance(cache_index, int) and cache_index == 0):
+      raise ValueError(f"forward_cached: mode='prefill' writes slots 0..T-1, so cache_index must be 0, "
+                       f"got {cache_index!r}")
     q_slots = cache_index + jnp.arange(input_ids.shape[1])
     valid = kv_mask.astype(bool)
     cos, sin = rope_cos_sin(positions, rope_inv_freq(self.config))
@@ -324,11 +364,13 @@ class CausalLM(nnx.Module):
     new_cache = []
     last = len(self.layers) - 1
     for i, (layer, layer_cache) in enumerate(zip(self.layers, cache)):
-      x, c = layer(x, cos, sin, valid, layer_cache, cache_index, q_slots, last_only and i == last)
+      x, c = layer(x, cos, sin, valid, layer_cache, cache_index, q_slots, mode=mode,
+                   last_only=last_only and i == last)
       new_cache.append(c)
     return self.norm(x), tuple(new_cache)
 
-  def decode(self, input_ids, positions, cache: KVCache, cache_index, kv_mask):
+  def decode(self, input_ids, positions, cache: KVCache, cache_index, kv_mask, *,
+             mode: str = "decode"):
     """`forward_cached` followed by `logits`: returns (logits [B, T, V] fp32, new cache)."""
-    hidden, cache = self.forward_cached(input_ids, positions, cache, cache_index, kv_mask)
+    hidden, cache = self.forward_cached(input_ids, positions, cache, cache_index, kv_mask, mode=mode)
     return self.logits(hidden), cache

@@ -199,7 +199,7 @@ def merge(model: nnx.Module) -> nnx.Module:
   from engage_jax.models.llama import CausalLM
   first = next(iter(nnx.to_flat_state(nnx.state(model, nnx.Param))))[1]
   plain = nnx.eval_shape(lambda: CausalLM(model.config, dtype=model.dtype,
-                                          param_dtype=first[...].dtype, rngs=nnx.Rngs(0)))
+                                          param_dtype=first[...].dtype, rngs=nnx.Rngs(0), remat=model.remat))
   graphdef, abs_state = nnx.split(plain)
   deltas = {tuple(p) + ("kernel",): delta(m) for p, m in adapted(model)}
   src = dict(nnx.to_flat_state(nnx.state(model, nnx.Param)))
@@ -209,9 +209,7 @@ def merge(model: nnx.Module) -> nnx.Module:
     if path in deltas:
       x = (x.astype(jnp.float32) + deltas[path]).astype(x.dtype)
     flat.append((path, var.replace(x)))
-  out = nnx.merge(graphdef, nnx.from_flat_state(flat))
-  out.remat = model.remat
-  return out
+  return nnx.merge(graphdef, nnx.from_flat_state(flat))
 
 
 # ---------------------------------------------------------------------------- PEFT I/O

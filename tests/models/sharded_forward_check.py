@@ -1,4 +1,4 @@
-"""Run in a subprocess with 8 forced host devices: sharded forward == unsharded forward."""
+"""Run in a subprocess with 8 forced host devices: sharded forward == unsharded forward (also with\nthe model's activation constraints on, under `jax.set_mesh`)."""
 from __future__ import annotations
 
 import os
@@ -47,6 +47,14 @@ def main() -> int:
     err = float(np.abs(np.asarray(out) - ref).max())
     print(f"mesh {shape}: q_proj spec {spec}, max |diff| {err:.2e}")
     assert err < 1e-5, (shape, err)
+    with jax.set_mesh(mesh):  # the model's own activation constraints (sharding.HIDDEN_AXES) on
+      text = fwd.lower(state, ids, mask).as_text()
+      out_c = fwd(state, ids, mask)
+    err_c = float(np.abs(np.asarray(out_c) - ref).max())
+    print(f"mesh {shape} with jax.set_mesh: {text.count('sharding_constraint')} constraints, "
+          f"max |diff| {err_c:.2e}")
+    assert text.count("sharding_constraint") >= 1 + config.num_hidden_layers, text[:2000]
+    assert err_c < 1e-5, (shape, err_c)
   print("OK")
   return 0
 

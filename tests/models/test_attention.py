@@ -82,14 +82,15 @@ def test_last_only_prefill_equals_full_prefill(window):
   positions = np.maximum(mask.cumsum(-1) - 1, 0)
   kv_mask = np.concatenate([mask, np.ones((b, s - t), np.int32)], axis=1)
   args = (jnp.asarray(ids), jnp.asarray(positions))
-  full, cache_full = model.forward_cached(*args, model.init_cache(b, s), 0, jnp.asarray(kv_mask))
+  full, cache_full = model.forward_cached(*args, model.init_cache(b, s), 0, jnp.asarray(kv_mask),
+                                          mode="prefill")
   last, cache_last = model.forward_cached(*args, model.init_cache(b, s), 0, jnp.asarray(kv_mask),
-                                          last_only=True)
+                                          mode="prefill", last_only=True)
   assert last.shape == (b, 1, config.hidden_size)
   np.testing.assert_allclose(np.asarray(last[:, 0]), np.asarray(full[:, -1]), atol=1e-5)
-  for (k0, v0), (k1, v1) in zip(cache_full, cache_last):  # every layer still caches all T tokens
-    np.testing.assert_array_equal(np.asarray(k0), np.asarray(k1))
-    np.testing.assert_array_equal(np.asarray(v0), np.asarray(v1))
+  for c0, c1 in zip(cache_full, cache_last):  # every layer still caches all T tokens
+    np.testing.assert_array_equal(np.asarray(c0.keys), np.asarray(c1.keys))
+    np.testing.assert_array_equal(np.asarray(c0.values), np.asarray(c1.values))
 
 
 def test_last_only_needs_a_prefill():

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from engage_jax.models import CausalLM, ModelConfig
+from engage_jax.models import CausalLM, ModelConfig, llama
 
 CONFIGS = {
     "llama_gqa": ModelConfig(vocab_size=89, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
@@ -41,7 +41,7 @@ def test_prefill_then_steps_match_full_forward(name):
   kv_mask[:, :t_prompt] = mask[:, :t_prompt]
   cache = model.init_cache(b, s)
   logits, cache = model.decode(jnp.asarray(ids[:, :t_prompt]), jnp.asarray(positions[:, :t_prompt]), cache, 0,
-                               jnp.asarray(kv_mask))
+                               jnp.asarray(kv_mask), mode="prefill")
   real = mask[:, :t_prompt].astype(bool)
   np.testing.assert_allclose(np.asarray(logits)[real], full[:, :t_prompt][real], atol=1e-5)
   step = jax.jit(model.decode.__func__, static_argnums=())  # plain function of (model, ...)
@@ -56,8 +56,9 @@ def test_cache_shapes_are_head_major_with_transposed_keys():
   config = CONFIGS["llama_gqa"]
   cache = CausalLM(config, rngs=nnx.Rngs(0)).init_cache(2, 32)
   assert len(cache) == config.num_hidden_layers
-  assert cache[0][0].shape == (2, config.num_key_value_heads, config.head_dim, 32)
-  assert cache[0][1].shape == (2, config.num_key_value_heads, 32, config.head_dim)
+  assert all(isinstance(c, llama.LayerCache) for c in cache)
+  assert cache[0].keys.shape == (2, config.num_key_value_heads, config.head_dim, 32)
+  assert cache[0].values.shape == (2, config.num_key_value_heads, 32, config.head_dim)
 
 
 def test_remat_gives_the_same_loss_and_gradients():
@@ -65,8 +66,7 @@ def test_remat_gives_the_same_loss_and_gradients():
   ids = jnp.asarray(np.random.RandomState(1).randint(1, config.vocab_size, (2, 9)))
 
   def loss_and_grads(remat: bool):
-    model = CausalLM(config, rngs=nnx.Rngs(5))
-    model.remat = remat
+    model = CausalLM(config, rngs=nnx.Rngs(5), remat=remat)
     loss = lambda m: jnp.mean(jax.nn.log_softmax(m(ids))[..., 3])
     return nnx.value_and_grad(loss)(model)
 

@@ -34,9 +34,9 @@ def test_zero_init_b_is_exactly_the_base_model():
   # the cached (sampling) path as well
   cache = m.init_cache(2, 9)
   pos = np.maximum(np.cumsum(MASK, -1) - 1, 0)
-  h, _ = m.forward_cached(IDS, pos, cache, 0, MASK)
+  h, _ = m.forward_cached(IDS, pos, cache, 0, MASK, mode="prefill")
   m2 = _model()
-  h2, _ = m2.forward_cached(IDS, pos, m2.init_cache(2, 9), 0, MASK)
+  h2, _ = m2.forward_cached(IDS, pos, m2.init_cache(2, 9), 0, MASK, mode="prefill")
   np.testing.assert_array_equal(np.asarray(h), np.asarray(h2))
 
 
