@@ -7,9 +7,9 @@ Public API:
   Trees, init_trees, ROOT_INDEX, NO_PARENT, UNVISITED (tree.py: the arrays)
   Env, Expansion, RolloutResult, UNPARSED             (base.py: the env protocol and records)
   ModelEnv                                            (env.py: the agent + simulator LMs)
-  BanditEnv, SequentialEnv                            (testing.py: test doubles)
   extract_pairs, tree_pairs, write_jsonl, read_jsonl  (pairs.py)
   run_search, read_search_pairs, config_from_section, shard_seed, RUNNER_KEYS (run.py)
+Test doubles (BanditEnv, SequentialEnv) are in engage_jax.search.testing, not exported here.
 ModelEnv imports the model stack lazily; SearchConfig's SamplingParams comes from
 engage_jax.sampling (which imports jax).
 """
@@ -21,7 +21,6 @@ from engage_jax.search.run import (RUNNER_KEYS, config_from_section, read_search
                                    shard_seed)
 from engage_jax.search.selection import SELECTION_RULES, puct_scores, uct_scores
 from engage_jax.search.similarity import prune_duplicates, similarity
-from engage_jax.search.testing import BanditEnv, SequentialEnv
 from engage_jax.search.tree import NO_PARENT, ROOT_INDEX, UNVISITED, Trees, init_trees
 
 __all__ = [
@@ -29,5 +28,5 @@ __all__ = [
     "search", "validate", "extract_pairs", "read_jsonl", "tree_pairs", "write_jsonl",
     "RUNNER_KEYS", "config_from_section", "read_search_pairs", "run_search", "shard_seed",
     "SELECTION_RULES", "puct_scores", "uct_scores", "prune_duplicates", "similarity",
-    "BanditEnv", "SequentialEnv", "NO_PARENT", "ROOT_INDEX", "UNVISITED", "Trees", "init_trees",
+    "NO_PARENT", "ROOT_INDEX", "UNVISITED", "Trees", "init_trees",
 ]

@@ -15,6 +15,10 @@ One tree per user condition. Each round:
 A tree is live while it has used fewer than `budget` expansions and still has an expandable node.
 Terminal (the simulator ended the chat) and truncated (turn cap) nodes are never expanded; nor are
 nodes at `max_depth`.
+
+This module owns the algorithm's settings (`SearchConfig`, checked by `validate`) and the round
+loop (`search`); the selection rules are in search/selection.py, sibling pruning in
+search/similarity.py, the tree arrays in search/tree.py, the env boundary in search/base.py.
 """
 from __future__ import annotations
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 import numpy as np
 
 from engage_jax.data.dialogue import Dialogue, Turn
-from engage_jax.search import BanditEnv, Expansion, RolloutResult, SearchConfig, search
+from engage_jax.search import Expansion, RolloutResult, SearchConfig, search
+from engage_jax.search.testing import BanditEnv
 from engage_jax.search.tree import NO_PARENT, ROOT_INDEX, UNVISITED
 
 from tests.search._search_helpers import ARMS, ES_CONDITION, es_roots

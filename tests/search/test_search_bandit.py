@@ -4,7 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from engage_jax.search import BanditEnv, SearchConfig, SequentialEnv, extract_pairs, search
+from engage_jax.search import SearchConfig, extract_pairs, search
+from engage_jax.search.testing import BanditEnv, SequentialEnv
 from engage_jax.search.tree import ROOT_INDEX
 
 from tests.search._search_helpers import ARMS, es_roots

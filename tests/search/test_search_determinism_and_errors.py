@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from engage_jax.data.dialogue import Dialogue, Turn
-from engage_jax.search import BanditEnv, SearchConfig, extract_pairs, run_search, search
+from engage_jax.search import SearchConfig, extract_pairs, run_search, search
+from engage_jax.search.testing import BanditEnv
 
 from tests.search._search_helpers import ARMS, ES_CONDITION, es_roots
 

@@ -11,7 +11,8 @@ import time
 
 import pytest
 
-from engage_jax.search import BanditEnv, SearchConfig, read_search_pairs, run_search
+from engage_jax.search import SearchConfig, read_search_pairs, run_search
+from engage_jax.search.testing import BanditEnv
 from engage_jax.search.pairs import pair_key
 
 from tests.search._search_helpers import ARMS, es_roots
@@ -104,7 +105,8 @@ def test_resume_with_other_config_is_an_error(tmp_path):
 SCRIPT = textwrap.dedent("""
   import os, sys, time
   sys.path.insert(0, {repo!r})
-  from engage_jax.search import BanditEnv, SearchConfig, run_search
+  from engage_jax.search import SearchConfig, run_search
+  from engage_jax.search.testing import BanditEnv
   from tests.search._search_helpers import ARMS, es_roots
 
   SIGNAL = {signal!r}
