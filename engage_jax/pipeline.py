@@ -228,25 +228,15 @@ def stage_tokenizer(cfg, wd: Workdir) -> dict:
   return {"vocab_size": tok.vocab_size}
 
 
-# config key (configs/base.py) → TrainConfig field; the other keys keep their names.
-_TRAIN_KEYS = {"grad_clip": "max_grad_norm", "grad_accum": "grad_accum_steps", "checkpoint_every": "save_every",
-               "steps": "num_steps"}
-
-
 def train_config(cfg, section, **overrides):
-  """A train.loop.TrainConfig from the `sft` or `dpo` config section (every key is used)."""
-  from engage_jax.train.loop import TrainConfig
-  known = {f for f in TrainConfig.__dataclass_fields__}
-  fields = {}
-  for key, value in section.items():
-    name = _TRAIN_KEYS.get(key, key)
-    if name in known:
-      fields[name] = value
-    elif key not in ("agent_steps", "simulator_steps"):
-      raise ValueError(f"config key {key!r} of the training section has no TrainConfig field")
-  fields.update(compute_dtype=cfg.model.dtype, seed=cfg.seed)
-  fields.update(overrides)
-  return TrainConfig.from_any(fields)
+  """The trainer's settings of the `sft` or `dpo` config section: a train.config.TrainConfig (sft)
+  or DPOConfig (dpo) whose fields are the section's keys (1:1; an unknown key is an error), less
+  the pipeline's own `sft.agent_steps` / `sft.simulator_steps` (passed as `steps=`), plus the
+  model's compute dtype and the seed."""
+  from engage_jax.train.config import DPOConfig, TrainConfig
+  cls = DPOConfig if section is cfg.dpo else TrainConfig
+  fields = {k: v for k, v in section.items() if k not in ("agent_steps", "simulator_steps")}
+  return cls.from_any({**fields, "compute_dtype": cfg.model.dtype, "seed": cfg.seed, **overrides})
 
 
 def stage_sft(cfg, wd: Workdir, role: str) -> dict:
@@ -266,7 +256,7 @@ def stage_sft(cfg, wd: Workdir, role: str) -> dict:
     save_trained(new_model(cfg, role, tok), out, cfg.model[role].path)
     return {"examples": 0, "step": 0, "pretrained_as_is": True}
   model = new_model(cfg, role, tok)
-  tcfg = train_config(cfg, cfg.sft, num_steps=steps, max_len=cfg.data.max_len)
+  tcfg = train_config(cfg, cfg.sft, steps=steps, max_len=cfg.data.max_len)
   model, summary = sft_train.train_sft(model, train, tcfg, str(out), mesh=make_mesh(cfg), eval_data=valid)
   save_trained(model, out, cfg.model[role].path)
   return {"examples": stats.get("examples"), **{k: v for k, v in summary.items() if _jsonable(v)}}

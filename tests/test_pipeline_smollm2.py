@@ -90,7 +90,7 @@ def test_dpo_pairs_and_a_step_with_the_real_tokenizer(small_real, tmp_path):
   """Chosen/rejected token spans are exactly the completions + <|im_end|>; one DPO step runs."""
   import numpy as np
   from engage_jax import models
-  from engage_jax.train import dpo
+  from engage_jax.train import dpo, pair_data
   model_dir, tok = small_real
   prompt = [{"role": "system", "content": "You are a supporter."}, {"role": "user", "content": "I feel alone."}]
   pairs = [{"prompt": prompt, "chosen": [{"role": "assistant", "content": "That sounds hard. I'm here."}],
@@ -98,7 +98,7 @@ def test_dpo_pairs_and_a_step_with_the_real_tokenizer(small_real, tmp_path):
            {"prompt": prompt[:1] + [{"role": "user", "content": "Work is 100% too much."}],
             "chosen": [{"role": "assistant", "content": "What part weighs most?"}],
             "rejected": [{"role": "assistant", "content": "Just quit, 2 easy."}]}]
-  buckets = dpo.tokenize_pairs(pairs, tok, max_len=64)
+  buckets = pair_data.tokenize_pairs(pairs, tok, max_len=64)
   seen = {}
   for arr in buckets.values():
     for j, i in enumerate(arr["pair_index"]):
@@ -111,8 +111,8 @@ def test_dpo_pairs_and_a_step_with_the_real_tokenizer(small_real, tmp_path):
   path = tmp_path / "pairs.jsonl"
   path.write_text("".join(json.dumps(p) + "\n" for p in pairs))
   policy, ref = models.from_pretrained(model_dir), models.from_pretrained(model_dir)
-  cfg = dict(beta=0.1, max_len=64, min_bucket=64, batch_size=2, num_steps=1, learning_rate=1e-5, warmup_steps=0,
-             save_every=0, log_every=1, progress=False)
+  cfg = dict(beta=0.1, max_len=64, min_bucket=64, batch_size=2, steps=1, learning_rate=1e-5, warmup_steps=0,
+             checkpoint_every=0, log_every=1, progress=False)
   _, summary = dpo.train_dpo(policy, ref, [str(path)], tok, cfg, str(tmp_path / "dpo"))
   m = summary["last_train"]
   assert np.isfinite(m["loss"]) and abs(m["loss"] - np.log(2)) < 1e-3  # policy == reference at step 0

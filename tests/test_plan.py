@@ -1,4 +1,5 @@
-"""launch/plan.py: analytic parameter counts and a subprocess run on a tiny config override."""
+"""engage_jax.memory_plan and launch/plan.py: analytic parameter counts, the plan's train step is the
+trainer's (same lowered program), and a subprocess run on a tiny config override."""
 from __future__ import annotations
 
 import json
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from engage_jax import memory_plan
 from engage_jax.models import ModelConfig
 
 REPO = Path(__file__).resolve().parents[1]
@@ -23,7 +25,8 @@ TINY = ["--config.model.agent.path=", "--config.model.agent.hidden_size=64",
         "--config.model.agent.intermediate_size=128", "--config.model.agent.num_hidden_layers=3",
         "--config.model.agent.num_attention_heads=4", "--config.model.agent.num_key_value_heads=2",
         "--config.tokenizer.vocab_size=256", "--config.mesh.fsdp=4", "--config.sft.batch_size=8",
-        "--config.data.max_len=32", "--config.search.max_prompt_len=32", "--config.search.max_new_tokens=16"]
+        "--config.data.max_len=32", "--config.search.max_prompt_len=32",
+        "--config.search.agent_sampling.max_new_tokens=16"]
 
 
 def _load_config(name):
@@ -43,7 +46,7 @@ def test_llama3_8b_param_count():
 @pytest.mark.parametrize("name, expected", [("esconv_llama3_8b", 8_030_261_248), ("p4g_qwen2_7b", 7_615_616_512)])
 def test_config_models_resolve_to_known_sizes(name, expected):
   cfg = _load_config(name)
-  mc, source = plan.resolve_model_config(cfg, "agent")
+  mc, source = memory_plan.resolve_model_config(cfg, "agent")
   assert mc.num_params == expected and "config fields" in source
   assert plan.mesh_sizes(cfg) == (1, 16, 1)
   base = _load_config("base")
@@ -54,11 +57,68 @@ def test_config_models_resolve_to_known_sizes(name, expected):
 
 
 def test_analytic_terms():
-  a = plan.activation_bytes(LLAMA3_8B, 2, 1024, 2, remat=False)
-  r = plan.activation_bytes(LLAMA3_8B, 2, 1024, 2, remat=True)
+  a = memory_plan.activation_bytes(LLAMA3_8B, 2, 1024, 2, remat=False)
+  r = memory_plan.activation_bytes(LLAMA3_8B, 2, 1024, 2, remat=True)
   assert r["total"] < a["total"] and r["logits"] == a["logits"] == 2 * 1024 * 128256 * 12
-  assert plan.fsdp_transient_bytes(LLAMA3_8B, 1, 1, 4) == 0
-  assert plan.fsdp_transient_bytes(LLAMA3_8B, 16, 1, 4) == 2 * 128256 * 4096 * 4
+  assert memory_plan.fsdp_transient_bytes(LLAMA3_8B, 1, 1, 4) == 0
+  assert memory_plan.fsdp_transient_bytes(LLAMA3_8B, 16, 1, 4) == 2 * 128256 * 4096 * 4
+
+
+def _tiny_base(**sft):
+  cfg = _load_config("base")
+  for k, v in dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                   num_key_value_heads=2).items():
+    cfg.model.agent[k] = v
+  cfg.tokenizer.vocab_size = 64
+  cfg.data.max_len = 16
+  cfg.sft.update(dict(batch_size=2, agent_steps=2, log_every=1, eval_every=0, checkpoint_every=0), **sft)
+  return cfg
+
+
+@pytest.mark.parametrize("remat, grad_accum", [(False, 1), (True, 2)])
+def test_plan_lowers_the_trainers_train_step(tmp_path, monkeypatch, remat, grad_accum):
+  """The plan's train step and the one train_sft runs (recorded on its first call, with the very
+  argument shapes, dtypes and shardings it was called with) lower to the same program."""
+  import types
+
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+
+  from engage_jax import pipeline, sharding as shd
+  from engage_jax.train import loop, sft as sft_train
+
+  cfg = _tiny_base(grad_accum=grad_accum)
+  cfg.model.remat = remat
+  mesh = shd.make_mesh(1, 1, 1, devices=jax.devices()[:1])
+  mc, _ = memory_plan.resolve_model_config(cfg, "agent")
+  prog = memory_plan.train_program(cfg, mc, mesh, train_batch=2, seq_len=16, remat=remat,
+                                   dtype=jnp.dtype(cfg.model.dtype), param_dtype=jnp.dtype(cfg.model.param_dtype))
+
+  recorded = {}
+  make_step = loop.make_train_step
+
+  def recording_make_train_step(*a, **k):
+    step = make_step(*a, **k)
+
+    def run_step(*args):
+      recorded.setdefault("step", step)
+      recorded.setdefault("args", jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), args))
+      return step(*args)
+    return run_step
+
+  monkeypatch.setattr(loop, "make_train_step", recording_make_train_step)
+  tok = types.SimpleNamespace(vocab_size=64, bos_id=1, eos_id=2, pad_id=0)
+  model = pipeline.new_model(cfg, "agent", tok)
+  rng = np.random.default_rng(0)
+  ids = rng.integers(3, 64, (8, 16)).astype(np.int32)
+  data = {16: {"input_ids": ids, "loss_mask": np.ones_like(ids), "attention_mask": np.ones_like(ids)}}
+  tcfg = pipeline.train_config(cfg, cfg.sft, steps=cfg.sft.agent_steps, max_len=cfg.data.max_len, progress=False)
+  sft_train.train_sft(model, data, tcfg, str(tmp_path / "sft"), mesh=mesh)
+  trainer = recorded["step"].lower(*recorded["args"]).as_text()
+  assert jax.tree.map(lambda x: (x.shape, x.dtype), recorded["args"]) == \
+      jax.tree.map(lambda x: (x.shape, x.dtype), prog.args)
+  assert prog.lower().as_text() == trainer
 
 
 def test_plan_subprocess_tiny(tmp_path):

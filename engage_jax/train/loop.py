@@ -17,7 +17,7 @@ The jitted step takes `(params, opt_state, batch)` with `in_shardings` from
 parameter and optimizer buffers, and runs gradient accumulation as a `lax.scan` over the A
 micro-batches of a batch whose arrays are shaped `[A, B, ...]`.
 
-Optimizer: `clip_by_global_norm(max_grad_norm)` → AdamW with linear warmup + cosine decay to
+Optimizer: `clip_by_global_norm(grad_clip)` → AdamW with linear warmup + cosine decay to
 `learning_rate * min_lr_ratio`. A step whose loss or gradient norm is not finite leaves the state
 untouched (so no NaN ever reaches a checkpoint) and stops the run with `NonFiniteLossError`
 naming the step.
@@ -52,67 +52,10 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from engage_jax import sharding as shd
-from engage_jax.models.config import DTYPE_ALIASES, DTYPE_NAMES, jax_dtype
+from engage_jax.logprobs import token_logps
+from engage_jax.train.config import TrainConfig
 
 LossFn = Callable[[nnx.State, Mapping[str, jax.Array]], tuple[jax.Array, dict]]
-DTYPES = {n: jax_dtype(n, aliases=True) for n in (*DTYPE_NAMES, *DTYPE_ALIASES)}   # compute_dtype names
-
-
-@dataclasses.dataclass
-class TrainConfig:
-  """Hyper-parameters shared by SFT and DPO (DPO-only fields are ignored by SFT).
-
-  Steps count optimizer updates; one update consumes `batch_size * grad_accum_steps` examples
-  (pairs for DPO). `num_steps=0` means `num_epochs` passes over the training data.
-  """
-  learning_rate: float = 3e-4
-  min_lr_ratio: float = 0.1          # cosine decays to learning_rate * min_lr_ratio
-  warmup_steps: int = 10
-  num_steps: int = 0
-  num_epochs: int = 1
-  batch_size: int = 8                # per micro-batch (global, over the data×fsdp mesh extent)
-  grad_accum_steps: int = 1
-  weight_decay: float = 0.0
-  adam_b1: float = 0.9
-  adam_b2: float = 0.999
-  adam_eps: float = 1e-8
-  max_grad_norm: float = 1.0         # <= 0 disables clipping
-  compute_dtype: str = "float32"     # "float32" | "bfloat16" (parameters stay in their dtype)
-  max_len: int = 512
-  min_bucket: int = 32
-  seed: int = 0
-  log_every: int = 10
-  eval_every: int = 0                # 0: evaluate only before and after training
-  eval_at_start: bool = True
-  save_every: int = 100              # 0: save only at the end
-  keep_checkpoints: int = 3
-  progress: bool = True              # tqdm bar
-  # DPO
-  beta: float = 0.1
-  loss_type: str = "sigmoid"         # sigmoid | ipo | hinge | robust
-  label_smoothing: float = 0.0
-  rpo_alpha: float = 0.0             # > 0: + rpo_alpha × NLL of the chosen completion (TRL's RPO)
-  max_completion_len: int = 0        # 0: max_len // 2
-
-  @classmethod
-  def from_any(cls, cfg: Any = None, **overrides) -> "TrainConfig":
-    """From a TrainConfig, a dict or an ml_collections ConfigDict (unknown keys are ignored)."""
-    if isinstance(cfg, cls):
-      base = dataclasses.asdict(cfg)
-    elif cfg is None:
-      base = {}
-    else:
-      items = cfg.to_dict() if hasattr(cfg, "to_dict") else dict(cfg)
-      names = {f.name for f in dataclasses.fields(cls)}
-      base = {k: v for k, v in items.items() if k in names}
-    base.update(overrides)
-    out = cls(**base)
-    if out.compute_dtype not in DTYPES:
-      raise ValueError(f"compute_dtype {out.compute_dtype!r}: expected one of {sorted(DTYPES)}")
-    if out.batch_size <= 0 or out.grad_accum_steps <= 0:
-      raise ValueError(f"batch_size ({out.batch_size}) and grad_accum_steps "
-                       f"({out.grad_accum_steps}) must be positive")
-    return out
 
 
 class NonFiniteLossError(RuntimeError):
@@ -143,8 +86,8 @@ def make_optimizer(cfg: TrainConfig, total_steps: int) -> tuple[optax.GradientTr
   """clip_by_global_norm → AdamW(schedule). Returns (tx, schedule)."""
   schedule = make_schedule(cfg, total_steps)
   parts = []
-  if cfg.max_grad_norm and cfg.max_grad_norm > 0:
-    parts.append(optax.clip_by_global_norm(cfg.max_grad_norm))
+  if cfg.grad_clip and cfg.grad_clip > 0:
+    parts.append(optax.clip_by_global_norm(cfg.grad_clip))
   parts.append(optax.adamw(schedule, b1=cfg.adam_b1, b2=cfg.adam_b2, eps=cfg.adam_eps,
                            weight_decay=cfg.weight_decay))
   return optax.chain(*parts), schedule
@@ -166,15 +109,6 @@ def restore_compute_dtype(model: nnx.Module, old: Mapping) -> None:
   for path, module in nnx.iter_modules(model):
     if path in old:
       module.dtype = old[path]
-
-
-def token_logps(logits: jax.Array, targets: jax.Array) -> jax.Array:
-  """The log-prob of each target token under the logits that predict it, in fp32 (the training
-  loss, SFT and DPO alike): logits [..., V], targets [...] int → [...]. The caller aligns them:
-  for a sequence, `token_logps(logits[:, :-1], input_ids[:, 1:])` (logits[t] predicts token t+1)."""
-  logits = logits.astype(jnp.float32)
-  picked = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
-  return picked - jax.nn.logsumexp(logits, axis=-1)
 
 
 def merge_model(graphdef: nnx.GraphDef, params: nnx.State, rest: nnx.State, frozen: nnx.State | None = None):
@@ -201,13 +135,6 @@ def lm_loss_fn(graphdef: nnx.GraphDef, rest: nnx.State) -> LossFn:
 
 
 # ---------------------------------------------------------------------------- shardings
-def micro_batch_sharding(mesh: Mesh, ndim: int, accum: bool = True) -> NamedSharding:
-  """[A, B, ...] arrays: A replicated, B over data×fsdp (or [B, ...] when accum=False)."""
-  lead = (None, "batch") if accum else ("batch",)
-  axes = lead + (None,) * (ndim - len(lead))
-  return NamedSharding(mesh, shd.logical_to_spec(mesh, axes))
-
-
 def opt_state_sharding(tx: optax.GradientTransformation, opt_state, params_sharding, mesh: Mesh):
   """Optimizer-state shardings: parameter-shaped leaves (Adam moments) like the parameters,
   everything else (counts) replicated."""
@@ -216,18 +143,14 @@ def opt_state_sharding(tx: optax.GradientTransformation, opt_state, params_shard
                                transform_non_params=lambda _: rep)
 
 
-def place(tree, shardings):
-  return shd.put_tree(tree, shardings)
-
-
 def init_sharded(tx: optax.GradientTransformation, params: nnx.State, mesh: Mesh):
   """Places `params` on `mesh` by the sharding rules and initialises the optimizer state beside
   them. Returns (params, opt_state, params_sharding, opt_state_sharding)."""
   p_sh = shd.state_sharding(mesh, params)
-  params = place(params, p_sh)
+  params = shd.put_tree(params, p_sh)
   opt_state = jax.jit(tx.init)(params)
   o_sh = opt_state_sharding(tx, opt_state, p_sh, mesh)
-  return params, place(opt_state, o_sh), p_sh, o_sh
+  return params, shd.put_tree(opt_state, o_sh), p_sh, o_sh
 
 
 # ---------------------------------------------------------------------------- the step
@@ -242,7 +165,7 @@ def make_train_step(loss_fn: LossFn, tx: optax.GradientTransformation, schedule:
   clipping), "learning_rate" (of this update), "finite" (1.0 if the update was applied) and the
   loss function's metrics (means over micro-batches; "tokens" summed).
   """
-  b_sh = {k: micro_batch_sharding(mesh, len(np.shape(v))) for k, v in batch_example.items()}
+  b_sh = {k: shd.batch_sharding(mesh, len(np.shape(v)), accum=True) for k, v in batch_example.items()}
   rep = NamedSharding(mesh, P())
 
   def step(params, opt_state, batch, *frozen):
@@ -280,7 +203,7 @@ def make_train_step(loss_fn: LossFn, tx: optax.GradientTransformation, schedule:
 def make_eval_step(loss_fn: LossFn, mesh: Mesh, params_sharding, batch_example, frozen_sharding=None):
   """jit `(params, batch[B, ...]) -> metrics` (no gradients); `(params, batch, frozen)` with
   `frozen_sharding`."""
-  b_sh = {k: micro_batch_sharding(mesh, len(np.shape(v)), accum=False) for k, v in batch_example.items()}
+  b_sh = {k: shd.batch_sharding(mesh, len(np.shape(v))) for k, v in batch_example.items()}
 
   def step(params, batch, *frozen):
     loss, aux = loss_fn(params, batch, *frozen)
@@ -353,7 +276,7 @@ def stack_micro(batch: Mapping[str, np.ndarray], accum: int) -> dict[str, np.nda
   for k, v in batch.items():
     v = np.asarray(v)
     if v.shape[0] % accum:
-      raise ValueError(f"batch key {k!r}: {v.shape[0]} rows not divisible by grad_accum_steps={accum}")
+      raise ValueError(f"batch key {k!r}: {v.shape[0]} rows not divisible by grad_accum={accum}")
     out[k] = v.reshape((accum, v.shape[0] // accum) + v.shape[1:])
   return out
 
@@ -402,7 +325,7 @@ def run(loss_fn: LossFn, params: nnx.State, make_batches: BatchesFactory, cfg: T
   f_sh = None
   if frozen is not None:
     f_sh = shd.state_sharding(mesh, frozen)
-    frozen = place(frozen, f_sh)
+    frozen = shd.put_tree(frozen, f_sh)
   extra = () if frozen is None else (frozen,)
 
   writer = MetricsWriter(workdir)
@@ -445,7 +368,7 @@ def run(loss_fn: LossFn, params: nnx.State, make_batches: BatchesFactory, cfg: T
       if eval_step is None or getattr(eval_step, "_keys", None) != tuple(sorted(b)):
         eval_step = make_eval_step(eval_loss_fn or loss_fn, mesh, p_sh, b, f_sh)
         eval_step._keys = tuple(sorted(b))
-      placed = {k: shd.put(v, micro_batch_sharding(mesh, v.ndim, accum=False)) for k, v in b.items()}
+      placed = shd.place_batch(b, mesh)
       m = shd.to_host(eval_step(params, placed, *extra))
       w = float(m.get("tokens", b["row_weight"].sum() if "row_weight" in b else 1.0))
       total += w
@@ -467,11 +390,11 @@ def run(loss_fn: LossFn, params: nnx.State, make_batches: BatchesFactory, cfg: T
         batch = next(it)
       except StopIteration:
         raise ValueError(f"training data ran out at step {step} of {total_steps}") from None
-      batch = stack_micro(batch, cfg.grad_accum_steps)
+      batch = stack_micro(batch, cfg.grad_accum)
       if train_step is None:
         train_step = make_train_step(loss_fn, tx, schedule, mesh, p_sh, o_sh, batch, frozen_sharding=f_sh)
       interval.tokens += float(count_tokens(batch)) if count_tokens else float(np.sum(batch.get("attention_mask", 0)))
-      placed = {k: shd.put(v, micro_batch_sharding(mesh, v.ndim)) for k, v in batch.items()}
+      placed = shd.place_batch(batch, mesh, accum=True)
       params, opt_state, metrics = train_step(params, opt_state, placed, *extra)
       metrics = {k: float(v) for k, v in shd.to_host(metrics).items()}
       step += 1
@@ -490,7 +413,7 @@ def run(loss_fn: LossFn, params: nnx.State, make_batches: BatchesFactory, cfg: T
         interval = _Interval()
       if cfg.eval_every and step % cfg.eval_every == 0 and step != total_steps:
         evaluate(step)
-      if (cfg.save_every and step % cfg.save_every == 0) or step == total_steps:
+      if (cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or step == total_steps:
         save(step)
         last_saved = step
       if on_step is not None:
@@ -536,7 +459,7 @@ def _warn(msg: str) -> None:
 
 
 def total_steps_for(cfg: TrainConfig, steps_per_epoch: int) -> int:
-  """cfg.num_steps, or num_epochs passes of `steps_per_epoch` micro-batches (rounded up)."""
-  if cfg.num_steps > 0:
-    return int(cfg.num_steps)
-  return max(1, math.ceil(cfg.num_epochs * steps_per_epoch / cfg.grad_accum_steps))
+  """cfg.steps, or num_epochs passes of `steps_per_epoch` micro-batches (rounded up)."""
+  if cfg.steps > 0:
+    return int(cfg.steps)
+  return max(1, math.ceil(cfg.num_epochs * steps_per_epoch / cfg.grad_accum))

@@ -19,9 +19,10 @@ from jax.sharding import Mesh
 from engage_jax.data import sft as sft_data
 from engage_jax.models import lora
 from engage_jax.train import loop
+from engage_jax.train.config import DTYPES, TrainConfig
 
 
-def as_buckets(data: Any, cfg: loop.TrainConfig, pad_id: int = 0) -> dict[int, dict[str, np.ndarray]]:
+def as_buckets(data: Any, cfg: TrainConfig, pad_id: int = 0) -> dict[int, dict[str, np.ndarray]]:
   """Bucketed arrays from buckets (returned as is) or a list of Examples (padded)."""
   if isinstance(data, Mapping):
     return {int(k): v for k, v in data.items()}
@@ -62,12 +63,12 @@ def train_sft(model: nnx.Module, train_data: Any, cfg: Any, workdir: str, mesh: 
   held-out metrics ({"loss"} token-weighted) or None, "examples", "target_tokens"}. Checkpoints go
   to `<workdir>/checkpoints` (resumed when `resume`), metrics to `<workdir>/metrics.jsonl`.
   """
-  cfg = loop.TrainConfig.from_any(cfg)
+  cfg = TrainConfig.from_any(cfg)
   pad_id = getattr(model.config, "pad_token_id", None) or 0
   buckets = as_buckets(train_data, cfg, pad_id)
-  micro = cfg.batch_size * cfg.grad_accum_steps
+  micro = cfg.batch_size * cfg.grad_accum
   steps_per_epoch = sft_data.BatchIterator(buckets, micro).steps_per_epoch
-  total = loop.total_steps_for(cfg, steps_per_epoch * cfg.grad_accum_steps)
+  total = loop.total_steps_for(cfg, steps_per_epoch * cfg.grad_accum)
 
   def make_batches(state):
     return sft_data.BatchIterator(buckets, micro, seed=cfg.seed, **(state or {}))
@@ -75,7 +76,7 @@ def train_sft(model: nnx.Module, train_data: Any, cfg: Any, workdir: str, mesh: 
   eval_fn = None
   if eval_data is not None:
     eval_fn = eval_batch_iter(as_buckets(eval_data, cfg, pad_id), cfg.batch_size)
-  old = loop.set_compute_dtype(model, loop.DTYPES[cfg.compute_dtype])
+  old = loop.set_compute_dtype(model, DTYPES[cfg.compute_dtype])
   try:
     graphdef, params, frozen, rest = lora.split_trainable(model)
     out = loop.run(loop.lm_loss_fn(graphdef, rest), params, make_batches, cfg, workdir, mesh=mesh,

@@ -3,7 +3,7 @@ import jax.numpy as jnp
 import pytest
 
 from engage_jax.models.config import DTYPE_ALIASES, DTYPE_NAMES, jax_dtype
-from engage_jax.train import loop
+from engage_jax.train.config import DTYPES
 
 
 def test_names_and_values():
@@ -20,6 +20,6 @@ def test_aliases_only_where_asked():
 
 
 def test_trainer_compute_dtypes_unchanged():
-  assert loop.DTYPES == {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "fp32": jnp.float32, "bf16": jnp.bfloat16}
-  assert all(loop.DTYPES[k] is v for k, v in
+  assert DTYPES == {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "fp32": jnp.float32, "bf16": jnp.bfloat16}
+  assert all(DTYPES[k] is v for k, v in
              {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "fp32": jnp.float32, "bf16": jnp.bfloat16}.items())

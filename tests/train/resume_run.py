@@ -41,8 +41,8 @@ def main() -> int:
       print(f"PAUSED {step}", flush=True)
       time.sleep(600)
 
-  train_cfg = dict(num_steps=10, batch_size=4, grad_accum_steps=2, learning_rate=1e-2, warmup_steps=2,
-                   save_every=3, log_every=1, progress=False, eval_at_start=False)
+  train_cfg = dict(steps=10, batch_size=4, grad_accum=2, learning_rate=1e-2, warmup_steps=2,
+                   checkpoint_every=3, log_every=1, progress=False, eval_at_start=False)
   model, _ = train_sft(model, data(), train_cfg, workdir, on_step=on_step)
   np.savez(os.path.join(workdir, "final_params.npz"),
            **{k: np.asarray(v) for k, v in flatten_params(nnx.state(model, nnx.Param)).items()})

@@ -23,7 +23,7 @@ def run(mesh, batches):
                        num_attention_heads=8, num_key_value_heads=4)
   model = CausalLM(config, rngs=nnx.Rngs(0))
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-  cfg = loop.TrainConfig(learning_rate=1e-2, warmup_steps=0, batch_size=8, grad_accum_steps=2)
+  cfg = loop.TrainConfig(learning_rate=1e-2, warmup_steps=0, batch_size=8, grad_accum=2)
   tx, sched = loop.make_optimizer(cfg, 10)
   params, opt, p_sh, o_sh = loop.init_sharded(tx, params, mesh)
   step = loop.make_train_step(loop.lm_loss_fn(graphdef, rest), tx, sched, mesh, p_sh, o_sh, batches[0])

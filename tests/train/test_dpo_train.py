@@ -6,12 +6,12 @@ import json
 import numpy as np
 import pytest
 
-from engage_jax.train import dpo as dpo_train
+from engage_jax.train import dpo as dpo_train, dpo_loss as dpo_obj, pair_data, reference
 from engage_jax.train.loop import read_metrics
 from tests.train import _helpers as H
 
-CFG = dict(num_steps=10, batch_size=8, learning_rate=3e-3, max_len=96, max_completion_len=32, min_bucket=32,
-           save_every=0, **H.FAST)
+CFG = dict(steps=10, batch_size=8, learning_rate=3e-3, max_len=96, max_completion_len=32, min_bucket=32,
+           checkpoint_every=0, **H.FAST)
 
 
 @pytest.fixture(scope="module")
@@ -39,16 +39,16 @@ def test_dpo_raises_accuracy_and_margin(setup, monkeypatch):
   assert np.mean([r["loss"] for r in tail]) < first["loss"] - 0.1
   assert summary["pairs"] == 16 and summary["step"] == 10
   # The reference log-probs are cached: a second run (fresh workdir state, same cache) reuses them.
-  monkeypatch.setattr(dpo_train, "compute_ref_logps", lambda *a, **k: pytest.fail("recomputed ref logps"))
-  dpo_train.train_dpo(H.tiny_model(tok.vocab_size), ref, [path], tok, dict(CFG, num_steps=1), str(root / "run"),
+  monkeypatch.setattr(reference, "compute_ref_logps", lambda *a, **k: pytest.fail("recomputed ref logps"))
+  dpo_train.train_dpo(H.tiny_model(tok.vocab_size), ref, [path], tok, dict(CFG, steps=1), str(root / "run"),
                       resume=False)
 
 
 def test_ref_logps_match_policy_at_start(setup):
   """Policy == ref at step 0 → ref cache equals a direct sequence_logps forward."""
   root, tok, path = setup
-  pairs = dpo_train.load_pairs(path)
-  buckets = dpo_train.tokenize_pairs(pairs, tok, 96, 32, 32)
+  pairs = pair_data.read_pair_files(path)
+  buckets = pair_data.tokenize_pairs(pairs, tok, 96, 32, 32)
   assert len(buckets) == 1
   (pl, cl), arr = next(iter(buckets.items()))
   # The completion is exactly the assistant content + end-of-turn, prompt ends with the header.
@@ -59,9 +59,9 @@ def test_ref_logps_match_policy_at_start(setup):
   p = arr["prompt_ids"][i][arr["prompt_mask"][i] > 0].tolist()
   assert p == tok.apply_chat(pairs[k]["prompt"], add_generation_prompt=True)
   model = H.tiny_model(tok.vocab_size)
-  ch, rj = dpo_train.compute_ref_logps(model, buckets, 8)
-  batch = {key: arr[key][:4] for key in dpo_train.PAIR_KEYS}
-  pc, pr, nc, nr = dpo_train.sequence_logps(model, batch)
+  ch, rj = reference.compute_ref_logps(model, buckets, 8)
+  batch = {key: arr[key][:4] for key in pair_data.PAIR_KEYS}
+  pc, pr, nc, nr = dpo_obj.sequence_logps(model, batch)
   np.testing.assert_allclose(np.asarray(pc), ch[arr["pair_index"][:4]], rtol=1e-5)
   # Full-sequence check of one row: sum of token log-probs of the completion.
   full = np.concatenate([arr["prompt_ids"][:1], arr["chosen_ids"][:1]], 1)
@@ -87,7 +87,7 @@ def test_malformed_pairs_file(tmp_path, content, match):
   path = tmp_path / "bad.jsonl"
   path.write_text(content)
   with pytest.raises(ValueError, match=match) as e:
-    dpo_train.load_pairs([str(path)])
+    pair_data.read_pair_files([str(path)])
   assert str(path) in str(e.value)
 
 
@@ -95,16 +95,16 @@ def test_rpo_term_adds_alpha_times_chosen_nll(setup):
   """loss(rpo_alpha=a) = loss(0) + a × mean per-token NLL of the chosen completions."""
   from flax import nnx
   root, tok, path = setup
-  buckets = dpo_train.tokenize_pairs(dpo_train.load_pairs(path), tok, 96, 32, 32)
+  buckets = pair_data.tokenize_pairs(pair_data.read_pair_files(path), tok, 96, 32, 32)
   (_, arr), = buckets.items()
   model = H.tiny_model(tok.vocab_size)
-  batch = {key: arr[key][:4] for key in dpo_train.PAIR_KEYS}
+  batch = {key: arr[key][:4] for key in pair_data.PAIR_KEYS}
   batch.update(ref_chosen=np.zeros(4, np.float32), ref_rejected=np.zeros(4, np.float32),
                row_weight=np.ones(4, np.float32))
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-  base, m0 = dpo_train.dpo_loss_fn(graphdef, rest, 0.1, "sigmoid", 0.0)(params, batch)
-  with_rpo, m1 = dpo_train.dpo_loss_fn(graphdef, rest, 0.1, "sigmoid", 0.0, rpo_alpha=0.5)(params, batch)
-  pc, _, nc, _ = dpo_train.sequence_logps(model, batch)
+  base, m0 = dpo_obj.dpo_loss_fn(graphdef, rest, 0.1, "sigmoid", 0.0)(params, batch)
+  with_rpo, m1 = dpo_obj.dpo_loss_fn(graphdef, rest, 0.1, "sigmoid", 0.0, rpo_alpha=0.5)(params, batch)
+  pc, _, nc, _ = dpo_obj.sequence_logps(model, batch)
   nll = float(np.mean(-np.asarray(pc) / np.asarray(nc)))
   assert float(m1["nll_loss"]) == pytest.approx(nll, rel=1e-5) and nll > 0
   assert float(with_rpo) == pytest.approx(float(base) + 0.5 * nll, rel=1e-5)

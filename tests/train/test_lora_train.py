@@ -15,13 +15,13 @@ from flax import nnx
 
 from engage_jax.checkpoint import CheckpointMismatch, flatten_params
 from engage_jax.models import lora
-from engage_jax.train import dpo as dpo_train
+from engage_jax.train import dpo as dpo_train, pair_data, reference
 from engage_jax.train import loop, sft as sft_train
 from engage_jax.train.loop import read_metrics
 from tests.train import _helpers as H
 
 LCFG = lora.LoraConfig(rank=4, alpha=8.0, targets=("q", "v", "o", "up", "down"))
-SFT_CFG = dict(num_steps=6, batch_size=4, learning_rate=1e-2, max_len=64, min_bucket=64, save_every=0,
+SFT_CFG = dict(steps=6, batch_size=4, learning_rate=1e-2, max_len=64, min_bucket=64, checkpoint_every=0,
                **H.FAST)
 
 
@@ -90,8 +90,8 @@ def test_rank0_is_plain_full_finetuning(tmp_path):
     np.testing.assert_array_equal(np.asarray(pa[k]), np.asarray(pb[k]))
 
 
-DPO_CFG = dict(num_steps=4, batch_size=8, learning_rate=3e-3, max_len=96, max_completion_len=32, min_bucket=32,
-               save_every=0, **H.FAST)
+DPO_CFG = dict(steps=4, batch_size=8, learning_rate=3e-3, max_len=96, max_completion_len=32, min_bucket=32,
+               checkpoint_every=0, **H.FAST)
 
 
 def test_dpo_adapter_off_reference_equals_explicit_frozen_copy(tmp_path):
@@ -112,7 +112,7 @@ def test_dpo_adapter_off_reference_equals_explicit_frozen_copy(tmp_path):
       assert abs(x[k] - y[k]) < 1e-6, (x["step"], k, x[k], y[k])
   assert abs(ra[0]["rewards/margins"]) > 1e-4  # the adapter made policy != reference at step 1
   # a policy with adapters *on* as the explicit reference gives other reference log-probs
-  on = dpo_train.compute_ref_logps(mk(), dpo_train.tokenize_pairs(dpo_train.load_pairs(path), tok, 96, 32, 32), 8)
+  on = reference.compute_ref_logps(mk(), pair_data.tokenize_pairs(pair_data.read_pair_files(path), tok, 96, 32, 32), 8)
   assert np.abs(on[0] - a["chosen"]).max() > 1e-3
 
 
@@ -126,7 +126,7 @@ def on_step(step, m):
     os.kill(os.getpid(), signal.SIGKILL)
 sft.train_sft(T._tiny(), T._data(), T.RESUME_CFG, {wd!r}, on_step=on_step)
 """
-RESUME_CFG = dict(SFT_CFG, num_steps=8, grad_accum_steps=2, batch_size=2, save_every=3, eval_at_start=False)
+RESUME_CFG = dict(SFT_CFG, steps=8, grad_accum=2, batch_size=2, checkpoint_every=3, eval_at_start=False)
 
 
 def test_sigkill_resume_of_an_adapter_run_is_exact(tmp_path):
@@ -150,4 +150,4 @@ def test_sigkill_resume_of_an_adapter_run_is_exact(tmp_path):
     np.testing.assert_array_equal(np.asarray(fa[k]), np.asarray(fb[k]), err_msg=k)
   # the checkpoint holds the adapter only, so resuming onto another rank is refused naming it
   with pytest.raises(CheckpointMismatch, match=r"lora\.lora_a' has shape \[\d+, 4\] in the checkpoint but \[\d+, 8\]"):
-    sft_train.train_sft(_tiny(rank=8), _data(), dict(RESUME_CFG, num_steps=9), killed)
+    sft_train.train_sft(_tiny(rank=8), _data(), dict(RESUME_CFG, steps=9), killed)

@@ -16,7 +16,7 @@ from tests.train import _helpers as H
 
 # 8 steps; checkpoints at 2, 4, 6 (keep 3); metrics every 3 steps, so a resume from step 4 lands
 # inside the logging interval 4..6.
-CFG = dict(num_steps=8, batch_size=4, save_every=2, keep_checkpoints=3, log_every=3, progress=False,
+CFG = dict(steps=8, batch_size=4, checkpoint_every=2, keep_checkpoints=3, log_every=3, progress=False,
            eval_at_start=False, learning_rate=1e-2, warmup_steps=2)
 
 

@@ -16,7 +16,7 @@ def test_sft_lowers_held_out_loss(tmp_path):
   tok = H.tokenizer(str(tmp_path))
   tr, ev = H.sft_arrays(tok, max_len=96)
   model = H.tiny_model(tok.vocab_size)
-  cfg = dict(num_steps=24, batch_size=8, learning_rate=3e-3, log_every=8, save_every=12, progress=False,
+  cfg = dict(steps=24, batch_size=8, learning_rate=3e-3, log_every=8, checkpoint_every=12, progress=False,
              warmup_steps=2, max_len=96)
   model, summary = train_sft(model, tr, cfg, str(tmp_path / "run"), eval_data=ev)
   start, end = summary["eval_start"]["loss"], summary["eval_end"]["loss"]
@@ -62,7 +62,7 @@ def test_nan_stops_with_step_and_keeps_last_good_checkpoint(tmp_path):
                  "poison": np.full((4,), self.i == 5, np.int32)}
     return It((state or {}).get("i", 0))
 
-  cfg = loop.TrainConfig(num_steps=8, batch_size=4, save_every=2, progress=False, log_every=1)
+  cfg = loop.TrainConfig(steps=8, batch_size=4, checkpoint_every=2, progress=False, log_every=1)
   with pytest.raises(loop.NonFiniteLossError, match="step 5") as e:
     loop.run(loss_fn, params, make_batches, cfg, str(tmp_path), total_steps=8)
   assert e.value.step == 5 and "last good checkpoint: step 4" in str(e.value)

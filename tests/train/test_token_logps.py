@@ -1,4 +1,4 @@
-"""Pins the one token log-prob function (`loop.token_logps`) bit for bit against the formulas that
+"""Pins the one token log-prob function (`logprobs.token_logps`) bit for bit against the formulas that
 the SFT loss and DPO's `sequence_logps` each wrote out before they shared it (issue 15)."""
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from engage_jax.train import dpo as dpo_train
-from engage_jax.train import loop
+from engage_jax.logprobs import token_logps
+from engage_jax.train import dpo_loss as dpo_obj, pair_data
 from tests.train import _helpers as H
 
 
@@ -38,7 +38,7 @@ def _old_dpo_sequence_logps(model, batch):
 
 def test_token_logps_shape_and_value():
   logits = jnp.log(jnp.array([[[0.5, 0.25, 0.25], [0.1, 0.8, 0.1]]], jnp.float32))   # [1, 2, 3]
-  got = np.asarray(loop.token_logps(logits, jnp.array([[0, 1]])))
+  got = np.asarray(token_logps(logits, jnp.array([[0, 1]])))
   assert got.shape == (1, 2)
   np.testing.assert_allclose(got, np.log([[0.5, 0.8]]), rtol=1e-6)
 
@@ -47,7 +47,7 @@ def test_sft_loss_logps_bit_identical():
   for s, dtype in enumerate([jnp.float32, jnp.bfloat16, jnp.float32]):
     logits = (jax.random.normal(jax.random.PRNGKey(s), (3, 17, 211)) * (1 + 3 * s)).astype(dtype)
     ids = jax.random.randint(jax.random.PRNGKey(10 + s), (3, 17), 0, 211)
-    new = jax.jit(lambda x, t: loop.token_logps(x[:, :-1], t[:, 1:]))(logits, ids)
+    new = jax.jit(lambda x, t: token_logps(x[:, :-1], t[:, 1:]))(logits, ids)
     old = jax.jit(_old_sft_token_logps)(logits, ids)
     assert new.dtype == jnp.float32
     np.testing.assert_array_equal(np.asarray(new), np.asarray(old))
@@ -56,11 +56,11 @@ def test_sft_loss_logps_bit_identical():
 def test_dpo_sequence_logps_bit_identical(tmp_path):
   tok = H.tokenizer(str(tmp_path))
   path = H.write_pairs(str(tmp_path / "pairs.jsonl"), H.sandbox_pairs(8))
-  buckets = dpo_train.tokenize_pairs(dpo_train.load_pairs(path), tok, 96, 32, 32)
+  buckets = pair_data.tokenize_pairs(pair_data.read_pair_files(path), tok, 96, 32, 32)
   model = H.tiny_model(tok.vocab_size)
   for arr in buckets.values():
-    batch = {k: jnp.asarray(arr[k][:4]) for k in dpo_train.PAIR_KEYS}
-    new = nnx.jit(dpo_train.sequence_logps)(model, batch)
+    batch = {k: jnp.asarray(arr[k][:4]) for k in pair_data.PAIR_KEYS}
+    new = nnx.jit(dpo_obj.sequence_logps)(model, batch)
     old = nnx.jit(_old_dpo_sequence_logps)(model, batch)
     for a, b in zip(new, old):
       np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

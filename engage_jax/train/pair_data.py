@@ -1,0 +1,127 @@
+"""Preference pairs: read and validate pairs JSONL files (TRL's conversational format), tokenise
+them and bucket them into fixed-shape arrays.
+
+Pair tokenisation: prompt = `tok.apply_chat(prompt, add_generation_prompt=True)`; completion =
+the assistant message's tokens + the end-of-turn token (taken from the rendered chat, so it is
+exactly what the template produces). Completions are cut to `max_completion_len` (default
+max_len // 2) and the prompt is left-truncated so prompt + longest completion <= max_len.
+
+Layout per pair: prompt left-padded to P, completions right-padded to C (bucketed, powers of two
+from `min_bucket`); arrays `prompt_ids/prompt_mask [N, P]`, `chosen_ids/chosen_mask,
+rejected_ids/rejected_mask [N, C]`, `pair_index [N]` (the pair's position in the files).
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Sequence
+
+import numpy as np
+
+from engage_jax import buckets as buckets_lib
+
+PAIR_KEYS = ("prompt_ids", "prompt_mask", "chosen_ids", "chosen_mask", "rejected_ids", "rejected_mask")
+
+
+def _check_messages(obj, field, where, single_assistant=False):
+  if not isinstance(obj, list) or not obj:
+    raise ValueError(f"{where}: {field!r} must be a non-empty list of messages")
+  for m in obj:
+    if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
+      raise ValueError(f"{where}: {field!r} messages need string 'role' and 'content', got {m!r:.80}")
+  if single_assistant and (len(obj) != 1 or obj[0]["role"] != "assistant"):
+    raise ValueError(f"{where}: {field!r} must hold exactly one assistant message")
+
+
+def read_pair_files(paths: str | Sequence[str]) -> list[dict]:
+  """All pairs of the JSONL files, in order. ValueError naming file and line on bad input."""
+  paths = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
+  if not paths:
+    raise ValueError("no pairs files given")
+  out = []
+  for path in paths:
+    n = 0
+    with open(path, encoding="utf-8") as f:
+      for lineno, line in enumerate(f, 1):
+        if not line.strip():
+          continue
+        where = f"{path}:{lineno}"
+        try:
+          rec = json.loads(line)
+        except json.JSONDecodeError as e:
+          raise ValueError(f"{where}: invalid JSON ({e.msg})") from None
+        if not isinstance(rec, dict):
+          raise ValueError(f"{where}: expected a JSON object with prompt/chosen/rejected")
+        for key in ("prompt", "chosen", "rejected"):
+          if key not in rec:
+            raise ValueError(f"{where}: missing field {key!r}")
+        _check_messages(rec["prompt"], "prompt", where)
+        _check_messages(rec["chosen"], "chosen", where, single_assistant=True)
+        _check_messages(rec["rejected"], "rejected", where, single_assistant=True)
+        out.append(rec)
+        n += 1
+    if n == 0:
+      raise ValueError(f"{path}: no pairs (empty file)")
+  return out
+
+
+def _completion(full: list[int], gen: list[int], content_ids: list[int], eot: int) -> list[int]:
+  if full[:len(gen)] == gen:
+    comp = full[len(gen):]
+    if eot in comp:
+      return comp[:comp.index(eot) + 1]
+    return comp + [eot]
+  return content_ids + [eot]
+
+
+def tokenize_pairs(pairs: Sequence[dict], tok, max_len: int, max_completion_len: int = 0,
+                   min_bucket: int = 16) -> dict[tuple[int, int], dict[str, np.ndarray]]:
+  """Bucketed pair arrays {(P, C): {PAIR_KEYS..., "pair_index" [N]}} (see module docstring)."""
+  cmax = max_completion_len or max_len // 2
+  if cmax >= max_len:
+    raise ValueError(f"max_completion_len {cmax} must be < max_len {max_len}")
+  eot = tok.end_of_turn_id
+  texts = []
+  for p in pairs:
+    texts.append(tok.render_chat(p["prompt"], add_generation_prompt=True))
+    texts.append(tok.render_chat(p["prompt"] + p["chosen"]))
+    texts.append(tok.render_chat(p["prompt"] + p["rejected"]))
+    texts.append(p["chosen"][0]["content"])
+    texts.append(p["rejected"][0]["content"])
+  enc = tok.encode_batch(texts)
+  rows = []
+  for i in range(len(pairs)):
+    gen, fc, fr, cc, cr = enc[5 * i:5 * i + 5]
+    c = _completion(fc, gen, cc, eot)[:cmax]
+    r = _completion(fr, gen, cr, eot)[:cmax]
+    prompt = gen[-(max_len - max(len(c), len(r))):]
+    rows.append((prompt, c, r))
+  p_buckets = buckets_lib.ladder(max_len, min_bucket)
+  c_buckets = buckets_lib.ladder(cmax, min_bucket)
+  groups: dict[tuple[int, int], list[int]] = {}
+  for i, (p, c, r) in enumerate(rows):
+    key = (buckets_lib.fit(len(p), p_buckets), buckets_lib.fit(max(len(c), len(r)), c_buckets))
+    groups.setdefault(key, []).append(i)
+  pad = tok.pad_id
+  out = {}
+  for (pl, cl), idx in sorted(groups.items()):
+    n = len(idx)
+    a = {"prompt_ids": np.full((n, pl), pad, np.int32), "prompt_mask": np.zeros((n, pl), np.int32),
+         "chosen_ids": np.full((n, cl), pad, np.int32), "chosen_mask": np.zeros((n, cl), np.int32),
+         "rejected_ids": np.full((n, cl), pad, np.int32), "rejected_mask": np.zeros((n, cl), np.int32),
+         "pair_index": np.asarray(idx, np.int32)}
+    for j, i in enumerate(idx):
+      p, c, r = rows[i]
+      a["prompt_ids"][j, pl - len(p):] = p
+      a["prompt_mask"][j, pl - len(p):] = 1
+      a["chosen_ids"][j, :len(c)] = c
+      a["chosen_mask"][j, :len(c)] = 1
+      a["rejected_ids"][j, :len(r)] = r
+      a["rejected_mask"][j, :len(r)] = 1
+    out[(pl, cl)] = a
+  return out
+
+
+def count_pair_tokens(batch) -> float:
+  """Tokens of a pair batch for tokens/s: the prompt twice (chosen and rejected rows) + both completions."""
+  return float(2 * np.sum(batch["prompt_mask"]) + np.sum(batch["chosen_mask"]) + np.sum(batch["rejected_mask"]))
