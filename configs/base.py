@@ -1,6 +1,7 @@
 """Shared config schema: every config file starts from `base.get_config()` and overrides it.
 
-Sections: data, tokenizer, model (agent + simulator), mesh, sft, dpo, search, eval, reward.
+Sections: data, tokenizer, model (agent + simulator), mesh, sft, dpo, search, eval, reward;
+search and eval each hold `agent_sampling` / `simulator_sampling` (`sampling_config`).
 Launchers take `--config=configs/<name>.py` and `--config.<section>.<key>=value` overrides; an
 unknown key is an error (ml_collections ConfigDicts are locked).
 """
