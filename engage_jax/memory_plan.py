@@ -133,8 +133,7 @@ def abstract_model(mc, dtype, param_dtype, *, remat: bool = False, lcfg=None) ->
   from engage_jax.models import CausalLM, lora
 
   def build():
-    m = CausalLM(mc, dtype=dtype, param_dtype=param_dtype, rngs=nnx.Rngs(0))
-    m.remat = remat
+    m = CausalLM(mc, dtype=dtype, param_dtype=param_dtype, rngs=nnx.Rngs(0), remat=remat)
     if lcfg is not None and lcfg.enabled:
       m = lora.apply_lora(m, dataclasses.replace(lcfg, path=""), rngs=nnx.Rngs(1))
     return m
@@ -326,9 +325,9 @@ def make_plan(cfg, mesh_shape: tuple[int, int, int], *, which: str = "agent", tr
   """The plan of `cfg`'s `which` model on a (data, fsdp, tensor) mesh of jax's first devices.
   0 for a size means the config's: train_batch = sft.batch_size, seq_len = data.max_len,
   sample_batch = search.trees_per_shard × search.k (rounded up to the data×fsdp extent),
-  sample_len = search.max_prompt_len + search.agent_sampling.max_new_tokens. compile_mode: "none" (lower only),
-  "auto" (+ reduced-depth compiles and the activation cross-check), "full" (+ the full-depth
-  train step)."""
+  sample_len = search.max_prompt_len + search.agent_sampling.max_new_tokens. compile_mode: "none"
+  (lower only), "auto" (+ reduced-depth compiles and the activation cross-check), "full" (+ the
+  full-depth train step)."""
   t_start = time.time()
   data, fsdp, tensor = mesh_shape
   n_dev = data * fsdp * tensor
@@ -343,8 +342,7 @@ def make_plan(cfg, mesh_shape: tuple[int, int, int], *, which: str = "agent", tr
   seq_len = seq_len or int(cfg.data.max_len)
   div = shd.batch_divisor(mesh)
   if not sample_batch:
-    sample_batch = int(cfg.search.trees_per_shard) * int(cfg.search.k)
-    sample_batch = math.ceil(sample_batch / div) * div
+    sample_batch = shd.round_to_batch(int(cfg.search.trees_per_shard) * int(cfg.search.k), mesh)
   sample_len = sample_len or int(cfg.search.max_prompt_len) + int(cfg.search.agent_sampling.max_new_tokens)
   prompt_len = min(int(cfg.search.max_prompt_len), sample_len)
   shd.check_batch(mesh, train_batch, "train batch")
