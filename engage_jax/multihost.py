@@ -109,9 +109,9 @@ def check_shared_dir(root: str | os.PathLike) -> None:
   path = os.path.join(os.fspath(root), ".process0-marker")
   token = np.frombuffer(os.urandom(8), np.int32) if is_main() else np.zeros(2, np.int32)
 
-  def write():
-    from engage_jax.fileio import atomic_write_text
-    atomic_write_text(path, json.dumps([int(t) for t in token]))
+  def write():  # read only after main_write's closing barrier, so a plain write is enough
+    with open(path, "w", encoding="utf-8") as f:
+      json.dump([int(t) for t in token], f)
   main_write(write, what="the workdir marker")  # the same barrier name on every process
   want = [int(t) for t in multihost_utils.broadcast_one_to_all(token)]
   try:

@@ -342,6 +342,33 @@ def stage_dpo(cfg, wd: Workdir) -> dict:
   return {"pairs": n_pairs, **{k: v for k, v in summary.items() if _jsonable(v)}}
 
 
+def eval_conditions(cfg) -> list[Dialogue]:
+  """The held-out conditions of the evaluation (`roots` "eval", config.eval.n_conditions)."""
+  corpus = load_corpus(cfg) if cfg.data.source != "sandbox" else {}
+  return roots(cfg, corpus, "eval", cfg.eval.n_conditions)
+
+
+def oracle_report(cfg, wd: Workdir) -> dict:
+  """report.json's `oracle` (sandbox only): per model ("sft", "dpo") the live world evaluation
+  (`oracle.summarize` of `oracle.evaluate_world` on the evaluation conditions, seed cfg.seed + 11)
+  with the transcript scores of its learned-simulator chats ("transcript") and the gap
+  "sim_minus_oracle" (simulator reward minus the exact oracle expectation: the simulator gap /
+  reward hacking figure)."""
+  from engage_jax import evaluate, oracle
+  tok = load_tokenizer(wd)
+  conds = eval_conditions(cfg)
+  out = {}
+  for name, agent_dir in (("sft", wd.path("sft_agent", "hf")), ("dpo", wd.path("dpo_agent", "hf"))):
+    agent = speaker(cfg, cfg.eval, load_model(cfg, agent_dir), tok, "agent")
+    block = oracle.summarize(oracle.evaluate_world(agent, conds, cfg.task, cfg.eval.samples_per_condition,
+                                                   cfg.seed + 11))
+    sim = evaluate.load_dialogues(str(wd.path(f"eval_{name}", "dialogues.jsonl")))
+    block["transcript"] = oracle.transcript_scores(cfg.task, sim)
+    block["sim_minus_oracle"] = float(evaluate.rewards(sim).mean() - block["expected_mean"])
+    out[name] = block
+  return out
+
+
 def stage_report(cfg, wd: Workdir) -> dict:
   from engage_jax import evaluate, report
   from engage_jax.search.pairs import read_jsonl
@@ -351,9 +378,8 @@ def stage_report(cfg, wd: Workdir) -> dict:
   search_stats = report.search_stats_from_pairs(pairs) if pairs else None
   rep = report.build_report(cfg.task, sft, dpo, len(pairs), wd.wall_seconds(), search_stats=search_stats,
                             seed=cfg.seed)
-  if cfg.data.source == "sandbox":  # the world itself as the user (engage_jax.experiments.oracle)
-    from engage_jax.experiments import oracle
-    rep["oracle"] = oracle.report_block(cfg, wd)
+  if cfg.data.source == "sandbox":  # the world itself as the user (engage_jax.oracle)
+    rep["oracle"] = oracle_report(cfg, wd)
   summary_path = wd.path("search", "summary.json")
   if summary_path.is_file():  # unparsed outcomes inside the trees (P4G): not backed up, counted here
     ss = json.loads(summary_path.read_text())

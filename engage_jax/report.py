@@ -35,7 +35,7 @@ from engage_jax.data.dialogue import Dialogue
 from engage_jax.fileio import atomic_write_text
 
 REPORT_KEYS = ("task", "sft", "dpo", "pairs", "p_value", "wall_seconds")
-OPTIONAL_KEYS = ("extra", "oracle")  # oracle: sandbox only (engage_jax.experiments.oracle.report_block)
+OPTIONAL_KEYS = ("extra", "oracle")  # oracle: sandbox only (engage_jax.pipeline.oracle_report)
 MODEL_KEYS = ("n", "reward_mean", "ci95", "mean_turns")
 TASKS = ("es", "p4g")
 P_VALUE_TEST = ("paired sign-flip permutation test, two-sided, on per-condition mean reward "

@@ -168,7 +168,7 @@ class ModelOps:
     tok = ChatTokenizer.load(tok_dir)
     agent, fn = self._agent(cfg, tok, agent_dir, best_of_n, lookahead_dir)
     sim = pipeline.speaker(cfg, cfg.eval, pipeline.load_model(cfg, sim_dir), tok, "simulator")
-    conds = eval_conditions(cfg)
+    conds = pipeline.eval_conditions(cfg)
     settings = {"task": cfg.task, "max_agent_turns": cfg.eval.max_agent_turns,
                 "samples_per_condition": cfg.eval.samples_per_condition, "reward": pipeline.reward_cfg(cfg)}
     _, dialogues = evaluate.evaluate(agent, sim, conds, settings, seed=cfg.seed + 7,
@@ -179,7 +179,7 @@ class ModelOps:
     from engage_jax import evaluate
     res = {"summary": evaluate.summarize(dialogues, n_boot=2000), "per_condition": per_condition(dialogues)}
     if cfg.data.source == "sandbox":
-      from engage_jax.experiments import oracle
+      from engage_jax import oracle
       res["transcript"] = oracle.transcript_scores(cfg.task, dialogues)
     samples = [d.outcome["agent_samples"] for d in dialogues if "agent_samples" in d.outcome]
     if samples:
@@ -189,23 +189,16 @@ class ModelOps:
   def oracle(self, cfg, tok_dir: Path, agent_dir: Path, out_dir: Path, best_of_n: int = 0,
              lookahead_dir: Path | None = None) -> dict:
     """Live chats with the sandbox world as the user on the evaluation conditions."""
-    from engage_jax.experiments import oracle
+    from engage_jax import oracle, pipeline
     from engage_jax.fileio import atomic_write_jsonl
     from engage_jax.tokenizer import ChatTokenizer
     tok = ChatTokenizer.load(tok_dir)
     agent, _ = self._agent(cfg, tok, agent_dir, best_of_n, lookahead_dir)
-    rows = oracle.evaluate_world(agent, eval_conditions(cfg), cfg.task, cfg.eval.samples_per_condition,
+    rows = oracle.evaluate_world(agent, pipeline.eval_conditions(cfg), cfg.task, cfg.eval.samples_per_condition,
                                  seed=cfg.seed + 11)
     atomic_write_jsonl(str(out_dir / "dialogues.jsonl"), [d.to_json() for d in rows])
     return {"summary": oracle.summarize(rows), "per_condition": per_condition(rows),
             "per_condition_expected": per_condition(rows, "expected")}
-
-
-def eval_conditions(cfg):
-  """The held-out conditions of the pipeline's evaluation (pipeline.roots "eval")."""
-  from engage_jax import pipeline
-  corpus = pipeline.load_corpus(cfg) if cfg.data.source != "sandbox" else {}
-  return pipeline.roots(cfg, corpus, "eval", cfg.eval.n_conditions)
 
 
 class Experiment:

@@ -6,7 +6,7 @@ import pytest
 
 from engage_jax.data import sandbox
 from engage_jax.data.dialogue import AGENT, USER, Dialogue, Turn
-from engage_jax.experiments import oracle
+from engage_jax import oracle
 
 SAD = {"emotion_type": "sadness", "problem_type": "job crisis", "situation": "i feel sad about my job ."}
 NUMBERS = {"motivation": "numbers", "age_group": "young", "hobby": "music"}

@@ -148,23 +148,3 @@ def evaluate_world(agent, conditions: Sequence[Dialogue], task: str, samples: in
       d.outcome["sample"] = k
       out.append(d)
   return out
-
-
-def report_block(cfg, wd) -> dict:
-  """report.json's `oracle`: per model ("sft", "dpo") the live world evaluation (`summarize` of
-  `evaluate_world` on the pipeline's evaluation conditions, seed cfg.seed + 11) with the transcript
-  scores of its learned-simulator chats ("transcript") and the gap "sim_minus_oracle" (simulator
-  reward minus the exact oracle expectation: the simulator gap / reward hacking figure)."""
-  from engage_jax import evaluate, pipeline
-  from engage_jax.experiments.runner import eval_conditions
-  tok = pipeline.load_tokenizer(wd)
-  conds = eval_conditions(cfg)
-  out = {}
-  for name, agent_dir in (("sft", wd.path("sft_agent", "hf")), ("dpo", wd.path("dpo_agent", "hf"))):
-    agent = pipeline.speaker(cfg, cfg.eval, pipeline.load_model(cfg, agent_dir), tok, "agent")
-    block = summarize(evaluate_world(agent, conds, cfg.task, cfg.eval.samples_per_condition, cfg.seed + 11))
-    sim = evaluate.load_dialogues(str(wd.path(f"eval_{name}", "dialogues.jsonl")))
-    block["transcript"] = transcript_scores(cfg.task, sim)
-    block["sim_minus_oracle"] = float(evaluate.rewards(sim).mean() - block["expected_mean"])
-    out[name] = block
-  return out
