@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from engage_jax import rewards, sampling
 from engage_jax.data import chat
@@ -102,9 +102,14 @@ def score_finished(simulator: "Speaker", dialogues: list[Dialogue], *, task: str
 
 def simulate(agent: Speaker, simulator: Speaker, starts: list[Dialogue], *, task: str,
              max_agent_turns: int, reward_cfg: Any = None, seed: int = 0,
-             progress: bool = False) -> list[Dialogue]:
+             progress: bool = False, agent_turns: Callable[[list[Dialogue], int], list[str]] | None = None,
+             call_seed: Callable[[int, str], int] | None = None) -> list[Dialogue]:
   """Continues every start dialogue to its end (see module docstring); inputs are not modified.
   progress: a tqdm bar over agent turns (with an ETA).
+  agent_turns: (the dialogues whose agent turn it is, seed) -> their agent texts; default one
+  `agent.generate` call over their agent messages (experiments.baselines.BestOfN plugs in here).
+  call_seed: (call index, "agent" | "simulator" | "outcome") -> that call's seed; default
+  `sub_seed(seed, call, bits=32)` for every call.
 
   starts: dialogues (condition + opening turns, possibly none); task: "es" | "p4g";
   max_agent_turns: cap on agent turns per conversation (counting those already in the start).
@@ -114,6 +119,10 @@ def simulate(agent: Speaker, simulator: Speaker, starts: list[Dialogue], *, task
     raise ValueError(f"simulate: unknown task {task!r}; expected 'es' or 'p4g'")
   if max_agent_turns < 1:
     raise ValueError(f"simulate: max_agent_turns must be positive, got {max_agent_turns}")
+  if agent_turns is None:
+    agent_turns = lambda ds, s: agent.generate([chat.agent_messages(task, d.turns) for d in ds], s)
+  if call_seed is None:
+    call_seed = lambda call, _role: sub_seed(seed, call, bits=32)
   rows = [dataclasses.replace(d, turns=[copy.copy(t) for t in d.turns], condition=dict(d.condition),
                               outcome=dict(d.outcome)) for d in starts]
   live = [True] * len(rows)
@@ -133,8 +142,7 @@ def simulate(agent: Speaker, simulator: Speaker, starts: list[Dialogue], *, task
         else:
           agent_rows.append(i)
     if agent_rows:
-      texts = agent.generate([chat.agent_messages(task, rows[i].turns) for i in agent_rows],
-                             sub_seed(seed, calls, bits=32))
+      texts = agent_turns([rows[i] for i in agent_rows], call_seed(calls, "agent"))
       calls += 1
       for i, text in zip(agent_rows, texts):
         rows[i].turns.append(Turn(AGENT, text))
@@ -142,7 +150,7 @@ def simulate(agent: Speaker, simulator: Speaker, starts: list[Dialogue], *, task
     if sim_rows:
       texts = simulator.generate(
           [chat.simulator_messages(task, rows[i].condition, rows[i].turns) for i in sim_rows],
-          sub_seed(seed, calls, bits=32))
+          call_seed(calls, "simulator"))
       calls += 1
       for i, text in zip(sim_rows, texts):
         ended = chat.END_MARKER in text
@@ -150,7 +158,7 @@ def simulate(agent: Speaker, simulator: Speaker, starts: list[Dialogue], *, task
         if ended:
           terminal[i], live[i] = True, False
   bar.close()
-  scores = score_finished(simulator, rows, task=task, reward_cfg=reward_cfg, seed=sub_seed(seed, calls, bits=32))
+  scores = score_finished(simulator, rows, task=task, reward_cfg=reward_cfg, seed=call_seed(calls, "outcome"))
   for i, (d, score) in enumerate(zip(rows, scores)):
     d.outcome.update(num_turns=d.num_agent_turns, terminal=bool(terminal[i]), **score)
   return rows

@@ -17,7 +17,6 @@ fine-tuning data.
 """
 from __future__ import annotations
 
-import copy
 import dataclasses
 import math
 from typing import Any, Sequence
@@ -26,11 +25,8 @@ import numpy as np
 
 from engage_jax import rollout
 from engage_jax.data import chat
-from engage_jax.data.dialogue import AGENT, USER, Dialogue, Turn
-
-
-def _seed(seed: int, *keys: int) -> int:
-  return int(np.random.SeedSequence([int(seed) & 0xFFFFFFFF, *keys]).generate_state(1)[0] & 0x7FFFFFFF)
+from engage_jax.data.dialogue import AGENT, Dialogue, Turn
+from engage_jax.seeding import sub_seed
 
 
 @dataclasses.dataclass
@@ -53,12 +49,12 @@ class BestOfN:
     """The kept agent text for each history (its condition is the lookahead's user)."""
     self.calls += 1
     msgs = [chat.agent_messages(self.task, h.turns) for h in histories for _ in range(self.n)]
-    cands = self.agent.generate(msgs, _seed(seed, self.calls, 0))
+    cands = self.agent.generate(msgs, sub_seed(seed, self.calls, 0))
     looks = [Dialogue(h.id, self.task, list(h.turns) + [Turn(AGENT, c)], dict(h.condition))
              for h, c in zip((h for h in histories for _ in range(self.n)), cands)]
     done = rollout.simulate(self.agent, self.lookahead, looks, task=self.task,
                             max_agent_turns=self.max_agent_turns, reward_cfg=self.reward_cfg,
-                            seed=_seed(seed, self.calls, 1))
+                            seed=sub_seed(seed, self.calls, 1))
     self.agent_samples += len(cands) + sum(d.num_agent_turns - lk.num_agent_turns for d, lk in zip(done, looks))
     out = []
     for i in range(len(histories)):
@@ -71,42 +67,21 @@ class BestOfN:
     return out
 
 
+_ROLE_KEY = {"agent": 2, "simulator": 3, "outcome": 4}  # the per-role seed keys of best-of-n chats
+
+
 def simulate_best_of_n(policy: BestOfN, simulator, starts: list[Dialogue], *, task: str,
                        max_agent_turns: int, reward_cfg: Any = None, seed: int = 0, **_) -> list[Dialogue]:
-  """`rollout.simulate` with the best-of-n agent (same turn logic, end rules and scoring); signature
-  of evaluate.evaluate's simulate_fn with `policy` in the agent's place."""
-  rows = [dataclasses.replace(d, turns=[copy.copy(t) for t in d.turns], condition=dict(d.condition),
-                              outcome=dict(d.outcome)) for d in starts]
-  live, terminal = [True] * len(rows), [False] * len(rows)
+  """`rollout.simulate` with the best-of-n agent (`policy.choose` makes the agent turns; same end
+  rules and scoring); outcome gains `agent_samples` (per conversation). The signature of
+  evaluate.evaluate's simulate_fn with `policy` in the agent's place."""
   before = policy.agent_samples
-  calls = 0
-  while any(live):
-    agent_rows = []
-    for i, d in enumerate(rows):
-      if live[i] and (not d.turns or d.turns[-1].role == USER):
-        if d.num_agent_turns >= max_agent_turns:
-          live[i] = False
-        else:
-          agent_rows.append(i)
-    if agent_rows:
-      texts = policy.choose([rows[i] for i in agent_rows], _seed(seed, calls, 2))
-      calls += 1
-      for i, text in zip(agent_rows, texts):
-        rows[i].turns.append(Turn(AGENT, text))
-    sim_rows = [i for i, d in enumerate(rows) if live[i] and d.turns and d.turns[-1].role == AGENT]
-    if sim_rows:
-      texts = simulator.generate([chat.simulator_messages(task, rows[i].condition, rows[i].turns)
-                                  for i in sim_rows], _seed(seed, calls, 3))
-      calls += 1
-      for i, text in zip(sim_rows, texts):
-        ended = chat.END_MARKER in text
-        rows[i].turns.append(Turn(USER, chat.strip_end_marker(text) if ended else text))
-        if ended:
-          terminal[i], live[i] = True, False
-  scores = rollout.score_finished(simulator, rows, task=task, reward_cfg=reward_cfg, seed=_seed(seed, calls, 4))
+  rows = rollout.simulate(policy.agent, simulator, starts, task=task, max_agent_turns=max_agent_turns,
+                          reward_cfg=reward_cfg, seed=seed, agent_turns=policy.choose,
+                          call_seed=lambda call, role: sub_seed(seed, call, _ROLE_KEY[role]))
   per = (policy.agent_samples - before) / max(len(rows), 1)
-  for i, (d, score) in enumerate(zip(rows, scores)):
-    d.outcome.update(num_turns=d.num_agent_turns, terminal=terminal[i], agent_samples=per, **score)
+  for d in rows:
+    d.outcome["agent_samples"] = per
   return rows
 
 
@@ -135,7 +110,7 @@ def corpus_pairs(task: str, dialogues: Sequence[Dialogue], agent, limit: int, se
   items = [items[i] for i in order]
   if not items:
     return []
-  samples = agent.generate([chat.agent_messages(task, h) for h, _, _ in items], _seed(seed, 5))
+  samples = agent.generate([chat.agent_messages(task, h) for h, _, _ in items], sub_seed(seed, 5))
   out = []
   for (hist, chosen, did), rej in zip(items, samples):
     if " ".join(rej.split()) == " ".join(chosen.text.split()):
