@@ -206,7 +206,7 @@ def test_sequence_logprobs_pinned_to_the_old_formula(dtype, rtol, atol):
   got = sampling.sequence_logprobs(model, prompts, comps)
   t = 32
   tokens, mask, target = (np.zeros((8, t), np.int32) for _ in range(3))
-  for i, (pr, c) in enumerate(zip(prompts, comps)):
+  for i, (pr, c) in enumerate(zip(prompts, comps, strict=True)):
     tokens[i, :len(pr) + len(c)], mask[i, :len(pr) + len(c)], target[i, len(pr):len(pr) + len(c)] = pr + c, 1, 1
   graphdef, state = nnx.split(model)
   old = np.asarray(jax.jit(_old_logprobs_core, static_argnums=0)(graphdef, state, tokens, mask, target))[:5]

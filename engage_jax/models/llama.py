@@ -44,7 +44,7 @@ class LayerCache:
   keys: jax.Array    # [B, KV, hd, S]
   values: jax.Array  # [B, KV, S, hd]
 
-  def write(self, kt: jax.Array, v: jax.Array, index) -> "LayerCache":
+  def write(self, kt: jax.Array, v: jax.Array, index) -> LayerCache:
     """kt [B, KV, hd, T] / v [B, KV, T, hd] written at slots index..index+T-1 (in place under jit)."""
     zero, index = jnp.zeros((), jnp.int32), jnp.asarray(index, jnp.int32)
     return LayerCache(

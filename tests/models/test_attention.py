@@ -101,3 +101,32 @@ def test_last_only_needs_a_prefill():
   with pytest.raises(ValueError, match="last_only"):
     model.forward_cached(ids, ids, model.init_cache(1, 8), jnp.int32(3), jnp.ones((1, 8)),
                          last_only=True)
+
+
+def test_prefill_is_an_explicit_mode():
+  """mode="prefill" (causal self-attention over the new tokens) and mode="decode" (attention over
+  the cache) give the same hidden states and cache for a prompt written at slot 0; a prefill at
+  another slot or an unknown mode is an error."""
+  config = ModelConfig(vocab_size=61, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                       num_attention_heads=4, num_key_value_heads=2)
+  model = CausalLM(config, rngs=nnx.Rngs(2))
+  b, t, s = 2, 7, 12
+  ids = jnp.asarray(np.random.RandomState(1).randint(1, config.vocab_size, (b, t)))
+  mask = np.ones((b, t), np.int32)
+  mask[0, :2] = 0
+  positions = jnp.asarray(np.maximum(mask.cumsum(-1) - 1, 0))
+  kv_mask = jnp.asarray(np.concatenate([mask, np.ones((b, s - t), np.int32)], axis=1))
+  pre, c_pre = model.forward_cached(ids, positions, model.init_cache(b, s), 0, kv_mask, mode="prefill")
+  dec, c_dec = model.forward_cached(ids, positions, model.init_cache(b, s), 0, kv_mask, mode="decode")
+  real = mask.astype(bool)
+  np.testing.assert_allclose(np.asarray(pre)[real], np.asarray(dec)[real], atol=1e-5)
+  slot = np.asarray(kv_mask, bool)  # [B, S]: the pad slots' keys/values differ, and are never attended to
+  for c0, c1 in zip(c_pre, c_dec, strict=True):
+    np.testing.assert_allclose(np.asarray(c0.keys).transpose(0, 3, 1, 2)[slot],
+                               np.asarray(c1.keys).transpose(0, 3, 1, 2)[slot], atol=1e-5)
+    np.testing.assert_allclose(np.asarray(c0.values).transpose(0, 2, 1, 3)[slot],
+                               np.asarray(c1.values).transpose(0, 2, 1, 3)[slot], atol=1e-5)
+  with pytest.raises(ValueError, match="cache_index must be 0"):
+    model.forward_cached(ids, positions, model.init_cache(b, s), 3, kv_mask, mode="prefill")
+  with pytest.raises(ValueError, match="mode must be one of"):
+    model.forward_cached(ids, positions, model.init_cache(b, s), 0, kv_mask, mode="chunked")

@@ -7,11 +7,16 @@ import subprocess
 import sys
 from pathlib import Path
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
+from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from engage_jax import sharding
+from engage_jax.models import CausalLM, ModelConfig, lora
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -46,14 +51,11 @@ def test_indivisible_dims_are_replicated():
 
 # ---------------------------------------------------------------------------- every path has a rule
 def _tiny(**kw):
-  from engage_jax.models import ModelConfig
   return ModelConfig(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
                      num_attention_heads=4, num_key_value_heads=2, **kw)
 
 
 def _models():
-  from flax import nnx
-  from engage_jax.models import CausalLM, lora
   yield "plain", CausalLM(_tiny(), rngs=nnx.Rngs(0))
   yield "qwen2_bias_tied", CausalLM(_tiny(model_type="qwen2", attention_bias=True, tie_word_embeddings=True),
                                     rngs=nnx.Rngs(0))
@@ -64,7 +66,6 @@ def _models():
 
 
 def test_every_model_variable_matches_a_rule():
-  from flax import nnx
   seen = set()
   for name, model in _models():
     flat = list(nnx.to_flat_state(nnx.state(model)))
@@ -79,7 +80,6 @@ def test_every_model_variable_matches_a_rule():
 
 
 def _one_device_mesh():
-  import jax
   return sharding.make_mesh(1, 1, 1, devices=jax.devices()[:1])
 
 
@@ -108,7 +108,6 @@ class _FakeMeshWithoutFsdp:
 
 
 def test_batch_specs_over_data_and_fsdp():
-  from jax.sharding import NamedSharding
   mesh = _FakeMesh()
   spec = lambda axes: sharding.logical_to_spec(mesh, axes)
   assert spec(("batch", None)) == P(("data", "fsdp"), None)
@@ -121,17 +120,11 @@ def test_batch_specs_over_data_and_fsdp():
 
 # ---------------------------------------------------------------------------- activation constraints
 def _forward_text(model, ids):
-  import jax
-  from flax import nnx
   graphdef, state = nnx.split(model)
   return str(jax.make_jaxpr(lambda s, x: nnx.merge(graphdef, s)(x))(state, ids))
 
 
 def test_no_mesh_no_sharding_constraint():
-  import jax
-  import jax.numpy as jnp
-  from flax import nnx
-  from engage_jax.models import CausalLM
   config = _tiny()
   model = CausalLM(config, rngs=nnx.Rngs(0))
   ids = jnp.ones((2, 5), jnp.int32)
