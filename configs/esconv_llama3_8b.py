@@ -21,7 +21,7 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import base  # noqa: E402  (configs/base.py: the shared schema)
+import base
 
 LLAMA3_8B_PATH = "/path/to/Meta-Llama-3-8B-Instruct"   # placeholder: set --config.model.*.path
 

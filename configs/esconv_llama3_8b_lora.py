@@ -28,8 +28,8 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import base  # noqa: E402
-import esconv_llama3_8b  # noqa: E402
+import base
+import esconv_llama3_8b
 
 # GiB per device from `launch/plan.py --config=configs/esconv_llama3_8b_lora.py --hbm_gib=80`.
 PLAN = {"1xH100_80GB": {"train_remat": 32.264, "sampling": 39.145},

@@ -19,8 +19,8 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import base  # noqa: E402  (configs/base.py: the shared schema)
-import esconv_llama3_8b  # noqa: E402
+import base
+import esconv_llama3_8b
 
 QWEN2_7B_PATH = "/path/to/Qwen2-7B-Instruct"          # placeholder: set --config.model.*.path
 

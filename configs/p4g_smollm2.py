@@ -12,7 +12,7 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(__file__))
-import esconv_smollm2  # noqa: E402
+import esconv_smollm2
 
 
 def get_config():

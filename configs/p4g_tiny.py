@@ -7,7 +7,7 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(__file__))
-import esconv_tiny  # noqa: E402
+import esconv_tiny
 
 
 def get_config():

@@ -11,7 +11,7 @@ Two ladders, each with its users' parameters (their sizes are what existing runs
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 
 def ladder(limit: int, minimum: int) -> tuple[int, ...]:

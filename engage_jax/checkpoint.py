@@ -30,7 +30,8 @@ import dataclasses
 import logging
 import os
 import time
-from typing import Any, Callable, Mapping
+from typing import Any
+from collections.abc import Callable, Mapping
 
 import jax
 import numpy as np
@@ -201,7 +202,7 @@ class CheckpointManager:
           raise CorruptCheckpoint(f"non-finite values in parameter {bad!r}", f"{self.directory}/{step}")
       except CheckpointMismatch:
         raise
-      except Exception as e:  # noqa: BLE001 - Orbax raises many types for a damaged step
+      except Exception as e:
         reason = " ".join(str(e).split())[:200] or type(e).__name__
         skipped.append(step)
         msg = f"checkpoint {self.directory}/{step} is corrupt ({type(e).__name__}: {reason})"
@@ -276,7 +277,7 @@ def model_from_checkpoint(directory: str, step: int | None = None, dtype=None):
       try:
         meta = mgr.read_meta(s)
         break
-      except Exception as e:  # noqa: BLE001 - a corrupt step: restore_model falls back too
+      except Exception as e:
         if step is not None:
           raise CorruptCheckpoint(f"unreadable metadata ({type(e).__name__})", f"{directory}/{s}") from e
     if meta is None:

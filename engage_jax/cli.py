@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 import sys
 import traceback
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 from engage_jax import errors
 from engage_jax.errors import InputError
@@ -92,7 +92,7 @@ def parse_flags(argv: Sequence[str]) -> list[str]:
   from absl import flags
   try:
     return flags.FLAGS(list(argv))
-  except Exception as e:  # noqa: BLE001
+  except Exception as e:
     if errors.debug():
       raise
     errors.fail(flag_error(e, argv))
@@ -107,7 +107,7 @@ def run_app(main: Callable[[list[str]], None]) -> None:
       return main(argv)
     except app.UsageError as e:
       errors.fail(InputError(str(e), "command line"))
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
       if errors.debug():
         raise
       # ml_collections reports some config-file failures only when the value is first read

@@ -41,7 +41,7 @@ def enable(path: str | os.PathLike | None = None,
   try:
     os.makedirs(path, exist_ok=True)
   except OSError as e:  # e.g. a read-only home: run without the cache rather than fail
-    warnings.warn(f"compilation cache disabled: cannot create {path}: {e}")
+    warnings.warn(f"compilation cache disabled: cannot create {path}: {e}", stacklevel=2)
     return None
   jax.config.update("jax_compilation_cache_dir", path)
   jax.config.update("jax_persistent_cache_min_compile_time_secs", float(min_compile_seconds))

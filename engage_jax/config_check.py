@@ -17,7 +17,8 @@ import math
 import os
 import re
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 from engage_jax.errors import InputError, InputErrors
 
@@ -244,7 +245,7 @@ def _dims(c: _Checker, key: str, d: dict, source: str) -> None:
     else:
       vals[f] = v
   kv = d.get("num_key_value_heads") or vals.get("num_attention_heads")
-  where = lambda f: f"{key}.{f}" if source == "config" else key  # noqa: E731
+  where = lambda f: f"{key}.{f}" if source == "config" else key
   suffix = "" if source == "config" else f" (in {source})"
   if not _is_int(kv) or kv < 1:
     c.add(where("num_key_value_heads"), f"must be a positive integer{suffix}; got {kv!r}")

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 EXIT_CODE = 2
 
@@ -83,7 +83,7 @@ def guard(fn: Callable, *args, **kwargs):
   """fn(*args, **kwargs); an exception (not SystemExit / KeyboardInterrupt) → `fail`."""
   try:
     return fn(*args, **kwargs)
-  except Exception as e:  # noqa: BLE001 - every error a user sees is one line
+  except Exception as e:
     if debug():
       raise
     fail(e)

@@ -24,7 +24,8 @@ import collections
 import dataclasses
 import json
 import math
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 

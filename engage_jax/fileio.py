@@ -7,7 +7,8 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from typing import Any, Iterable
+from typing import Any
+from collections.abc import Iterable
 
 
 _UMASK: list[int] = []

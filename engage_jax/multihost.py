@@ -20,7 +20,8 @@ import json
 import os
 import sys
 import threading
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 _LOCAL = threading.local()
 
@@ -84,7 +85,7 @@ def main_write(fn: Callable[..., Any], *args, what: str = "", **kwargs) -> Any:
     try:
       with _writing():
         result = fn(*args, **kwargs)
-    except BaseException as e:  # noqa: BLE001 - re-raised below, after the others are told
+    except BaseException as e:
       error = e
   if not _broadcast_ok(error is None):
     if error is not None:

@@ -21,7 +21,7 @@ strategy (None) is unhelpful (ES probability P_BASE, P4G not effective) and coun
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 

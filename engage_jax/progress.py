@@ -17,7 +17,7 @@ import os
 import threading
 import time
 from pathlib import Path
-from typing import Mapping
+from collections.abc import Mapping
 
 HEARTBEAT_S = float(os.environ.get("ENGAGE_HEARTBEAT_S", "180"))
 

@@ -39,7 +39,8 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
+from collections.abc import Iterable, Mapping, Sequence
 
 DEFAULT_ES_PATTERN = (
     r"\bfeel(?:ing|s)? (?:so |much |a lot |a bit |way )?better\b"
@@ -215,7 +216,7 @@ class RewardSettings:
   donation_cap: float = DONATION_CAP
 
   @classmethod
-  def from_any(cls, cfg: Any = None) -> "RewardSettings":
+  def from_any(cls, cfg: Any = None) -> RewardSettings:
     """From None, a mapping or an object with these attributes (e.g. a ConfigDict); missing,
     None or empty values take the defaults."""
     if isinstance(cfg, cls):

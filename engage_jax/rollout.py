@@ -26,7 +26,8 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-from typing import Any, Callable, Sequence
+from typing import Any
+from collections.abc import Callable, Sequence
 
 from engage_jax import rewards, sampling
 from engage_jax.data import chat
@@ -48,7 +49,7 @@ class Speaker:
   model: Any
   tokenizer: Any
   max_prompt_len: int = 512
-  sampling: SamplingParams = SamplingParams()
+  sampling: SamplingParams = dataclasses.field(default_factory=SamplingParams)
 
   def __post_init__(self):
     if self.max_prompt_len < 1 or self.sampling.max_new_tokens < 1:
@@ -79,7 +80,7 @@ class Speaker:
     return [self.tokenizer.decode(x).strip() for x in ids]
 
 
-def score_finished(simulator: "Speaker", dialogues: list[Dialogue], *, task: str, reward_cfg: Any = None,
+def score_finished(simulator: Speaker, dialogues: list[Dialogue], *, task: str, reward_cfg: Any = None,
                    seed: int = 0) -> list[dict]:
   """Outcome of finished chats: ES the regex over the user's last turns; P4G ONE batched simulator
   call answering OUTCOME_REQUEST (the chat shown with its end marker, as in training), parsed.

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 BOS, EOS, PAD = "<|bos|>", "<|eos|>", "<|pad|>"
 SYSTEM, USER, ASSISTANT, END = "<|system|>", "<|user|>", "<|assistant|>", "<|end|>"
@@ -75,7 +75,7 @@ class ChatTokenizer:
 
   # ---- io ----
   @classmethod
-  def load(cls, path: str | os.PathLike) -> "ChatTokenizer":
+  def load(cls, path: str | os.PathLike) -> ChatTokenizer:
     """Loads an HF tokenizer dir, or the tokenizer in a `.gguf` file's metadata; ValueError if the
     dir has no tokenizer.json."""
     from engage_jax.models import gguf

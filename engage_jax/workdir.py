@@ -27,7 +27,8 @@ import os
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
+from collections.abc import Iterable, Mapping
 
 from engage_jax.errors import InputError
 from engage_jax.fileio import atomic_write_json

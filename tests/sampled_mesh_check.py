@@ -10,12 +10,12 @@ import sys
 
 os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
 
-import jax  # noqa: E402
-import numpy as np  # noqa: E402
-from flax import nnx  # noqa: E402
+import jax
+import numpy as np
+from flax import nnx
 
-from engage_jax import compile_cache, sampling, sharding  # noqa: E402
-from engage_jax.models import CausalLM, ModelConfig  # noqa: E402
+from engage_jax import compile_cache, sampling, sharding
+from engage_jax.models import CausalLM, ModelConfig
 
 CFG = ModelConfig(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=1,
                   num_attention_heads=8, num_key_value_heads=4)

@@ -2,13 +2,14 @@
 turn cap, P4G outcome, determinism) with a tiny random model and a tiny BPE tokenizer."""
 from __future__ import annotations
 
-import jax.numpy as jnp
+import itertools
+
 import pytest
 from flax import nnx
 
 from engage_jax import rollout
 from engage_jax.data import chat, sandbox
-from engage_jax.data.dialogue import AGENT, USER, Dialogue, Turn
+from engage_jax.data.dialogue import USER, Dialogue, Turn
 from engage_jax.models import CausalLM, ModelConfig
 from engage_jax.sampling import SamplingParams
 from engage_jax.tokenizer import train_bpe
@@ -50,7 +51,7 @@ def test_simulate_turn_cap_and_determinism(tok, model):
   for s, d in zip(starts, a):
     assert d.id == s.id and d.turns[:len(s.turns)] == s.turns
     roles = [t.role for t in d.turns]
-    assert all(r1 != r2 for r1, r2 in zip(roles, roles[1:]))           # alternating
+    assert all(r1 != r2 for r1, r2 in itertools.pairwise(roles))           # alternating
     assert d.outcome["num_turns"] == d.num_agent_turns
     assert d.outcome["reward"] in (0.0, 1.0)
     if not d.outcome["terminal"]:

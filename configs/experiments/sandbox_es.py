@@ -20,7 +20,7 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import grid_common  # noqa: E402
+import grid_common
 
 
 def get_config():

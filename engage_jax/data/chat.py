@@ -10,7 +10,7 @@ last turn. For P4G it then gets `OUTCOME_REQUEST` as one more "user" message and
 """
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 from engage_jax.data.dialogue import AGENT, USER, Turn
 

@@ -60,7 +60,7 @@ class Dialogue:
     return dataclasses.asdict(self)
 
   @classmethod
-  def from_json(cls, obj: dict) -> "Dialogue":
+  def from_json(cls, obj: dict) -> Dialogue:
     turns = [Turn(**t) for t in obj["turns"]]
     return cls(id=obj["id"], task=obj["task"], turns=turns, condition=dict(obj["condition"]),
                outcome=dict(obj.get("outcome", {})))

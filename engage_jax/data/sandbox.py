@@ -59,7 +59,7 @@ from __future__ import annotations
 
 import random
 import re
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 from engage_jax.data.dialogue import AGENT, USER, Dialogue, Turn
 

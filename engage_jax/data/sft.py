@@ -25,7 +25,8 @@ up to `max_len`, plus `max_len`), so a jit step compiles once per bucket.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any
+from collections.abc import Iterator, Mapping, Sequence
 
 import numpy as np
 

@@ -9,7 +9,8 @@ simulator, condition by condition (`evaluate.paired_rewards`), and pools the hel
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 

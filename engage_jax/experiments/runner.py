@@ -24,10 +24,12 @@ p: paired sign-flip tests (evaluate.paired_test) over the same units.
 """
 from __future__ import annotations
 
+import functools
 import json
 import time
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -286,7 +288,7 @@ class Experiment:
     for j in range(1, int(self.exp.ensemble_size)):
       cfg = pipeline_config(self.cfg, seed + 100 * j)
       view = View(s / "sims" / f"sim-{j}", {"tokenizer": base / "tokenizer"})
-      self._step(seed, f"sims/sim-{j}", lambda: self.ops.simulator(cfg, view))
+      self._step(seed, f"sims/sim-{j}", functools.partial(self.ops.simulator, cfg, view))
       out[f"sim-{j}"] = view.path("sft_simulator", "hf")
     return out
 
@@ -312,8 +314,8 @@ class Experiment:
     for name, sim_dir in sims.items():
       if name != "sim-0":
         result["ensemble"][name] = self._step(
-            seed, f"{v}/ens/{name}", lambda: self.ops.evaluate(cfg, tok, agent_dir, sim_dir,
-                                                               s / v / "ens" / name, n, look))
+            seed, f"{v}/ens/{name}", functools.partial(self.ops.evaluate, cfg, tok, agent_dir, sim_dir,
+                                                       s / v / "ens" / name, n, look))
     if self.exp.oracle:
       result["oracle"] = self._step(seed, f"{v}/oracle",
                                     lambda: self.ops.oracle(cfg, tok, agent_dir, s / v / "oracle", n, look))

@@ -12,7 +12,7 @@ from __future__ import annotations
 import threading
 import time
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from engage_jax.data import chat
 from engage_jax.data.dialogue import Turn
@@ -31,7 +31,7 @@ class Agents:
     self.task, self._speakers, self._lock = task, dict(speakers), threading.Lock()
 
   @classmethod
-  def from_workdir(cls, cfg, workdir: str | Path) -> "Agents":
+  def from_workdir(cls, cfg, workdir: str | Path) -> Agents:
     from engage_jax import models, pipeline
     from engage_jax.tokenizer import ChatTokenizer
     wd = Path(workdir)

@@ -2,7 +2,7 @@
 how a scenario is shown to a rater."""
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 INSTRUCTIONS = {
     "es": ("Imagine you are the person described below and talk about it with the agent, in your own "

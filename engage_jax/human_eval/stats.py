@@ -13,7 +13,7 @@ Unit of analysis: a rated session (one rater × one held-out condition, both age
 from __future__ import annotations
 
 import math
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 

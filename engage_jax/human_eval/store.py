@@ -22,7 +22,8 @@ import secrets
 import sqlite3
 import time
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any
+from collections.abc import Iterator, Mapping, Sequence
 
 MODELS = ("sft", "dpo")
 SLOTS = ("A", "B")
@@ -318,7 +319,7 @@ class Store:
 
   def counts(self) -> dict:
     with self.read() as c:
-      one = lambda q: c.execute(q).fetchone()[0]  # noqa: E731
+      one = lambda q: c.execute(q).fetchone()[0]
       return {"invites": one("SELECT COUNT(*) FROM raters"),
               "claimed": one("SELECT COUNT(*) FROM raters WHERE session_hash IS NOT NULL"),
               "sessions": one("SELECT COUNT(*) FROM sessions"),

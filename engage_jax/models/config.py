@@ -61,15 +61,15 @@ class ModelConfig:
   @property
   def num_params(self) -> int:
     """Parameter count (embedding counted once when tied)."""
-    d, f, v, l = self.hidden_size, self.intermediate_size, self.vocab_size, self.num_hidden_layers
+    d, f, v, n_layers = self.hidden_size, self.intermediate_size, self.vocab_size, self.num_hidden_layers
     hd, h, kv = self.head_dim, self.num_attention_heads, self.num_key_value_heads
     attn = d * hd * (h + 2 * kv) + h * hd * d + (hd * (h + 2 * kv) if self.attention_bias else 0)
     per_layer = attn + 3 * d * f + 2 * d
-    return v * d * (1 if self.tie_word_embeddings else 2) + l * per_layer + d
+    return v * d * (1 if self.tie_word_embeddings else 2) + n_layers * per_layer + d
 
   # ---------------------------------------------------------------- HF config.json
   @classmethod
-  def from_hf_dict(cls, hf: dict[str, Any], source: str = "config.json") -> "ModelConfig":
+  def from_hf_dict(cls, hf: dict[str, Any], source: str = "config.json") -> ModelConfig:
     """Builds a config from a transformers `config.json` dict (old `rope_scaling` or new `rope_parameters`)."""
     model_type = hf.get("model_type")
     if model_type not in SUPPORTED_MODEL_TYPES:

@@ -133,8 +133,8 @@ class GGUFFile:
   def model_config(self) -> ModelConfig:
     """The ModelConfig from `<arch>.*` metadata (vocab size from the embedding's shape)."""
     arch = self.architecture
-    g = lambda k, d=None: self.get(f"{arch}.{k}", d)  # noqa: E731
-    req = lambda k: self.require(f"{arch}.{k}")  # noqa: E731
+    g = lambda k, d=None: self.get(f"{arch}.{k}", d)
+    req = lambda k: self.require(f"{arch}.{k}")
     heads = int(req("attention.head_count"))
     if heads < 1:
       raise ValueError(f"{self.path}: {arch}.attention.head_count must be positive, got {heads}")
@@ -150,7 +150,7 @@ class GGUFFile:
       rope_scaling = {"rope_type": "linear", "factor": float(g("rope.scaling.factor"))}
     elif scaling not in (None, "none"):
       raise ValueError(f"{self.path}: unsupported {arch}.rope.scaling.type {scaling!r}")
-    tok = lambda k: self.get(f"tokenizer.ggml.{k}")  # noqa: E731
+    tok = lambda k: self.get(f"tokenizer.ggml.{k}")
     return ModelConfig(
         model_type=arch,
         vocab_size=vocab,

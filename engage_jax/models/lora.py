@@ -25,7 +25,8 @@ import math
 import os
 import re
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
+from collections.abc import Iterator
 
 import jax
 import jax.numpy as jnp
@@ -70,7 +71,7 @@ class LoraConfig:
     return self.alpha / (math.sqrt(self.rank) if self.rslora else self.rank)
 
   @classmethod
-  def from_any(cls, cfg: Any = None) -> "LoraConfig":
+  def from_any(cls, cfg: Any = None) -> LoraConfig:
     """From a LoraConfig, dict or ConfigDict; targets as a comma-separated string or a list."""
     if cfg is None:
       return cls()
@@ -259,7 +260,7 @@ def _peft_lora_config(adapter_dir: Path) -> tuple[LoraConfig, dict]:
     pc = json.loads(path.read_text())
   except json.JSONDecodeError as e:
     raise InputError(f"invalid JSON ({e.msg})", str(path)) from None
-  where = lambda k: f"{path}: {k}"  # noqa: E731
+  where = lambda k: f"{path}: {k}"
   if pc.get("peft_type", "LORA") != "LORA":
     raise InputError(f"only LORA adapters load; got {pc.get('peft_type')!r}", where("peft_type"))
   for key, ok in (("use_dora", lambda v: not v), ("fan_in_fan_out", lambda v: not v),

@@ -4,7 +4,8 @@ protocol (search/base.py), and `turn_reward`, the immediate reward of a child (r
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
+from collections.abc import Callable, Mapping, Sequence
 
 from engage_jax.data.dialogue import AGENT, USER, Dialogue, Turn
 from engage_jax.search.base import UNPARSED, Expansion, RolloutResult
@@ -62,7 +63,7 @@ class ModelEnv:
   @classmethod
   def from_config(cls, agent_model, simulator_model, tokenizer, cfg, *, task: str, reward_cfg: Any,
                   max_prompt_len: int = 512, logprobs: bool | None = None,
-                  strategy_fn: Callable[[str], str | None] | None = None) -> "ModelEnv":
+                  strategy_fn: Callable[[str], str | None] | None = None) -> ModelEnv:
     """Builds both Speakers from a `SearchConfig` (agent_sampling / simulator_sampling, turn cap)."""
     from engage_jax import rollout
     agent = rollout.Speaker(agent_model, tokenizer, max_prompt_len, sampling=cfg.agent_sampling)

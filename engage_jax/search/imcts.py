@@ -23,7 +23,7 @@ search/similarity.py, the tree arrays in search/tree.py, the env boundary in sea
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -88,8 +88,10 @@ class SearchConfig:
   max_live: int = 0
   margin: float = 0.2
   pair_min_visits: int = 1
-  agent_sampling: SamplingParams = SamplingParams(max_new_tokens=64, temperature=0.9, top_p=0.9)
-  simulator_sampling: SamplingParams = SamplingParams(max_new_tokens=64, temperature=0.3)
+  agent_sampling: SamplingParams = dataclasses.field(
+      default_factory=lambda: SamplingParams(max_new_tokens=64, temperature=0.9, top_p=0.9))
+  simulator_sampling: SamplingParams = dataclasses.field(
+      default_factory=lambda: SamplingParams(max_new_tokens=64, temperature=0.3))
   reward_horizon: str = "future"
   seed: int = 0
   required_condition: tuple[str, ...] | None = None
@@ -100,7 +102,7 @@ class SearchConfig:
                        f"got {self.reward_horizon!r}")
 
   @classmethod
-  def from_dict(cls, d: Mapping, **overrides) -> "SearchConfig":
+  def from_dict(cls, d: Mapping, **overrides) -> SearchConfig:
     """From a mapping / ml_collections ConfigDict whose keys are SearchConfig fields; the two
     sampling fields may be mappings of SamplingParams fields. An unknown key is a ValueError
     (the launcher's `config.search` section: `search.run.config_from_section`)."""

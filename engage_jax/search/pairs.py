@@ -17,7 +17,7 @@ value difference. Pairs with the same prompt + chosen + rejected text are dedupl
 from __future__ import annotations
 
 import json
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 

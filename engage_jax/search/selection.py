@@ -10,7 +10,7 @@ visited nodes when cfg.q_normalize, mctx-style; 0.5 for all when every visited v
 from __future__ import annotations
 
 import math
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 

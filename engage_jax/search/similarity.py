@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import difflib
 import re
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 from engage_jax.search.base import Expansion
 

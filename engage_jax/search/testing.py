@@ -6,7 +6,7 @@
 """
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -72,7 +72,7 @@ class BanditEnv:
 
   def _text(self, arm: str, rng: np.random.Generator) -> str:
     n = int(rng.integers(1_000_000))
-    if arm in self.texts and self.texts[arm]:
+    if self.texts.get(arm):
       return self.texts[arm][n % len(self.texts[arm])]
     return f"{arm} #{n}"
 

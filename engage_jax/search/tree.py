@@ -31,7 +31,7 @@ Side tables (python lists indexed [b][node]; None for the root and unused slots)
 from __future__ import annotations
 
 import dataclasses
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 

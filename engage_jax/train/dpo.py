@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import os
-from typing import Any, Sequence
+from typing import Any
+from collections.abc import Sequence
 
 import jax.numpy as jnp
 from flax import nnx

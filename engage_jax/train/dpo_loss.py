@@ -8,7 +8,7 @@ LM head runs only on the C positions that predict completion tokens.
 """
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 import jax
 import jax.numpy as jnp

@@ -42,7 +42,8 @@ import json
 import math
 import os
 import time
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any
+from collections.abc import Callable, Iterable, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -449,7 +450,7 @@ class _Interval:
     return {"sums": self.sums, "n": self.n, "tokens": self.tokens, "seconds": self.elapsed()}
 
   @classmethod
-  def from_json(cls, d: Mapping | None) -> "_Interval":
+  def from_json(cls, d: Mapping | None) -> _Interval:
     return cls(**d) if d else cls()
 
 

@@ -10,7 +10,8 @@ Batches come from `data.sft.BatchIterator` (seeded, resumable; its position is c
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping, Sequence
+from typing import Any
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 from flax import nnx

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from engage_jax.data import chat, sandbox
-from engage_jax.data.dialogue import AGENT, USER, Dialogue, Turn
+from engage_jax.data.dialogue import AGENT, Dialogue
 from engage_jax.experiments import baselines
 
 
@@ -63,7 +63,7 @@ def test_corpus_pairs_and_rft_examples():
   assert len(pairs) == 5 and all(p["rejected"][0]["content"] == "zzz ." and p["meta"]["source"] == "corpus" for p in pairs)
   p4g = baselines.corpus_prompts("p4g", sandbox.generate("p4g", 60, seed=3))
   assert p4g and all(t.strategy != "Greeting" for _, t, _ in p4g)
-  mk = lambda v, c: {"prompt": [{"role": "system", "content": "s"}], "chosen": [{"role": "assistant", "content": c}],  # noqa: E731
+  mk = lambda v, c: {"prompt": [{"role": "system", "content": "s"}], "chosen": [{"role": "assistant", "content": c}],
                      "rejected": [{"role": "assistant", "content": "r"}], "meta": {"chosen_value": v}}
   ex = baselines.rft_examples([mk(0.9, "a"), mk(0.9, "a"), mk(0.2, "b"), mk(0.5, "c")], 0.5)
   assert [m[-1]["content"] for m in ex] == ["a", "c"]

@@ -20,7 +20,7 @@ def test_grid_is_paired_and_gains_are_per_condition():
   def fake_simulate(agent, sim, starts, *, task, max_agent_turns, reward_cfg, seed):
     calls.append((agent, sim, seed, tuple(d.id for d in starts)))
     out = []
-    for j, d in enumerate(starts):
+    for d in starts:
       i = int(d.id.split("/")[0][1:])
       r = 1.0 if (i % 10) < 10 * SCORE[(agent, sim)] else 0.0   # condition i engaged below the rate
       out.append(Dialogue(d.id, task, d.turns + [Turn(AGENT, "x")], d.condition,

@@ -31,7 +31,7 @@ class ScriptedEnv:
     out = []
     for _ in histories:
       row = []
-      for j in range(k):
+      for _ in range(k):
         text = REPLIES[self.n % len(REPLIES)]
         self.n += 1
         row.append(Expansion(agent=Turn(AGENT, f"agent {self.n}"), user=Turn(USER, text)))
@@ -88,7 +88,7 @@ def test_future_bit_for_bit_with_bandit_env():
 
 
 def test_p4g_turn_reward():
-  u = lambda text: Turn(USER, text)  # noqa: E731
+  u = lambda text: Turn(USER, text)
   a = Turn(AGENT, "x")
   assert env_mod.turn_reward("p4g", Expansion(a, u("ok , i will donate $1.50 ."))) == 1.5
   assert env_mod.turn_reward("p4g", Expansion(a, u("wow , that is a good point ."))) == 0.0

@@ -77,7 +77,7 @@ class Server:
     return [sys.executable, str(REPO / "launch" / "rate.py"), f"--config=configs/sandbox_{self.task}.py",
             f"--workdir={self.workdir}", *OVERRIDES, *more]
 
-  def start(self, timeout: float = 120) -> "Server":
+  def start(self, timeout: float = 120) -> Server:
     self.admin = "admin-" + str(self.port)
     out = open(self.log, "a")
     self.proc = subprocess.Popen(self.args(f"--port={self.port}", f"--admin_token={self.admin}", *self.extra),

@@ -106,7 +106,7 @@ def test_assignment_is_random_per_rater_and_condition_and_balanced(tmp_path):
   store = Store(tmp_path / "r.sqlite", task="es")
   tokens = store.create_invites(40)
   rng = random.Random(0)
-  for i, t in enumerate(tokens):
+  for t in tokens:
     store.claim(t, None, POOL, scenarios=2, rng=rng)
   db = sqlite3.connect(store.path)
   rows = db.execute("SELECT s.rater_id, s.condition_id, c.model FROM sessions s JOIN conversations c "

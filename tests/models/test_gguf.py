@@ -59,6 +59,13 @@ def reference_dequantize(data: np.ndarray, qtype) -> np.ndarray:
   raise AssertionError(qtype)
 
 
+def _write(writer: gguf.GGUFWriter) -> None:
+  writer.write_header_to_file()
+  writer.write_kv_data_to_file()
+  writer.write_tensors_to_file()
+  writer.close()
+
+
 @pytest.mark.parametrize("qtype", [Q.Q8_0, Q.Q4_0, Q.Q4_1])
 def test_dequantize_matches_the_block_format(qtype, tmp_path):
   """Each stored block decodes as the spec says, and the weights are within the format's error."""
@@ -68,7 +75,7 @@ def test_dequantize_matches_the_block_format(qtype, tmp_path):
   path = tmp_path / "w.gguf"
   writer = gguf.GGUFWriter(str(path), "llama")
   writer.add_tensor("blk.0.ffn_up.weight", data, raw_dtype=qtype)
-  writer.write_header_to_file(); writer.write_kv_data_to_file(); writer.write_tensors_to_file(); writer.close()
+  _write(writer)
   got = G.open_gguf(path).tensor("blk.0.ffn_up.weight")
   assert got.shape == (6, 64)
   np.testing.assert_array_equal(got, reference_dequantize(data, qtype))
@@ -83,7 +90,7 @@ def test_float_types_round_trip(qtype, tmp_path):
   path = tmp_path / "w.gguf"
   writer = gguf.GGUFWriter(str(path), "llama")
   writer.add_tensor("output_norm.weight", gguf.quants.quantize(w, qtype), raw_dtype=qtype)
-  writer.write_header_to_file(); writer.write_kv_data_to_file(); writer.write_tensors_to_file(); writer.close()
+  _write(writer)
   got = G.open_gguf(path).tensor("output_norm.weight")
   tol = {Q.F32: 0, Q.F16: 1e-3, Q.BF16: 1e-2}[qtype]
   np.testing.assert_allclose(got, w, rtol=tol, atol=tol)

@@ -15,9 +15,9 @@ from flax import nnx
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
-from engage_jax.checkpoint import flatten_params  # noqa: E402
-from engage_jax.models import CausalLM, ModelConfig  # noqa: E402
-from engage_jax.train.sft import train_sft  # noqa: E402
+from engage_jax.checkpoint import flatten_params
+from engage_jax.models import CausalLM, ModelConfig
+from engage_jax.train.sft import train_sft
 
 
 def data():

@@ -7,15 +7,15 @@ import sys
 
 os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
 
-import jax  # noqa: E402
-import numpy as np  # noqa: E402
-from flax import nnx  # noqa: E402
+import jax
+import numpy as np
+from flax import nnx
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
-from engage_jax import sharding  # noqa: E402
-from engage_jax.models import CausalLM, ModelConfig  # noqa: E402
-from engage_jax.train import loop  # noqa: E402
+from engage_jax import sharding
+from engage_jax.models import CausalLM, ModelConfig
+from engage_jax.train import loop
 
 
 def run(mesh, batches):

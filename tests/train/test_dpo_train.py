@@ -1,7 +1,6 @@
 """DPO end to end on sandbox-like pairs; reference cache; malformed pairs files."""
 from __future__ import annotations
 
-import json
 
 import numpy as np
 import pytest

@@ -98,7 +98,7 @@ def test_dpo_adapter_off_reference_equals_explicit_frozen_copy(tmp_path):
   tok = H.tokenizer(str(tmp_path))
   path = H.write_pairs(str(tmp_path / "pairs.jsonl"), H.sandbox_pairs(16))
   # a non-identity adapter (random B), so an adapter-*on* reference would differ
-  mk = lambda: lora.apply_lora(H.tiny_model(tok.vocab_size), lora.LoraConfig(rank=4, alpha=8.0, init="random"),  # noqa: E731
+  mk = lambda: lora.apply_lora(H.tiny_model(tok.vocab_size), lora.LoraConfig(rank=4, alpha=8.0, init="random"),
                                rngs=nnx.Rngs(7))
   pa, _ = dpo_train.train_dpo(mk(), None, [path], tok, DPO_CFG, str(tmp_path / "off"))
   pb, _ = dpo_train.train_dpo(mk(), H.tiny_model(tok.vocab_size), [path], tok, DPO_CFG, str(tmp_path / "copy"))
