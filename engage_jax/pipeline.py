@@ -172,8 +172,7 @@ def new_model(cfg, role: str, tok, adapters: bool = True) -> models.CausalLM:
       max_position_embeddings=mc.max_position_embeddings, tie_word_embeddings=mc.tie_word_embeddings,
       rope_theta=mc.rope_theta, bos_token_id=tok.bos_id, eos_token_id=tok.eos_id, pad_token_id=tok.pad_id)
   seed = cfg.seed + (0 if role == "agent" else 1)
-  model = models.CausalLM(config, dtype=dtype, param_dtype=param_dtype, rngs=nnx.Rngs(seed))
-  model.remat = cfg.model.remat
+  model = models.CausalLM(config, dtype=dtype, param_dtype=param_dtype, rngs=nnx.Rngs(seed), remat=cfg.model.remat)
   return with_lora(cfg, role, model) if adapters else model
 
 
@@ -203,9 +202,8 @@ def save_trained(model, out: Path, base: str = "") -> None:
 
 
 def load_model(cfg, path) -> models.CausalLM:
-  model = models.from_pretrained(path, dtype=jax_dtype(cfg.model.dtype), param_dtype=jax_dtype(cfg.model.param_dtype))
-  model.remat = cfg.model.remat
-  return model
+  return models.from_pretrained(path, dtype=jax_dtype(cfg.model.dtype), param_dtype=jax_dtype(cfg.model.param_dtype),
+                                remat=cfg.model.remat)
 
 
 def make_mesh(cfg):
