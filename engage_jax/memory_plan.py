@@ -209,9 +209,9 @@ def sampling_programs(mc, mesh, batch: int, length: int, prompt_len: int, dtype)
   from engage_jax.models import llama
   graphdef, abs_params = nnx.split(abstract_model(mc, dtype, dtype))
   p_sh = shd.state_sharding(mesh, abs_params)
-  c_sh = shd.cache_sharding(mesh, mc, batch, length)
-  b2, repl = shd.batch_sharding(mesh, 2), shd.replicated(mesh)
   abs_cache = jax.eval_shape(lambda: llama.init_cache(mc, batch, length, dtype))
+  c_sh = shd.cache_sharding(mesh, abs_cache)
+  b2, repl = shd.batch_sharding(mesh, 2), shd.replicated(mesh)
 
   def prefill(params, ids, positions, cache, kv_mask):
     model = nnx.merge(graphdef, params)

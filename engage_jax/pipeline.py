@@ -11,7 +11,7 @@ import json
 import logging
 import time
 from pathlib import Path
-from typing import Callable
+from collections.abc import Callable
 
 from flax import nnx
 
@@ -301,7 +301,7 @@ def stage_search(cfg, wd: Workdir) -> dict:
   strategy_fn = None
   if cfg.data.source == "sandbox":
     from engage_jax.data import sandbox
-    strategy_fn = lambda text: sandbox.strategy_of(text, cfg.task)  # noqa: E731
+    strategy_fn = lambda text: sandbox.strategy_of(text, cfg.task)
   env = ModelEnv.from_config(agent, sim, tok, scfg, task=cfg.task, reward_cfg=reward_cfg(cfg),
                              max_prompt_len=cfg.search.max_prompt_len, strategy_fn=strategy_fn)
   corpus = load_corpus(cfg) if cfg.data.source != "sandbox" else {}

@@ -26,6 +26,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Sequence
+from typing import Any
 
 import jax
 import numpy as np
@@ -55,6 +56,12 @@ ACTIVATION_TO_MESH: dict[str, str | tuple[str, ...] | None] = {
     "embed": None,
 }
 HIDDEN_AXES = ("batch", "length", "embed")  # the residual stream [B, T, D]
+
+# KV cache (models/llama.py LayerCache) field → logical axes: keys [B, KV, hd, S], values [B, KV, S, hd].
+CACHE_AXES: dict[str, tuple[str, ...]] = {
+    "keys": ("batch", "kv_heads", "head_dim", "length"),
+    "values": ("batch", "kv_heads", "length", "head_dim"),
+}
 
 # NNX parameter path (joined with "/") → logical axes of the array, first match wins.
 PARAM_RULES: tuple[tuple[str, tuple[str, ...]], ...] = (
@@ -190,15 +197,13 @@ def check_batch(mesh: Mesh, batch_size: int, what: str = "batch size") -> None:
     raise ValueError(f"{what} {batch_size} is not divisible by the data×fsdp mesh extent {d}")
 
 
-def cache_sharding(mesh: Mesh, config, batch: int, length: int) -> tuple:
-  """NamedShardings of a KV cache (`models.llama.init_cache`: a tuple over layers of
-  `LayerCache(keys [B, KV, hd, S], values [B, KV, S, hd])`) by its logical axes
-  (`llama.CACHE_KEY_AXES` / `CACHE_VALUE_AXES`)."""
-  from engage_jax.models import llama  # here: llama imports this module
-  k_shape, v_shape = llama.cache_shapes(config, batch, length)
-  layer = llama.LayerCache(keys=NamedSharding(mesh, logical_to_spec(mesh, llama.CACHE_KEY_AXES, k_shape)),
-                           values=NamedSharding(mesh, logical_to_spec(mesh, llama.CACHE_VALUE_AXES, v_shape)))
-  return tuple(layer for _ in range(config.num_hidden_layers))
+def cache_sharding(mesh: Mesh, cache) -> Any:
+  """NamedShardings of a KV cache, in its structure: `cache` is a (possibly abstract, e.g.
+  `jax.eval_shape`) tuple over layers of `models.llama.LayerCache(keys [B, KV, hd, S], values
+  [B, KV, S, hd])`; each field is sharded by its logical axes in CACHE_AXES."""
+  def one(path, x):
+    return NamedSharding(mesh, logical_to_spec(mesh, CACHE_AXES[path[-1].name], x.shape))
+  return jax.tree_util.tree_map_with_path(one, cache)
 
 
 # ---------------------------------------------------------------------------- processes

@@ -31,9 +31,6 @@ from flax import nnx, struct
 from engage_jax import sharding
 from engage_jax.models.config import ModelConfig
 
-# Logical axes of one layer's cached keys and values (sharding rules: engage_jax.sharding).
-CACHE_KEY_AXES = ("batch", "kv_heads", "head_dim", "length")
-CACHE_VALUE_AXES = ("batch", "kv_heads", "length", "head_dim")
 MODES = ("prefill", "decode")  # the cached forward's attention (module docstring)
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from pathlib import Path
+from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -39,7 +40,7 @@ def test_logical_rules():
 
 
 class _FakeMesh:
-  shape = {"data": 2, "fsdp": 2, "tensor": 4}
+  shape: ClassVar[dict[str, int]] = {"data": 2, "fsdp": 2, "tensor": 4}
 
 
 def test_indivisible_dims_are_replicated():
@@ -104,7 +105,7 @@ def test_batch_helpers():
 
 
 class _FakeMeshWithoutFsdp:
-  shape = {"data": 2, "tensor": 2}
+  shape: ClassVar[dict[str, int]] = {"data": 2, "tensor": 2}
 
 
 def test_batch_specs_over_data_and_fsdp():
