@@ -74,6 +74,21 @@ def _read_text(path: Path, skip_bad: bool = False) -> str:
     return raw.decode("utf-8", errors="replace")
 
 
+def _rows(path: Path, skip_bad: bool, required: tuple[str, ...], errors: dict[str, list[InputError]]):
+  """(line, row, dialogue id B2, role) of each row of a P4G CSV whose `required` fields exist; a row
+  with an unknown role B4 is appended to errors[dialogue id] instead."""
+  reader = csv.DictReader(io.StringIO(_read_text(path, skip_bad), newline=""))
+  for line, row in enumerate(reader, start=2):
+    _require(row, required, path, line)
+    did = row["B2"].strip()
+    role = ROLES.get(row["B4"].strip())
+    if role is None:
+      errors.setdefault(did, []).append(InputError(
+          f"field 'B4' has unknown role {row['B4']!r}; expected 0 or 1", f"{path}:{line} (dialogue {did})"))
+      continue
+    yield line, row, did, role
+
+
 def read_info(path: str | os.PathLike, skip_bad: bool = False
               ) -> tuple[dict[str, dict], dict[str, list[InputError]]]:
   """full_info.csv → ({dialogue id: {"user": row, "persuader": row, "user_where": ...}}, errors
@@ -81,16 +96,8 @@ def read_info(path: str | os.PathLike, skip_bad: bool = False
   path = Path(path)
   info: dict[str, dict] = {}
   errors: dict[str, list[InputError]] = {}
-  reader = csv.DictReader(io.StringIO(_read_text(path, skip_bad), newline=""))
-  for line, row in enumerate(reader, start=2):
-    _require(row, ("B2", "B4", "B6"), path, line)
-    did = row["B2"].strip()
-    role = ROLES.get(row["B4"].strip())
+  for line, row, did, role in _rows(path, skip_bad, ("B2", "B4", "B6"), errors):
     where = f"{path}:{line} (dialogue {did})"
-    if role is None:
-      errors.setdefault(did, []).append(
-          InputError(f"field 'B4' has unknown role {row['B4']!r}; expected 0 or 1", where))
-      continue
     rec = info.setdefault(did, {})
     key = "user" if role == USER else "persuader"
     if key in rec:
@@ -116,15 +123,7 @@ def _parse(dpath: Path, ipath: Path, skip_bad: bool, merge: bool
     return _CACHE[key]
   info, errors = read_info(ipath, skip_bad)
   turns: dict[str, list[Turn]] = {}
-  reader = csv.DictReader(io.StringIO(_read_text(dpath, skip_bad), newline=""))
-  for line, row in enumerate(reader, start=2):
-    _require(row, ("Unit", "B4", "B2"), dpath, line)
-    did = row["B2"].strip()
-    role = ROLES.get(row["B4"].strip())
-    if role is None:
-      errors.setdefault(did, []).append(InputError(
-          f"field 'B4' has unknown role {row['B4']!r}; expected 0 or 1", f"{dpath}:{line} (dialogue {did})"))
-      continue
+  for _, row, did, role in _rows(dpath, skip_bad, ("Unit", "B4", "B2"), errors):
     text = " ".join((row["Unit"] or "").split())
     if text:
       turns.setdefault(did, []).append(Turn(role, text))
