@@ -230,22 +230,17 @@ class RewardSettings:
                float(get("donation_cap", DONATION_CAP)))
 
 
-def reward(task: str, dialogue_or_texts: Any, cfg: Any = None) -> float | None:
+def reward(task: str, user_texts: Sequence[str], cfg: Any = None, outcome: Mapping | None = None
+           ) -> float | None:
   """Scalar reward of a finished conversation; None for a P4G outcome that does not parse.
 
-  dialogue_or_texts: a `Dialogue` or the list of the user's texts (in order).
+  user_texts: the user's turns in order; outcome: the dialogue's `outcome` record, if any.
   cfg (mapping or ConfigDict, optional): `es_pattern`, `es_last_n`, `donation_cap`.
-  ES: 1.0 if `es_engaged`, else 0.0. P4G: the parsed donation; for a `Dialogue`, the outcome's
-  `outcome_text` if present (an outcome line), else the user texts from last to first (free
-  text: no bare numbers), else a numeric `outcome["donation"]`; None if none of them gives one.
+  ES: 1.0 if `es_engaged`, else 0.0. P4G: the parsed donation: the outcome's `outcome_text` if
+  present (an outcome line), else the user texts from last to first (free text: no bare
+  numbers), else a numeric `outcome["donation"]`; None if none of them gives one.
   """
-  from engage_jax.data.dialogue import USER, Dialogue
-  if isinstance(dialogue_or_texts, Dialogue):
-    texts = [t.text for t in dialogue_or_texts.turns if t.role == USER]
-    outcome = dialogue_or_texts.outcome
-  else:
-    texts = list(dialogue_or_texts)
-    outcome = {}
+  texts, outcome = list(user_texts), dict(outcome or {})
   if task == "es":
     st = RewardSettings.from_any(cfg)
     return 1.0 if es_engaged(texts, st.es_pattern, st.es_last_n) else 0.0
@@ -264,6 +259,6 @@ def reward(task: str, dialogue_or_texts: Any, cfg: Any = None) -> float | None:
 
 
 def mean_reward(task: str, items: Iterable[Any], cfg: Any = None) -> float | None:
-  """Mean of `reward` over dialogues (or text lists), unparsed ones left out; None if none left."""
+  """Mean of `reward` over the user texts of each conversation, unparsed ones left out; None if none left."""
   values = [v for v in (reward(task, x, cfg) for x in items) if v is not None]
   return sum(values) / len(values) if values else None

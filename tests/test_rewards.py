@@ -157,20 +157,24 @@ def test_cap_is_applied():
   assert rewards.parse_donation("$1,000", cap=5.0) == 5.0
 
 
+def _user_texts(d: Dialogue) -> list[str]:
+  return [t.text for t in d.turns if t.role == "user"]
+
+
 def test_reward_helper():
   es = Dialogue("a", "es", [Turn("user", "hi"), Turn("agent", "ok"),
                             Turn("user", "that really helps [END]")], {})
-  assert rewards.reward("es", es) == 1.0
+  assert rewards.reward("es", _user_texts(es)) == 1.0
   assert rewards.reward("es", ["hi", "bye"]) == 0.0
   assert rewards.reward("es", ["yay", "bye"], {"es_pattern": "yay", "es_last_n": 2}) == 1.0
   p = Dialogue("b", "p4g", [Turn("agent", "donate?"), Turn("user", "ok")], {},
                {"outcome_text": "I will donate $0.25."})
-  assert rewards.reward("p4g", p) == 0.25
+  assert rewards.reward("p4g", _user_texts(p), outcome=p.outcome) == 0.25
   assert rewards.reward("p4g", ["sure", "I will donate $5"], {"donation_cap": 3.0}) == 3.0
   assert rewards.reward("p4g", ["hmm"]) is None   # unparsed, not $0
   assert rewards.reward("p4g", ["I donate 0"]) is None  # free text: no bare numbers
   unparsed = Dialogue("c", "p4g", [Turn("user", "ok")], {}, {"outcome_text": "hmm", "donation": None})
-  assert rewards.reward("p4g", unparsed) is None
+  assert rewards.reward("p4g", _user_texts(unparsed), outcome=unparsed.outcome) is None
   assert rewards.mean_reward("p4g", [["$1"], ["hmm"], ["$0.50"]]) == pytest.approx(0.75)
   with pytest.raises(ValueError, match="task"):
     rewards.reward("xx", [])
