@@ -20,10 +20,10 @@ from pathlib import Path
 from typing import Any
 from collections.abc import Callable
 
+from engage_jax.data.dialogue import TASKS
 from engage_jax.errors import InputError, InputErrors
-
-MODEL_TYPES = ("llama", "mistral", "qwen2")
-LOSS_TYPES = ("sigmoid", "ipo", "hinge", "robust")
+from engage_jax.models.config import SUPPORTED_MODEL_TYPES as MODEL_TYPES
+from engage_jax.train.config import LOSS_TYPES
 SOURCES = {"sandbox": None, "esconv": "es", "p4g": "p4g"}
 DATA_FILES = {"esconv": ("train.txt", "valid.txt", "test.txt"), "p4g": ("full_dialog.csv", "full_info.csv")}
 GGUF_MAGIC = b"GGUF"
@@ -94,7 +94,7 @@ def _is_num(v) -> bool:
 
 # ---------------------------------------------------------------------------- sections
 def _top(c: _Checker) -> None:
-  c.one_of("task", ("es", "p4g"))
+  c.one_of("task", TASKS)
   c.int_ge("seed", 0)
 
 
@@ -406,7 +406,7 @@ def _data(c: _Checker, load: bool) -> None:
     c.int_ge("data.sandbox_valid", 0)
     return
   task = c.get("task")
-  if task != SOURCES[src] and task in ("es", "p4g"):
+  if task != SOURCES[src] and task in TASKS:
     c.add("data.source", f"{src!r} needs config.task={SOURCES[src]!r}; got task={task!r}")
   path = c.need("data.path", lambda v: isinstance(v, str) and v, f"is required for data.source={src!r}")
   if not path:

@@ -13,6 +13,7 @@ from typing import Any
 from engage_jax.models.config import DTYPE_ALIASES, DTYPE_NAMES, jax_dtype
 
 DTYPES = {n: jax_dtype(n, aliases=True) for n in (*DTYPE_NAMES, *DTYPE_ALIASES)}   # compute_dtype names
+LOSS_TYPES = ("sigmoid", "ipo", "hinge", "robust")  # DPOConfig.loss_type (train/dpo_loss.py)
 
 
 @dataclasses.dataclass

@@ -15,9 +15,9 @@ import jax.numpy as jnp
 from flax import nnx
 
 from engage_jax.logprobs import token_logps
+from engage_jax.train.config import LOSS_TYPES
 from engage_jax.train import loop
 
-LOSS_TYPES = ("sigmoid", "ipo", "hinge", "robust")
 
 
 def dpo_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps,
