@@ -1,14 +1,16 @@
-"""Sandbox P4G ablation grid (issue 13): reward horizon, baselines, held-out simulator, oracle.
+"""Sandbox P4G ablation grid (issue 13): reward horizon, baselines, held-out simulator, oracle, transfer.
 
   python launch/experiment.py --config=configs/experiments/sandbox_p4g.py \
-      --workdir=workdirs/exp_p4g --variants=sft,future,turn,best_of_n,corpus_mix,rft --seeds=0,1,2
+      --workdir=workdirs/exp_p4g --variants=sft,future,turn,corpus_mix,rft,best_of_n,transfer --seeds=0,1,2
 
 Sizes as configs/experiments/sandbox_es.py (SFT, search, DPO as in configs/sandbox_p4g.py;
 evaluation 100 held-out conditions x 2 samples; best-of-2; RFT on chosen turns with value >= $1).
+`transfer` reads the ES grid's future-search pairs (workdirs/exp_es).
 
-Measured: only seed 0 of sft, future, turn ran (docs/results/sandbox_ablation_p4g.json), with
-`--seeds=0 --variants=sft,future,turn --config.experiment.ensemble_size=1`; the full grid (3 seeds,
-all variants) did not fit in the session's time.
+Measured (docs/results/sandbox_ablation_p4g.json): 86 min wall clock for seeds 1 and 2 in full and
+seed 0's remaining variants (three parallel processes on a 2-core machine shared with the ES
+additions and test runs, load average 8-12), after seed 0's sft/future/turn (~34 min, an earlier
+session). Step times total 17,369 s.
 """
 
 import os
