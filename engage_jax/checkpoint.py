@@ -266,6 +266,21 @@ def restore_model(model: nnx.Module, directory: str, step: int | None = None) ->
     mgr.close()
 
 
+def restore_adapter(model: nnx.Module, directory: str, step: int | None = None) -> int:
+  """Loads the adapter (`nnx.LoRAParam` state) of a LoRA training checkpoint into `model` (which
+  has adapters of the checkpoint's rank, models/lora.py); returns the step."""
+  mgr = CheckpointManager(directory, read_only=True)
+  try:
+    params = nnx.state(model, nnx.LoRAParam)
+    r = mgr.restore(params, None, step) if step is not None else mgr.restore_intact(params)
+    if r is None:
+      raise FileNotFoundError(f"no checkpoint in {directory}")
+    nnx.update(model, r.params)
+    return r.step
+  finally:
+    mgr.close()
+
+
 def model_from_checkpoint(directory: str, step: int | None = None, dtype=None):
   """A `CausalLM` built from the checkpoint's `model_config` meta, with its parameters."""
   import jax.numpy as jnp

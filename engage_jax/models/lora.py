@@ -326,20 +326,3 @@ def load_peft(model: nnx.Module, adapter_dir: str | os.PathLike) -> nnx.Module:
     raise InputError(f"tensors not matching the base model: {extra[:3]} (adapter for another base "
                      f"model, e.g. more layers?)", str(wpath))
   return model
-
-
-# ---------------------------------------------------------------------------- checkpoints
-def restore_adapter(model: nnx.Module, checkpoint_dir: str, step: int | None = None) -> int:
-  """Loads the adapter (LoRAParam state) of a LoRA training checkpoint into `model` (which has
-  adapters of the checkpoint's rank); returns the step."""
-  from engage_jax import checkpoint
-  mgr = checkpoint.CheckpointManager(checkpoint_dir, read_only=True)
-  try:
-    params = nnx.state(model, nnx.LoRAParam)
-    r = mgr.restore(params, None, step) if step is not None else mgr.restore_intact(params)
-    if r is None:
-      raise FileNotFoundError(f"no checkpoint in {checkpoint_dir}")
-    nnx.update(model, r.params)
-    return r.step
-  finally:
-    mgr.close()
