@@ -249,32 +249,19 @@ def restore_latest(directory: str, params: nnx.State, opt_state: Any = None) -> 
     mgr.close()
 
 
-def restore_model(model: nnx.Module, directory: str, step: int | None = None) -> int:
-  """Loads the parameters of a checkpoint into `model` in place; returns the step."""
+def restore_model(model: nnx.Module, directory: str, step: int | None = None, variables=nnx.Param) -> int:
+  """Loads the `variables` (an nnx filter: nnx.Param, or nnx.LoRAParam for a LoRA run's
+  adapters, which need adapters of the checkpoint's rank in `model`) of a checkpoint into `model`
+  in place; returns the step. Non-finite values are a CorruptCheckpoint."""
   mgr = CheckpointManager(directory, read_only=True)
   try:
-    params = nnx.state(model, nnx.Param)
+    params = nnx.state(model, variables)
     r = mgr.restore(params, None, step) if step is not None else mgr.restore_intact(params)
     if r is None:
       raise FileNotFoundError(f"no checkpoint in {directory}")
     bad = nonfinite_params(r.params)
     if bad:
       raise CorruptCheckpoint(f"non-finite values in parameter {bad!r}", f"{directory}/{r.step}")
-    nnx.update(model, r.params)
-    return r.step
-  finally:
-    mgr.close()
-
-
-def restore_adapter(model: nnx.Module, directory: str, step: int | None = None) -> int:
-  """Loads the adapter (`nnx.LoRAParam` state) of a LoRA training checkpoint into `model` (which
-  has adapters of the checkpoint's rank, models/lora.py); returns the step."""
-  mgr = CheckpointManager(directory, read_only=True)
-  try:
-    params = nnx.state(model, nnx.LoRAParam)
-    r = mgr.restore(params, None, step) if step is not None else mgr.restore_intact(params)
-    if r is None:
-      raise FileNotFoundError(f"no checkpoint in {directory}")
     nnx.update(model, r.params)
     return r.step
   finally:

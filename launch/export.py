@@ -55,6 +55,8 @@ def export_lora(cfg, wd, run: str, ckpt: str, out, meta: dict, step=None):
   import dataclasses
   from pathlib import Path
 
+  from flax import nnx
+
   from engage_jax import checkpoint, models, pipeline
   from engage_jax.models import lora
   role = "simulator" if run == "sft_simulator" else "agent"
@@ -66,7 +68,7 @@ def export_lora(cfg, wd, run: str, ckpt: str, out, meta: dict, step=None):
     model = pipeline.new_model(cfg, role, pipeline.load_tokenizer(pipeline.Workdir(str(wd))), adapters=False)
   lcfg = dataclasses.replace(lora.LoraConfig.from_any(meta["lora"]), path="", init="default")
   lora.apply_lora(model, lcfg, where=f"{ckpt} (lora meta)")
-  checkpoint.restore_adapter(model, ckpt, step)
+  checkpoint.restore_model(model, ckpt, step, variables=nnx.LoRAParam)
   out = Path(out)
   models.save_pretrained(lora.merge(model), out)
   adapter = lora.save_peft(model, out / "adapter", base_model_name_or_path=base_path)

@@ -153,20 +153,21 @@ def test_sigkill_resume_of_an_adapter_run_is_exact(tmp_path):
     sft_train.train_sft(_tiny(rank=8), _data(), dict(RESUME_CFG, steps=9), killed)
 
 
-def test_restore_adapter_loads_the_trained_adapters(tmp_path):
-  """checkpoint.restore_adapter (launch/export.py's LoRA path): a fresh model with adapters of the
-  same rank gets exactly the trained adapters of the run's last checkpoint; its base is untouched."""
+def test_restore_model_loads_the_trained_adapters(tmp_path):
+  """checkpoint.restore_model(variables=nnx.LoRAParam) (launch/export.py's LoRA path): a fresh model
+  with adapters of the same rank gets exactly the trained adapters of the run's last checkpoint;
+  its base is untouched."""
   from engage_jax import checkpoint
   m, _ = sft_train.train_sft(_tiny(), _data(), SFT_CFG, str(tmp_path / "run"))
   trained = {k: np.asarray(v) for k, v in flatten_params(nnx.state(m, nnx.LoRAParam)).items()}
   fresh = _tiny(seed=1)
   base = {k: np.asarray(v) for k, v in flatten_params(nnx.state(fresh, nnx.Param)).items() if ".lora." not in k}
   ckpt = tmp_path / "run" / "checkpoints"
-  step = checkpoint.restore_adapter(fresh, str(ckpt))
+  step = checkpoint.restore_model(fresh, str(ckpt), variables=nnx.LoRAParam)
   assert step == SFT_CFG["steps"]
   got = {k: np.asarray(v) for k, v in flatten_params(nnx.state(fresh, nnx.LoRAParam)).items()}
   assert got.keys() == trained.keys() and all(np.array_equal(got[k], trained[k]) for k in got)
   after = {k: np.asarray(v) for k, v in flatten_params(nnx.state(fresh, nnx.Param)).items()}
   assert all(np.array_equal(after[k], base[k]) for k in base)
   with pytest.raises(FileNotFoundError):
-    checkpoint.restore_adapter(_tiny(), str(tmp_path / "nothing"))
+    checkpoint.restore_model(_tiny(), str(tmp_path / "nothing"), variables=nnx.LoRAParam)
