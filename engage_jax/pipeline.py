@@ -306,14 +306,20 @@ def stage_search(cfg, wd: Workdir) -> dict:
                              max_prompt_len=cfg.search.max_prompt_len, strategy_fn=strategy_fn)
   corpus = load_corpus(cfg) if cfg.data.source != "sandbox" else {}
   rts = roots(cfg, corpus, "search", cfg.search.n_conditions)
-  summary = run_search(env, rts, scfg, str(wd.path("search")), trees_per_shard=cfg.search.trees_per_shard)
+  summary = run_search(env, rts, scfg, str(wd.path("search")), trees_per_shard=cfg.search.trees_per_shard,
+                       pairs_dir=str(wd.path("pairs")))
   atomic_write_json(wd.path("search", "summary.json"), summary)
   return summary
 
 
 def pair_files(wd: Workdir) -> list[Path]:
   """The search's shard files that hold pairs (a shard whose trees gave no value gaps is empty)."""
-  return sorted(f for f in wd.path("search", "pairs").glob("shard-*.jsonl") if f.stat().st_size > 0)
+  from engage_jax.errors import InputError
+  old = wd.path("search", "pairs")
+  if old.is_dir() and not wd.path("pairs").exists():  # the layout before pairs moved to DIR/pairs
+    raise InputError(f"this workdir keeps its pairs in the old place {old}; move them: mv {old} "
+                     f"{wd.path('pairs')}", str(wd.path("pairs")))
+  return sorted(f for f in wd.path("pairs").glob("shard-*.jsonl") if f.stat().st_size > 0)
 
 
 def stage_dpo(cfg, wd: Workdir) -> dict:

@@ -6,7 +6,8 @@ Layout of DIR:
   tokenizer/                        HF tokenizer dir
   sft_agent/ sft_simulator/         hf/ (exported HF model), checkpoints/ (Orbax), metrics.jsonl
   eval_sft/ eval_dpo/               dialogues.jsonl, summary.json
-  search/                           pairs/*.jsonl, trees/*.json, summary.json
+  pairs/                            *.jsonl: the search's stepwise pairs (docs/CONTRACTS.md)
+  search/                           trees/*.json, search_config.json, summary.json, metrics.jsonl
   dpo_agent/                        hf/, checkpoints/, metrics.jsonl
   report.json report.md *.png
   stages.json                       {stage: {"done", "wall_seconds" (summed over attempts),
@@ -36,7 +37,7 @@ from engage_jax.fileio import atomic_write_json
 # stage → its output paths under DIR (what a redo removes)
 OUTPUTS: dict[str, tuple[str, ...]] = {
     "tokenizer": ("tokenizer",), "sft_agent": ("sft_agent",), "sft_simulator": ("sft_simulator",),
-    "eval_sft": ("eval_sft",), "search": ("search",), "dpo": ("dpo_agent",), "eval_dpo": ("eval_dpo",),
+    "eval_sft": ("eval_sft",), "search": ("search", "pairs"), "dpo": ("dpo_agent",), "eval_dpo": ("eval_dpo",),
     "report": ("report.json", "report.md", "reward.png", "turns.png", "search.png"),
 }
 

@@ -41,7 +41,7 @@ def test_sandbox_pipeline_end_to_end_and_skip_on_rerun(tmp_path):
                "eval_sft/dialogues.jsonl", "search/summary.json", "dpo_agent/hf/model.safetensors",
                "eval_dpo/dialogues.jsonl", "report.md"]:
     assert (wd / path).exists(), path
-  assert report["pairs"] == sum(1 for f in (wd / "search" / "pairs").glob("*.jsonl")
+  assert report["pairs"] == sum(1 for f in (wd / "pairs").glob("*.jsonl")
                                 for line in f.read_text().splitlines() if line.strip())
   _check_pairs_prefer_the_helpful_strategy(wd)
   stamp = {p: p.stat().st_mtime_ns for p in wd.rglob("*") if p.is_file()}
@@ -57,7 +57,7 @@ def _check_pairs_prefer_the_helpful_strategy(wd: Path):
   from engage_jax.data import sandbox
   from engage_jax.fileio import read_jsonl
   good = bad = 0
-  for f in (wd / "search" / "pairs").glob("*.jsonl"):
+  for f in (wd / "pairs").glob("*.jsonl"):
     for pair in read_jsonl(f):
       opening = pair["prompt"][1]["content"]
       (emotion,) = [e for e, adj in sandbox.EMOTION_ADJ.items() if f"feel {adj} " in opening]

@@ -139,3 +139,17 @@ def test_wall_seconds_sum_over_attempts(tmp_path):
   w.end("dpo", 3.5, done=True)
   e = w.stages()["dpo"]
   assert e["attempts"] == 2 and e["wall_seconds"] == 5.5 and w.wall_seconds() == {"dpo": 5.5}
+
+
+def test_pairs_in_the_old_place_are_a_one_line_error(tmp_path):
+  """A workdir from before the pairs moved to DIR/pairs (DESIGN's contract) is refused with the
+  command that moves them, not read as a search that found no pairs."""
+  from engage_jax import pipeline
+  from engage_jax.errors import InputError
+  from engage_jax.workdir import Workdir
+  (tmp_path / "search" / "pairs").mkdir(parents=True)
+  (tmp_path / "search" / "pairs" / "shard-00000.jsonl").write_text("{}\n")
+  with pytest.raises(InputError, match="old place .*search/pairs; move them: mv "):
+    pipeline.pair_files(Workdir(str(tmp_path)))
+  (tmp_path / "search" / "pairs").rename(tmp_path / "pairs")
+  assert [f.name for f in pipeline.pair_files(Workdir(str(tmp_path)))] == ["shard-00000.jsonl"]

@@ -5,7 +5,7 @@ Layout of the experiment directory DIR:
                         eval_sft — shared by every variant of seed S (config.seed = S)
   seed-S/sims/sim-J/    held-out simulator J (J = 1 .. ensemble_size - 1): the pipeline's
                         simulator SFT with seed S + 100 J (other init, other sandbox training split)
-  seed-S/<variant>/     search/, dpo_agent/ or agent/, eval/, oracle/, ens/sim-J/ (dialogues.jsonl)
+  seed-S/<variant>/     pairs/, search/, dpo_agent/ or agent/, eval/, oracle/, ens/sim-J/ (dialogues.jsonl)
   seed-S/done/*.json    one marker per finished step (its result and seconds): a restart skips it
   seed-S/<variant>/result.json   the variant's finished result for seed S (written last)
   experiment.json experiment.md reward.png
@@ -73,6 +73,17 @@ def per_condition(dialogues, key: str = "reward") -> dict[str, float]:
   return {c: float(np.mean(v)) for c, v in g.items()}
 
 
+def shard_files(pairs_dir: Path) -> list[Path]:
+  """The pair shards of a pairs directory (`<dir>/shard-*.jsonl`), in shard order."""
+  return sorted(Path(pairs_dir).glob("shard-*.jsonl"))
+
+
+def read_pairs(files) -> list[dict]:
+  """The pair records of `files`, in order (empty shards give none)."""
+  from engage_jax.search.pairs import read_jsonl
+  return [p for f in files for p in read_jsonl(str(f))]
+
+
 class ModelOps:
   """The real work of each step (tests substitute fakes with the same methods)."""
 
@@ -94,43 +105,36 @@ class ModelOps:
     from engage_jax import pipeline
     return pipeline.stage_dpo(cfg, view)
 
-  def corpus_mix_pairs(self, cfg, view: View, search_dir: Path, n_corpus: int) -> dict:
-    """Writes the search's pairs + corpus pairs into view's search/pairs/."""
+  def corpus_mix_pairs(self, cfg, view: View, pairs_dir: Path, n_corpus: int) -> dict:
+    """Writes the search's pairs (`pairs_dir`) + corpus pairs into view's pairs/."""
     from engage_jax import pipeline
     from engage_jax.experiments import baselines
     from engage_jax.fileio import atomic_write_jsonl
-    from engage_jax.search.pairs import read_jsonl
-    pairs = [p for f in sorted((search_dir / "pairs").glob("shard-*.jsonl")) for p in read_jsonl(str(f))]
+    pairs = read_pairs(shard_files(pairs_dir))
     tok = pipeline.load_tokenizer(view)
     agent = pipeline.speaker(cfg, cfg.search, pipeline.load_model(cfg, view.path("sft_agent", "hf")), tok, "agent")
     corpus = pipeline.load_corpus(cfg)["train"]
     cp = baselines.corpus_pairs(cfg.task, corpus, agent, n_corpus or len(pairs), seed=cfg.seed + 13)
-    out = view.path("search", "pairs")
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_jsonl(str(out / "shard-00000.jsonl"), pairs)
-    atomic_write_jsonl(str(out / "shard-corpus.jsonl"), cp)
+    atomic_write_jsonl(str(view.path("pairs", "shard-00000.jsonl")), pairs)
+    atomic_write_jsonl(str(view.path("pairs", "shard-corpus.jsonl")), cp)
     return {"search_pairs": len(pairs), "corpus_pairs": len(cp)}
 
   def transfer_pairs(self, cfg, view: View, files: Sequence[Path]) -> dict:
-    """Copies the other task's pair files into view's search/pairs/ (their text is tokenised by
-    this task's tokenizer at DPO time)."""
+    """Copies the other task's pair files into view's pairs/ (their text is tokenised by this
+    task's tokenizer at DPO time)."""
     from engage_jax.fileio import atomic_write_jsonl
-    from engage_jax.search.pairs import read_jsonl
-    pairs = [p for f in files for p in read_jsonl(str(f))]
-    out = view.path("search", "pairs")
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_jsonl(str(out / "shard-00000.jsonl"), pairs)
+    pairs = read_pairs(files)
+    atomic_write_jsonl(str(view.path("pairs", "shard-00000.jsonl")), pairs)
     tasks = sorted({str(p.get("meta", {}).get("task")) for p in pairs})
-    return {"pairs": len(pairs), "source_tasks": tasks, "source": str(Path(files[0]).parents[3]) if files else ""}
+    return {"pairs": len(pairs), "source_tasks": tasks, "source": str(Path(files[0]).parents[2]) if files else ""}
 
-  def rft(self, cfg, view: View, search_dir: Path, steps: int, lr: float, min_value: float) -> dict:
+  def rft(self, cfg, view: View, pairs_dir: Path, steps: int, lr: float, min_value: float) -> dict:
     """SFT of the SFT agent on the search's chosen turns (value >= min_value) → view's agent/hf."""
     from engage_jax import models, pipeline
     from engage_jax.data import sft as sft_data
     from engage_jax.experiments import baselines
-    from engage_jax.search.pairs import read_jsonl
     from engage_jax.train import sft as sft_train
-    pairs = [p for f in sorted((search_dir / "pairs").glob("shard-*.jsonl")) for p in read_jsonl(str(f))]
+    pairs = read_pairs(shard_files(pairs_dir))
     tok = pipeline.load_tokenizer(view)
     msgs = baselines.rft_examples(pairs, min_value)
     out = view.path("agent")
@@ -242,11 +246,12 @@ class Experiment:
     return s, base, {k: base / k for k in BASE_LINKS}
 
   def _search(self, seed: int, horizon: str) -> Path:
+    """Runs (or resumes) the `horizon` search of `seed`; returns its pairs directory."""
     s, _, links = self._dirs(seed)
     cfg = pipeline_config(self.cfg, seed, reward_horizon=horizon)
     view = View(s / horizon, links)
     self._step(seed, f"{horizon}/search", lambda: self.ops.search(cfg, view))
-    return view.path("search")
+    return view.path("pairs")
 
   def _agent(self, seed: int, v: str) -> tuple[Path, int]:
     """(agent HF dir, best_of_n) of variant v, training what it needs."""
@@ -266,17 +271,17 @@ class Experiment:
       self._step(seed, "transfer/pairs", lambda: self.ops.transfer_pairs(cfg, view, files))
       self._step(seed, "transfer/dpo", lambda: self.ops.dpo(cfg, view))
       return view.path("dpo_agent", "hf"), 0
-    search_dir = self._search(seed, "future")
+    pairs_dir = self._search(seed, "future")
     if v == "corpus_mix":
       self._step(seed, "corpus_mix/pairs",
-                 lambda: self.ops.corpus_mix_pairs(cfg, view, search_dir, int(self.exp.corpus_pairs)))
+                 lambda: self.ops.corpus_mix_pairs(cfg, view, pairs_dir, int(self.exp.corpus_pairs)))
       future_dpo = self._marker(seed, "future/dpo")
       if future_dpo and future_dpo.get("total_steps"):  # as many DPO steps as "future" (equal compute)
         cfg.dpo.steps = int(future_dpo["total_steps"])
       self._step(seed, "corpus_mix/dpo", lambda: self.ops.dpo(cfg, view))
       return view.path("dpo_agent", "hf"), 0
     assert v == "rft", v
-    self._step(seed, "rft/train", lambda: self.ops.rft(cfg, view, search_dir, int(self.exp.rft_steps),
+    self._step(seed, "rft/train", lambda: self.ops.rft(cfg, view, pairs_dir, int(self.exp.rft_steps),
                                                        float(self.exp.rft_learning_rate),
                                                        float(self.exp.rft_min_value)))
     return view.path("agent", "hf"), 0

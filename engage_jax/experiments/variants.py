@@ -50,7 +50,7 @@ def parse_seeds(text) -> list[int]:
 def transfer_pairs(source, seed: int) -> list:
   """The pair files of the other task's "future" search for `seed` under experiment dir `source`."""
   from pathlib import Path
-  return sorted((Path(source) / f"seed-{seed}" / "future" / "search" / "pairs").glob("shard-*.jsonl"))
+  return sorted((Path(source) / f"seed-{seed}" / "future" / "pairs").glob("shard-*.jsonl"))
 
 
 def check(cfg, variants: list[str], seeds: list[int]) -> None:

@@ -3,7 +3,8 @@
 Roots are split in order into shards of `trees_per_shard`. Shard s searches its trees with the seed
 `shard_seed(cfg.seed, s)` (independent of the other shards) and, when finished, writes atomically
   <out>/trees/shard-XXXXX.json   per-tree stats (visits, values, depth, expansions) + shard info
-  <out>/pairs/shard-XXXXX.jsonl  its pairs (docs/CONTRACTS.md), written last.
+  <out>/pairs/shard-XXXXX.jsonl  its pairs (docs/CONTRACTS.md), written last (`pairs_dir=`: there
+                                 instead; the pipeline writes them to <workdir>/pairs).
 A restart skips every shard whose pairs file exists, so a resumed run yields exactly the pairs of
 an uninterrupted one; nothing is written twice. Pairs are deduplicated across shards too (a
 shard's pairs are checked against those of the shards before it).
@@ -51,9 +52,10 @@ def shard_seed(seed: int, shard: int) -> int:
   return sub_seed(seed, 7919, shard)
 
 
-def shard_paths(out_dir: str, shard: int) -> tuple[str, str]:
-  """(pairs path, trees path) of a shard."""
-  return (os.path.join(out_dir, "pairs", f"shard-{shard:05d}.jsonl"),
+def shard_paths(out_dir: str, shard: int, pairs_dir: str | None = None) -> tuple[str, str]:
+  """(pairs path, trees path) of a shard: `<pairs_dir>/shard-S.jsonl` (default
+  `<out_dir>/pairs`) and `<out_dir>/trees/shard-S.json`."""
+  return (os.path.join(pairs_dir or os.path.join(out_dir, "pairs"), f"shard-{shard:05d}.jsonl"),
           os.path.join(out_dir, "trees", f"shard-{shard:05d}.json"))
 
 
@@ -92,9 +94,10 @@ def _log_shard(out_dir: str, shard: int, stats: dict, seconds: float) -> None:
 
 
 def run_search(env: Env, roots: Sequence[Dialogue], cfg: SearchConfig, out_dir: str, *,
-               trees_per_shard: int = 16, progress: bool = True,
+               trees_per_shard: int = 16, progress: bool = True, pairs_dir: str | None = None,
                after_shard: Callable[[int], None] | None = None) -> dict:
   """Searches all roots shard by shard into `out_dir`; returns a summary dict.
+  pairs_dir: where the pair shards go (default `<out_dir>/pairs`; the pipeline: `<workdir>/pairs`).
 
   summary: {"trees", "pairs", "expansions", "seconds", "shards", "shards_skipped", "children",
             "unparsed", "unparsed_rate", "expansions_per_s", "pairs_per_min"} (unparsed: new
@@ -134,7 +137,7 @@ def run_search(env: Env, roots: Sequence[Dialogue], cfg: SearchConfig, out_dir: 
   try:
     for s in range(n_shards):
       lo, hi = s * trees_per_shard, min(len(roots), (s + 1) * trees_per_shard)
-      pairs_path, trees_path = shard_paths(out_dir, s)
+      pairs_path, trees_path = shard_paths(out_dir, s, pairs_dir)
       if os.path.exists(pairs_path):
         done = read_jsonl(pairs_path)
         seen.update(pair_key(p) for p in done)

@@ -45,7 +45,7 @@ def test_tiny_experiment_end_to_end(tmp_path):
     assert set(t[v]["by_simulator"]) == {"sim-0", "sim-1"}
   assert t["best_of_n"]["agent_samples_per_chat"] > 0
   s0 = tmp_path / "seed-0"
-  assert (s0 / "turn" / "search" / "pairs").is_dir() and (s0 / "rft" / "agent" / "hf" / "config.json").exists()
+  assert (s0 / "turn" / "pairs").is_dir() and (s0 / "rft" / "agent" / "hf" / "config.json").exists()
   manifest = json.loads((s0 / "turn" / "search" / "search_config.json").read_text())
   assert manifest["config"]["reward_horizon"] == "turn"
   # resume: a second run computes nothing

@@ -207,9 +207,9 @@ def test_a_larger_ensemble_adds_only_the_new_simulators_steps(tmp_path):
 
 
 def _other_task_pairs(root, seeds, task="p4g", n=3):
-  """An experiment dir of the other task with `n` pairs per seed in future/search/pairs."""
+  """An experiment dir of the other task with `n` pairs per seed in future/pairs."""
   for seed in seeds:
-    d = root / f"seed-{seed}" / "future" / "search" / "pairs"
+    d = root / f"seed-{seed}" / "future" / "pairs"
     d.mkdir(parents=True)
     rows = [{"prompt": [{"role": "user", "content": f"q{i}"}], "chosen": [{"role": "assistant", "content": "a"}],
              "rejected": [{"role": "assistant", "content": "b"}], "meta": {"task": task, "tree_id": i}}
@@ -228,7 +228,7 @@ def test_transfer_trains_on_the_other_tasks_pairs(tmp_path):
   for seed in (0, 1):
     assert ("transfer_pairs", seed, ("shard-00000.jsonl",)) in ops.calls
     assert sum(c[:3] == ("dpo", seed, "transfer") for c in ops.calls) == 1
-    copied = tmp_path / "exp" / f"seed-{seed}" / "transfer" / "search" / "pairs" / "shard-00000.jsonl"
+    copied = tmp_path / "exp" / f"seed-{seed}" / "transfer" / "pairs" / "shard-00000.jsonl"
     assert [json.loads(x)["meta"]["task"] for x in copied.read_text().splitlines()] == ["p4g"] * 3
   assert not any(c[0] == "search" for c in ops.calls)
   row = s["variants"]["transfer"]

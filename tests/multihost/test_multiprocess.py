@@ -89,7 +89,7 @@ def runs(tmp_path_factory):
 
 
 def _pairs(wd: Path) -> dict[str, bytes]:
-  return {f.name: f.read_bytes() for f in sorted((wd / "search" / "pairs").glob("*.jsonl"))}
+  return {f.name: f.read_bytes() for f in sorted((wd / "pairs").glob("*.jsonl"))}
 
 
 def _params(path: Path) -> dict[str, np.ndarray]:
@@ -144,7 +144,7 @@ def test_only_process_0_writes_and_nothing_twice(runs):
   # process 1 writes nothing of its own; Orbax's per-process array metadata is Orbax's business
   assert [e for e in p1 if not _orbax(_final(e))] == []
   # each output file is put in place once (atomic renames / plain writes), by process 0
-  once = re.compile(r"/(search/(pairs|trees)/shard-\d+\.jsonl?|[^/]+/hf/model\.safetensors|"
+  once = re.compile(r"/((pairs|search/trees)/shard-\d+\.jsonl?|[^/]+/hf/model\.safetensors|"
                     r"[^/]+/hf/config\.json|eval_(sft|dpo)/(dialogues\.jsonl|summary\.json)|report\.(json|md)|"
                     r"search/(summary|search_config)\.json|tokenizer/tokenizer_config\.json|[a-z]+\.png)$")
   finals = [_final(e) for e in p0 if e["event"] in ("open", "os.rename") and not _final(e).split("/")[-1]
@@ -153,7 +153,7 @@ def test_only_process_0_writes_and_nothing_twice(runs):
   for f in finals:
     if f.startswith(root) and once.search(f[len(root):]):
       counted[f] = counted.get(f, 0) + 1
-  assert len([f for f in counted if "/search/pairs/" in f]) == 4
+  assert len([f for f in counted if "/pairs/shard-" in f]) == 4
   assert {f: c for f, c in counted.items() if c != 1} == {}
   assert len(counted) >= 20, sorted(counted)
 
@@ -183,7 +183,7 @@ def test_sigkill_mid_search_then_resume(runs, tmp_path):
   skipped) and the pairs equal the uninterrupted run's."""
   _, two, _ = runs
   wd = tmp_path / "kill"
-  shutil.copytree(two, wd, ignore=shutil.ignore_patterns("logs", "search"))  # the SFT stages, done
+  shutil.copytree(two, wd, ignore=shutil.ignore_patterns("logs", "search", "pairs"))  # the SFT stages, done
   stages = json.loads((wd / "stages.json").read_text())
   (wd / "stages.json").write_text(json.dumps({k: v for k, v in stages.items() if k not in
                                               ("search", "dpo", "eval_dpo", "report")}))
@@ -197,7 +197,7 @@ def test_sigkill_mid_search_then_resume(runs, tmp_path):
       assert proc.poll() is None and time.monotonic() - t0 < 60, out.read_text()
       time.sleep(0.1)
     pids = [int(x) for x in re.search(r"pids (\d+) (\d+)", out.read_text()).groups()]
-    _wait_for(wd / "search" / "pairs" / "shard-00000.jsonl", proc, RUN_TIMEOUT_S)
+    _wait_for(wd / "pairs" / "shard-00000.jsonl", proc, RUN_TIMEOUT_S)
     os.kill(pids[1], signal.SIGKILL)
     t_kill = time.monotonic()
     rc = proc.wait(timeout=KILL_BOUND_S)
@@ -212,7 +212,7 @@ def test_sigkill_mid_search_then_resume(runs, tmp_path):
       os.killpg(proc.pid, signal.SIGKILL)
       proc.wait()
   assert rc != 0
-  done_before = sorted(p.name for p in (wd / "search" / "pairs").glob("shard-*.jsonl"))
+  done_before = sorted(p.name for p in (wd / "pairs").glob("shard-*.jsonl"))
   assert 1 <= len(done_before) < 4, done_before
   p = _run(_multi("launch/search.py", wd, TINY), _env(1), RUN_TIMEOUT_S)
   assert p.returncode == 0, p.stderr[-2000:] + _logs(wd)
