@@ -48,6 +48,18 @@ def test_tiny_experiment_end_to_end(tmp_path):
   assert (s0 / "turn" / "pairs").is_dir() and (s0 / "rft" / "agent" / "hf" / "config.json").exists()
   manifest = json.loads((s0 / "turn" / "search" / "search_config.json").read_text())
   assert manifest["config"]["reward_horizon"] == "turn"
+  # the ensemble evaluation is paired: every agent meets every simulator on the same (condition,
+  # sample) chats, those of the pipeline's eval_sft
+  from engage_jax import evaluate
+
+  def chats(path):
+    return sorted((evaluate.condition_id(d), d.outcome.get("sample")) for d in evaluate.load_dialogues(str(path)))
+  want = chats(s0 / "base" / "eval_sft" / "dialogues.jsonl")
+  assert len(want) == 3
+  for v in names:
+    if v != "sft":
+      assert chats(s0 / v / "eval" / "dialogues.jsonl") == want, v
+    assert chats(s0 / v / "ens" / "sim-1" / "dialogues.jsonl") == want, v
   # resume: a second run computes nothing
   again = runner.Experiment(_tiny(), tmp_path, names, [0])
   again.run()
