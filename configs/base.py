@@ -68,6 +68,7 @@ def get_config() -> ml_collections.ConfigDict:
       path="",                      # real data dir (esconv/ or p4g/ files), e.g. ../shared/data/esconv
       sandbox_train=1500,           # sandbox dialogues for SFT
       sandbox_valid=150,
+      sandbox_world="default",      # "default" | "delayed" (delayed-effect worlds, engage_jax/data/sandbox.py)
       max_len=256,                  # SFT example length (tokens), left-truncated
       skip_bad=False,               # skip malformed records (reported) instead of failing
       max_train_dialogues=0,        # 0 = all (real data: subsample for tiny CPU runs)

@@ -404,6 +404,8 @@ def _data(c: _Checker, load: bool) -> None:
   if src == "sandbox":
     c.int_ge("data.sandbox_train", 1)
     c.int_ge("data.sandbox_valid", 0)
+    if "sandbox_world" in c.cfg.data:
+      c.one_of("data.sandbox_world", ("default", "delayed"))
     return
   task = c.get("task")
   if task != SOURCES[src] and task in TASKS:

@@ -16,6 +16,10 @@ strategy (None) is unhelpful (ES probability P_BASE, P4G not effective) and coun
   meet the same users (paired). Each chat records `reward` (sampled) and `expected` (exact given
   the agent's strategies: ES 1 - prod(1 - p_t) along the not-yet-engaged path, whose agent turns
   are generated to the cap for that purpose; P4G donation_mean(k)).
+- world "delayed" (`sandbox` module doc): DELAYED_TURNS agent turns, always played; replies from
+  `sandbox.delayed_reply_pool` (warm / pledge lines for the pleasing strategy); ES's last reply is
+  "i feel better" when the world's coin falls under `es_delayed_p`, else a goodbye; P4G's donation
+  from DONATION_PROBS[`p4g_delayed_level`]. `expected` is exact (`sandbox.expected_reward`).
 - `summarize(dialogues)`: {"n", "reward_mean", "ci95", "expected_mean", "expected_ci95",
   "first_turn_helpful", "unmatched_rate", "mean_turns"}.
 """
@@ -41,20 +45,20 @@ def agent_strategies(task: str, turns: Sequence[Turn]) -> list[str]:
   return out
 
 
-def transcript_score(task: str, d: Dialogue) -> dict:
+def transcript_score(task: str, d: Dialogue, world: str = "default") -> dict:
   """{"expected", "first_helpful", "turns", "unmatched"} of one transcript (see module doc)."""
   strat = agent_strategies(task, d.turns)
-  best = sandbox.optimal_strategy(task, d.condition)
-  return {"expected": sandbox.expected_reward(task, d.condition, strat),
+  best = sandbox.optimal_strategy(task, d.condition, world)
+  return {"expected": sandbox.expected_reward(task, d.condition, strat, world),
           "first_helpful": float(bool(strat) and strat[0] == best),
           "turns": len(strat), "unmatched": sum(s == UNMATCHED for s in strat)}
 
 
-def transcript_scores(task: str, dialogues: Sequence[Dialogue]) -> dict:
+def transcript_scores(task: str, dialogues: Sequence[Dialogue], world: str = "default") -> dict:
   """Mean transcript scores: {"n", "expected_mean", "first_turn_helpful", "unmatched_rate"}."""
   if not dialogues:
     raise ValueError("oracle.transcript_scores: no dialogues")
-  s = [transcript_score(task, d) for d in dialogues]
+  s = [transcript_score(task, d, world) for d in dialogues]
   turns = sum(x["turns"] for x in s)
   return {"n": len(s), "expected_mean": float(np.mean([x["expected"] for x in s])),
           "first_turn_helpful": float(np.mean([x["first_helpful"] for x in s])),
@@ -66,9 +70,12 @@ def _world_rng(seed: int, condition_id: str) -> np.random.Generator:
   return np.random.default_rng([seed & 0xFFFFFFFF, 424242, *key])
 
 
-def simulate_world(agent, starts: Sequence[Dialogue], task: str, seed: int) -> list[Dialogue]:
+def simulate_world(agent, starts: Sequence[Dialogue], task: str, seed: int, world: str = "default"
+                   ) -> list[Dialogue]:
   """Live chats of `agent` (a rollout.Speaker, or anything with generate(messages, seed) -> texts)
   with the sandbox world as the user; one per start (its id keys the world's coins)."""
+  if sandbox.check_world(world) == "delayed":
+    return _simulate_delayed(agent, starts, task, seed)
   n_turns = sandbox.ES_MAX_TURNS if task == "es" else sandbox.P4G_STRATEGY_TURNS
   rows = [Dialogue(d.id, task, list(d.turns), dict(d.condition), {}) for d in starts]
   rngs = [_world_rng(seed, d.id) for d in rows]
@@ -121,6 +128,52 @@ def simulate_world(agent, starts: Sequence[Dialogue], task: str, seed: int) -> l
   return rows
 
 
+def _agent_texts(agent, rows: Sequence[Dialogue], task: str, call_seed: int) -> list[str]:
+  if hasattr(agent, "choose"):  # a policy that needs the condition (baselines.BestOfN)
+    return agent.choose([Dialogue(d.id, task, list(d.turns), dict(d.condition)) for d in rows], call_seed)
+  return agent.generate([chat.agent_messages(task, d.turns) for d in rows], call_seed)
+
+
+def _simulate_delayed(agent, starts: Sequence[Dialogue], task: str, seed: int) -> list[Dialogue]:
+  """`simulate_world` in the delayed-effect worlds (module doc): every chat runs DELAYED_TURNS."""
+  n_turns = sandbox.DELAYED_TURNS
+  rows = [Dialogue(d.id, task, list(d.turns), dict(d.condition), {}) for d in starts]
+  rngs = [_world_rng(seed, d.id) for d in rows]
+  strat: list[list[str]] = [[] for _ in rows]
+  for t in range(n_turns):
+    texts = _agent_texts(agent, rows, task, int(seed * 7919 + t) % (2 ** 31))
+    for i, (d, text) in enumerate(zip(rows, texts)):
+      strat[i].append(sandbox.strategy_of(text, task) or UNMATCHED)
+      rng = rngs[i]
+      if task == "es" and t == n_turns - 1:
+        p = sandbox.es_delayed_p(strat[i])
+        pool = sandbox.ES_DELAYED_BETTER if rng.random() < p else sandbox.ES_GOODBYE
+        reply = pool[rng.integers(len(pool))]
+        d.outcome["engaged"] = pool is sandbox.ES_DELAYED_BETTER
+      else:
+        pool = sandbox.delayed_reply_pool(task, strat[i])
+        reply = pool[rng.integers(len(pool))]
+        if task == "es":
+          reply = reply.format(adj=sandbox.EMOTION_ADJ[d.condition["emotion_type"]])
+        elif t == n_turns - 1:
+          reply = f"{reply} {sandbox.P4G_CLOSING}"
+      d.turns += [Turn(AGENT, text, strat[i][-1]), Turn(USER, reply)]
+  for i, d in enumerate(rows):
+    expected = sandbox.expected_reward(task, d.condition, strat[i], "delayed")
+    if task == "es":
+      reward = 1.0 if d.outcome.get("engaged") else 0.0
+    else:
+      probs = sandbox.DONATION_PROBS[sandbox.p4g_delayed_level(strat[i])]
+      j = int(np.searchsorted(np.cumsum(probs), rngs[i].random(), side="right"))
+      reward = float(sandbox.DONATION_VALUES[min(j, len(sandbox.DONATION_VALUES) - 1)])
+    best = sandbox.optimal_strategy(task, d.condition, "delayed")
+    d.outcome = {"reward": reward, "expected": float(expected), "num_turns": d.num_agent_turns,
+                 "first_helpful": float(strat[i][0] == best), "strategies": strat[i],
+                 "unmatched": sum(s == UNMATCHED for s in strat[i]),
+                 "immediate": [sandbox.immediate_reward(task, strat[i][:k + 1]) for k in range(n_turns)]}
+  return rows
+
+
 def summarize(dialogues: Sequence[Dialogue], seed: int = 0) -> dict:
   """Oracle block of a set of `simulate_world` chats (see module doc)."""
   from engage_jax.evaluate import bootstrap_ci
@@ -136,14 +189,14 @@ def summarize(dialogues: Sequence[Dialogue], seed: int = 0) -> dict:
           "mean_turns": float(np.mean([d.outcome["num_turns"] for d in dialogues]))}
 
 
-def evaluate_world(agent, conditions: Sequence[Dialogue], task: str, samples: int, seed: int
-                   ) -> list[Dialogue]:
+def evaluate_world(agent, conditions: Sequence[Dialogue], task: str, samples: int, seed: int,
+                   world: str = "default") -> list[Dialogue]:
   """`simulate_world` on every condition `samples` times; ids "<condition id>/s<k>" as in
   `evaluate.evaluate` (outcome["condition_id"] set), so rows pair with the simulator's."""
   out = []
   for k in range(samples):
     starts = [Dialogue(f"{c.id}/s{k}", task, list(c.turns), dict(c.condition)) for c in conditions]
-    for c, d in zip(conditions, simulate_world(agent, starts, task, seed * 1000 + k)):
+    for c, d in zip(conditions, simulate_world(agent, starts, task, seed * 1000 + k, world)):
       d.outcome["condition_id"] = c.id
       d.outcome["sample"] = k
       out.append(d)

@@ -79,8 +79,9 @@ def load_corpus(cfg) -> dict[str, list[Dialogue]]:
   src, task, seed = cfg.data.source, cfg.task, cfg.seed
   if src == "sandbox":
     from engage_jax.data import sandbox
-    return {"train": sandbox.generate(task, cfg.data.sandbox_train, seed),
-            "valid": sandbox.generate(task, cfg.data.sandbox_valid, seed + 1),
+    world = cfg.data.get("sandbox_world", "default")
+    return {"train": sandbox.generate(task, cfg.data.sandbox_train, seed, world=world),
+            "valid": sandbox.generate(task, cfg.data.sandbox_valid, seed + 1, world=world),
             "test": []}
   if src == "esconv":
     from engage_jax.data import esconv as loader
@@ -148,7 +149,7 @@ def make_tokenizer(cfg, wd: Workdir):
   texts = list(sft_data.tokenizer_texts(corpus["train"]))
   if cfg.data.source == "sandbox":
     from engage_jax.data import sandbox
-    texts += sandbox.all_texts(cfg.task)
+    texts += sandbox.all_texts(cfg.task, cfg.data.get("sandbox_world", "default"))
   return train_bpe(texts, cfg.tokenizer.vocab_size, out)
 
 
@@ -361,13 +362,14 @@ def oracle_report(cfg, wd: Workdir) -> dict:
   from engage_jax import evaluate, oracle
   tok = load_tokenizer(wd)
   conds = eval_conditions(cfg)
+  world = cfg.data.get("sandbox_world", "default")
   out = {}
   for name, agent_dir in (("sft", wd.path("sft_agent", "hf")), ("dpo", wd.path("dpo_agent", "hf"))):
     agent = speaker(cfg, cfg.eval, load_model(cfg, agent_dir), tok, "agent")
     block = oracle.summarize(oracle.evaluate_world(agent, conds, cfg.task, cfg.eval.samples_per_condition,
-                                                   cfg.seed + 11))
+                                                   cfg.seed + 11, world))
     sim = evaluate.load_dialogues(str(wd.path(f"eval_{name}", "dialogues.jsonl")))
-    block["transcript"] = oracle.transcript_scores(cfg.task, sim)
+    block["transcript"] = oracle.transcript_scores(cfg.task, sim, world)
     block["sim_minus_oracle"] = float(evaluate.rewards(sim).mean() - block["expected_mean"])
     out[name] = block
   return out

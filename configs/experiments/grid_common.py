@@ -1,5 +1,6 @@
-"""What the sandbox ablation grids (sandbox_es.py, sandbox_p4g.py here) share: the pipeline config
-they start from and the experiment section (engage_jax/experiments/runner.py reads it)."""
+"""What the sandbox ablation grids (sandbox_es.py, sandbox_p4g.py, sandbox_delayed_{es,p4g}.py here)
+share: the pipeline config they start from and the experiment section
+(engage_jax/experiments/runner.py reads it)."""
 import importlib.util
 import os
 
@@ -38,4 +39,20 @@ def grid_config(task_config: str, **experiment) -> ml_collections.ConfigDict:
   c.name = f"experiment_{task_config}"
   c.eval.n_conditions = 100
   c.experiment = experiment_section(**experiment)
+  return c
+
+
+def delayed_grid_config(task_config: str, **experiment) -> ml_collections.ConfigDict:
+  """The delayed-effect world's grid (issue 28; configs/experiments/sandbox_delayed_*.py): the
+  sandbox world "delayed", chats of exactly DELAYED_TURNS agent turns, and sizes cut to fit a
+  shared 2-core machine (search 64 trees x budget 8, DPO 100 steps, no held-out simulator)."""
+  c = grid_config(task_config, **{"ensemble_size": 1, **experiment})
+  c.name = f"experiment_delayed_{task_config}"
+  c.data.sandbox_world = "delayed"
+  opening_agent_turns = 0 if c.task == "es" else 1   # P4G: the greeting
+  c.search.max_turns = 3 + opening_agent_turns
+  c.search.max_depth = 3
+  c.eval.max_agent_turns = 3 + opening_agent_turns
+  c.search.n_conditions = 64
+  c.dpo.steps = 100
   return c

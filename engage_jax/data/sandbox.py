@@ -52,8 +52,36 @@ condition = {motivation ∈ MOTIVATIONS, age_group ∈ AGE_GROUPS (decorative), 
    Uniform corpus agent: k ~ Binomial(3, 1/4), mean donation ≈ 0.537; optimum 1.5625.
    outcome = {"donation": d, "donation_raw": d, "num_effective": k}.
 
+Delayed-effect worlds (`world="delayed"`, issue 28; docs/results/sandbox_delayed_*.md)
+--------------------------------------------------------------------------------------
+Same conditions, openings and agent templates; DELAYED_TURNS = 3 agent turns (ES) / persuasion
+turns (P4G), always played to the end; the corpus agent is uniform over the 4 strategies. One
+strategy pleases now and closes the path, one sounds lukewarm now and pays off later; the
+dynamics do not depend on the condition (emotion / motivation only shape the texts).
+ES: before the last turn the user answers Affirmation and Reassurance with a WARM line that
+   matches the engagement regex ("oh , that helps , thank you ."), any other strategy with a
+   non-engaged continuation. After the last agent turn the user says "... i feel better ..."
+   (ES_DELAYED_BETTER) with probability es_delayed_p(strategies), else a goodbye:
+     any Reassurance                                   ES_DELAYED_P_CLOSED = 0.10 (path closed)
+     no Providing Suggestions                          ES_DELAYED_P_NO_PLAN = 0.25
+     first Suggestion after r Reflections, r = 0/1/2+  ES_DELAYED_P_PLAN = 0.10 / 0.80 / 0.90
+   Long-run optimum 0.90 (Reflection, Reflection, Suggestion); the greedy turn-level policy
+   (maximise the expected immediate reward: the warm line, then the outcome) plays Reassurance
+   first and ends at 0.10 (margin 0.80); uniform corpus agent 0.1859 (exact, `world_table`).
+P4G: pressure (Emotion appeal) draws a pledge that states an amount ("ok , ok , i will give $2 .",
+   parsed by the turn reward as a donation), Logical appeal after a Credibility appeal a positive
+   line, anything else a lukewarm line. The donation is drawn from DONATION_PROBS[level]:
+     any Emotion appeal (pressure)                     level 0, mean 0.325
+     no Credibility appeal                             level 1, mean 0.55
+     Credibility, no Logical appeal after it           level 2, mean 1.025
+     Credibility, then a Logical appeal                level 3, mean 1.5625
+   Long-run optimum 1.5625 (e.g. Credibility, Logical, ...); greedy turn-level: pressure
+   first (a pledge of $5/3 expected vs $0), then $0.325 (margin $1.2375); uniform corpus agent
+   0.6197.
+   outcome = {"donation", "donation_raw", "level"}.
+
 `optimal_strategy(task, condition)` and `expected_reward(task, condition, strategies)` expose the
-dynamics; `expected_reward` is exact given the agent's strategy sequence.
+dynamics; `expected_reward` is exact given the agent's strategy sequence. Each takes `world`.
 """
 from __future__ import annotations
 
@@ -155,6 +183,99 @@ def donation_mean(k: int) -> float:
   return float(sum(p * v for p, v in zip(probs, DONATION_VALUES)))
 
 
+# ------------------------------------------------ delayed-effect worlds (issue 28)
+WORLDS = ("default", "delayed")
+DELAYED_TURNS = 3
+ES_PLEASER = "Affirmation and Reassurance"     # warm now, closes the path
+ES_RAPPORT = "Reflection of feelings"          # lukewarm now, needed before a suggestion
+ES_PLAN = "Providing Suggestions"
+ES_WARM = ("oh , that helps , thank you .", "it helps to hear that , thanks .", "that is kind , it helps .")
+ES_DELAYED_BETTER = ("thank you , i feel much better now .", "i feel better now , thank you .",
+                     "that was it , i feel a lot better .")
+ES_DELAYED_P_CLOSED = 0.10
+ES_DELAYED_P_NO_PLAN = 0.25
+ES_DELAYED_P_PLAN = (0.10, 0.80, 0.90)          # first suggestion after 0 / 1 / 2+ reflections
+P4G_PRESSURE = "Emotion appeal"                # a pledge now, lowers the donation
+P4G_TRUST = "Credibility appeal"               # lukewarm now, raises it with a later Logical appeal
+P4G_FOLLOWUP = "Logical appeal"
+P4G_PLEDGE = ("ok , ok , i will give $2 .", "you got me , i would give $1 right now .",
+              "fine , put me down for $2 .")
+P4G_PLEDGE_MEAN = 5.0 / 3.0                    # the amounts the pledges state, averaged
+
+
+def es_delayed_p(strategies: Sequence[str]) -> float:
+  """P("i feel better" at the end) of the delayed ES world for the agent's strategies in order."""
+  strategies = list(strategies)
+  if ES_PLEASER in strategies:
+    return ES_DELAYED_P_CLOSED
+  if ES_PLAN not in strategies:
+    return ES_DELAYED_P_NO_PLAN
+  r = strategies[:strategies.index(ES_PLAN)].count(ES_RAPPORT)
+  return ES_DELAYED_P_PLAN[min(r, len(ES_DELAYED_P_PLAN) - 1)]
+
+
+def p4g_delayed_level(strategies: Sequence[str]) -> int:
+  """Donation level (DONATION_PROBS key) of the delayed P4G world for the persuasion strategies."""
+  strategies = list(strategies)
+  if P4G_PRESSURE in strategies:
+    return 0
+  if P4G_TRUST not in strategies:
+    return 1
+  return 3 if P4G_FOLLOWUP in strategies[strategies.index(P4G_TRUST) + 1:] else 2
+
+
+def _delayed_final(task: str, strategies: Sequence[str]) -> float:
+  if task == "es":
+    return es_delayed_p(strategies)
+  return donation_mean(p4g_delayed_level(strategies))
+
+
+def delayed_reply_pool(task: str, played: Sequence[str]) -> tuple[str, ...]:
+  """The user's reply lines to the last of `played` (not the last turn of the chat; ES: the adjective
+  is still to be filled in)."""
+  s = played[-1]
+  if task == "es":
+    return ES_WARM if s == ES_PLEASER else ES_CONTINUE
+  if s == P4G_PRESSURE:
+    return P4G_PLEDGE
+  if s == P4G_FOLLOWUP and P4G_TRUST in played[:-1]:
+    return P4G_POSITIVE
+  return P4G_LUKEWARM
+
+
+def immediate_reward(task: str, played: Sequence[str], n_turns: int = DELAYED_TURNS) -> float:
+  """Expected immediate reward of the delayed world's reply to the last of `played`, as the
+  search's turn reward scores it: before the last turn ES 1 for the warm (regex-matching) line,
+  P4G the pledged amount (0 for lines without one); at the last turn the chat's expected outcome."""
+  if len(played) >= n_turns:
+    return _delayed_final(task, played)
+  if task == "es":
+    return 1.0 if played[-1] == ES_PLEASER else 0.0
+  return P4G_PLEDGE_MEAN if played[-1] == P4G_PRESSURE else 0.0
+
+
+def world_table(task: str, world: str = "delayed", n_turns: int = DELAYED_TURNS) -> dict:
+  """Exact enumeration of the world's strategy sequences: {"optimum", "optimal_plans", "greedy",
+  "greedy_plan", "uniform", "margin"}. optimum: max expected reward over all sequences; greedy:
+  the final expected reward of the policy that maximises each turn's expected immediate reward
+  (`immediate_reward`; ties to the first strategy in order); uniform: the corpus agent's mean."""
+  import itertools
+  names, _, _ = _world(task)
+  cond = _sample_condition(task, random.Random(0))
+  seqs = list(itertools.product(names, repeat=n_turns))
+  vals = [expected_reward(task, cond, q, world) for q in seqs]
+  best = max(vals)
+  greedy: list[str] = []
+  for _ in range(n_turns):
+    if world == "delayed":
+      greedy.append(max(names, key=lambda s: immediate_reward(task, greedy + [s], n_turns)))
+    else:
+      greedy.append(optimal_strategy(task, cond))
+  g = expected_reward(task, cond, greedy, world)
+  return {"optimum": best, "optimal_plans": [list(q) for q, v in zip(seqs, vals) if v == best],
+          "greedy": g, "greedy_plan": greedy, "uniform": sum(vals) / len(vals), "margin": best - g}
+
+
 # ----------------------------------------------------------------- public API
 _TEMPLATE_TO_STRATEGY = {" ".join(t.split()): s
                          for table in (ES_TEMPLATES, P4G_TEMPLATES)
@@ -203,24 +324,38 @@ def _world(task: str):
   raise ValueError(f"unknown sandbox task {task!r}; expected 'es' or 'p4g'")
 
 
-def optimal_strategy(task: str, condition: Mapping[str, str]) -> str:
-  """The helpful (ES) / effective (P4G) strategy for the condition."""
+def check_world(world: str) -> str:
+  """`world` if it is one of WORLDS, else a ValueError naming them."""
+  if world not in WORLDS:
+    raise ValueError(f"unknown sandbox world {world!r}; expected one of {WORLDS}")
+  return world
+
+
+def optimal_strategy(task: str, condition: Mapping[str, str], world: str = "default") -> str:
+  """The helpful (ES) / effective (P4G) strategy for the condition; delayed worlds: the first move
+  of the long-run optimal plan (Reflection of feelings / Credibility appeal)."""
   _, table, key = _world(task)
   if condition.get(key) not in table:
     raise ValueError(f"sandbox {task}: condition field {key!r} must be one of {tuple(table)}, "
                      f"got {condition.get(key)!r}")
+  if check_world(world) == "delayed":
+    return ES_RAPPORT if task == "es" else P4G_TRUST
   return table[condition[key]]
 
 
-def expected_reward(task: str, condition: Mapping[str, str], strategies: Sequence[str]) -> float:
+def expected_reward(task: str, condition: Mapping[str, str], strategies: Sequence[str],
+                    world: str = "default") -> float:
   """Exact expected reward of a conversation whose agent uses `strategies` in order.
 
   ES: P(engaged) = 1 - prod(1 - p_t) over the first ES_MAX_TURNS strategies (p_t = P_HELP if
   helpful else P_BASE; a chat that ends early stops using later strategies, which does not change
   this probability). P4G: mean donation given k = number of effective persuasion turns among the
-  first P4G_STRATEGY_TURNS non-greeting strategies.
+  first P4G_STRATEGY_TURNS non-greeting strategies. world "delayed": `es_delayed_p` /
+  donation_mean(`p4g_delayed_level`) of the first DELAYED_TURNS (non-greeting) strategies.
   """
-  best = optimal_strategy(task, condition)
+  best = optimal_strategy(task, condition, world)
+  if world == "delayed":
+    return _delayed_final(task, [s for s in strategies if s != GREETING_STRATEGY][:DELAYED_TURNS])
   if task == "es":
     miss = 1.0
     for s in list(strategies)[:ES_MAX_TURNS]:
@@ -230,8 +365,11 @@ def expected_reward(task: str, condition: Mapping[str, str], strategies: Sequenc
   return donation_mean(sum(s == best for s in persuasion))
 
 
-def optimal_reward(task: str) -> float:
-  """Expected reward of the always-optimal policy."""
+def optimal_reward(task: str, world: str = "default") -> float:
+  """Expected reward of the always-optimal policy (delayed worlds: of the best plan)."""
+  if check_world(world) == "delayed":
+    _world(task)
+    return ES_DELAYED_P_PLAN[-1] if task == "es" else donation_mean(P4G_STRATEGY_TURNS)
   if task == "es":
     return 1.0 - (1.0 - P_HELP) ** ES_MAX_TURNS
   _world(task)
@@ -311,17 +449,23 @@ def _p4g_dialogue(i: int, seed: int, rng: random.Random, p_optimal: float, n_tur
 
 
 def generate(task: str, n: int, seed: int, *, p_optimal: float = 0.0,
-             max_turns: int | None = None, p_help: float = P_HELP, p_base: float = P_BASE
-             ) -> list[Dialogue]:
+             max_turns: int | None = None, p_help: float = P_HELP, p_base: float = P_BASE,
+             world: str = "default") -> list[Dialogue]:
   """n seeded sandbox dialogues of `task` ("es" | "p4g"); same seed → identical output.
 
   p_optimal: probability that the corpus agent plays the optimal strategy on a turn (else
   uniform). max_turns: ES agent-turn cap (default ES_MAX_TURNS) / P4G persuasion turns (default
   P4G_STRATEGY_TURNS). p_help / p_base: ES engagement probabilities (documented defaults).
+  world "delayed": the delayed-effect world (module doc), uniform corpus agent, DELAYED_TURNS
+  turns (max_turns overrides; p_optimal, p_help, p_base do not apply).
   """
   _world(task)
   if n < 0:
     raise ValueError(f"sandbox.generate: n must be >= 0, got {n}")
+  if check_world(world) == "delayed":
+    rng = random.Random(f"sandbox-{task}-delayed-{seed}")
+    cap = DELAYED_TURNS if max_turns is None else max_turns
+    return [_delayed_dialogue(task, i, seed, rng, cap) for i in range(n)]
   rng = random.Random(f"sandbox-{task}-{seed}")
   if task == "es":
     cap = ES_MAX_TURNS if max_turns is None else max_turns
@@ -330,9 +474,35 @@ def generate(task: str, n: int, seed: int, *, p_optimal: float = 0.0,
   return [_p4g_dialogue(i, seed, rng, p_optimal, cap) for i in range(n)]
 
 
-def all_texts(task: str | None = None) -> list[str]:
+def _delayed_dialogue(task: str, i: int, seed: int, rng: random.Random, n_turns: int) -> Dialogue:
+  cond = _sample_condition(task, rng)
+  turns = opening_turns(task, cond)
+  played: list[str] = []
+  for t in range(n_turns):
+    s = rng.choice(strategies(task))
+    played.append(s)
+    turns.append(Turn(AGENT, rng.choice((ES_TEMPLATES if task == "es" else P4G_TEMPLATES)[s]), s))
+    if task == "p4g" or t < n_turns - 1:
+      reply = rng.choice(delayed_reply_pool(task, played))
+      turns.append(Turn(USER, reply.format(adj=EMOTION_ADJ[cond["emotion_type"]]) if task == "es" else reply))
+  if task == "es":
+    engaged = rng.random() < es_delayed_p(played)
+    turns.append(Turn(USER, rng.choice(ES_DELAYED_BETTER if engaged else ES_GOODBYE)))
+    return Dialogue(id=f"sandbox-es-delayed-{seed}-{i}", task="es", turns=turns, condition=cond,
+                    outcome={"engaged": engaged})
+  turns[-1] = Turn(USER, f"{turns[-1].text} {P4G_CLOSING}")
+  level = p4g_delayed_level(played)
+  donation = rng.choices(DONATION_VALUES, weights=DONATION_PROBS[level])[0]
+  return Dialogue(id=f"sandbox-p4g-delayed-{seed}-{i}", task="p4g", turns=turns, condition=cond,
+                  outcome={"donation": donation, "donation_raw": donation, "level": level})
+
+
+def all_texts(task: str | None = None, world: str = "default") -> list[str]:
   """Every template text of the world(s) (e.g. to train a tokenizer that covers them)."""
   out: list[str] = []
+  if check_world(world) == "delayed":
+    out += list(ES_WARM + ES_DELAYED_BETTER) if task in (None, "es") else []
+    out += list(P4G_PLEDGE) if task in (None, "p4g") else []
   if task in (None, "es"):
     for texts in ES_TEMPLATES.values():
       out.extend(texts)

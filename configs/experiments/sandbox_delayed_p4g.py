@@ -1,0 +1,21 @@
+"""Delayed-effect P4G grid (issue 28): future vs turn reward where they disagree.
+
+  python launch/experiment.py --config=configs/experiments/sandbox_delayed_p4g.py \\
+      --workdir=workdirs/exp_delayed_p4g --variants=sft,future,turn,corpus_mix,rft,best_of_n --seeds=0,1,2
+
+World: engage_jax/data/sandbox.py, world "delayed" (pressure, the Emotion appeal, draws a pledge
+the turn reward reads as $1-2 but lowers the donation; a Credibility appeal followed later by a
+Logical appeal raises it): long-run optimum $1.5625, greedy turn-level policy $0.325, uniform
+corpus agent $0.620. Sizes as configs/experiments/sandbox_delayed_es.py (RFT on chosen turns
+with value >= $1). Results and times: docs/results/sandbox_delayed_p4g.md.
+"""
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import grid_common
+
+
+def get_config():
+  return grid_common.delayed_grid_config("sandbox_p4g", rft_min_value=1.0)
