@@ -93,3 +93,30 @@ def test_unmatched_text_is_unhelpful():
   rows = oracle.simulate_world(FixedAgent(["zzz qqq ."]), _starts("es", 10), "es", seed=0)
   assert rows[0].outcome["expected"] == pytest.approx(1 - (1 - sandbox.P_BASE) ** 3)
   assert oracle.summarize(rows)["unmatched_rate"] == 1.0
+
+
+def test_live_delayed_worlds_exact_and_sampled():
+  A, R, _, S = sandbox.ES_STRATEGIES
+  texts = {s: sandbox.ES_TEMPLATES[s][0] for s in sandbox.ES_STRATEGIES}
+  best = oracle.simulate_world(FixedAgent([texts[R], texts[R], texts[S]]), _starts("es", 3000), "es", 0, "delayed")
+  greedy = oracle.simulate_world(FixedAgent([texts[A]]), _starts("es", 3000), "es", 0, "delayed")
+  for rows, p, imm in ((best, 0.9, [0.0, 0.0, 0.9]), (greedy, 0.1, [1.0, 1.0, 0.1])):
+    assert all(d.outcome["expected"] == pytest.approx(p) and d.num_agent_turns == 3 for d in rows)
+    assert rows[0].outcome["immediate"] == pytest.approx(imm)
+    r = np.array([d.outcome["reward"] for d in rows])
+    assert abs(r.mean() - p) < 4 * np.sqrt(p * (1 - p) / r.size)
+    for d in rows[:50]:  # the final reply says "better" exactly when the chat is rewarded
+      assert (d.turns[-1].text in sandbox.ES_DELAYED_BETTER) == bool(d.outcome["reward"])
+  assert all(d.turns[2].text in sandbox.ES_WARM for d in greedy[:50])
+  assert oracle.summarize(best)["first_turn_helpful"] == 1.0
+  assert oracle.summarize(greedy)["first_turn_helpful"] == 0.0
+  assert oracle.transcript_score("es", best[0], "delayed")["expected"] == pytest.approx(0.9)
+  log, emo, cred, _ = sandbox.P4G_STRATEGIES
+  ptexts = {s: sandbox.P4G_TEMPLATES[s][0] for s in sandbox.P4G_STRATEGIES}
+  for plan, mean in (([cred, log, log], 1.5625), ([emo], 0.325)):
+    rows = oracle.simulate_world(FixedAgent([ptexts[s] for s in plan]), _starts("p4g", 3000), "p4g", 1, "delayed")
+    assert all(d.outcome["expected"] == pytest.approx(mean) for d in rows)
+    r = np.array([d.outcome["reward"] for d in rows])
+    assert abs(r.mean() - mean) < 4 * r.std() / np.sqrt(r.size)
+    assert rows[0].turns[-1].text.endswith(sandbox.P4G_CLOSING)
+  assert rows[0].turns[3].text in sandbox.P4G_PLEDGE   # pressure: a pledge at once
