@@ -1,7 +1,7 @@
 """Delayed-effect P4G grid (issue 28): future vs turn reward where they disagree.
 
   python launch/experiment.py --config=configs/experiments/sandbox_delayed_p4g.py \\
-      --workdir=workdirs/exp_delayed_p4g --variants=sft,future,turn,corpus_mix,rft,best_of_n --seeds=0,1,2
+      --workdir=workdirs/exp_delayed_p4g --variants=sft,future,turn,rft,corpus_mix,best_of_n --seeds=0,1,2
 
 World: engage_jax/data/sandbox.py, world "delayed" (pressure, the Emotion appeal, draws a pledge
 the turn reward reads as $1-2 but lowers the donation; a Credibility appeal followed later by a
