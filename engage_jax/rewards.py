@@ -48,6 +48,8 @@ DEFAULT_ES_PATTERN = (
     r"|\byou(?:'ve| have) been (?:a |such a )?(?:great |big |real |huge )?help\b")
 DEFAULT_ES_LAST_N = 2
 DONATION_CAP = 2.0
+CONFIG_READOUTS = ("sampled", "expected")     # config reward.readout
+READOUTS = (*CONFIG_READOUTS, "both")         # RewardSettings.readout ("both": the evaluation's)
 
 # ----------------------------------------------------------------------------- donation grammar
 _UNITS = ("zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen "
@@ -210,10 +212,15 @@ def es_engaged(user_texts: Sequence[str], pattern: str = DEFAULT_ES_PATTERN,
 
 @dataclasses.dataclass(frozen=True)
 class RewardSettings:
-  """The reward's knobs: ES regex and how many of the user's last turns it searches; P4G cap."""
+  """The reward's knobs: ES regex and how many of the user's last turns it searches; P4G cap;
+  P4G readout ("sampled": sample the outcome answer and parse it; "expected": the simulator's
+  mean over the canonical answers for `outcome_amounts`, engage_jax/readout.py; "both": the
+  expected value as the reward, the sampled one recorded beside it, for evaluation)."""
   es_pattern: str = DEFAULT_ES_PATTERN
   es_last_n: int = DEFAULT_ES_LAST_N
   donation_cap: float = DONATION_CAP
+  readout: str = "sampled"
+  outcome_amounts: tuple[float, ...] = ()
 
   @classmethod
   def from_any(cls, cfg: Any = None) -> RewardSettings:
@@ -226,8 +233,12 @@ class RewardSettings:
         return default
       v = cfg.get(key) if isinstance(cfg, Mapping) else getattr(cfg, key, None)
       return default if v is None or v == "" else v
+    readout = str(get("readout", "sampled"))
+    if readout not in READOUTS:
+      raise ValueError(f"reward readout must be one of {READOUTS}, got {readout!r}")
     return cls(str(get("es_pattern", DEFAULT_ES_PATTERN)), int(get("es_last_n", DEFAULT_ES_LAST_N)),
-               float(get("donation_cap", DONATION_CAP)))
+               float(get("donation_cap", DONATION_CAP)), readout,
+               tuple(float(x) for x in get("outcome_amounts", ())))
 
 
 def reward(task: str, user_texts: Sequence[str], cfg: Any = None, outcome: Mapping | None = None

@@ -29,7 +29,7 @@ import dataclasses
 from typing import Any
 from collections.abc import Callable, Sequence
 
-from engage_jax import rewards, sampling
+from engage_jax import readout, rewards, sampling
 from engage_jax.data import chat
 from engage_jax.data.dialogue import AGENT, USER, Dialogue, Turn
 from engage_jax.sampling import SamplingParams
@@ -84,17 +84,29 @@ def score_finished(simulator: Speaker, dialogues: list[Dialogue], *, task: str, 
                    seed: int = 0) -> list[dict]:
   """Outcome of finished chats: ES the regex over the user's last turns; P4G ONE batched simulator
   call answering OUTCOME_REQUEST (the chat shown with its end marker, as in training), parsed.
-  Returns per dialogue {"reward"} (+ "donation", "outcome_text" for P4G)."""
+  Returns per dialogue {"reward"} (+ "donation", "outcome_text" for P4G). reward_cfg's readout
+  (P4G): "expected" scores the canonical answers instead (`readout.expected_donations`: "reward",
+  "expected_donation", "outcome_mass", "outcome_fallback"; no "donation", never unparsed); "both"
+  adds the sampled answer beside it as "sampled_donation" / "outcome_text"."""
   st = rewards.RewardSettings.from_any(reward_cfg)
   if task == "es":
     return [{"reward": 1.0 if rewards.es_engaged([t.text for t in d.turns if t.role == USER], st.es_pattern,
                                                  st.es_last_n) else 0.0} for d in dialogues]
   if not dialogues:
     return []
+  if st.readout != "sampled":
+    out = readout.expected_donations(simulator, dialogues, st.outcome_amounts)
+    if st.readout == "expected":
+      return out
   msgs = [chat.simulator_messages(task, d.condition, d.turns, mark_end=True)
           + [{"role": "user", "content": chat.OUTCOME_REQUEST}] for d in dialogues]
+  texts = simulator.generate(msgs, seed)
+  if st.readout == "both":
+    for o, text in zip(out, texts):
+      o.update(sampled_donation=rewards.parse_donation(text, st.donation_cap), outcome_text=text)
+    return out
   out = []
-  for text in simulator.generate(msgs, seed):
+  for text in texts:
     donation = rewards.parse_donation(text, st.donation_cap)
     out.append({"reward": 0.0 if donation is None else float(donation), "donation": donation,
                 "outcome_text": text})
