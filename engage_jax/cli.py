@@ -12,7 +12,7 @@ import sys
 import traceback
 from collections.abc import Callable, Sequence
 
-from engage_jax import errors
+from engage_jax import errors, preemption
 from engage_jax.errors import InputError
 
 
@@ -98,6 +98,17 @@ def parse_flags(argv: Sequence[str]) -> list[str]:
     errors.fail(flag_error(e, argv))
 
 
+def stopped_line(e: preemption.Preempted) -> str:
+  """The one line a launcher prints when a signal stopped it (preemption.Preempted)."""
+  sig = e.args[0].split()[0]
+  stage = getattr(e, "engage_stage", None)
+  if stage is None:
+    return f"stopped: {sig} before any stage ran; rerun the same command to resume"
+  how = (f"at a safe point ({e.where}; what it had is written)" if e.at_safe_point and e.where
+         else "at a safe point" if e.at_safe_point else "at once (its unfinished work is redone)")
+  return f"stopped: stage {stage} stopped by {sig} {how}; rerun the same command to resume"
+
+
 def run_app(main: Callable[[list[str]], None]) -> None:
   """app.run(main) with one-line errors (parsing, usage and main's own exceptions)."""
   from absl import app
@@ -105,6 +116,12 @@ def run_app(main: Callable[[list[str]], None]) -> None:
   def _main(argv):
     try:
       return main(argv)
+    except preemption.Preempted as e:
+      if errors.debug():
+        raise
+      sys.stdout.flush()
+      print(stopped_line(e), file=sys.stderr, flush=True)
+      sys.exit(e.exit_code)
     except app.UsageError as e:
       errors.fail(InputError(str(e), "command line"))
     except Exception as e:

@@ -513,37 +513,41 @@ def run(cfg, workdir: str, stages: tuple[str, ...] = STAGES, force: bool = False
   problems = plan_conflicts(wd, values, stages, redo_all)
   if problems:
     raise InputErrors(problems)
-  wd.adopt_legacy(values)
-  wd.open(config_json)
-  cleared = wd.clear(redo_all)
-  if cleared:
-    print(f"[engage_jax] redo: removed the outputs of {', '.join(cleared)}", flush=True)
-  for stage in stages:
-    if wd.is_done(stage) and not force:
-      log.info("stage %-13s done already: skipped", stage)
-      print(f"[engage_jax] stage {stage}: done already, skipped", flush=True)
-      continue
-    entry = wd.begin(stage, values[stage])
-    note = f" (attempt {entry['attempts']})" if entry["attempts"] > 1 else ""
-    if entry.get("changes") and entry["changes"][-1]["attempt"] == entry["attempts"]:
-      changed = [k for k in entry["changes"][-1] if k != "attempt"]
-      note += f", resuming with changed {', '.join(changed)}"
-    print(f"[engage_jax] stage {stage}: running{note}", flush=True)
-    t0 = time.perf_counter()
-    try:
-      from engage_jax import progress
-      with progress.heartbeat(stage, metrics=_stage_metrics(wd, stage)):
-        info = STAGE_FNS[stage](cfg, wd) or {}
-    except BaseException as e:
-      wd.end(stage, time.perf_counter() - t0, done=False)
+  wd.lock()  # before the first write: a second run on DIR is refused here
+  try:
+    wd.adopt_legacy(values)
+    wd.open(config_json)
+    cleared = wd.clear(redo_all)
+    if cleared:
+      print(f"[engage_jax] redo: removed the outputs of {', '.join(cleared)}", flush=True)
+    for stage in stages:
+      if wd.is_done(stage) and not force:
+        log.info("stage %-13s done already: skipped", stage)
+        print(f"[engage_jax] stage {stage}: done already, skipped", flush=True)
+        continue
+      entry = wd.begin(stage, values[stage])
+      note = f" (attempt {entry['attempts']})" if entry["attempts"] > 1 else ""
+      if entry.get("changes") and entry["changes"][-1]["attempt"] == entry["attempts"]:
+        changed = [k for k in entry["changes"][-1] if k != "attempt"]
+        note += f", resuming with changed {', '.join(changed)}"
+      print(f"[engage_jax] stage {stage}: running{note}", flush=True)
+      t0 = time.perf_counter()
       try:
-        e.engage_stage = stage  # errors.line names the stage of an error without a place
-      except AttributeError:
-        pass
-      raise
-    dt = time.perf_counter() - t0
-    wd.end(stage, dt, done=True, **{"info": info} if _jsonable(info) else {})
-    print(f"[engage_jax] stage {stage}: done in {dt:.1f}s", flush=True)
+        from engage_jax import progress
+        with progress.heartbeat(stage, metrics=_stage_metrics(wd, stage)):
+          info = STAGE_FNS[stage](cfg, wd) or {}
+      except BaseException as e:
+        wd.end(stage, time.perf_counter() - t0, done=False)
+        try:
+          e.engage_stage = stage  # errors.line names the stage of an error without a place
+        except AttributeError:
+          pass
+        raise
+      dt = time.perf_counter() - t0
+      wd.end(stage, dt, done=True, **{"info": info} if _jsonable(info) else {})
+      print(f"[engage_jax] stage {stage}: done in {dt:.1f}s", flush=True)
+  finally:
+    wd.unlock()
   return wd
 
 

@@ -10,6 +10,7 @@ Layout of DIR:
   search/                           trees/*.json, search_config.json, summary.json, metrics.jsonl
   dpo_agent/                        hf/, checkpoints/, metrics.jsonl
   report.json report.md *.png
+  .lock                             {"pid", "host", "since"} of the run that holds DIR (`lock`)
   stages.json                       {stage: {"done", "wall_seconds" (summed over attempts),
                                      "attempts", "config" (the values of the keys the stage
                                      depends on), "changes" (resumes with changed values), ...}}
@@ -26,6 +27,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import time
 from pathlib import Path
 from typing import Any
@@ -73,6 +75,32 @@ def diff(old: Mapping, new: Mapping, common: bool = False) -> dict[str, tuple]:
   return {k: (old.get(k), new.get(k)) for k in sorted(keys) if old.get(k) != new.get(k)}
 
 
+LOCK = ".lock"
+
+
+def _read_lock(path: Path) -> dict | None:
+  try:
+    data = json.loads(path.read_text(encoding="utf-8"))
+  except (OSError, ValueError, UnicodeDecodeError):
+    return None
+  return data if isinstance(data, dict) else None
+
+
+def _pid_alive(pid) -> bool:
+  """True when process `pid` runs on this host (a zombie counts as gone)."""
+  try:
+    pid = int(pid)
+    os.kill(pid, 0)
+  except (TypeError, ValueError, ProcessLookupError):
+    return False
+  except PermissionError:
+    return True
+  try:
+    return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"
+  except (OSError, IndexError):
+    return True
+
+
 class Workdir:
   """Paths and stage bookkeeping of one pipeline run."""
 
@@ -88,7 +116,7 @@ class Workdir:
     """InputError if DIR is a file, cannot be created, or holds other files but no config.json."""
     from engage_jax.config_check import check_workdir
     check_workdir(self.root)
-    others = [p for p in self.root.iterdir() if p.name != "logs"] if self.root.is_dir() else []
+    others = [p for p in self.root.iterdir() if p.name not in ("logs", LOCK)] if self.root.is_dir() else []
     if others and not self.path("config.json").exists():
       raise InputError("exists, is not empty and has no config.json; refusing to write into it",
                        f"--workdir={self.root}")
@@ -179,6 +207,53 @@ class Workdir:
       except (ValueError, UnicodeDecodeError):
         pass
     atomic_write_json(path, config_json)
+
+  def lock(self) -> None:
+    """Takes DIR/.lock for this run (process 0 writes it; a refusal is raised on every process).
+    A lock held by a live process is an InputError naming its pid and host; a lock whose process is
+    gone (killed with -9; same host) is taken over with a line that says so."""
+    from engage_jax import multihost
+    multihost.main_write(self._lock, what=str(self.path(LOCK)))
+
+  def _lock(self) -> None:
+    try:
+      self.root.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+      raise InputError(f"cannot create {e.filename or self.root}: {e.strerror}", f"--workdir={self.root}") from None
+    path = self.path(LOCK)
+    me = {"pid": os.getpid(), "host": socket.gethostname(), "since": round(time.time(), 3)}
+    for _ in range(2):
+      try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+      except FileExistsError:
+        holder = _read_lock(path)
+        if holder and holder.get("host") == me["host"] and not _pid_alive(holder.get("pid")):
+          print(f"[engage_jax] taking over the stale lock of pid {holder.get('pid')} "
+                f"(no longer running) ({path})", flush=True)
+          path.unlink(missing_ok=True)
+          continue
+        who = (f"pid {holder.get('pid')} on host {holder.get('host')} since "
+               f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(float(holder.get('since', 0))))}"
+               if holder else "an unreadable lock")
+        raise InputError(f"the workdir is in use by another run ({who}); wait for it to end or stop "
+                         "it (a lock left by a run on another host that is gone: delete the file)",
+                         str(path)) from None
+      with os.fdopen(fd, "w", encoding="utf-8") as f:
+        json.dump(me, f)
+      return
+    raise InputError("could not take the workdir lock (another run took it at the same time)", str(path))
+
+  def unlock(self) -> None:
+    """Removes DIR/.lock if this process holds it (process 0; no barrier, so it is safe in a
+    `finally` after a failure on another process)."""
+    from engage_jax import multihost
+
+    def _unlock():
+      path = self.path(LOCK)
+      holder = _read_lock(path)
+      if holder and holder.get("pid") == os.getpid() and holder.get("host") == socket.gethostname():
+        path.unlink(missing_ok=True)
+    multihost.main_only(_unlock)
 
   def bind_config(self, config_json: dict) -> None:
     """Kept for callers of the old API: `check_root` then `open`."""

@@ -63,6 +63,8 @@ def run(main_fn, require_workdir: bool = True) -> None:
       import jax
       jax.distributed.initialize(**dist)
     _log_writes()
+    from engage_jax import preemption
+    preemption.install()  # SIGTERM / SIGINT stop a stage at its next safe point (engage_jax/preemption.py)
     from engage_jax import compile_cache
     compile_cache.enable(_COMPILATION_CACHE.value)
     main_fn()

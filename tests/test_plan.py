@@ -13,6 +13,7 @@ import pytest
 
 from engage_jax import memory_plan
 from engage_jax.models import ModelConfig
+from tests.numerics import subprocess_env
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "launch"))
@@ -123,8 +124,7 @@ def test_plan_lowers_the_trainers_train_step(tmp_path, monkeypatch, remat, grad_
 
 def test_plan_subprocess_tiny(tmp_path):
   out = tmp_path / "plan.json"
-  env = dict(os.environ)
-  env.pop("XLA_FLAGS", None)
+  env = subprocess_env(None)  # plan.py forces the mesh's device count itself
   proc = subprocess.run([sys.executable, str(REPO / "launch" / "plan.py"),
                          "--config=" + str(REPO / "configs" / "esconv_llama3_8b.py"), *TINY,
                          "--compile=none", f"--json_out={out}"],

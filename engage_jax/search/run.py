@@ -28,6 +28,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
+from engage_jax import preemption
 from engage_jax.data.dialogue import Dialogue
 from engage_jax.seeding import sub_seed
 from engage_jax.search.base import Env
@@ -135,53 +136,58 @@ def run_search(env: Env, roots: Sequence[Dialogue], cfg: SearchConfig, out_dir: 
     bar.set_postfix(pairs=totals["pairs"], exp_s=f"{new_expansions / dt:.2f}")
 
   try:
-    for s in range(n_shards):
-      lo, hi = s * trees_per_shard, min(len(roots), (s + 1) * trees_per_shard)
-      pairs_path, trees_path = shard_paths(out_dir, s, pairs_dir)
-      if os.path.exists(pairs_path):
-        done = read_jsonl(pairs_path)
-        seen.update(pair_key(p) for p in done)
-        totals["pairs"] += len(done)
-        if os.path.exists(trees_path):
-          with open(trees_path, encoding="utf-8") as f:
-            old = json.load(f)
-          totals["expansions"] += int(old["expansions"])
-          totals["unparsed"] += int(old.get("unparsed", 0))
-          totals["children"] += int(old.get("children", 0))
-        totals["skipped"] += 1
+    with preemption.deferred():
+      for s in range(n_shards):
+        lo, hi = s * trees_per_shard, min(len(roots), (s + 1) * trees_per_shard)
+        pairs_path, trees_path = shard_paths(out_dir, s, pairs_dir)
+        if os.path.exists(pairs_path):
+          done = read_jsonl(pairs_path)
+          seen.update(pair_key(p) for p in done)
+          totals["pairs"] += len(done)
+          if os.path.exists(trees_path):
+            with open(trees_path, encoding="utf-8") as f:
+              old = json.load(f)
+            totals["expansions"] += int(old["expansions"])
+            totals["unparsed"] += int(old.get("unparsed", 0))
+            totals["children"] += int(old.get("children", 0))
+          totals["skipped"] += 1
+          bar.update(hi - lo)
+          postfix()
+          continue
+
+        shard_counts = {"unparsed": 0, "children": 0}
+
+        def on_round(info: RoundInfo):
+          nonlocal new_expansions
+          new_expansions += info.expansions
+          totals["expansions"] += info.expansions
+          shard_counts["unparsed"] += info.unparsed  # noqa: B023 - called within this shard's search
+          shard_counts["children"] += info.children  # noqa: B023
+          postfix()
+          # a safe point: a stop request abandons this unfinished shard (rerun: searched again,
+          # with its own seed, so the pairs are the same); finished shards are on disk
+          preemption.check(where=f"search shard {s}")  # noqa: B023
+
+        t_shard = time.perf_counter()
+        shard_cfg = dataclasses.replace(cfg, seed=shard_seed(cfg.seed, s))
+        trees = search(env, roots[lo:hi], shard_cfg, on_round=on_round)
+        pairs = extract_pairs(trees, cfg.margin, cfg.pair_min_visits,
+                              tree_ids=list(range(lo, hi)), seen=seen)
+        stats = {"shard": s, "seed": shard_cfg.seed, "tree_ids": list(range(lo, hi)),
+                 "expansions": int(trees.expansions.sum()), "pairs": len(pairs), **shard_counts,
+                 "trees": [trees.stats(b) for b in range(trees.batch_size)]}
+        atomic_write_text(trees_path, json.dumps(stats))
+        write_jsonl(pairs_path, pairs)
+        _log_shard(out_dir, s, stats, time.perf_counter() - t_shard)
+        totals["pairs"] += len(pairs)
+        totals["new_pairs"] += len(pairs)
+        totals["unparsed"] += shard_counts["unparsed"]
+        totals["children"] += shard_counts["children"]
         bar.update(hi - lo)
         postfix()
-        continue
-
-      shard_counts = {"unparsed": 0, "children": 0}
-
-      def on_round(info: RoundInfo):
-        nonlocal new_expansions
-        new_expansions += info.expansions
-        totals["expansions"] += info.expansions
-        shard_counts["unparsed"] += info.unparsed  # noqa: B023 - called within this shard's search
-        shard_counts["children"] += info.children  # noqa: B023
-        postfix()
-
-      t_shard = time.perf_counter()
-      shard_cfg = dataclasses.replace(cfg, seed=shard_seed(cfg.seed, s))
-      trees = search(env, roots[lo:hi], shard_cfg, on_round=on_round)
-      pairs = extract_pairs(trees, cfg.margin, cfg.pair_min_visits,
-                            tree_ids=list(range(lo, hi)), seen=seen)
-      stats = {"shard": s, "seed": shard_cfg.seed, "tree_ids": list(range(lo, hi)),
-               "expansions": int(trees.expansions.sum()), "pairs": len(pairs), **shard_counts,
-               "trees": [trees.stats(b) for b in range(trees.batch_size)]}
-      atomic_write_text(trees_path, json.dumps(stats))
-      write_jsonl(pairs_path, pairs)
-      _log_shard(out_dir, s, stats, time.perf_counter() - t_shard)
-      totals["pairs"] += len(pairs)
-      totals["new_pairs"] += len(pairs)
-      totals["unparsed"] += shard_counts["unparsed"]
-      totals["children"] += shard_counts["children"]
-      bar.update(hi - lo)
-      postfix()
-      if after_shard is not None:
-        after_shard(s)
+        if after_shard is not None:
+          after_shard(s)
+        preemption.check(where=f"after search shard {s}")
   finally:
     bar.close()
   seconds = time.perf_counter() - t0

@@ -38,6 +38,7 @@ rate after a NaN stop; the schedule is rebuilt from the current settings.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -52,7 +53,7 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from engage_jax import sharding as shd
+from engage_jax import preemption, sharding as shd
 from engage_jax.logprobs import token_logps
 from engage_jax.train.config import TrainConfig
 
@@ -386,39 +387,43 @@ def run(loss_fn: LossFn, params: nnx.State, make_batches: BatchesFactory, cfg: T
   bar = tqdm(total=total_steps, initial=step, disable=not cfg.progress, desc="train", dynamic_ncols=True)
   last_saved = manager.latest_step()
   try:
-    while step < total_steps:
-      try:
-        batch = next(it)
-      except StopIteration:
-        raise ValueError(f"training data ran out at step {step} of {total_steps}") from None
-      batch = stack_micro(batch, cfg.grad_accum)
-      if train_step is None:
-        train_step = make_train_step(loss_fn, tx, schedule, mesh, p_sh, o_sh, batch, frozen_sharding=f_sh)
-      interval.tokens += float(count_tokens(batch)) if count_tokens else float(np.sum(batch.get("attention_mask", 0)))
-      placed = shd.place_batch(batch, mesh, accum=True)
-      params, opt_state, metrics = train_step(params, opt_state, placed, *extra)
-      metrics = {k: float(v) for k, v in shd.to_host(metrics).items()}
-      step += 1
-      if metrics.pop("finite") < 1.0:
-        raise NonFiniteLossError(step, metrics["loss"], metrics["grad_norm"], last_saved)
-      interval.add(metrics)
-      bar.update(1)
-      if step % max(cfg.log_every, 1) == 0 or step == total_steps:
-        rec = {"step": step, **interval.means(), "learning_rate": metrics["learning_rate"],
-               "tokens_per_s": interval.tokens / max(interval.elapsed(), 1e-9)}
-        writer.write(rec)
-        bar.set_postfix(loss=f"{rec['loss']:.4f}", lr=f"{rec['learning_rate']:.2e}")
-        if not cfg.progress:
-          print(f"step {step}: {_fmt(rec)}", flush=True)
-        summary["last_train"] = rec
-        interval = _Interval()
-      if cfg.eval_every and step % cfg.eval_every == 0 and step != total_steps:
-        evaluate(step)
-      if (cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or step == total_steps:
-        save(step)
-        last_saved = step
-      if on_step is not None:
-        on_step(step, metrics)
+    with preemption.deferred():
+      while step < total_steps:
+        try:
+          batch = next(it)
+        except StopIteration:
+          raise ValueError(f"training data ran out at step {step} of {total_steps}") from None
+        batch = stack_micro(batch, cfg.grad_accum)
+        if train_step is None:
+          train_step = make_train_step(loss_fn, tx, schedule, mesh, p_sh, o_sh, batch, frozen_sharding=f_sh)
+        interval.tokens += float(count_tokens(batch)) if count_tokens else float(np.sum(batch.get("attention_mask", 0)))
+        placed = shd.place_batch(batch, mesh, accum=True)
+        params, opt_state, metrics = train_step(params, opt_state, placed, *extra)
+        metrics = {k: float(v) for k, v in shd.to_host(metrics).items()}
+        step += 1
+        if metrics.pop("finite") < 1.0:
+          raise NonFiniteLossError(step, metrics["loss"], metrics["grad_norm"], last_saved)
+        interval.add(metrics)
+        bar.update(1)
+        if step % max(cfg.log_every, 1) == 0 or step == total_steps:
+          rec = {"step": step, **interval.means(), "learning_rate": metrics["learning_rate"],
+                 "tokens_per_s": interval.tokens / max(interval.elapsed(), 1e-9)}
+          writer.write(rec)
+          bar.set_postfix(loss=f"{rec['loss']:.4f}", lr=f"{rec['learning_rate']:.2e}")
+          if not cfg.progress:
+            print(f"step {step}: {_fmt(rec)}", flush=True)
+          summary["last_train"] = rec
+          interval = _Interval()
+        if cfg.eval_every and step % cfg.eval_every == 0 and step != total_steps:
+          evaluate(step)
+        if (cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or step == total_steps:
+          save(step)
+          last_saved = step
+        if on_step is not None:
+          on_step(step, metrics)
+        # a safe point: on a stop request, checkpoint this step (unless just saved), then stop
+        preemption.check(on_stop=None if last_saved == step else functools.partial(save, step),
+                         where=f"step {step}")
   finally:
     bar.close()
     manager.wait()

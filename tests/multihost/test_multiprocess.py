@@ -20,6 +20,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.numerics import subprocess_env, worst_rel_norm_diff
+
 REPO = Path(__file__).resolve().parents[2]
 PY = sys.executable
 
@@ -34,13 +36,12 @@ TINY = [
     "--config.mesh.data=4",
 ]
 RUN_TIMEOUT_S = 900     # one whole tiny pipeline (loaded 2-core CI machine)
-KILL_BOUND_S = 30       # both processes gone this long after one of them is SIGKILLed
+# Trained weights of 1 vs 2 processes: relative norm difference (tests/numerics.py).
+REL_WEIGHTS = 1e-5
 
 
 def _env(devices: int, **extra) -> dict:
-  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1", **extra)
-  env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
-  return env
+  return subprocess_env(devices, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1", **extra)
 
 
 def _nice() -> list[str]:
@@ -112,14 +113,16 @@ def test_two_processes_equal_one_process(runs):
   assert _report(one) == _report(two)
   for d in ("eval_sft", "eval_dpo"):
     assert (one / d / "dialogues.jsonl").read_bytes() == (two / d / "dialogues.jsonl").read_bytes(), d
+  # 1 and 2 processes reduce gradients in another order, so trained weights agree to rounding, not
+  # bits: bound ||delta|| relative to each tensor's norm (tests/numerics.py says why an absolute
+  # element bound fails on some CPUs). A lost step or a wrongly averaged gradient is >= 1e-3.
   worst = {}
   for model in ("sft_agent", "sft_simulator", "dpo_agent"):
     a, b = _params(one / model / "hf" / "model.safetensors"), _params(two / model / "hf" / "model.safetensors")
-    assert sorted(a) == sorted(b)
-    worst[model] = max(float(np.max(np.abs(a[k].astype(np.float64) - b[k]))) for k in a)
-  print(f"\n[multihost] params max |delta| (1 vs 2 processes): {worst}; pairs: "
+    worst[model] = worst_rel_norm_diff(a, b)
+  print(f"\n[multihost] params worst ||delta||/||w|| (1 vs 2 processes): {worst}; pairs: "
         f"{n_pairs} identical; report identical")
-  assert max(worst.values()) < 1e-6, worst
+  assert max(v for _, v in worst.values()) < REL_WEIGHTS, worst
   assert (two / "tokenizer" / "tokenizer.json").read_bytes() == (one / "tokenizer" / "tokenizer.json").read_bytes()
 
 
@@ -178,9 +181,10 @@ def _alive(pid: int) -> bool:
 
 
 def test_sigkill_mid_search_then_resume(runs, tmp_path):
-  """SIGKILL process 1 right after the first search shard is written: both processes are gone
-  within KILL_BOUND_S and the launcher exits non-zero; rerunning resumes (the finished shard is
-  skipped) and the pairs equal the uninterrupted run's."""
+  """SIGKILL process 1 right after the first search shard is written: the launcher sees process 1
+  die, stops process 0 itself (not by its own timeout) and exits non-zero with both processes gone;
+  rerunning resumes (the finished shard is skipped) and the pairs equal the uninterrupted run's.
+  No wall-clock bound: RUN_TIMEOUT_S only keeps a hang from blocking the suite."""
   _, two, _ = runs
   wd = tmp_path / "kill"
   shutil.copytree(two, wd, ignore=shutil.ignore_patterns("logs", "search", "pairs"))  # the SFT stages, done
@@ -194,24 +198,22 @@ def test_sigkill_mid_search_then_resume(runs, tmp_path):
   try:
     t0 = time.monotonic()
     while not re.search(r"pids (\d+) (\d+)", out.read_text()):
-      assert proc.poll() is None and time.monotonic() - t0 < 60, out.read_text()
+      assert proc.poll() is None and time.monotonic() - t0 < RUN_TIMEOUT_S, out.read_text()
       time.sleep(0.1)
     pids = [int(x) for x in re.search(r"pids (\d+) (\d+)", out.read_text()).groups()]
     _wait_for(wd / "pairs" / "shard-00000.jsonl", proc, RUN_TIMEOUT_S)
     os.kill(pids[1], signal.SIGKILL)
-    t_kill = time.monotonic()
-    rc = proc.wait(timeout=KILL_BOUND_S)
-    while any(_alive(p) for p in pids) and time.monotonic() - t_kill < KILL_BOUND_S:
-      time.sleep(0.1)
-    gone_s = time.monotonic() - t_kill
-    assert not any(_alive(p) for p in pids), "a process outlived the bound"
-    print(f"\n[multihost] after SIGKILL of process 1: launcher rc={rc}, both gone in {gone_s:.1f}s "
-          f"(bound {KILL_BOUND_S}s)")
+    rc = proc.wait(timeout=RUN_TIMEOUT_S)
+    alive = [p for p in pids if _alive(p)]
   finally:
     if proc.poll() is None:
       os.killpg(proc.pid, signal.SIGKILL)
       proc.wait()
-  assert rc != 0
+  log = out.read_text()
+  assert alive == [], f"processes {alive} outlived the launcher"
+  # process 1 (-9), or process 0 when its collective failed within the same 0.2 s poll
+  assert re.search(r"process [01] exited with -?\d+; stopped the others", log), log[-2000:]
+  assert rc == 1, (rc, log[-2000:])  # not 124: the launcher's own timeout did not fire
   done_before = sorted(p.name for p in (wd / "pairs").glob("shard-*.jsonl"))
   assert 1 <= len(done_before) < 4, done_before
   p = _run(_multi("launch/search.py", wd, TINY), _env(1), RUN_TIMEOUT_S)
@@ -271,19 +273,19 @@ def test_workdir_not_shared_is_detected(tmp_path):
   assert "cannot see process 0's marker file" in log and "--workdir=" in log, log[-2000:]
 
 
-@pytest.mark.skipif(not os.environ.get("ENGAGE_MULTIHOST_FSDP"),
-                    reason="about 2.5 more minutes: set ENGAGE_MULTIHOST_FSDP=1 to run")
 def test_fsdp_mesh_sft_equal(tmp_path):
   """mesh data=2 x fsdp=2 (parameters sharded over fsdp, gathered for saving): the SFT agent of 2
-  processes x 2 devices equals that of 1 process x 4 devices."""
-  flags = ["--stages=tokenizer,sft_agent", "--config.sft.agent_steps=8", "--config.sft.eval_every=0",
-           "--config.sft.checkpoint_every=8", "--config.mesh.data=2", "--config.mesh.fsdp=2"]
+  processes x 2 devices equals that of 1 process x 4 devices. Reduced to 4 steps so that it fits in
+  CI: the sharded gathers, the cross-process gradient reduction and the save all run every step."""
+  flags = ["--stages=tokenizer,sft_agent", "--config.sft.agent_steps=4", "--config.sft.eval_every=0",
+           "--config.sft.checkpoint_every=4", "--config.sft.log_every=2", "--config.mesh.data=2",
+           "--config.mesh.fsdp=2"]
   one, two = tmp_path / "one", tmp_path / "two"
   p = _run([PY, "launch/pipeline.py", "--config=configs/sandbox_es.py", f"--workdir={one}", *flags], _env(4), 600)
   assert p.returncode == 0, p.stderr[-3000:]
   p = _run(_multi("launch/pipeline.py", two, flags, timeout=600), _env(1), 600)
   assert p.returncode == 0, p.stderr[-2000:] + _logs(two)
   a, b = (_params(w / "sft_agent" / "hf" / "model.safetensors") for w in (one, two))
-  worst = max(float(np.max(np.abs(a[k].astype(np.float64) - b[k]))) for k in a)
-  print(f"\n[multihost] fsdp=2 SFT agent params max |delta|: {worst:.3g}")
-  assert worst < 1e-6
+  name, worst = worst_rel_norm_diff(a, b)
+  print(f"\n[multihost] fsdp=2 SFT agent params worst ||delta||/||w||: {worst:.3g} ({name})")
+  assert worst < REL_WEIGHTS, (name, worst)
