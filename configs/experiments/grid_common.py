@@ -45,8 +45,8 @@ def grid_config(task_config: str, **experiment) -> ml_collections.ConfigDict:
 def delayed_grid_config(task_config: str, **experiment) -> ml_collections.ConfigDict:
   """The delayed-effect world's grid (issue 28; configs/experiments/sandbox_delayed_*.py): the
   sandbox world "delayed", chats of exactly DELAYED_TURNS agent turns, and sizes cut to fit a
-  shared 2-core machine (search 64 trees x budget 8, DPO 60 steps, evaluation 64 held-out
-  conditions x 2 samples, no held-out simulator)."""
+  shared 2-core machine (SFT agent 120 / simulator 300 steps, search 48 trees x budget 8, DPO 40
+  steps, evaluation 48 held-out conditions x 2 samples, no held-out simulator)."""
   c = grid_config(task_config, **{"ensemble_size": 1, **experiment})
   c.name = f"experiment_delayed_{task_config}"
   c.data.sandbox_world = "delayed"
@@ -54,7 +54,9 @@ def delayed_grid_config(task_config: str, **experiment) -> ml_collections.Config
   c.search.max_turns = 3 + opening_agent_turns
   c.search.max_depth = 3
   c.eval.max_agent_turns = 3 + opening_agent_turns
-  c.search.n_conditions = 64
-  c.dpo.steps = 60
-  c.eval.n_conditions = 64
+  c.sft.agent_steps = 120
+  c.sft.simulator_steps = 300
+  c.search.n_conditions = 48
+  c.dpo.steps = 40
+  c.eval.n_conditions = 48
   return c

@@ -7,10 +7,10 @@ World: engage_jax/data/sandbox.py, world "delayed" (Reassurance draws a warm, re
 but closes the path; only Reflection before a Suggestion ends with "i feel better"): long-run
 optimum 0.90, greedy turn-level policy 0.10, uniform corpus agent 0.186. The reward reads the
 last user turn only (reward.es_last_n = 1), i.e. the chat's final reply, not a warm line before it.
-Sizes (configs/experiments/grid_common.py delayed_grid_config): SFT as the demo (agent 150,
-simulator 400 steps), search 64 trees x budget 8 x k 3 to depth 3, DPO 60 steps, evaluation
-64 held-out conditions x 2 samples, best-of-2, RFT 50 steps on chosen turns with value >= 0.5,
-no held-out simulator. Results and times: docs/results/sandbox_delayed_es.md.
+Sizes (configs/experiments/grid_common.py delayed_grid_config): SFT agent 120, simulator 300
+steps (the demo: 150, 400), search 48 trees x budget 8 x k 3 to depth 3, DPO 40 steps,
+evaluation 48 held-out conditions x 2 samples, best-of-2, RFT 50 steps on chosen turns with
+value >= 0.5, no held-out simulator. Results and times: docs/results/sandbox_delayed_es.md.
 """
 
 import os
