@@ -164,3 +164,47 @@ def test_sandbox_config_sampling_equals_the_old_flat_values(tok):
   scfg = pipeline.search_config(cfg)
   assert scfg.agent_sampling == SamplingParams(max_new_tokens=32, temperature=0.9, top_p=0.9, top_k=0)
   assert scfg.simulator_sampling == SamplingParams(max_new_tokens=32, temperature=1.0, top_p=1.0, top_k=0)
+
+
+class _ScriptedSimulator:
+  """Duck-typed simulator Speaker: replies "ok <n>" to every chat (never ends it); records calls."""
+
+  def __init__(self):
+    self.batches = []
+
+  def generate(self, messages, seed):
+    self.batches.append(len(messages))
+    return [f"ok {len(m)}" for m in messages]
+
+
+def test_turn_cap_counts_the_agent_turns_already_in_the_start():
+  """max_agent_turns=3 over starts that already hold 0, 1, 2 (the last one unanswered), 3 and 4
+  agent turns: each ends with max(3, its own count) agent turns, so 3, 2, 1, 0 and 0 new ones, and
+  the simulator answers a trailing agent turn first; the starts' turns are kept as they were."""
+  def t(role, i):
+    return Turn(role, f"{role} {i}")
+  u, a = USER, "agent"
+  starts = [
+      Dialogue("none", "es", [t(u, 0)], {}, {}),
+      Dialogue("one", "es", [t(u, 0), t(a, 0), t(u, 1)], {}, {}),
+      Dialogue("two_open", "es", [t(u, 0), t(a, 0), t(u, 1), t(a, 1)], {}, {}),
+      Dialogue("three", "es", [t(u, 0), t(a, 0), t(u, 1), t(a, 1), t(u, 2), t(a, 2), t(u, 3)], {}, {}),
+      Dialogue("four", "es", [t(u, i // 2) if i % 2 == 0 else t(a, i // 2) for i in range(9)], {}, {}),
+  ]
+  new_agent = []
+
+  def agent_turns(ds, seed):
+    new_agent.append([d.id for d in ds])
+    return [f"new agent reply to {d.id}" for d in ds]
+
+  sim = _ScriptedSimulator()
+  out = rollout.simulate(None, sim, starts, task="es", max_agent_turns=3, seed=0, agent_turns=agent_turns)
+  want_new = {"none": 3, "one": 2, "two_open": 1, "three": 0, "four": 0}
+  for s, d in zip(starts, out):
+    assert d.turns[:len(s.turns)] == s.turns, d.id
+    added = d.turns[len(s.turns):]
+    assert sum(x.role == "agent" for x in added) == want_new[d.id], (d.id, [x.text for x in added])
+    assert d.num_agent_turns == max(3, s.num_agent_turns) == d.outcome["num_turns"], d.id
+    assert d.turns[-1].role == USER and not d.outcome["terminal"], d.id   # capped, the user spoke last
+  assert sum(len(ids) for ids in new_agent) == 6
+  assert "two_open" not in new_agent[0]                       # its open agent turn is answered first

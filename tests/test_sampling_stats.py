@@ -77,3 +77,41 @@ def test_sampler_frequencies_match_filtered_distribution(temperature, top_p, top
   chi2, pvalue = stats.chisquare(counts[kept], N_DRAWS * expected[kept])
   assert pvalue > 1e-3, (f"T={temperature} top_p={top_p} top_k={top_k}: chi2={chi2:.1f} "
                          f"p={pvalue:.2e}\ncounts   {counts}\nexpected {np.round(N_DRAWS * expected)}")
+
+
+def _chi2_pvalue(counts: np.ndarray, probs: np.ndarray) -> float:
+  """Chi-square p-value of `counts` against `probs` ([V]); categories expected < 5 times are merged."""
+  expected = counts.sum() * probs
+  small = expected < 5
+  obs = np.append(counts[~small], counts[small].sum())
+  exp = np.append(expected[~small], expected[small].sum())
+  keep = exp > 0
+  return float(stats.chisquare(obs[keep], exp[keep]).pvalue)
+
+
+@pytest.mark.parametrize("temperature,top_k", [(0.6, 0), (1.7, 0), (0.6, 24)])
+def test_generate_first_token_follows_the_tempered_model_distribution(temperature, top_k):
+  """4096 copies of one prompt through `sampling.generate` (one new token, fixed seed): the first
+  tokens pass a chi-square test against softmax(logits / T) of the model's own forward pass
+  (float64), so T is applied exactly once, on the "sample" path (top_k 0) and on the "filter" path
+  (top_k = V keeps every token). With these logits (std ~1.5) a T applied twice or not at all
+  gives p < 1e-30."""
+  from flax import nnx
+
+  from engage_jax.models import CausalLM, ModelConfig
+  cfg = ModelConfig(vocab_size=24, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                    num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=64)
+  model = CausalLM(cfg, rngs=nnx.Rngs(5))
+  model.lm_head.kernel[...] = model.lm_head.kernel[...] * 12.0  # spread the logits out
+  prompt = [3, 9, 14, 1, 7]
+  logits = np.asarray(model(jnp.asarray([prompt]))[0, -1], np.float64)
+  assert 1.2 < logits.std() < 3.0, logits.std()
+  z = logits / temperature
+  probs = np.exp(z - z.max())
+  probs /= probs.sum()
+  out = sampling.generate(model, [prompt] * 4096, max_new_tokens=1, temperature=temperature, top_k=top_k,
+                          seed=11, stop_token_ids=())
+  assert all(len(o) == 1 for o in out)
+  counts = np.bincount([o[0] for o in out], minlength=cfg.vocab_size)
+  p = _chi2_pvalue(counts, probs)
+  assert p > 1e-3, (temperature, top_k, p, counts, np.round(4096 * probs))

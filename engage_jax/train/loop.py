@@ -163,9 +163,12 @@ def make_train_step(loss_fn: LossFn, tx: optax.GradientTransformation, schedule:
   `frozen_sharding` (LoRA) `(params, opt_state, batch, frozen)`: frozen weights get no gradient
   and are not donated.
 
-  Gradients are the mean over the A micro-batches (scan). metrics: "loss", "grad_norm" (before
-  clipping), "learning_rate" (of this update), "finite" (1.0 if the update was applied) and the
-  loss function's metrics (means over micro-batches; "tokens" summed).
+  Gradients are those of one batch of all A*B rows (scan): each micro-batch's gradient and loss
+  are weighted by what its loss is a mean over, metrics["tokens"] (SFT's target tokens) or else
+  the sum of "row_weight" (DPO's real pairs), so micro-batches with fewer targets or padding rows
+  count less, as they would in one large batch. metrics: "loss", "grad_norm" (before clipping),
+  "learning_rate" (of this update), "finite" (1.0 if the update was applied) and the loss
+  function's metrics (weighted means over micro-batches; "tokens" summed).
   """
   b_sh = {k: shd.batch_sharding(mesh, len(np.shape(v)), accum=True) for k, v in batch_example.items()}
   rep = NamedSharding(mesh, P())
@@ -175,13 +178,20 @@ def make_train_step(loss_fn: LossFn, tx: optax.GradientTransformation, schedule:
 
     def micro(acc, mb):
       (loss, aux), g = grad_fn(params, mb)
-      return jax.tree.map(jnp.add, acc, g), (loss, aux)
+      w = aux["tokens"] if "tokens" in aux else jnp.sum(mb["row_weight"]) if "row_weight" in mb else 1.0
+      w = jnp.asarray(w, jnp.float32)
+      return (jax.tree.map(lambda s, x: s + w * x, acc[0], g), acc[1] + w), (loss, w, aux)
 
-    zeros = jax.tree.map(jnp.zeros_like, params)
-    grads, (losses, aux) = jax.lax.scan(micro, zeros, batch)
-    a = losses.shape[0]
-    grads = jax.tree.map(lambda g: g / a, grads)
-    loss = jnp.mean(losses)
+    zeros = (jax.tree.map(jnp.zeros_like, params), jnp.float32(0.0))
+    if jax.tree.leaves(batch)[0].shape[0] == 1:  # one micro-batch: its own mean, no reweighting
+      (loss, aux), grads = grad_fn(params, jax.tree.map(lambda x: x[0], batch))
+      losses, ws, aux = loss[None], jnp.ones((1,), jnp.float32), jax.tree.map(lambda x: x[None], aux)
+    else:
+      (grads, total), (losses, ws, aux) = jax.lax.scan(micro, zeros, batch)
+      total = jnp.where(total > 0, total, 1.0)
+      grads = jax.tree.map(lambda g: g / total, grads)
+    ws = ws / jnp.maximum(jnp.sum(ws), 1e-30)
+    loss = jnp.sum(ws * losses)
     gnorm = optax.tree.norm(grads)
     updates, new_opt = tx.update(grads, opt_state, params)
     new_params = optax.apply_updates(params, updates)
@@ -191,7 +201,7 @@ def make_train_step(loss_fn: LossFn, tx: optax.GradientTransformation, schedule:
     new_opt = jax.tree.map(keep, new_opt, opt_state)
     counts = optax.tree_utils.tree_get_all_with_path(opt_state, "count")
     count = counts[0][1] if counts else None
-    metrics = {k: (jnp.sum(v) if k == "tokens" else jnp.mean(v)) for k, v in aux.items()}
+    metrics = {k: (jnp.sum(v) if k == "tokens" else jnp.sum(ws * v)) for k, v in aux.items()}
     metrics.update(loss=loss, grad_norm=gnorm, finite=finite.astype(jnp.float32),
                    learning_rate=schedule(count) if count is not None else jnp.nan)
     return new_params, new_opt, metrics

@@ -4,6 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from engage_jax.data import chat
+from engage_jax.data.dialogue import Dialogue, Turn
 from engage_jax.search import ModelEnv, SearchConfig, search
 from engage_jax.sampling import SamplingParams, sequence_logprobs
 
@@ -93,3 +95,64 @@ def test_final_rewards_of_ended_chats():
   dp = Dialogue("p", "p4g", [Turn("agent", "donate?"), Turn("user", "ok bye")], {"m": "x"})
   assert p4g.final_rewards([dp], 0) == [0.5]
   assert asked[0][-1]["content"].startswith("[OUTCOME]") and "[END]" in asked[0][-2]["content"]
+
+
+class _Vocab:
+  """A tokenizer double: one id per distinct text (decode joins texts)."""
+
+  def __init__(self):
+    self.texts: list[str] = []
+
+  def id(self, text: str) -> int:
+    if text not in self.texts:
+      self.texts.append(text)
+    return self.texts.index(text)
+
+  def decode(self, ids) -> str:
+    return " ".join(self.texts[i] for i in ids)
+
+
+class _EchoSpeaker:
+  """A Speaker double: the prompt is the id of the last message; generate_ids answers each prompt
+  with "<role> <n> re: <that message>" (n counts the calls for that message, so siblings differ);
+  the simulator ends the chat (END_MARKER) when the agent's turn came from `ending`."""
+
+  def __init__(self, role: str, vocab: _Vocab, ending: str = ""):
+    self.role, self.tokenizer, self.ending, self.seen = role, vocab, ending, {}
+    self.model = None
+
+  def prompt(self, messages):
+    return [self.tokenizer.id(messages[-1]["content"])]
+
+  def generate_ids(self, prompts, seed):
+    out = []
+    for p in prompts:
+      text = self.tokenizer.texts[p[0]]
+      n = self.seen[text] = self.seen.get(text, 0) + 1
+      reply = f"{self.role} {n} re: {text}"
+      if self.ending and self.ending in text:
+        reply = "that really helps, I feel much better " + chat.END_MARKER
+      out.append([self.tokenizer.id(reply)])
+    return out
+
+
+def test_expand_children_belong_to_their_parent():
+  """ModelEnv.expand over 3 histories, k=2, with echoing speakers: child j of history i answers
+  history i's last user turn, the simulator's reply in the same child answers that child's agent
+  turn, ids and texts agree, and only the children of history 1 (whose agent replies the simulator
+  ends) are terminal, with the ES reward of their own reply."""
+  vocab = _Vocab()
+  agent, sim = _EchoSpeaker("agent", vocab), _EchoSpeaker("user", vocab, ending="re: history 1")
+  env = ModelEnv(agent, sim, task="es", reward_cfg=None, max_turns=4, logprobs=False)
+  hist = [Dialogue(f"h{i}", "es", [Turn("user", f"history {i}")], {"emotion_type": "sadness"}) for i in range(3)]
+  out = env.expand(hist, 2, seed=0)
+  assert [len(c) for c in out] == [2, 2, 2]
+  for i, children in enumerate(out):
+    assert sorted(e.agent.text for e in children) == [f"agent {n} re: history {i}" for n in (1, 2)]
+    for e in children:
+      assert e.agent.text == vocab.decode(e.agent_ids) and e.agent.role == "agent"
+      if i == 1:
+        assert e.terminal and e.reward == 1.0 and "[END]" not in e.user.text, e
+      else:
+        assert not e.terminal and e.reward is None
+        assert e.user.text == f"user 1 re: {e.agent.text}" == vocab.decode(e.user_ids)

@@ -153,3 +153,24 @@ def test_sigkill_mid_run_then_resume(tmp_path, reference):
   pairs = read_search_pairs(out)
   assert pairs == ref_pairs
   assert len(set(_keys(pairs))) == len(pairs)
+
+
+def test_pair_prompt_is_the_history_before_the_choice(reference):
+  """Every pair's prompt is the agent's view of the chat up to the user turn that the chosen and
+  rejected replies answer: as many assistant turns as the parent node's depth (a prompt that held
+  its own chosen turn would have one more, and would teach the agent to repeat itself), and the
+  chosen and rejected nodes are children of that node in the stored tree."""
+  out, _, pairs = reference
+  trees = {}
+  for name in sorted(os.listdir(os.path.join(out, "trees"))):
+    rec = json.load(open(os.path.join(out, "trees", name)))
+    trees.update(zip(rec["tree_ids"], rec["trees"]))
+  assert any(p["meta"]["depth"] >= 1 for p in pairs)  # deeper nodes are covered too
+  for p in pairs:
+    m = p["meta"]
+    assistant = [x["content"] for x in p["prompt"] if x["role"] == "assistant"]
+    assert len(assistant) == m["depth"], (m, p["prompt"])
+    assert p["prompt"][-1]["role"] == "user"
+    parent = trees[m["tree_id"]]["parent"]
+    assert parent[m["chosen_node"]] == parent[m["rejected_node"]] == m["node"], m
+    assert m["depth"] == trees[m["tree_id"]]["depth"][m["node"]]
