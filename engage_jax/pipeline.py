@@ -244,8 +244,8 @@ def stage_sft(cfg, wd: Workdir, role: str) -> dict:
   tok = load_tokenizer(wd)
   corpus = load_corpus(cfg)
   buckets = sft_data.default_buckets(cfg.data.max_len, cfg.sft.min_bucket)
-  train, stats = sft_data.build_arrays(corpus["train"], tok, role, cfg.data.max_len, buckets, pack=True)
-  valid = (sft_data.build_arrays(corpus["valid"], tok, role, cfg.data.max_len, buckets, pack=True)[0]
+  train, stats = sft_data.build_arrays(corpus["train"], tok, role, cfg.data.max_len, buckets)
+  valid = (sft_data.build_arrays(corpus["valid"], tok, role, cfg.data.max_len, buckets)[0]
            if corpus["valid"] else None)
   steps = cfg.sft.agent_steps if role == "agent" else cfg.sft.simulator_steps
   out = wd.path(f"sft_{role}")

@@ -6,25 +6,38 @@ import pytest
 from engage_jax.data import END_MARKER, Dialogue, Turn, outcome_line, sandbox, sft
 
 
-def _target(tok, ex):
-  ids = [i for i, m in zip(ex.input_ids, ex.loss_mask) if m]
-  return ids, tok.decode(ids)
+def _targets(tok, ex):
+  """[(ids, text)] of each masked-in span of an example, in order."""
+  out, t, m = [], 0, ex.loss_mask
+  while t < len(m):
+    if m[t]:
+      s = t
+      while t < len(m) and m[t]:
+        t += 1
+      out.append((ex.input_ids[s:t], tok.decode(ex.input_ids[s:t])))
+    t += 1
+  return out
 
 
 @pytest.mark.parametrize("task", ["es", "p4g"])
-def test_agent_masks(sandbox_tok, task):
+@pytest.mark.parametrize("max_len", [64, 256])
+def test_agent_masks(sandbox_tok, task, max_len):
   tok = sandbox_tok
   ds = sandbox.generate(task, 20, 1)
-  exs = sft.agent_examples(ds, tok, 256)
+  exs = sft.agent_examples(ds, tok, max_len)
   want = [t.text for d in ds for t in d.turns if t.role == "agent"]
-  assert len(exs) == len(want)
-  for ex, text in zip(exs, want):
-    ids, decoded = _target(tok, ex)
-    assert decoded == text and ids[-1] == tok.end_of_turn_id
-    assert ids.count(tok.end_of_turn_id) == 1
-    first = ex.loss_mask.index(1)  # the mask is one contiguous span at the end
-    assert all(ex.loss_mask[first:]) and ex.input_ids[first - 1] == tok.hf.convert_tokens_to_ids(
-        "<|assistant|>")
+  spans = [span for ex in exs for span in _targets(tok, ex)]
+  assert [text for _, text in spans] == want  # every agent turn once, in order
+  assert all(ids[-1] == tok.end_of_turn_id and ids.count(tok.end_of_turn_id) == 1 for ids, _ in spans)
+  assistant = tok.hf.convert_tokens_to_ids("<|assistant|>")
+  for ex in exs:  # each span follows an assistant header; the window ends on its last target
+    assert all(ex.input_ids[s - 1] == assistant for s in range(1, len(ex.loss_mask))
+               if ex.loss_mask[s] and not ex.loss_mask[s - 1])
+    assert ex.loss_mask[-1] == 1 and len(ex.input_ids) <= max_len
+  if max_len == 256:
+    assert len(exs) == len(ds) < len(want)  # sandbox chats fit: one example per dialogue
+  else:
+    assert len(exs) > len(ds)
 
 
 @pytest.mark.parametrize("task", ["es", "p4g"])
@@ -38,40 +51,41 @@ def test_simulator_masks(sandbox_tok, task):
     want += users[:-1] + [f"{users[-1]} {END_MARKER}"]
     if task == "p4g":
       want.append(outcome_line(d.outcome["donation"]))
-  assert [_target(tok, e)[1] for e in exs] == want
-  assert all(_target(tok, e)[0][-1] == tok.end_of_turn_id for e in exs)
-  if task == "p4g":
-    outs = [e for e in exs if e.kind == "outcome"]
-    assert len(outs) == len(ds)
-    assert "motivation:" in tok.decode(outs[0].input_ids)  # the condition is in the prompt
+  assert [text for e in exs for _, text in _targets(tok, e)] == want
+  assert all(ids[-1] == tok.end_of_turn_id for e in exs for ids, _ in _targets(tok, e))
+  if task == "p4g":  # the outcome line closes the simulator's chat, the condition in its prompt
+    assert len(exs) == len(ds)
+    assert all(_targets(tok, e)[-1][1] == outcome_line(d.outcome["donation"]) for e, d in zip(exs, ds))
+    assert "motivation:" in tok.decode(exs[0].input_ids)
 
 
 def test_simulator_drops_trailing_agent_turns(sandbox_tok):
   d = Dialogue("x", "es", [Turn("user", "hi"), Turn("agent", "hello"), Turn("user", "bye"),
                            Turn("agent", "take care")], {"emotion_type": "sadness"})
   exs = sft.simulator_examples([d], sandbox_tok, 128)
-  assert [_target(sandbox_tok, e)[1] for e in exs] == ["hi", f"bye {END_MARKER}"]
+  assert [text for e in exs for _, text in _targets(sandbox_tok, e)] == ["hi", f"bye {END_MARKER}"]
   assert "take care" not in sandbox_tok.decode(exs[-1].input_ids)
 
 
 def test_left_truncation(sandbox_tok):
   tok = sandbox_tok
   (d,) = [x for x in sandbox.generate("p4g", 5, 3)][:1]
-  full = sft.agent_examples([d], tok, 1024)
-  longest = max(len(e.input_ids) for e in full)
-  max_len = longest - 12
+  (full,) = sft.agent_examples([d], tok, 1024)
+  max_len = len(full.input_ids) - 12
   stats = {}
   cut = sft.agent_examples([d], tok, max_len, stats=stats)
-  assert stats.get("truncated", 0) >= 1 and all(len(e.input_ids) <= max_len for e in cut)
-  for a, b in zip(full, cut):
-    assert _target(tok, a) == _target(tok, b)  # the target stays intact
-    prompt = tok.decode(b.input_ids)
-    assert prompt.startswith("You are a persuader.")  # the system message is kept
-  # A target longer than the budget is cut at its tail.
-  long = Dialogue("y", "es", [Turn("user", "hi"), Turn("agent", "so you are saying " * 40)], {})
+  assert len(cut) == stats["windows"] == 2 and stats.get("truncated", 0) >= 1
+  assert all(len(e.input_ids) <= max_len for e in cut)
+  assert _targets(tok, full) == [t for e in cut for t in _targets(tok, e)]  # the targets stay intact
+  for e in cut:
+    assert tok.decode(e.input_ids).startswith("You are a persuader.")  # the system message is kept
+  # A target longer than the budget: its own example, no history, its tail cut.
+  long = Dialogue("y", "es", [Turn("user", "hi"), Turn("agent", "so you are saying " * 40),
+                              Turn("user", "ok"), Turn("agent", "good")], {})
   stats = {}
-  (ex,) = sft.agent_examples([long], tok, 48, stats=stats)
+  ex, last = sft.agent_examples([long], tok, 48, stats=stats)
   assert len(ex.input_ids) == 48 and stats["target_cut"] == 1 and sum(ex.loss_mask) > 10
+  assert "hi" not in tok.decode(ex.input_ids) and _targets(tok, last)[0][1] == "good"
 
 
 def test_buckets_and_iterator(sandbox_tok):
@@ -126,31 +140,7 @@ def test_real_data_examples(shared_data, sandbox_tok):
     assert len(ex.input_ids) <= 256 and sum(ex.loss_mask) > 0
   pg = p4g.load_split(shared_data, "valid")[:3]
   stats = {}
-  outs = [e for e in sft.simulator_examples(pg, tok, 1024, stats=stats) if e.kind == "outcome"]
+  exs = sft.simulator_examples(pg, tok, 1024, stats=stats)
   assert stats.get("dropped", 0) == 0
-  assert [_target(tok, e)[1] for e in outs] == [outcome_line(d.outcome["donation"]) for d in pg]
-
-
-@pytest.mark.parametrize("role", ["agent", "simulator"])
-def test_packed_examples_hold_every_target_once(sandbox_tok, role):
-  tok = sandbox_tok
-  ds = sandbox.generate("p4g", 12, 5)
-  make = sft.agent_examples if role == "agent" else sft.simulator_examples
-  single, packed = make(ds, tok, 256), make(ds, tok, 256, pack=True)
-  by_dialogue = {}
-  for ex in single:
-    by_dialogue.setdefault((ex.dialogue_id, ex.kind), []).append(_target(tok, ex)[0])
-  assert len(packed) == len(by_dialogue) < len(single)
-  for ex in packed:
-    ids, _ = _target(tok, ex)
-    assert ids == [t for target in by_dialogue[(ex.dialogue_id, ex.kind)] for t in target]
-    # every target keeps its exact single-example context: the packed sequence extends it
-    for one in [e for e in single if (e.dialogue_id, e.kind) == (ex.dialogue_id, ex.kind)]:
-      assert ex.input_ids[:len(one.input_ids)] == one.input_ids
-  assert sum(len(e.input_ids) for e in packed) < 0.6 * sum(len(e.input_ids) for e in single)
-
-
-def test_packing_falls_back_when_too_long(sandbox_tok):
-  (d,) = sandbox.generate("p4g", 1, 3)
-  packed = sft.agent_examples([d], sandbox_tok, 64, pack=True)
-  assert packed == sft.agent_examples([d], sandbox_tok, 64)
+  last = {e.dialogue_id: e for e in exs}  # each dialogue's last window ends on its outcome line
+  assert [_targets(tok, last[d.id])[-1][1] for d in pg] == [outcome_line(d.outcome["donation"]) for d in pg]

@@ -107,12 +107,13 @@ def test_loss_masks_decode_to_exactly_the_targets(tok):
            Turn(USER, "I don't know anyone here."), Turn(AGENT, "Have you tried a local club?"),
            Turn(USER, "That really helps, thank you.")]
   msgs = chat.agent_messages("es", turns)
-  for pack in (False, True):
-    exs = examples_from_messages(tok, msgs, 512, pack=pack)
+  n = len(examples_from_messages(tok, msgs, 512)[0].input_ids)
+  for max_len in (512, n - 1):  # the chat fits: one window; one token less: two windows
+    exs = examples_from_messages(tok, msgs, max_len)
     got = []
     for e in exs:
       sel = [t for t, m in zip(e.input_ids, e.loss_mask) if m]
-      assert sel.count(tok.end_of_turn_id) == (2 if pack else 1)
+      assert sel.count(tok.end_of_turn_id) == (2 if max_len == 512 else 1)
       got.append(tok.hf.decode(sel, skip_special_tokens=False))
     want = "".join(t.text + "<|im_end|>" for t in turns if t.role == AGENT)
     assert "".join(got) == want
@@ -121,8 +122,7 @@ def test_loss_masks_decode_to_exactly_the_targets(tok):
 def test_end_marker_and_outcome_line_with_this_tokenizer(tok):
   d = Dialogue("x", "p4g", [Turn(AGENT, "Would you donate?"), Turn(USER, "Yes, happy to.")],
                {"persona": "student"}, {"donation": 0.5})
-  exs = simulator_examples([d], tok, 512)
-  texts = [tok.hf.decode([t for t, m in zip(e.input_ids, e.loss_mask) if m], skip_special_tokens=False)
-           for e in exs]
-  assert texts == ["Yes, happy to. [END]<|im_end|>", "I will donate $0.50.<|im_end|>"]
+  (ex,) = simulator_examples([d], tok, 512)  # the user's last turn and the outcome line: one window
+  text = tok.hf.decode([t for t, m in zip(ex.input_ids, ex.loss_mask) if m], skip_special_tokens=False)
+  assert text == "Yes, happy to. [END]<|im_end|>I will donate $0.50.<|im_end|>"
   assert tok.decode(tok.encode("Sure. [END]")) == "Sure. [END]"
