@@ -3,12 +3,15 @@
     raise InputError("must be in (0, 1]; got 1.5", where="config.search.agent_sampling.top_p")
     lines(exc)   # ["error: must be in (0, 1]; got 1.5 (config.search.agent_sampling.top_p)"]
     guard(main)  # runs main; any exception → those lines on stderr, exit code 2
+    with naming(path): ...   # an exception inside names `path` (a UnicodeDecodeError, KeyError or
+                             # sqlite3.DatabaseError does not carry its file)
 
 `str(InputError)` is "where: what", so messages read as before when not formatted by `lines`.
 `ENGAGE_DEBUG=1` makes `guard` re-raise (full traceback).
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -42,18 +45,39 @@ def _flat(text: str) -> str:
   return " ".join(str(text).split())
 
 
+def _named(exc: BaseException) -> bool:
+  return bool(getattr(exc, "engage_file", None) or (isinstance(exc, InputError) and exc.where)
+              or (isinstance(exc, OSError) and exc.filename))
+
+
+@contextlib.contextmanager
+def naming(path):
+  """Any exception raised inside that names no file of its own gets `engage_file = path`, which
+  `line` shows as its place (the file of a UnicodeDecodeError, KeyError, sqlite3.DatabaseError)."""
+  try:
+    yield
+  except Exception as e:
+    if not _named(e):
+      e.engage_file = str(path)
+    raise
+
+
 def line(exc: BaseException) -> str:
   """One 'error: <what> (<where>)' line for one exception."""
   if isinstance(exc, InputError):
     return f"error: {_flat(exc.what)}" + (f" ({_flat(exc.where)})" if exc.where else "")
+  file = getattr(exc, "engage_file", None)
+  at = f" ({file})" if file else ""
   if isinstance(exc, UnicodeDecodeError):
-    return f"error: not valid {exc.encoding} at byte {exc.start} ({_flat(exc.reason)})"
+    return f"error: not valid {exc.encoding} at byte {exc.start}: {_flat(exc.reason)}{at}"
   if isinstance(exc, OSError) and exc.filename:
     what = exc.strerror or _flat(exc)
     return f"error: {_flat(what)} ({exc.filename})"
   if isinstance(exc, KeyError) and len(exc.args) == 1:
-    return f"error: KeyError: {_flat(exc.args[0])}"
+    return f"error: KeyError: {_flat(exc.args[0])}{at}"
   name = type(exc).__name__
+  if file:
+    return f"error: {name}: {_flat(exc)}{at}"
   stage = getattr(exc, "engage_stage", None)
   hint = "" if isinstance(exc, (ValueError, OSError, RuntimeError)) else "; ENGAGE_DEBUG=1 shows the traceback"
   where = f" (stage {stage}{hint})" if stage else (f" ({hint[2:]})" if hint else "")

@@ -327,7 +327,7 @@ def stage_dpo(cfg, wd: Workdir) -> dict:
   from engage_jax.train import dpo as dpo_train
   tok = load_tokenizer(wd)
   files = pair_files(wd)
-  n_pairs = sum(1 for f in files for line in f.read_text().splitlines() if line.strip())
+  n_pairs = len(dpo_train.read_pair_files([str(f) for f in files])) if files else 0  # checked before any work
   out = wd.path("dpo_agent")
   if n_pairs == 0:  # a null result, not a crash at the end of a long run: DPO agent = SFT agent
     msg = (f"{wd.path('search', 'pairs')}: the search found no preference pairs (no value gaps of at least "

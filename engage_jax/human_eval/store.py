@@ -25,6 +25,8 @@ from pathlib import Path
 from typing import Any
 from collections.abc import Iterator, Mapping, Sequence
 
+from engage_jax import errors
+
 MODELS = ("sft", "dpo")
 SLOTS = ("A", "B")
 
@@ -108,7 +110,7 @@ class Store:
   def __init__(self, path: str | Path, *, task: str | None = None):
     self.path = Path(path)
     self.path.parent.mkdir(parents=True, exist_ok=True)
-    with self._conn() as c:
+    with errors.naming(self.path), self._conn() as c:  # a corrupt file: DatabaseError naming it
       c.execute("PRAGMA journal_mode=WAL")
       c.executescript(SCHEMA)
     if task is not None:

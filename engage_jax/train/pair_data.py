@@ -19,6 +19,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from engage_jax import buckets as buckets_lib
+from engage_jax.errors import InputError
 
 PAIR_KEYS = ("prompt_ids", "prompt_mask", "chosen_ids", "chosen_mask", "rejected_ids", "rejected_mask")
 
@@ -34,18 +35,25 @@ def _check_messages(obj, field, where, single_assistant=False):
 
 
 def read_pair_files(paths: str | Sequence[str]) -> list[dict]:
-  """All pairs of the JSONL files, in order. ValueError naming file and line on bad input."""
+  """All pairs of the JSONL files, in order. InputError (a ValueError) naming file and line on bad
+  input: invalid UTF-8 or JSON, a missing field, or a row repeated exactly (in any of the files),
+  which would be trained on and counted twice."""
   paths = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
   if not paths:
     raise ValueError("no pairs files given")
   out = []
+  seen: dict[str, str] = {}  # canonical JSON of a row -> its file:line
   for path in paths:
     n = 0
-    with open(path, encoding="utf-8") as f:
-      for lineno, line in enumerate(f, 1):
+    with open(path, "rb") as f:
+      for lineno, raw in enumerate(f, 1):
+        where = f"{path}:{lineno}"
+        try:
+          line = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+          raise InputError(f"not valid UTF-8 at byte {e.start} of the line", where) from None
         if not line.strip():
           continue
-        where = f"{path}:{lineno}"
         try:
           rec = json.loads(line)
         except json.JSONDecodeError as e:
@@ -58,6 +66,10 @@ def read_pair_files(paths: str | Sequence[str]) -> list[dict]:
         _check_messages(rec["prompt"], "prompt", where)
         _check_messages(rec["chosen"], "chosen", where, single_assistant=True)
         _check_messages(rec["rejected"], "rejected", where, single_assistant=True)
+        key = json.dumps(rec, sort_keys=True)
+        if key in seen:
+          raise InputError(f"duplicate pair: the same row as {seen[key]} (remove one)", where)
+        seen[key] = where
         out.append(rec)
         n += 1
     if n == 0:

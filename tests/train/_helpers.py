@@ -40,14 +40,14 @@ def sandbox_pairs(n: int, seed: int = 0) -> list[dict]:
   """ES pairs: prompt = the user's opening; chosen = a HELPFUL-strategy reply, rejected = another."""
   rng = random.Random(seed)
   out = []
-  for cond in sandbox.random_conditions("es", n, seed):
+  for i, cond in enumerate(sandbox.random_conditions("es", n, seed)):
     turns = sandbox.opening_turns("es", cond)
     best = sandbox.HELPFUL[cond["emotion_type"]]
     worse = rng.choice([s for s in sandbox.ES_STRATEGIES if s != best])
     out.append({"prompt": chat.agent_messages("es", turns),
                 "chosen": [{"role": "assistant", "content": rng.choice(sandbox.ES_TEMPLATES[best])}],
                 "rejected": [{"role": "assistant", "content": rng.choice(sandbox.ES_TEMPLATES[worse])}],
-                "meta": {"condition": cond}})
+                "meta": {"condition": cond, "index": i}})  # two draws may be equal: pair_data refuses repeated rows
   return out
 
 
