@@ -23,6 +23,11 @@ def _umask() -> int:
   return _UMASK[0]
 
 
+def umask_mode(path: str | os.PathLike) -> None:
+  """Gives a file written by a library that creates 0600 files (safetensors) the usual mode."""
+  os.chmod(path, 0o666 & ~_umask())
+
+
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
   from engage_jax import multihost
   multihost.main_write(_atomic_write_text, path, text, what=os.fspath(path))

@@ -18,6 +18,7 @@ from flax import nnx
 from safetensors import SafetensorError, safe_open
 from safetensors.flax import save_file
 
+from engage_jax.fileio import umask_mode
 from engage_jax.models.config import ModelConfig
 from engage_jax.models.llama import CausalLM
 
@@ -140,6 +141,7 @@ def _write_hf(model: CausalLM, out_dir: Path, tensors: dict, dtype) -> None:
   out_dir.mkdir(parents=True, exist_ok=True)
   tmp = out_dir / "model.safetensors.tmp"
   save_file(tensors, str(tmp), metadata={"format": "pt"})
+  umask_mode(tmp)  # safetensors writes 0600
   os.replace(tmp, out_dir / "model.safetensors")
   hf = model.config.to_hf_dict()
   hf["torch_dtype"] = str(jnp.dtype(dtype or next(iter(tensors.values())).dtype))

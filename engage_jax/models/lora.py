@@ -34,6 +34,7 @@ import numpy as np
 from flax import nnx
 
 from engage_jax.errors import InputError
+from engage_jax.fileio import umask_mode
 
 TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 INITS = ("default", "random")
@@ -247,6 +248,7 @@ def save_peft(model: nnx.Module, out_dir: str | os.PathLike, base_model_name_or_
     tensors[f"{name}.lora_B.weight"] = np.ascontiguousarray(np.asarray(jax.device_get(m.lora.lora_b[...]), np.float32).T)
   tmp = out / (ADAPTER_WEIGHTS + ".tmp")
   save_file(tensors, str(tmp), metadata={"format": "pt"})
+  umask_mode(tmp)  # safetensors writes 0600
   os.replace(tmp, out / ADAPTER_WEIGHTS)
   (out / ADAPTER_CONFIG).write_text(json.dumps(peft_config(model, base_model_name_or_path), indent=2) + "\n")
   return out
