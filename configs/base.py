@@ -149,6 +149,10 @@ def get_config() -> ml_collections.ConfigDict:
       simulator_sampling=sampling_config(temperature=1.0),
       max_prompt_len=256,
   ))
+  c.rollout = ml_collections.ConfigDict(dict(
+      kv_cache=True,                # search and eval Speakers keep each chat's KV cache between turns
+                                    # (engage_jax/chat_cache.py); False: every turn prefills from token 0
+  ))
   c.reward = ml_collections.ConfigDict(dict(
       es_pattern="",                # empty = engage_jax.rewards.DEFAULT_ES_PATTERN
       es_last_n=2,

@@ -96,6 +96,7 @@ def _is_num(v) -> bool:
 def _top(c: _Checker) -> None:
   c.one_of("task", TASKS)
   c.int_ge("seed", 0)
+  c.boolean("rollout.kv_cache")
 
 
 def _train(c: _Checker, s: str) -> None:

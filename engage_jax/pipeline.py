@@ -214,11 +214,12 @@ def make_mesh(cfg):
 
 def speaker(cfg, section, model, tok, role: str):
   """The `rollout.Speaker` of `role` ("agent" | "simulator") with a config section's settings
-  (`config.search` or `config.eval`): max_prompt_len and `<role>_sampling`."""
+  (`config.search` or `config.eval`): max_prompt_len and `<role>_sampling`; `config.rollout.kv_cache`."""
   from engage_jax import rollout
   from engage_jax.sampling import SamplingParams
   return rollout.Speaker(model, tok, section.max_prompt_len,
-                         sampling=SamplingParams(**section[f"{role}_sampling"].to_dict()))
+                         sampling=SamplingParams(**section[f"{role}_sampling"].to_dict()),
+                         kv_cache=cfg.rollout.kv_cache)
 
 
 # ===================================================================== stages
@@ -304,7 +305,8 @@ def stage_search(cfg, wd: Workdir) -> dict:
     from engage_jax.data import sandbox
     strategy_fn = lambda text: sandbox.strategy_of(text, cfg.task)
   env = ModelEnv.from_config(agent, sim, tok, scfg, task=cfg.task, reward_cfg=reward_cfg(cfg),
-                             max_prompt_len=cfg.search.max_prompt_len, strategy_fn=strategy_fn)
+                             max_prompt_len=cfg.search.max_prompt_len, strategy_fn=strategy_fn,
+                             kv_cache=cfg.rollout.kv_cache)
   corpus = load_corpus(cfg) if cfg.data.source != "sandbox" else {}
   rts = roots(cfg, corpus, "search", cfg.search.n_conditions)
   summary = run_search(env, rts, scfg, str(wd.path("search")), trees_per_shard=cfg.search.trees_per_shard,

@@ -30,10 +30,12 @@ from typing import Any
 from collections.abc import Callable, Sequence
 
 from engage_jax import readout, rewards, sampling
+from engage_jax.chat_cache import ConversationCache
 from engage_jax.data import chat
 from engage_jax.data.dialogue import AGENT, USER, Dialogue, Turn
 from engage_jax.sampling import SamplingParams
 from engage_jax.seeding import sub_seed
+from engage_jax.tokenizer import ChatRenderer
 
 
 @dataclasses.dataclass
@@ -45,11 +47,18 @@ class Speaker:
   if still too long, their oldest tokens.
   sampling: what every `sampling.generate` call of this speaker gets; empty `stop_token_ids`
   become the tokenizer's end-of-turn and eos ids (a speaker stops at the end of its turn).
+  kv_cache: keep the KV cache of the last call (`chat_cache.ConversationCache`), so a chat's next
+  turn prefills only its new tokens (same results up to fp32 rounding); False: every call
+  prefills from token 0 (`sampling.generate`). Chat ids are rendered incrementally either way
+  (`tokenizer.ChatRenderer`: the ids of a full render).
   """
   model: Any
   tokenizer: Any
   max_prompt_len: int = 512
   sampling: SamplingParams = dataclasses.field(default_factory=SamplingParams)
+  kv_cache: bool = True
+  cache: ConversationCache = dataclasses.field(default_factory=ConversationCache, repr=False, compare=False)
+  renderer: ChatRenderer | None = dataclasses.field(default=None, repr=False, compare=False)
 
   def __post_init__(self):
     if self.max_prompt_len < 1 or self.sampling.max_new_tokens < 1:
@@ -59,10 +68,12 @@ class Speaker:
       tok = self.tokenizer
       stops = tuple(dict.fromkeys(int(t) for t in (tok.end_of_turn_id, tok.eos_id) if t is not None))
       self.sampling = dataclasses.replace(self.sampling, stop_token_ids=stops)
+    if self.renderer is None and self.tokenizer is not None:
+      self.renderer = ChatRenderer(self.tokenizer)
 
   def prompt(self, messages: list[dict]) -> list[int]:
     """Chat-template ids with a generation prompt, left-truncated to `max_prompt_len`."""
-    ids = self.tokenizer.apply_chat(messages, add_generation_prompt=True)
+    ids = self.renderer.ids(messages)
     msgs = list(messages)
     first = 1 if msgs and msgs[0]["role"] == "system" else 0
     while len(ids) > self.max_prompt_len and len(msgs) > first + 1:
@@ -71,7 +82,10 @@ class Speaker:
     return ids[-self.max_prompt_len:]
 
   def generate_ids(self, prompts: Sequence[list[int]], seed: int) -> list[list[int]]:
-    """One batched `sampling.generate` call over prompt ids; the new ids of each (ragged)."""
+    """One batched `sampling.generate` call over prompt ids (through the conversation cache when
+    `kv_cache`); the new ids of each (ragged)."""
+    if self.kv_cache:
+      return self.cache.generate(self.model, prompts, seed=seed, **self.sampling.kwargs())
     return sampling.generate(self.model, prompts, seed=seed, **self.sampling.kwargs())
 
   def generate(self, messages: Sequence[list[dict]], seed: int) -> list[str]:

@@ -232,8 +232,24 @@ def _generate_core(graphdef, state, tokens, prompt_mask, src, row_valid, max_new
   if src is not None:  # one prefill per distinct prompt, then each row takes its prompt's cache
     cache, logits, kv_mask, prompt_mask = jax.tree.map(lambda x: jnp.take(x, src, axis=0),
                                                        (cache, logits, kv_mask, prompt_mask))
-  b = row_valid.shape[0]
   lengths = jnp.sum(prompt_mask, axis=-1, dtype=jnp.int32)                      # [B]
+  final = decode_loop(model, cache, logits, kv_mask, lengths, p, row_valid, max_new, key, temperature,
+                      top_p, top_k, stop_ids, num_new=num_new, mode=mode)
+  return final.out, final.step
+
+
+def decode_loop(model, cache, logits, kv_mask, lengths, first_slot, row_valid, max_new, key,
+                temperature, top_p, top_k, stop_ids, *, num_new: int, mode: str) -> DecodeState:
+  """Samples the first token from `logits` [B, V] (the prompts' last positions), then decodes in a
+  `lax.while_loop` until every row stopped or `max_new` tokens (traced, <= num_new).
+
+  cache: per layer LayerCache [B, KV, hd, S] holding the prompts (S >= first_slot + num_new);
+  kv_mask [B, S]: the slots of real prompt tokens, and ones from `first_slot` on; lengths [B]
+  int32: prompt tokens per row (the position of the first new token); the i-th new token (0-based)
+  is fed at slot `first_slot + i` with position `lengths + i`. Returns the final `DecodeState`
+  (its `cache` holds every fed token; `step` - 1 tokens were fed per live row).
+  """
+  b = row_valid.shape[0]
   key, sub = jax.random.split(key)
   tok = sample_logits(logits, sub, temperature, top_p, top_k, mode=mode)
   is_stop = lambda t: jnp.any(t[:, None] == stop_ids[None, :], axis=-1)
@@ -246,7 +262,7 @@ def _generate_core(graphdef, state, tokens, prompt_mask, src, row_valid, max_new
   def body(st: DecodeState) -> DecodeState:
     i = st.step
     pos = (lengths + i - 1)[:, None]                                              # [B, 1]
-    hidden, cache = model.forward_cached(st.token[:, None], pos, st.cache, p + i - 1, kv_mask,
+    hidden, cache = model.forward_cached(st.token[:, None], pos, st.cache, first_slot + i - 1, kv_mask,
                                          mode="decode")
     logits = model.logits(hidden[:, 0])
     key, sub = jax.random.split(st.key)
@@ -256,8 +272,7 @@ def _generate_core(graphdef, state, tokens, prompt_mask, src, row_valid, max_new
     return DecodeState(step=i + 1, cache=cache, token=nxt, done=st.done | is_stop(nxt), out=out, key=key)
 
   init = DecodeState(step=jnp.int32(1), cache=cache, token=tok, done=done, out=out, key=key)
-  final = jax.lax.while_loop(cond, body, init)
-  return final.out, final.step
+  return jax.lax.while_loop(cond, body, init)
 
 
 _JIT_CACHE: dict = {}

@@ -136,9 +136,56 @@ class ChatTokenizer:
     """Token ids of the rendered chat (the template supplies bos / role / end tokens)."""
     return self.encode(self.render_chat(messages, add_generation_prompt))
 
+  def extend_chat(self, prefix: Sequence[dict], prefix_ids: Sequence[int], messages: Sequence[dict],
+                  add_generation_prompt: bool = False) -> list[int]:
+    """`apply_chat(messages, add_generation_prompt)`, given `prefix_ids == apply_chat(prefix)` for
+    a prefix of `messages`: encodes only the text after the prefix's render. That is exact when
+    the prefix's text is a prefix of the full text and the rest starts with a special token that
+    does not strip the text before it (the tokenizer splits its input at special tokens before
+    anything else), which is checked; otherwise the whole chat is encoded."""
+    full = self.render_chat(messages, add_generation_prompt)
+    head = self.render_chat(prefix, False) if prefix else ""
+    rest = full[len(head):]
+    if (prefix and list(messages[:len(prefix)]) == list(prefix) and full.startswith(head)
+        and self._splits_before(rest)):
+      return list(prefix_ids) + self.encode(rest)
+    return self.encode(full)
+
+  def _splits_before(self, text: str) -> bool:
+    """Whether `text` starts with a special token that keeps the text before it (no lstrip)."""
+    if not hasattr(self, "_split_tokens"):
+      added = getattr(self.hf, "added_tokens_decoder", {}) or {}
+      self._split_tokens = tuple(t.content for t in added.values()
+                                 if getattr(t, "special", False) and not getattr(t, "lstrip", False))
+    return any(text.startswith(t) for t in self._split_tokens)
+
   def __repr__(self) -> str:
     return (f"ChatTokenizer(vocab_size={self.vocab_size}, pad_id={self.pad_id}, "
             f"eos_id={self.eos_id}, end_of_turn_id={self.end_of_turn_id})")
+
+
+class ChatRenderer:
+  """Chat ids with a generation prompt, rendered incrementally: `ids(messages)` ==
+  `tokenizer.apply_chat(messages, add_generation_prompt=True)`, encoding only the messages after
+  the longest prefix rendered before (`ChatTokenizer.extend_chat`). Remembers the ids of the last
+  `capacity` message lists (without the generation prompt)."""
+
+  def __init__(self, tokenizer: ChatTokenizer, capacity: int = 4096):
+    self.tokenizer = tokenizer
+    self.capacity = capacity
+    self._memo: dict[tuple, list[int]] = {}
+
+  def ids(self, messages: Sequence[dict]) -> list[int]:
+    messages = list(messages)
+    keys = tuple(tuple(sorted(m.items())) for m in messages)
+    n = next((n for n in range(len(keys), 0, -1) if keys[:n] in self._memo), 0)
+    base = self._memo.get(keys[:n], [])
+    plain = base if n == len(keys) else self.tokenizer.extend_chat(messages[:n], base, messages)
+    if n < len(keys):
+      if len(self._memo) >= self.capacity:
+        self._memo.pop(next(iter(self._memo)))
+      self._memo[keys] = plain
+    return self.tokenizer.extend_chat(messages, plain, messages, add_generation_prompt=True)
 
 
 def train_bpe(texts: Iterable[str], vocab_size: int, out_dir: str | os.PathLike,

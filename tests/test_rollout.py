@@ -119,18 +119,26 @@ def test_es_reward(tok):
   assert out[0].outcome["reward"] == 0.0
 
 
-def test_speaker_passes_its_sampling_params_to_generate(tok, monkeypatch):
-  """What reaches `sampling.generate`: the SamplingParams fields, and the tokenizer's end-of-turn /
-  eos ids when the params name no stop ids (explicit ones are kept)."""
+@pytest.mark.parametrize("kv_cache", [False, True])
+def test_speaker_passes_its_sampling_params_to_generate(tok, monkeypatch, kv_cache):
+  """What reaches `sampling.generate` (kv_cache off) or the conversation cache's `generate` (on,
+  the same arguments): the SamplingParams fields, and the tokenizer's end-of-turn / eos ids when
+  the params name no stop ids (explicit ones are kept)."""
   from engage_jax import sampling
+  from engage_jax.chat_cache import ConversationCache
   stops = tuple(dict.fromkeys(t for t in (tok.end_of_turn_id, tok.eos_id) if t is not None))
   assert stops
   seen = []
-  monkeypatch.setattr(sampling, "generate", lambda model, prompts, **kw: seen.append(kw) or [[]] * len(prompts))
-  sp = rollout.Speaker(None, tok, 64, sampling=SamplingParams(max_new_tokens=7, temperature=0.5, top_p=0.8, top_k=3))
+  fake = lambda model, prompts, **kw: seen.append(kw) or [[]] * len(prompts)
+  monkeypatch.setattr(sampling, "generate", fake if not kv_cache else None)
+  monkeypatch.setattr(ConversationCache, "generate",
+                      (lambda self, model, prompts, **kw: fake(model, prompts, **kw)) if kv_cache else None)
+  params = SamplingParams(max_new_tokens=7, temperature=0.5, top_p=0.8, top_k=3)
+  sp = rollout.Speaker(None, tok, 64, sampling=params, kv_cache=kv_cache)
   sp.generate([[{"role": "user", "content": "hi"}]], seed=11)
   assert seen[-1] == dict(max_new_tokens=7, temperature=0.5, top_p=0.8, top_k=3, seed=11, stop_token_ids=stops)
-  rollout.Speaker(None, tok, 64, sampling=SamplingParams(stop_token_ids=(5,))).generate_ids([[1, 2]], 0)
+  rollout.Speaker(None, tok, 64, sampling=SamplingParams(stop_token_ids=(5,)),
+                  kv_cache=kv_cache).generate_ids([[1, 2]], 0)
   assert seen[-1]["stop_token_ids"] == (5,)
   with pytest.raises(ValueError, match="max_new_tokens"):
     rollout.Speaker(None, tok, 64, sampling=SamplingParams(max_new_tokens=0))

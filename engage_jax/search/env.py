@@ -63,11 +63,14 @@ class ModelEnv:
   @classmethod
   def from_config(cls, agent_model, simulator_model, tokenizer, cfg, *, task: str, reward_cfg: Any,
                   max_prompt_len: int = 512, logprobs: bool | None = None,
-                  strategy_fn: Callable[[str], str | None] | None = None) -> ModelEnv:
-    """Builds both Speakers from a `SearchConfig` (agent_sampling / simulator_sampling, turn cap)."""
+                  strategy_fn: Callable[[str], str | None] | None = None, kv_cache: bool = True) -> ModelEnv:
+    """Builds both Speakers from a `SearchConfig` (agent_sampling / simulator_sampling, turn cap);
+    kv_cache: the Speakers keep their chats' KV caches between calls (`rollout.Speaker`)."""
     from engage_jax import rollout
-    agent = rollout.Speaker(agent_model, tokenizer, max_prompt_len, sampling=cfg.agent_sampling)
-    sim = rollout.Speaker(simulator_model, tokenizer, max_prompt_len, sampling=cfg.simulator_sampling)
+    agent = rollout.Speaker(agent_model, tokenizer, max_prompt_len, sampling=cfg.agent_sampling,
+                            kv_cache=kv_cache)
+    sim = rollout.Speaker(simulator_model, tokenizer, max_prompt_len, sampling=cfg.simulator_sampling,
+                          kv_cache=kv_cache)
     if logprobs is None:
       logprobs = cfg.selection == "puct"
     return cls(agent, sim, task=task, reward_cfg=reward_cfg, max_turns=cfg.max_turns,

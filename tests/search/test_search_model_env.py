@@ -48,6 +48,7 @@ def test_sequence_logprobs_matches_right_padded_forward(tiny):
 
 def test_model_env_batches_the_frontier(tiny, monkeypatch):
   from engage_jax import sampling
+  from engage_jax.chat_cache import ConversationCache
   tok, agent, sim = tiny
   cfg = SearchConfig(k=2, budget=2, max_turns=2, max_depth=2, prune_similarity=None,
                      agent_sampling=SamplingParams(max_new_tokens=4, temperature=0.9, top_p=0.9),
@@ -61,7 +62,14 @@ def test_model_env_batches_the_frontier(tiny, monkeypatch):
     calls.append((model is agent, len(prompts)))
     return real(model, prompts, *a, **kw)
 
+  real_cached = ConversationCache.generate
+
+  def counting_cached(self, model, prompts, *a, **kw):  # the Speakers' path with kv_cache (default)
+    calls.append((model is agent, len(prompts)))
+    return real_cached(self, model, prompts, *a, **kw)
+
   monkeypatch.setattr(sampling, "generate", counting)
+  monkeypatch.setattr(ConversationCache, "generate", counting_cached)
   exps = env.expand(es_roots(2), 2, seed=0)
   assert [len(row) for row in exps] == [2, 2]
   assert calls == [(True, 4), (False, 4)]
