@@ -157,5 +157,8 @@ def get_config() -> ml_collections.ConfigDict:
       es_pattern="",                # empty = engage_jax.rewards.DEFAULT_ES_PATTERN
       es_last_n=2,
       donation_cap=2.0,
+      readout="sampled",            # P4G outcome: "sampled" (sample the answer, parse it) | "expected" (the
+                                    # simulator's mean over the canonical answers of the corpus amounts,
+                                    # engage_jax/readout.py; evaluation reports the sampled one beside it)
   ))
   return c

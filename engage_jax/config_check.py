@@ -23,6 +23,7 @@ from collections.abc import Callable
 from engage_jax.data.dialogue import TASKS
 from engage_jax.errors import InputError, InputErrors
 from engage_jax.models.config import SUPPORTED_MODEL_TYPES as MODEL_TYPES
+from engage_jax.rewards import CONFIG_READOUTS
 from engage_jax.train.config import LOSS_TYPES
 SOURCES = {"sandbox": None, "esconv": "es", "p4g": "p4g"}
 DATA_FILES = {"esconv": ("train.txt", "valid.txt", "test.txt"), "p4g": ("full_dialog.csv", "full_info.csv")}
@@ -207,6 +208,8 @@ def _reward(c: _Checker) -> None:
       c.add("reward.es_pattern", f"not a valid regular expression ({e}); got {pat!r}")
   c.int_ge("reward.es_last_n", 1)
   c.num("reward.donation_cap", 0.0, lo_open=True)
+  if c.one_of("reward.readout", CONFIG_READOUTS) == "expected" and c.get("task") == "es":
+    c.add("reward.readout", "'expected' needs task p4g (ES keeps its regex); got task 'es'")
 
 
 def _json_object(path: Path) -> tuple[dict | None, str | None]:

@@ -17,6 +17,8 @@ Statistics (numpy only, vectorised):
 * Unparsed P4G outcomes (`outcome["donation"] is None`: `rewards.parse_donation` found no
   donation) are never counted as $0: every statistic leaves them out, `unparsed_count` counts them.
 * `paired_rewards(sft, dpo)`: per-condition mean rewards of two runs matched by condition id.
+* P4G with reward.readout "expected": `outcome["reward"]` is the expected readout and
+  `sampled_view(dialogues)` the sampled, parsed outcome beside it (the paper's metric).
 """
 from __future__ import annotations
 
@@ -240,6 +242,20 @@ def paired_rewards(sft: Sequence[Dialogue], dpo: Sequence[Dialogue]
   return (np.asarray([np.mean(ga[c]) for c in ids]), np.asarray([np.mean(gb[c]) for c in ids]), ids)
 
 
+def has_sampled_readout(dialogues: Sequence[Dialogue]) -> bool:
+  """True when the dialogues carry the sampled P4G outcome beside the expected one (reward.readout
+  "expected": evaluation reads out "both", engage_jax/readout.py)."""
+  return any("sampled_donation" in d.outcome for d in dialogues)
+
+
+def sampled_view(dialogues: Sequence[Dialogue]) -> list[Dialogue]:
+  """Copies whose reward is the sampled, parsed outcome (`outcome["sampled_donation"]`; None =
+  unparsed, left out as always): the paper's metric, for `summarize` / `paired_rewards`."""
+  return [dataclasses.replace(d, outcome=dict(d.outcome, reward=d.outcome.get("sampled_donation") or 0.0,
+                                              donation=d.outcome.get("sampled_donation")))
+          for d in dialogues]
+
+
 def paired_samples(sft: Sequence[Dialogue], dpo: Sequence[Dialogue]) -> tuple[np.ndarray, np.ndarray]:
   """Rewards of dialogues matched one-to-one by id (same condition and sample seed) → ([m], [m]);
   pairs where either outcome is unparsed are left out."""
@@ -375,5 +391,5 @@ def load_dialogues(path: str) -> list[Dialogue]:
 
 
 __all__ = ["ALTERNATIVES", "EXACT_MAX_N", "EvalSettings", "bootstrap_ci", "condition_id", "eval_settings",
-           "evaluate", "is_unparsed", "load_dialogues", "mcnemar_exact", "paired_rewards", "paired_samples", "paired_test",
-           "rewards", "sample_seed", "scored", "summarize", "unparsed_count"]
+           "evaluate", "has_sampled_readout", "is_unparsed", "load_dialogues", "mcnemar_exact", "paired_rewards", "paired_samples", "paired_test",
+           "rewards", "sample_seed", "sampled_view", "scored", "summarize", "unparsed_count"]

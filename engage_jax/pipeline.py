@@ -271,7 +271,7 @@ def stage_evaluate(cfg, wd: Workdir, which: str) -> dict:
   conds = roots(cfg, load_corpus(cfg) if cfg.data.source != "sandbox" else {}, "eval", cfg.eval.n_conditions)
   out = wd.path(f"eval_{which}")
   settings = {"task": cfg.task, "max_agent_turns": cfg.eval.max_agent_turns,
-              "samples_per_condition": cfg.eval.samples_per_condition, "reward": reward_cfg(cfg)}
+              "samples_per_condition": cfg.eval.samples_per_condition, "reward": reward_cfg(cfg, evaluation=True)}
   summary, _ = evaluate.evaluate(agent, sim, conds, settings, seed=cfg.seed + 7, out_path=str(out / "dialogues.jsonl"))
   atomic_write_json(out / "summary.json", summary)
   from engage_jax.progress import Scalars
@@ -281,10 +281,18 @@ def stage_evaluate(cfg, wd: Workdir, which: str) -> dict:
   return summary
 
 
-def reward_cfg(cfg) -> dict:
+def reward_cfg(cfg, evaluation: bool = False) -> dict:
+  """The reward settings (`rewards.RewardSettings`) of `config.reward`. readout "expected" (P4G)
+  adds the training corpus's amounts (`readout.outcome_amounts`); `evaluation` then reads out
+  "both" (the sampled, parsed outcome recorded beside the expected one)."""
   from engage_jax import rewards
-  return {"es_pattern": cfg.reward.es_pattern or rewards.DEFAULT_ES_PATTERN, "es_last_n": cfg.reward.es_last_n,
-          "donation_cap": cfg.reward.donation_cap}
+  out = {"es_pattern": cfg.reward.es_pattern or rewards.DEFAULT_ES_PATTERN, "es_last_n": cfg.reward.es_last_n,
+         "donation_cap": cfg.reward.donation_cap}
+  if cfg.reward.get("readout", "sampled") == "expected" and cfg.task == "p4g":
+    from engage_jax import readout
+    out.update(readout="both" if evaluation else "expected",
+               outcome_amounts=readout.outcome_amounts(load_corpus(cfg)["train"], cfg.reward.donation_cap))
+  return out
 
 
 def search_config(cfg):

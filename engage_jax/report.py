@@ -118,6 +118,18 @@ def simulator_behaviour(task: str, dialogues: Sequence[Dialogue]) -> dict:
   return out
 
 
+def sampled_readout(sft_dialogues: Sequence[Dialogue], dpo_dialogues: Sequence[Dialogue], *, seed: int = 0,
+                    n_boot: int = 10_000) -> dict:
+  """P4G with reward.readout "expected" (sft / dpo are then the expected readout): the sampled, parsed
+  outcome beside it, the paper's metric: {"sft": M, "dpo": M, "p_value", "unparsed": {sft, dpo}}."""
+  a, b = ev.sampled_view(sft_dialogues), ev.sampled_view(dpo_dialogues)
+  out = {"sft": ev.summarize(a, n_boot=n_boot, seed=seed), "dpo": ev.summarize(b, n_boot=n_boot, seed=seed),
+         "unparsed": unparsed_stats(a, b)}
+  x, y, _ = ev.paired_rewards(a, b)
+  out["p_value"] = ev.paired_test(x, y, seed=seed, alternative="two-sided")
+  return out
+
+
 def build_report(task: str, sft_dialogues: Sequence[Dialogue], dpo_dialogues: Sequence[Dialogue],
                  pairs_count: int, wall_seconds: Mapping[str, float], search_stats: Mapping | None = None,
                  *, seed: int = 0, n_boot: int = 10_000) -> dict:
@@ -148,6 +160,8 @@ def build_report(task: str, sft_dialogues: Sequence[Dialogue], dpo_dialogues: Se
       extra["mcnemar_p"] = ev.mcnemar_exact(sa, sb, alternative="two-sided")
       extra["mcnemar_test"] = "exact McNemar, two-sided, dialogue-level pairs (same condition and seed)"
   extra["simulator"] = {"sft": simulator_behaviour(task, sft_dialogues), "dpo": simulator_behaviour(task, dpo_dialogues)}
+  if ev.has_sampled_readout(sft_dialogues) and ev.has_sampled_readout(dpo_dialogues):
+    extra["sampled_readout"] = sampled_readout(sft_dialogues, dpo_dialogues, seed=seed, n_boot=n_boot)
   if search_stats:
     extra["search"] = _search_summary(search_stats)
   report = {"task": task, "sft": sft, "dpo": dpo, "pairs": int(pairs_count), "p_value": float(p),
@@ -262,6 +276,12 @@ def render_markdown(report: Mapping) -> str:
     u = extra["unparsed"]
     lines.append("- unparsed outcomes (no donation stated; left out, not $0): " + ", ".join(
         f"{n.upper()} {u[n]['count']}/{u[n]['total']} ({100 * u[n]['rate']:.1f}%)" for n in ("sft", "dpo")))
+  if "sampled_readout" in extra:
+    sr = extra["sampled_readout"]
+    lines.append("- reward above: the expected readout (the simulator's mean over its canonical answers); "
+                 "sampled, parsed outcome (the paper's metric): " + ", ".join(
+                     f"{n.upper()} {_fmt(task, sr[n]['reward_mean'])} [{_fmt(task, sr[n]['ci95'][0])}, "
+                     f"{_fmt(task, sr[n]['ci95'][1])}]" for n in ("sft", "dpo")) + f", p = {sr['p_value']:.4g}")
   if "search_outcomes" in extra and extra["search_outcomes"].get("children"):
     so = extra["search_outcomes"]
     lines.append(f"- search: {so.get('unparsed', 0)} of {so['children']} tree nodes had an unparsed outcome "

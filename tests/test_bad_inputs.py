@@ -107,6 +107,8 @@ def _run_bad(cli, tmp_path, cfg, needle: str, where: str | None = None) -> str:
     ({"eval__n_conditions": 0}, "config.eval.n_conditions"),
     ({"reward__es_pattern": "(unclosed"}, "config.reward.es_pattern"),
     ({"reward__donation_cap": 0.0}, "config.reward.donation_cap"),
+    ({"reward__readout": "mean"}, "config.reward.readout"),
+    ({"reward__readout": "expected"}, "config.reward.readout"),   # ES: regex only
     ({"model__agent__num_attention_heads": 0}, "config.model.agent.num_attention_heads"),
     ({"model__agent__hidden_size": 130}, "config.model.agent.num_attention_heads"),
     ({"model__simulator__num_key_value_heads": 3}, "config.model.simulator.num_key_value_heads"),

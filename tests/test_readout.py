@@ -131,3 +131,57 @@ def test_rollout_with_expected_readout(tok, model):
   for b, e in zip(both, direct):
     assert b["reward"] == pytest.approx(e["expected_donation"], rel=1e-6)
     assert "sampled_donation" in b and isinstance(b["outcome_text"], str)
+
+
+def test_report_keeps_the_sampled_metric_beside_the_expected_one():
+  from engage_jax import report
+
+  def run(expected, sampled):
+    return [Dialogue(f"c{i}/s0", "p4g", [], {}, {"reward": e, "expected_donation": e, "sampled_donation": s,
+                                                  "outcome_text": "x", "num_turns": 2, "condition_id": f"c{i}"})
+            for i, (e, s) in enumerate(zip(expected, sampled))]
+  sft = run([0.4, 0.6, 0.5, 0.2], [0.5, None, 1.0, 0.0])
+  dpo = run([0.9, 1.1, 0.8, 0.7], [1.0, 2.0, None, 0.25])
+  rep = report.build_report("p4g", sft, dpo, pairs_count=3, wall_seconds={})
+  assert rep["sft"]["reward_mean"] == pytest.approx(0.425) and rep["sft"]["n"] == 4   # expected: none unparsed
+  sr = rep["extra"]["sampled_readout"]
+  assert sr["sft"]["reward_mean"] == pytest.approx(0.5) and sr["sft"]["n"] == 3
+  assert sr["dpo"]["reward_mean"] == pytest.approx(3.25 / 3) and sr["unparsed"]["dpo"]["count"] == 1
+  assert 0.0 <= sr["p_value"] <= 1.0
+  assert "sampled, parsed outcome" in report.render_markdown(rep)
+
+
+@pytest.mark.slow
+def test_expected_readout_agrees_with_sampled_parsed_readouts_sandbox(tmp_path):
+  """A sandbox P4G simulator (tiny model, 150 SFT steps on 4-turn chats + their outcome line):
+  on fixed held-out chats the expected readout lies in the 99% interval of the mean of 128
+  sampled, parsed outcome answers (T = 1 and T = 0.7 / top-p 0.9; one batched generate call each)."""
+  import dataclasses
+  from engage_jax import rewards
+  from engage_jax.data import sft
+  from engage_jax.train.sft import train_sft
+  cut = lambda ds: [dataclasses.replace(d, turns=d.turns[:4]) for d in ds]
+  corpus = cut(sandbox.generate("p4g", 300, 0))
+  tok = train_bpe(list(sft.tokenizer_texts(corpus)) + sandbox.all_texts("p4g"), 400, tmp_path / "tok")
+  cfg = ModelConfig(vocab_size=tok.vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                    num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)
+  model = CausalLM(cfg, rngs=nnx.Rngs(0))
+  arrays, _ = sft.build_arrays(corpus, tok, "simulator", 128, buckets=(128,))
+  model, _ = train_sft(model, arrays, dict(steps=150, batch_size=16, learning_rate=3e-3, warmup_steps=10,
+                                           progress=False, log_every=50, eval_at_start=False, max_len=128),
+                       str(tmp_path / "sft"))
+  amounts = readout.outcome_amounts(corpus, 2.0)
+  chats = cut(sandbox.generate("p4g", 2, 7))
+  for sampling in (SamplingParams(max_new_tokens=16, temperature=1.0),
+                   SamplingParams(max_new_tokens=16, temperature=0.7, top_p=0.9)):
+    sim = rollout.Speaker(model, tok, max_prompt_len=128, sampling=sampling)
+    expected = readout.expected_donations(sim, chats, amounts)
+    msgs = [chat.simulator_messages("p4g", d.condition, d.turns, mark_end=True)
+            + [{"role": "user", "content": chat.OUTCOME_REQUEST}] for d in chats]
+    texts = sim.generate([m for m in msgs for _ in range(128)], seed=5)
+    for i, e in enumerate(expected):
+      got = [rewards.parse_donation(t) for t in texts[128 * i:128 * (i + 1)]]
+      v = np.array([x for x in got if x is not None])
+      half = 2.576 * v.std(ddof=1) / np.sqrt(v.size)
+      assert v.size >= 100 and e["outcome_mass"] > 0.5, (v.size, e)      # the simulator learned the lines
+      assert abs(v.mean() - e["expected_donation"]) <= half, (sampling, i, v.mean(), half, e)
