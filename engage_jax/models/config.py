@@ -84,11 +84,7 @@ class ModelConfig:
     rope.pop("rope_theta", None)
     rope_type = rope.get("rope_type", rope.get("type", "default"))
     rope_scaling = None if rope_type == "default" else rope
-    sliding = hf.get("sliding_window")
-    if model_type == "qwen2":
-      if hf.get("use_sliding_window", False):
-        raise ValueError(f"{source}: qwen2 with use_sliding_window=true (per-layer windows) is not supported")
-      sliding = None
+    sliding = _qwen2_window(hf, source) if model_type == "qwen2" else hf.get("sliding_window")
     return cls(
         model_type=model_type,
         vocab_size=int(hf["vocab_size"]),
@@ -146,4 +142,23 @@ class ModelConfig:
     else:
       out["use_sliding_window"] = self.sliding_window is not None
       out["sliding_window"] = self.sliding_window
+      if self.sliding_window is not None:
+        out["max_window_layers"] = 0  # every layer slides
     return out
+
+
+def _qwen2_window(hf: dict[str, Any], source: str) -> int | None:
+  """Qwen2's window as transformers reads it: `sliding_window` only with use_sliding_window, on the
+  layers that `layer_types` (or `max_window_layers`: layers from that index on) mark as sliding.
+  None when no layer slides; per-layer windows (some layers full, some sliding) are refused."""
+  if not hf.get("use_sliding_window", False) or hf.get("sliding_window") is None:
+    return None
+  n = int(hf["num_hidden_layers"])
+  first = int(hf.get("max_window_layers", 28))
+  types = set(hf.get("layer_types") or ["sliding_attention" if i >= first else "full_attention" for i in range(n)])
+  if types == {"full_attention"}:
+    return None
+  if types != {"sliding_attention"}:
+    raise ValueError(f"{source}: qwen2 with sliding windows on some layers only (use_sliding_window, "
+                     f"max_window_layers={first}, {n} layers) is not supported")
+  return int(hf["sliding_window"])

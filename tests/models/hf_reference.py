@@ -17,11 +17,19 @@ CASES = {
     "qwen2_tied": (transformers.Qwen2Config, dict(tie_word_embeddings=True)),
     "qwen2_untied": (transformers.Qwen2Config, dict(tie_word_embeddings=False, num_key_value_heads=1)),
 }
+# Sliding windows shorter than the test sequences (test_hf_parity's windowed test): Mistral's one
+# window on every layer, Qwen2's with max_window_layers=0 (every layer slides).
+WINDOW = 5
+WINDOW_CASES = {
+    "mistral_window": (transformers.MistralConfig, dict(tie_word_embeddings=False, sliding_window=WINDOW)),
+    "qwen2_window": (transformers.Qwen2Config, dict(tie_word_embeddings=True, use_sliding_window=True,
+                                                    sliding_window=WINDOW, max_window_layers=0)),
+}
 
 
 def make_hf_model(case: str, out_dir, seed: int = 0):
   """Builds the random torch model for `case`, saves it to `out_dir`, returns it (eval mode, fp32)."""
-  cls, extra = CASES[case]
+  cls, extra = {**CASES, **WINDOW_CASES}[case]
   config = cls(**{**TINY, **extra})
   torch.manual_seed(seed)
   model = transformers.AutoModelForCausalLM.from_config(config).eval()

@@ -83,6 +83,63 @@ def test_dequantize_matches_the_block_format(qtype, tmp_path):
   assert np.all(np.abs(got - w).reshape(-1, 32) <= step + 1e-6)
 
 
+# K-quants (256 weights a super-block): byte offsets of the f16 scales (d, and dmin where there is
+# one) inside a block, from ggml's block_q*_K structs; every other byte is a free quant or scale.
+K_SCALE_OFFSETS = {Q.Q2_K: (80, 82), Q.Q3_K: (108,), Q.Q4_K: (0, 2), Q.Q5_K: (0, 2), Q.Q6_K: (208,)}
+
+
+def _k_blocks(qtype, rows: int, blocks_per_row: int, seed: int) -> np.ndarray:
+  """Random valid K-quant bytes [rows, blocks_per_row * block bytes]: random quants and sub-block
+  scales, f16 super-block scales in [0.002, 0.05] (random bytes there could be inf or NaN)."""
+  from gguf.constants import GGML_QUANT_SIZES
+  size = GGML_QUANT_SIZES[qtype][1]
+  rng = np.random.RandomState(seed)
+  blocks = rng.randint(0, 256, (rows * blocks_per_row, size)).astype(np.uint8)
+  for off in K_SCALE_OFFSETS[qtype]:
+    blocks[:, off:off + 2] = rng.uniform(0.002, 0.05, (len(blocks), 1)).astype(np.float16).view(np.uint8)
+  return blocks.reshape(rows, -1)
+
+
+def reference_q6_k(raw: np.ndarray) -> np.ndarray:
+  """Q6_K from ggml's dequantize_row_q6_K: per block ql[128], qh[64], int8 scales[16], f16 d; two
+  halves of 128 weights, weight k + 32j of half h = d * scale[8h + k // 16 + 2j] * (6-bit q - 32)."""
+  blocks = raw.reshape(-1, 210)
+  ql, qh = blocks[:, :128].astype(np.int32), blocks[:, 128:192].astype(np.int32)
+  sc = blocks[:, 192:208].view(np.int8).astype(np.float32)
+  d = _f16(blocks[:, 208:210])
+  out = np.zeros((len(blocks), 256), np.float32)
+  k = np.arange(32)
+  for h in range(2):
+    lo, hi = ql[:, 64 * h:64 * h + 64], qh[:, 32 * h:32 * h + 32]
+    q = [(lo[:, k] & 0xF) | ((hi >> 0 & 3) << 4), (lo[:, k + 32] & 0xF) | ((hi >> 2 & 3) << 4),
+         (lo[:, k] >> 4) | ((hi >> 4 & 3) << 4), (lo[:, k + 32] >> 4) | ((hi >> 6 & 3) << 4)]
+    for j in range(4):
+      out[:, 128 * h + 32 * j + k] = d * sc[:, 8 * h + k // 16 + 2 * j] * (q[j] - 32)
+  return out.reshape(raw.shape[0], -1)
+
+
+@pytest.mark.parametrize("qtype", sorted(K_SCALE_OFFSETS))
+def test_k_quant_tensors_match_the_gguf_reference(qtype, tmp_path):
+  """A [3, 512] K-quant tensor (2 super-blocks a row) read through `open_gguf` equals the `gguf`
+  package's own dequantize of the same bytes, in [out, in] layout, row by row (exact: the
+  loader must only route the bytes); for Q6_K that reference itself equals ggml's block layout
+  written out here (to one fp32 rounding: the product d * scale * q is rounded once or twice)."""
+  raw = _k_blocks(qtype, 3, 2, seed=int(qtype))
+  path = tmp_path / "k.gguf"
+  writer = gguf.GGUFWriter(str(path), "llama")
+  writer.add_tensor("blk.0.ffn_down.weight", raw, raw_dtype=qtype)
+  _write(writer)
+  got = G.open_gguf(path).tensor("blk.0.ffn_down.weight")
+  want = gguf.quants.dequantize(raw, qtype).reshape(3, 512)
+  assert got.shape == (3, 512) and np.isfinite(got).all() and np.abs(got).max() > 0
+  np.testing.assert_array_equal(got, want)
+  for r in range(3):  # each row decodes from its own bytes only
+    np.testing.assert_array_equal(got[r], gguf.quants.dequantize(raw[r:r + 1], qtype).reshape(-1))
+  if qtype == Q.Q6_K:
+    ref = reference_q6_k(raw)
+    assert np.abs(got - ref).max() <= 1e-6 * np.abs(ref).max()
+
+
 @pytest.mark.parametrize("qtype", [Q.F32, Q.F16, Q.BF16])
 def test_float_types_round_trip(qtype, tmp_path):
   rng = np.random.RandomState(2)

@@ -10,7 +10,7 @@ import torch
 import transformers
 
 from engage_jax import models
-from tests.models.hf_reference import CASES, make_hf_model
+from tests.models.hf_reference import CASES, WINDOW, WINDOW_CASES, make_hf_model
 
 
 def _padded_batch(vocab: int, seed: int = 0):
@@ -40,6 +40,37 @@ def test_logits_match_transformers(case, tmp_path):
   real = mask.astype(bool)
   assert out.shape == ref.shape
   assert np.abs(out - ref)[real].max() < 1e-4
+
+
+@pytest.mark.parametrize("case", sorted(WINDOW_CASES))
+def test_sliding_window_shorter_than_the_sequence_matches_transformers(case, tmp_path):
+  """Mistral / Qwen2 with a window of 5 over 16-token rows (left- and right-padded rows too): the
+  logits equal transformers' (the same 1e-4 fp32 bound as the full-attention cases: logits of
+  std ~0.5 here, so a few ulps of the summed terms), are far from the same weights without a
+  window, and the window survives save_pretrained -> transformers."""
+  ref_model = make_hf_model(case, tmp_path / "src")
+  model = models.from_pretrained(tmp_path / "src", dtype=jnp.float32)
+  assert model.config.sliding_window == WINDOW
+  rng = np.random.RandomState(3)
+  ids = rng.randint(3, model.config.vocab_size, (3, 16))
+  mask = np.ones_like(ids)
+  mask[1, :3] = 0
+  mask[2, 13:] = 0
+  ids = np.where(mask == 1, ids, 0)
+  positions = np.maximum(mask.cumsum(-1) - 1, 0)
+  real = mask.astype(bool)
+  ref = _torch_logits(ref_model, ids, mask, positions)
+  out = np.asarray(model(jnp.asarray(ids), attention_mask=jnp.asarray(mask)))
+  assert np.abs(out - ref)[real].max() < 1e-4
+  full = models.from_pretrained(tmp_path / "src", dtype=jnp.float32)
+  for layer in full.layers:
+    layer.self_attn.window = None
+  no_window = np.asarray(full(jnp.asarray(ids), attention_mask=jnp.asarray(mask)))
+  assert np.abs(no_window - ref)[real].max() > 100 * np.abs(out - ref)[real].max()
+  np.testing.assert_array_equal(no_window[:, :WINDOW][real[:, :WINDOW]], out[:, :WINDOW][real[:, :WINDOW]])
+  models.save_pretrained(model, tmp_path / "out")
+  again = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "out").eval()
+  assert np.abs(_torch_logits(again, ids, mask, positions) - ref)[real].max() < 1e-4
 
 
 @pytest.mark.parametrize("case", ["llama_gqa_llama3rope", "qwen2_tied"])
