@@ -88,6 +88,13 @@ def _pairs(wd: Path) -> dict[str, bytes]:
   return {f.name: f.read_bytes() for f in sorted((wd / "pairs").glob("*.jsonl"))}
 
 
+def _diff(a, b, path: str = "") -> list[str]:
+  """The paths at which two JSON values differ (for a readable failure)."""
+  if isinstance(a, dict) and isinstance(b, dict):
+    return [d for k in sorted(set(a) | set(b)) for d in _diff(a.get(k), b.get(k), f"{path}.{k}")]
+  return [] if a == b else [f"{path}: {a!r} != {b!r}"]
+
+
 def _trees(wd: Path) -> dict[str, bytes]:
   return {f.name: f.read_bytes() for f in sorted((wd / "search" / "trees").glob("*.json"))}
 
@@ -150,7 +157,7 @@ def test_sigterm_in_sft_then_sigint_in_search_then_resume_equals_uninterrupted(u
   # the tiny models may find no pairs; the searched trees (values, visits, expansions) are compared too
   assert _pairs(wd) == _pairs(uninterrupted) and _trees(wd) == _trees(uninterrupted) and _trees(wd)
   got, want = _report(wd), _report(uninterrupted)
-  assert got == want, {k: (got.get(k), want.get(k)) for k in set(got) | set(want) if got.get(k) != want.get(k)}
+  assert got == want, _diff(got, want)
   ref_w = (uninterrupted / "sft_agent" / "hf" / "model.safetensors").read_bytes()
   assert (wd / "sft_agent" / "hf" / "model.safetensors").read_bytes() == ref_w
 
