@@ -108,6 +108,9 @@ def get_config() -> ml_collections.ConfigDict:
       loss_type="sigmoid",          # sigmoid | ipo | hinge | robust
       label_smoothing=0.0,
       rpo_alpha=1.0,                # > 0: add the chosen completions' NLL (RPO), against likelihood collapse
+      heldout_fraction=0.0,         # > 0 (e.g. 0.1): hold out that share of the search trees' pairs, evaluated every
+                                    # epoch (held-out accuracy / implicit margin: dpo_agent/heldout_curve.json, .png);
+                                    # engage_jax/train/dpo_sweep.py picks epochs, lr and beta on them
       steps=0,                      # 0: `num_epochs` passes over the pairs
       num_epochs=5,
       batch_size=16,

@@ -129,6 +129,7 @@ def _dpo(c: _Checker) -> None:
   c.one_of("dpo.loss_type", LOSS_TYPES)
   c.num("dpo.label_smoothing", 0.0, 0.5, hi_open=True)
   c.num("dpo.rpo_alpha", 0.0)
+  c.num("dpo.heldout_fraction", 0.0, 0.5)
   c.int_ge("dpo.steps", 0, " (0: num_epochs passes)")
   c.int_ge("dpo.num_epochs", 1)
   c.int_ge("dpo.max_len", 4)

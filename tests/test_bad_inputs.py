@@ -101,6 +101,7 @@ def _run_bad(cli, tmp_path, cfg, needle: str, where: str | None = None) -> str:
     ({"dpo__loss_type": "nope"}, "config.dpo.loss_type"),
     ({"dpo__beta": 0.0}, "config.dpo.beta"),
     ({"dpo__label_smoothing": 0.7}, "config.dpo.label_smoothing"),
+    ({"dpo__heldout_fraction": 0.9}, "config.dpo.heldout_fraction"),
     ({"search__k": 1}, "config.search.k"),
     ({"search__budget": 0}, "config.search.budget"),
     ({"search__selection": "greedy"}, "config.search.selection"),

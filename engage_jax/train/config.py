@@ -77,3 +77,5 @@ class DPOConfig(TrainConfig):
   label_smoothing: float = 0.0
   rpo_alpha: float = 0.0             # > 0: + rpo_alpha × NLL of the chosen completion (TRL's RPO)
   max_completion_len: int = 0        # 0: max_len // 2
+  heldout_fraction: float = 0.0      # > 0: hold out this share of the search trees' pairs (pair_data.split_heldout),
+                                     # evaluated every epoch (held-out accuracy / implicit margin curves)

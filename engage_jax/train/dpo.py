@@ -10,6 +10,7 @@ policy and `ref_model=None` the reference is the policy itself with its adapters
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 from typing import Any
 from collections.abc import Sequence
@@ -18,12 +19,15 @@ import jax.numpy as jnp
 from flax import nnx
 from jax.sharding import Mesh
 
+from engage_jax import multihost
 from engage_jax.data import sft as sft_data
 from engage_jax.models import lora
 from engage_jax.train import loop
 from engage_jax.train.config import DTYPES, DPOConfig
 from engage_jax.train.dpo_loss import dpo_loss, dpo_loss_fn
-from engage_jax.train.pair_data import count_pair_tokens, read_pair_files, tokenize_pairs
+from engage_jax.train import heldout as heldout_lib
+from engage_jax.train.pair_data import (count_pair_tokens, read_pair_files, split_heldout, tokenize_pairs, tree_key,
+                                        write_pairs)
 from engage_jax.train.reference import cache_key, cached_ref_logps, with_ref
 
 
@@ -39,6 +43,10 @@ def train_dpo(policy_model: nnx.Module, ref_model: nnx.Module | None, pairs_path
   batch_size (pairs per micro-batch), grad_accum, optimizer / schedule / logging fields
   (a `DPOConfig`, or a dict / ConfigDict of its fields). summary: {"pairs", "total_steps", "step",
   "last_train" (TRL-style metrics), "eval_start", "eval_end" (on eval pairs, or None), "ref_cache"}.
+  cfg.heldout_fraction > 0 (and no eval_pairs_paths): whole trees' pairs are held out
+  (`pair_data.split_heldout`; `<workdir>/pairs_train.jsonl`, `pairs_heldout.jsonl`), evaluated at
+  the start and every epoch; summary["heldout"] = {"pairs", "train_pairs", "trees", "fraction",
+  "curve"} (`train.heldout.curve`), also in `<workdir>/heldout_curve.json` / `.png`.
   """
   cfg = DPOConfig.from_any(cfg)
   dpo_loss(jnp.zeros(1), jnp.zeros(1), jnp.zeros(1), jnp.zeros(1), cfg.beta, cfg.loss_type,
@@ -64,6 +72,17 @@ def train_dpo(policy_model: nnx.Module, ref_model: nnx.Module | None, pairs_path
       loop.restore_compute_dtype(ref, old)
     return pairs, with_ref(buckets, ch, rj), path
 
+  heldout = None
+  if cfg.heldout_fraction > 0 and not eval_pairs_paths:  # whole trees held out, evaluated every epoch
+    everything = read_pair_files(paths)
+    train_idx, held_idx = split_heldout(everything, cfg.heldout_fraction)
+    if held_idx:
+      paths = [os.path.join(workdir, "pairs_train.jsonl")]
+      eval_pairs_paths = [os.path.join(workdir, "pairs_heldout.jsonl")]
+      multihost.main_write(write_pairs, paths[0], [everything[i] for i in train_idx], what=paths[0])
+      multihost.main_write(write_pairs, eval_pairs_paths[0], [everything[i] for i in held_idx], what=eval_pairs_paths[0])
+      heldout = {"pairs": len(held_idx), "train_pairs": len(train_idx), "fraction": cfg.heldout_fraction,
+                 "trees": len({tree_key(everything[i]) for i in held_idx})}
   pairs, train_buckets, ref_path = prepare("train", paths)
   eval_fn = None
   if eval_pairs_paths:
@@ -73,6 +92,8 @@ def train_dpo(policy_model: nnx.Module, ref_model: nnx.Module | None, pairs_path
   micro = cfg.batch_size * cfg.grad_accum
   steps_per_epoch = sft_data.BatchIterator(train_buckets, micro).steps_per_epoch
   total = loop.total_steps_for(cfg, steps_per_epoch * cfg.grad_accum)
+  if heldout is not None and not cfg.eval_every:
+    cfg = dataclasses.replace(cfg, eval_every=steps_per_epoch)   # one held-out point per epoch
 
   def make_batches(state):
     return sft_data.BatchIterator(train_buckets, micro, seed=cfg.seed, **(state or {}))
@@ -89,4 +110,9 @@ def train_dpo(policy_model: nnx.Module, ref_model: nnx.Module | None, pairs_path
     loop.restore_compute_dtype(policy_model, old)
   nnx.update(policy_model, out.params)
   summary = dict(out.summary, pairs=len(pairs), total_steps=total, ref_cache=ref_path)
+  if heldout is not None:
+    points = heldout_lib.curve(workdir, steps_per_epoch)
+    summary["heldout"] = dict(heldout, curve=points)
+    multihost.main_write(heldout_lib.write_curve, workdir, points, dict(heldout, updates_per_epoch=steps_per_epoch),
+                         what="heldout_curve.json")
   return policy_model, summary

@@ -12,6 +12,7 @@ rejected_ids/rejected_mask [N, C]`, `pair_index [N]` (the pair's position in the
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections.abc import Sequence
@@ -19,6 +20,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from engage_jax import buckets as buckets_lib
+from engage_jax.fileio import atomic_write_jsonl
 from engage_jax.errors import InputError
 
 PAIR_KEYS = ("prompt_ids", "prompt_mask", "chosen_ids", "chosen_mask", "rejected_ids", "rejected_mask")
@@ -75,6 +77,36 @@ def read_pair_files(paths: str | Sequence[str]) -> list[dict]:
     if n == 0:
       raise ValueError(f"{path}: no pairs (empty file)")
   return out
+
+
+def tree_key(pair: dict) -> str:
+  """The search tree a pair came from: meta.condition_id (one tree per condition), else
+  meta.tree_id, else the conversation's opening (system prompt + first message)."""
+  meta = pair.get("meta") or {}
+  for k in ("condition_id", "tree_id"):
+    if meta.get(k) is not None:
+      return f"{k}={meta[k]}"
+  return "prompt=" + json.dumps(pair["prompt"][:2], sort_keys=True)
+
+
+def split_heldout(pairs: Sequence[dict], fraction: float) -> tuple[list[int], list[int]]:
+  """Deterministic held-out split by tree (`tree_key`), so no held-out pair's tree is trained on:
+  the trees are ordered by the SHA-256 of their key and the first round(fraction × trees) (at
+  least 1 when fraction > 0, always leaving one for training) are held out. Returns (train
+  indices, held-out indices) into `pairs`, each ascending; fraction 0 or one tree: ([all], [])."""
+  if not 0.0 <= fraction < 1.0:
+    raise ValueError(f"held-out fraction must be in [0, 1), got {fraction}")
+  keys = [tree_key(p) for p in pairs]
+  trees = sorted(set(keys), key=lambda k: hashlib.sha256(k.encode()).hexdigest())
+  n = 0 if fraction == 0 or len(trees) < 2 else min(len(trees) - 1, max(1, round(fraction * len(trees))))
+  held = set(trees[:n])
+  return ([i for i, k in enumerate(keys) if k not in held], [i for i, k in enumerate(keys) if k in held])
+
+
+def write_pairs(path: str, pairs: Sequence[dict]) -> str:
+  """Pairs as JSON lines (atomically)."""
+  atomic_write_jsonl(path, list(pairs))
+  return path
 
 
 def _completion(full: list[int], gen: list[int], content_ids: list[int], eot: int) -> list[int]:
