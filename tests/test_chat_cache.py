@@ -142,3 +142,27 @@ def test_repeated_prompts_and_changed_weights(model, tok):
     assert store.history[-1].kept_tokens == 0
   finally:
     nnx.update(model, nnx.state(_peaked(CausalLM(model.config, rngs=nnx.Rngs(0)))))
+
+
+def test_search_children_continue_their_parents_cache(model, tok):
+  """i×MCTS with ModelEnv (sampled agent and simulator): every generated token is the same with
+  the cache on and off, and after the first call most prompt tokens are kept: a child's rollout
+  continues the row that generated its agent turn, the next expansion the rollout of its leaf."""
+  from engage_jax.search import ModelEnv, SearchConfig, search
+  from tests.search._search_helpers import es_roots
+  cfg = SearchConfig(k=2, budget=2, max_turns=2, max_depth=2, prune_similarity=None, selection="uct",
+                     agent_sampling=SamplingParams(max_new_tokens=8, temperature=0.9, top_p=0.9),
+                     simulator_sampling=SamplingParams(max_new_tokens=8, temperature=1.0))
+  runs = {}
+  for kv in (True, False):
+    env = ModelEnv.from_config(model, model, tok, cfg, task="es", reward_cfg=None, kv_cache=kv)
+    log = []
+    for sp in (env.agent, env.simulator):
+      inner = sp.generate_ids
+      sp.generate_ids = lambda prompts, seed, inner=inner, log=log: log.append(inner(prompts, seed)) or log[-1]
+    trees = search(env, es_roots(2), cfg)
+    runs[kv] = (log, np.asarray(trees.value()), env.agent.cache.history + env.simulator.cache.history)
+  assert runs[True][0] == runs[False][0] and len(runs[True][0]) > 4
+  np.testing.assert_array_equal(runs[True][1], runs[False][1])
+  later = runs[True][2][1:]
+  assert sum(s.kept_tokens for s in later) > 0.5 * sum(s.prompt_tokens for s in later)
