@@ -115,6 +115,9 @@ def simulator_behaviour(task: str, dialogues: Sequence[Dialogue]) -> dict:
     stated = [d.outcome.get("donation") for d in dialogues if d.outcome.get("donation") is not None]
     out["donation_stated"] = len(stated) / n
     out["donation_nonzero"] = sum(x > 0 for x in stated) / n
+    mass = [d.outcome["outcome_mass"] for d in dialogues if "outcome_mass" in d.outcome]
+    if mass:  # expected readout: the share of the simulator's answer that the canonical lines cover
+      out["outcome_mass_mean"] = float(np.mean(mass))
   return out
 
 

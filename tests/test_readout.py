@@ -138,7 +138,8 @@ def test_report_keeps_the_sampled_metric_beside_the_expected_one():
 
   def run(expected, sampled):
     return [Dialogue(f"c{i}/s0", "p4g", [], {}, {"reward": e, "expected_donation": e, "sampled_donation": s,
-                                                  "outcome_text": "x", "num_turns": 2, "condition_id": f"c{i}"})
+                                                  "outcome_text": "x", "num_turns": 2, "condition_id": f"c{i}",
+                                                  "outcome_mass": 0.5 + 0.1 * i})
             for i, (e, s) in enumerate(zip(expected, sampled))]
   sft = run([0.4, 0.6, 0.5, 0.2], [0.5, None, 1.0, 0.0])
   dpo = run([0.9, 1.1, 0.8, 0.7], [1.0, 2.0, None, 0.25])
@@ -149,6 +150,7 @@ def test_report_keeps_the_sampled_metric_beside_the_expected_one():
   assert sr["dpo"]["reward_mean"] == pytest.approx(3.25 / 3) and sr["unparsed"]["dpo"]["count"] == 1
   assert 0.0 <= sr["p_value"] <= 1.0
   assert "sampled, parsed outcome" in report.render_markdown(rep)
+  assert rep["extra"]["simulator"]["dpo"]["outcome_mass_mean"] == pytest.approx(0.65)
 
 
 @pytest.mark.slow
