@@ -271,7 +271,8 @@ def stage_evaluate(cfg, wd: Workdir, which: str) -> dict:
   conds = roots(cfg, load_corpus(cfg) if cfg.data.source != "sandbox" else {}, "eval", cfg.eval.n_conditions)
   out = wd.path(f"eval_{which}")
   settings = {"task": cfg.task, "max_agent_turns": cfg.eval.max_agent_turns,
-              "samples_per_condition": cfg.eval.samples_per_condition, "reward": reward_cfg(cfg, evaluation=True)}
+              "samples_per_condition": cfg.eval.samples_per_condition, "batch_size": cfg.eval.batch_size,
+              "reward": reward_cfg(cfg, evaluation=True)}
   summary, _ = evaluate.evaluate(agent, sim, conds, settings, seed=cfg.seed + 7, out_path=str(out / "dialogues.jsonl"))
   atomic_write_json(out / "summary.json", summary)
   from engage_jax.progress import Scalars
@@ -340,7 +341,7 @@ def stage_dpo(cfg, wd: Workdir) -> dict:
   n_pairs = len(dpo_train.read_pair_files([str(f) for f in files])) if files else 0  # checked before any work
   out = wd.path("dpo_agent")
   if n_pairs == 0:  # a null result, not a crash at the end of a long run: DPO agent = SFT agent
-    msg = (f"{wd.path('search', 'pairs')}: the search found no preference pairs (no value gaps of at least "
+    msg = (f"{wd.path('pairs')}: the search found no preference pairs (no value gaps of at least "
            "config.search.margin inside the trees); DPO is skipped and the DPO agent is the SFT agent. "
            "Raise config.search.budget / n_conditions / max_turns or lower config.search.margin")
     log.warning(msg)
@@ -479,6 +480,23 @@ def _check_names(names, what: str) -> None:
     raise InputError(f"unknown stage(s) {', '.join(bad)}; stages: {', '.join(STAGES)}", what)
 
 
+def missing_dependencies(wd: Workdir, stages, redo, force: bool = False) -> list:
+  """InputErrors (--stages) for each stage to run whose direct dependencies are neither done (and
+  kept) in `wd` nor among `stages` (`run` runs exactly `stages`; the stage launchers add what is
+  needed with `with_dependencies`)."""
+  from engage_jax.errors import InputError
+  out = []
+  for s in stages:
+    if wd.is_done(s) and s not in redo and not force:
+      continue
+    need = [a for a in DEPENDS[s] if a not in stages and (a in redo or not wd.is_done(a))]
+    if need:
+      out.append(InputError(f"stage {s} needs {', '.join(need)}, which {'is' if len(need) == 1 else 'are'} "
+                            "not done in this workdir; add it to --stages, or leave --stages out (done "
+                            "stages are skipped)", "--stages"))
+  return out
+
+
 def plan_conflicts(wd: Workdir, values: dict, stages, redo) -> list:
   """InputErrors for the stages (of `stages` and what they need) whose recorded config values
   differ where they matter; a stage whose ancestor conflicts is not reported again."""
@@ -520,7 +538,11 @@ def run(cfg, workdir: str, stages: tuple[str, ...] = STAGES, force: bool = False
   flat = flatten(config_json)
   values = {s: stage_values(flat, s) for s in STAGES}
   redo_all = downstream(redo)
-  problems = plan_conflicts(wd, values, stages, redo_all)
+  problems = plan_conflicts(wd, values, stages, redo_all) + missing_dependencies(wd, stages, redo_all, force)
+  if problems:
+    raise InputErrors(problems)
+  from engage_jax import preflight
+  problems = preflight.problems(cfg)  # opens the model / tokenizer files: before anything is written
   if problems:
     raise InputErrors(problems)
   wd.lock()  # before the first write: a second run on DIR is refused here

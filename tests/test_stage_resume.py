@@ -153,3 +153,19 @@ def test_pairs_in_the_old_place_are_a_one_line_error(tmp_path):
     pipeline.pair_files(Workdir(str(tmp_path)))
   (tmp_path / "search" / "pairs").rename(tmp_path / "pairs")
   assert [f.name for f in pipeline.pair_files(Workdir(str(tmp_path)))] == ["shard-00000.jsonl"]
+
+
+def test_dpo_with_zero_pairs_is_one_line_and_the_dpo_agent_is_the_sft_agent(wd, capsys):
+  """A search that found no pairs: the DPO stage says so in one line naming the pairs directory and
+  the settings to change, and the DPO agent is the SFT agent (the same weights), not a crash."""
+  from safetensors.numpy import load_file
+  (wd / "pairs").mkdir()
+  (wd / "pairs" / "shard-00000.jsonl").write_text("")  # what the search writes for a shard without pairs
+  summary = pipeline.stage_dpo(_cfg(), Workdir(str(wd)))
+  assert summary == {"pairs": 0, "skipped": "no preference pairs"}
+  lines = [x for x in capsys.readouterr().out.splitlines() if "no preference pairs" in x]
+  assert len(lines) == 1 and f"{wd / 'pairs'}:" in lines[0] and "config.search.margin" in lines[0], lines
+  a = load_file(wd / "sft_agent" / "hf" / "model.safetensors")
+  b = load_file(wd / "dpo_agent" / "hf" / "model.safetensors")
+  assert sorted(a) == sorted(b) and all((a[k] == b[k]).all() for k in a)
+
