@@ -28,7 +28,9 @@ last position only (`CausalLM.forward_cached(mode="prefill", last_only=True)`).
 The KV cache (per layer `LayerCache(keys [B, KV, hd, S], values [B, KV, S, hd])`) is allocated
 inside the jitted function and carried through the while loop (in a `DecodeState`), where each
 step writes one slot with `dynamic_update_slice` in place (no copy of the cache per step; checked
-in the XLA dump), so there is no input buffer to donate.
+in the XLA dump), so there is no input buffer to donate. The decode loop (`decode_loop`) is shared
+with `engage_jax.chat_cache`, which continues a stored conversation cache instead of prefilling
+from token 0 (`rollout.Speaker(kv_cache=True)`).
 
 `sequence_logprobs` scores given completions with one full forward pass (`logprobs.token_logps`).
 """
