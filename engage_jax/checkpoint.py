@@ -26,10 +26,15 @@ step aside to `<dir>.corrupt/<step>` so that the step can be written again.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import gc
+import io
 import logging
 import os
+import sys
 import time
+import types
 from typing import Any
 from collections.abc import Callable, Mapping
 
@@ -118,6 +123,33 @@ class Restored:
   meta: dict
 
 
+@contextlib.contextmanager
+def _quiet():
+  """Orbax's asynchronous restore of a corrupt step leaves failed tasks behind whose tracebacks
+  (asyncio's "Task exception was never retrieved", tensorstore's "Event loop is closed") reach
+  stderr by the hundred (~1,270 lines for a 30-layer model). Inside, sys.stderr is buffered and
+  the asyncio logger muted; at the end the buffer is written to stderr if the yielded object's
+  `replay` is True (set it False when a step failed: the output is its tracebacks), and dropped
+  otherwise. ENGAGE_DEBUG=1: nothing is buffered."""
+  from engage_jax import errors
+  state = types.SimpleNamespace(replay=True)
+  if errors.debug():
+    yield state
+    return
+  buf, real = io.StringIO(), sys.stderr
+  alog = logging.getLogger("asyncio")
+  level = alog.level
+  sys.stderr = buf
+  alog.setLevel(logging.CRITICAL)
+  try:
+    yield state
+  finally:
+    sys.stderr = real
+    alog.setLevel(level)
+    if state.replay and buf.getvalue():
+      real.write(buf.getvalue())
+
+
 class CheckpointManager:
   """Save / restore (params, opt_state, meta) per step under `directory`; keeps the last `keep`."""
 
@@ -193,27 +225,36 @@ class CheckpointManager:
     """The newest step that restores and has finite parameters (None: no steps at all). Corrupt
     newer steps are skipped with a warning (and moved aside unless read-only); a
     CheckpointMismatch is raised as is; CorruptCheckpoint if no step is intact."""
-    skipped = []
-    for step in sorted(self.all_steps(), reverse=True):
-      try:
-        r = self.restore(params, opt_state, step)
-        bad = nonfinite_params(r.params)
-        if bad:
-          raise CorruptCheckpoint(f"non-finite values in parameter {bad!r}", f"{self.directory}/{step}")
-      except CheckpointMismatch:
-        raise
-      except Exception as e:
-        reason = " ".join(str(e).split())[:200] or type(e).__name__
-        skipped.append(step)
-        msg = f"checkpoint {self.directory}/{step} is corrupt ({type(e).__name__}: {reason})"
-        if not self._read_only:
-          msg += f"; moved to {self._quarantine(step)}"
-        (warn or log.warning)(msg + "; falling back to an older step")
-        continue
-      if skipped:
-        (warn or log.warning)(f"resuming from step {step} of {self.directory} (skipped corrupt steps "
-                              f"{skipped})")
-      return r
+    skipped, notes, found = [], [], None
+    try:
+      with _quiet() as quiet:  # one line per skipped step, not Orbax's tracebacks (see _quiet)
+        for step in sorted(self.all_steps(), reverse=True):
+          try:
+            r = self.restore(params, opt_state, step)
+            bad = nonfinite_params(r.params)
+            if bad:
+              raise CorruptCheckpoint(f"non-finite values in parameter {bad!r}", f"{self.directory}/{step}")
+          except CheckpointMismatch:
+            raise
+          except Exception as e:
+            gc.collect()  # the failed step's orphaned tasks report now, inside the quiet window
+            reason = " ".join(str(e).split())[:200] or type(e).__name__
+            skipped.append(step)
+            msg = f"checkpoint {self.directory}/{step} is corrupt ({type(e).__name__}: {reason})"
+            if not self._read_only:
+              msg += f"; moved to {self._quarantine(step)}"
+            notes.append(msg + "; falling back to an older step")
+            continue
+          if skipped:
+            notes.append(f"resuming from step {step} of {self.directory} (skipped corrupt steps {skipped})")
+          found = r
+          break
+        quiet.replay = not skipped
+    finally:
+      for note in notes:
+        (warn or log.warning)(note)
+    if found is not None:
+      return found
     if skipped:
       raise CorruptCheckpoint(f"no intact checkpoint: steps {skipped} are all corrupt; delete the "
                               f"directory to start over", self.directory)

@@ -198,6 +198,7 @@ def _eval(c: _Checker) -> None:
   _sampling(c, "eval")
   c.int_ge("eval.samples_per_condition", 1)
   c.int_ge("eval.max_agent_turns", 1)
+  c.int_ge("eval.batch_size", 0, " (0: all conditions in one call)")
 
 
 def _reward(c: _Checker) -> None:

@@ -180,3 +180,129 @@ def test_lora_export_over_a_seed_initialised_base_loads_in_peft(tmp_path, monkey
     theirs = pm(input_ids=torch.tensor(ids, dtype=torch.long)).logits.float().numpy()
   # fp32 forward of the same weights in two frameworks: agreement relative to the logits' scale
   assert np.abs(theirs - ours).max() < 1e-4 * max(1.0, np.abs(ours).max())
+
+
+# ------------------------------------------------------------------- late or misleading (up front now)
+@pytest.fixture(scope="module")
+def small_files(tmp_path_factory):
+  """(an HF model dir with a 64-token vocabulary, an HF tokenizer dir of ~300 tokens)."""
+  from flax import nnx
+
+  from engage_jax import models
+  from engage_jax.data import sandbox
+  from engage_jax.tokenizer import train_bpe
+  root = tmp_path_factory.mktemp("files")
+  m = models.CausalLM(models.ModelConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                         num_attention_heads=4, num_key_value_heads=2), rngs=nnx.Rngs(0))
+  models.save_pretrained(m, root / "model")
+  tok = train_bpe(sandbox.all_texts("es"), 300, root / "tok")
+  return root / "model", root / "tok", tok.vocab_size
+
+
+def test_tokenizer_larger_than_the_model_vocabulary_is_refused_up_front(cli, tmp_path, small_files):  # noqa: F811
+  from tests.test_bad_inputs import _config
+  model, tok, n = small_files
+  wd = tmp_path / "wd"
+  cfg = _config(model__agent__path=str(model), tokenizer__path=str(tok))
+  assert cli(pipeline.run, cfg, str(wd)) == [
+      f"error: the tokenizer has {n} tokens, more than the agent model's vocabulary of 64 ({model}): ids >= 64 "
+      f"have no embedding (config.tokenizer.path)"]
+  assert not wd.exists()
+
+
+def test_model_dir_without_weights_and_fake_gguf_are_refused_before_the_workdir(cli, tmp_path, small_files):  # noqa: F811
+  from tests.test_bad_inputs import _config
+  _, tok, _ = small_files
+  bare = tmp_path / "bare"
+  bare.mkdir()
+  (bare / "config.json").write_text((small_files[0] / "config.json").read_text())
+  fake = tmp_path / "fake.gguf"
+  fake.write_bytes(b"GGUF" + b"\0" * 60)   # the right magic, nothing else
+  wd = tmp_path / "wd"
+  lines = cli(pipeline.run, _config(model__simulator__path=str(bare), tokenizer__path=str(fake)), str(wd))
+  assert [x.rsplit(" (", 1)[1] for x in lines] == ["config.tokenizer.path)", "config.model.simulator.path)"]
+  assert lines[0].startswith(f"error: cannot load the tokenizer (ValueError: {fake}: not a readable GGUF file")
+  assert lines[1] == f"error: cannot load the model (FileNotFoundError: {bare}: no *.safetensors files) " \
+                     f"(config.model.simulator.path)"
+  assert not wd.exists()
+
+
+def test_max_prompt_len_beyond_positions_or_under_the_system_prompt(cli, tmp_path, small_files):  # noqa: F811
+  from tests.test_bad_inputs import _config
+  cfg = _config(eval__max_prompt_len=10_000)
+  pos = cfg.model.agent.max_position_embeddings
+  lines = cli(pipeline.run, cfg, str(tmp_path / "wd"))
+  assert lines[0] == f"error: 10000 is beyond the agent model's {pos} positions (config.eval.max_prompt_len)"
+  _, tok, _ = small_files
+  lines = cli(pipeline.run, _config(search__max_prompt_len=4, tokenizer__path=str(tok)), str(tmp_path / "wd"))
+  assert len(lines) == 2 and all(x.startswith("error: 4 is shorter than the ") and x.endswith(
+      "tokens) (config.search.max_prompt_len)") for x in lines), lines
+  assert not (tmp_path / "wd").exists()
+
+
+def test_stages_before_their_dependencies_is_one_line(cli, tmp_path):  # noqa: F811
+  from tests.test_bad_inputs import _config
+  wd = tmp_path / "wd"
+  assert cli(pipeline.run, _config(), str(wd), ("tokenizer", "dpo")) == [
+      "error: stage dpo needs search, which is not done in this workdir; add it to --stages, or leave --stages "
+      "out (done stages are skipped) (--stages)"]
+  assert not wd.exists()
+
+
+def test_evaluation_runs_in_batches_of_eval_batch_size(cli, tmp_path, monkeypatch):  # noqa: F811
+  """eval.n_conditions beyond memory: the evaluation stage plays at most eval.batch_size conditions per
+  simulate call (before: all 300 x samples in one call); a negative batch size is one line."""
+  import dataclasses
+
+  from engage_jax import evaluate
+  from tests.test_bad_inputs import _config
+  calls = []
+
+  def fake_simulate(agent, sim, starts, *, task, max_agent_turns, reward_cfg, seed, **kw):
+    calls.append(len(starts))
+    return [dataclasses.replace(s, outcome={"reward": 0.0}) for s in starts]
+  monkeypatch.setattr(evaluate, "_default_simulate", lambda: fake_simulate)
+  monkeypatch.setattr(pipeline, "load_tokenizer", lambda wd: None)
+  monkeypatch.setattr(pipeline, "load_model", lambda *a, **k: None)
+  monkeypatch.setattr(pipeline, "speaker", lambda *a, **k: None)
+  cfg = _config(eval__n_conditions=300, eval__samples_per_condition=1, eval__batch_size=128)
+  summary = pipeline.stage_evaluate(cfg, Workdir(tmp_path / "wd"), "sft")
+  assert calls == [128, 128, 44] and summary["n"] == 300
+  assert _config().eval.batch_size == 256   # the default: above every shipped config's n_conditions
+  line, = cli(pipeline.run, _config(eval__batch_size=-1), str(tmp_path / "wd2"))
+  assert line == "error: must be an integer >= 0 (0: all conditions in one call); got -1 (config.eval.batch_size)"
+
+
+def test_corrupt_checkpoint_fallback_is_one_line_per_skipped_step(tmp_path, capsys, caplog, monkeypatch):
+  """Orbax's failed async restore printed its orphaned tasks' tracebacks (~1,270 lines for a 30-layer
+  model; nondeterministic, so the restore here prints them as Orbax does: to sys.stderr and the
+  asyncio logger). Now: one line per skipped step, and a clean restore's output still shows."""
+  import logging
+  import sys
+
+  from flax import nnx
+
+  from engage_jax import checkpoint
+  monkeypatch.delenv("ENGAGE_DEBUG", raising=False)
+  model = _checkpoints(tmp_path, (1, 2))
+  ck = tmp_path / "dpo_agent" / "checkpoints"
+  mgr = checkpoint.CheckpointManager(str(ck), read_only=True)
+  real_restore = mgr.restore
+
+  def noisy(params, opt_state=None, step=None):
+    print("Traceback (most recent call last):\nRuntimeError: Event loop is closed", file=sys.stderr)
+    logging.getLogger("asyncio").error("Task exception was never retrieved")
+    if step == 2:
+      raise ValueError("DATA_LOSS: bad chunk")
+    return real_restore(params, opt_state, step)
+  mgr.restore = noisy
+  notes = []
+  with caplog.at_level(logging.INFO):
+    assert mgr.restore_intact(nnx.state(model, nnx.Param), warn=notes.append).step == 1
+  assert notes == [f"checkpoint {ck}/2 is corrupt (ValueError: DATA_LOSS: bad chunk); falling back to an older step",
+                   f"resuming from step 1 of {ck} (skipped corrupt steps [2])"]
+  assert capsys.readouterr().err == "" and not [r for r in caplog.records if r.name == "asyncio"]
+  mgr.restore = lambda *a: (print("orbax: a note", file=sys.stderr), real_restore(*a))[1]
+  assert mgr.restore_intact(nnx.state(model, nnx.Param), warn=notes.append).step == 2
+  assert capsys.readouterr().err == "orbax: a note\n" and len(notes) == 2
+  mgr.close()
