@@ -306,3 +306,53 @@ def test_corrupt_checkpoint_fallback_is_one_line_per_skipped_step(tmp_path, caps
   assert mgr.restore_intact(nnx.state(model, nnx.Param), warn=notes.append).step == 2
   assert capsys.readouterr().err == "orbax: a note\n" and len(notes) == 2
   mgr.close()
+
+
+# ------------------------------------------------------------------- corpus records of the wrong type
+def _es_line(**changes) -> str:
+  from tests.test_bad_inputs import ES_RECORD
+  rec = copy.deepcopy(ES_RECORD)
+  rec["dialog"][1]["strategy"] = "Question"
+  rec.update(changes)
+  return json.dumps(rec)
+
+
+@pytest.mark.parametrize("changes,what", [
+    ({"emotion_type": 5}, "field 'emotion_type' must be a string; got int 5"),
+    ({"situation": {"a": 1}}, "field 'situation' must be a string; got dict {'a': 1}"),
+    ({"dialog": []}, "the dialogue is empty (no utterance with text in field 'dialog')"),
+    ({"dialog": [{"text": "  ", "speaker": "usr"}]}, "the dialogue is empty (no utterance with text in field 'dialog')"),
+])
+def test_esconv_record_of_the_wrong_type_names_file_and_line(cli, tmp_path, changes, what):  # noqa: F811
+  from engage_jax.data import esconv
+  from tests.test_bad_inputs import _config, _esconv_dir
+  d = _esconv_dir(tmp_path / "data", train=f"{_es_line()}\n{_es_line(**changes)}\n")
+  assert cli(esconv.load_split, d, "train") == [f"error: {what} ({d / 'train.txt'}:2)"]
+  lines = cli(pipeline.run, _config("esconv_tiny", data__path=str(d)), str(tmp_path / "wd"))
+  assert lines == [f"error: {what} ({d / 'train.txt'}:2)"] and not (tmp_path / "wd").exists()
+
+
+def test_esconv_unknown_strategy_names_the_utterance(cli, tmp_path):  # noqa: F811
+  from engage_jax.data import esconv
+  from tests.test_bad_inputs import ES_RECORD, _esconv_dir
+  rec = copy.deepcopy(ES_RECORD)
+  rec["dialog"][1]["strategy"] = "Mind reading"
+  d = _esconv_dir(tmp_path / "data", train=json.dumps(rec) + "\n")
+  line, = cli(esconv.load_split, d, "train")
+  assert line == (f"error: field 'strategy' has unknown value 'Mind reading'; expected one of "
+                  f"{', '.join(esconv.STRATEGIES)} ({d / 'train.txt'}:1, utterance 1)")
+  rec["dialog"][1]["strategy"] = "Questions"   # an alias of the older label set is still read
+  (d / "train.txt").write_text(json.dumps(rec) + "\n")
+  assert esconv.load_split(d, "train")[0].turns[1].strategy == "Question"
+
+
+def test_p4g_empty_dialogue_names_file_and_line(cli, tmp_path):  # noqa: F811
+  from engage_jax.data import p4g
+  d = tmp_path / "p4g"
+  d.mkdir()
+  (d / "full_dialog.csv").write_text(",Unit,Turn,B4,B2\n0,Hi,0,0,d1\n1,No,0,1,d1\n2, ,0,0,d2\n3,,0,1,d2\n")
+  (d / "full_info.csv").write_text("B2,B3,B4,B6,B7\nd1,u,1,0.5,2\nd2,u,1,0.5,2\n")
+  assert cli(p4g.load, d) == [f"error: dialogue d2 is empty (every 'Unit' of its rows is blank) "
+                              f"({d / 'full_dialog.csv'}:4)"]
+  got = p4g.load(d, skip_bad=True)
+  assert [x.id for x in got] == ["d1"] and got.skipped == 1

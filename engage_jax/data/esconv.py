@@ -62,7 +62,9 @@ def record_to_dialogue(rec: Any, dialogue_id: str, where: str, *, merge: bool = 
   for key in CONDITION_KEYS:
     if key not in rec:
       raise InputError(f"missing field {key!r}", where)
-    condition[key] = str(rec[key] or "").strip()
+    if rec[key] is not None and not isinstance(rec[key], str):
+      raise InputError(f"field {key!r} must be a string; got {type(rec[key]).__name__} {rec[key]!r:.60}", where)
+    condition[key] = (rec[key] or "").strip()
   dialog = rec.get("dialog")
   if not isinstance(dialog, list):
     raise InputError("missing field 'dialog' (a list of utterances)", where)
@@ -84,7 +86,10 @@ def record_to_dialogue(rec: Any, dialogue_id: str, where: str, *, merge: bool = 
     ann = utt.get("annotation") or {}
     strategy = utt.get("strategy", ann.get("strategy") if isinstance(ann, dict) else None)
     if role == AGENT and strategy is not None:
-      strategy = STRATEGY_ALIASES.get(strategy, strategy)
+      strategy = STRATEGY_ALIASES.get(strategy, strategy) if isinstance(strategy, str) else strategy
+      if strategy not in STRATEGIES:
+        raise InputError(f"field 'strategy' has unknown value {strategy!r:.60}; expected one of "
+                         f"{', '.join(STRATEGIES)}", uwhere)
     else:
       strategy = None
     text = " ".join(text.split())
@@ -93,6 +98,8 @@ def record_to_dialogue(rec: Any, dialogue_id: str, where: str, *, merge: bool = 
     if isinstance(ann, dict) and ann.get("feedback") not in (None, ""):
       feedback.append([j, _intensity(ann["feedback"], uwhere, "annotation.feedback")])
     turns.append(Turn(role, text, strategy))
+  if not turns:
+    raise InputError("the dialogue is empty (no utterance with text in field 'dialog')", where)
   if merge:
     turns = merge_consecutive(turns)
   user_texts = [t.text for t in turns if t.role == USER]

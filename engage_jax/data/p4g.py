@@ -123,16 +123,21 @@ def _parse(dpath: Path, ipath: Path, skip_bad: bool, merge: bool
     return _CACHE[key]
   info, errors = read_info(ipath, skip_bad)
   turns: dict[str, list[Turn]] = {}
-  for _, row, did, role in _rows(dpath, skip_bad, ("Unit", "B4", "B2"), errors):
+  first_line: dict[str, int] = {}  # a dialogue's first row in the dialog file
+  for line, row, did, role in _rows(dpath, skip_bad, ("Unit", "B4", "B2"), errors):
+    first_line.setdefault(did, line)
     text = " ".join((row["Unit"] or "").split())
     if text:
       turns.setdefault(did, []).append(Turn(role, text))
   items: list[Dialogue] = []
   bad: dict[str, InputError] = {}
-  for did in sorted(set(turns) | set(errors)):
+  for did in sorted(set(turns) | set(errors) | set(first_line)):
     try:
       if errors.get(did):
         raise errors[did][0]
+      if did not in turns:  # rows, but every 'Unit' empty: an empty dialogue, not a silent drop
+        raise InputError(f"dialogue {did} is empty (every 'Unit' of its rows is blank)",
+                         f"{dpath}:{first_line[did]}")
       rec = info.get(did, {})
       if "user" not in rec:
         raise InputError(f"dialogue {did}: no persuadee row (B4 == 1)", str(ipath))
