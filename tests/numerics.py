@@ -51,3 +51,15 @@ def subprocess_env(devices: int | None = None, **extra: str) -> dict:
   else:
     env.pop("XLA_FLAGS", None)
   return env
+
+
+def scaled_max_error(a, b, mask=None) -> float:
+  """max |a - b| / max(1, max |b|) over `mask` (every element when None), in float64: the error in
+  units of the compared values' scale, since fp32 rounding is proportional to it. Values of order
+  <= 1 (logits of the tiny seeded test models) keep an absolute bound; larger ones (a real model's
+  logits, trained weights) get one relative to their largest magnitude."""
+  a = np.asarray(a, np.float64)
+  b = np.asarray(b, np.float64)
+  if mask is not None:
+    a, b = a[mask], b[mask]
+  return float(np.max(np.abs(a - b))) / max(1.0, float(np.max(np.abs(b))))

@@ -9,6 +9,7 @@ from flax import nnx
 
 from engage_jax import checkpoint, models
 from engage_jax.models import CausalLM, ModelConfig
+from tests.numerics import scaled_max_error
 
 
 def _model(d=32, seed=0):
@@ -51,4 +52,6 @@ def test_export_hf(tmp_path):
   out = checkpoint.export_hf(str(tmp_path / "ck"), str(tmp_path / "hf"))
   loaded = models.from_pretrained(out)
   ids = np.arange(10, dtype=np.int32)[None] % 64
-  np.testing.assert_allclose(np.asarray(loaded(ids)), np.asarray(model(ids)), atol=1e-5)
+  # the exported weights are the saved fp32 arrays; the forward passes may compile differently, so
+  # logits agree to rounding of their scale (scaled_max_error: absolute for order <= 1, relative beyond)
+  assert scaled_max_error(loaded(ids), model(ids)) < 1e-5

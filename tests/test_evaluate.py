@@ -10,6 +10,10 @@ import pytest
 from engage_jax import evaluate as ev
 from engage_jax.data.dialogue import Dialogue, Turn
 
+# Tolerances: exact permutation / McNemar p-values of small integer data are fractions k/2^n,
+# computed in float64 (pytest.approx's relative 1e-6); a seeded large-sample p-value is only bounded
+# by 1e-3. Independent of the CPU.
+
 
 # ----------------------------------------------------------------------------- bootstrap
 def test_bootstrap_ci_coverage_normal_and_bernoulli():

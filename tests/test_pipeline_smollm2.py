@@ -16,6 +16,9 @@ import pytest
 
 from tests.conftest import REPO
 
+# Tolerances: at DPO step 0 policy == reference: the loss is log 2 up to the rounding of
+# beta x (difference of two programs' sums of fp32 log-probs), ~1e-5 of that scale on any CPU; 1e-3.
+
 TINY = [
     "--config.data.max_train_dialogues=8", "--config.data.max_valid_dialogues=1", "--config.data.max_len=128",
     "--config.sft.agent_steps=1", "--config.sft.simulator_steps=1", "--config.sft.batch_size=2",

@@ -10,6 +10,9 @@ import pytest
 from engage_jax import report as rp
 from engage_jax.data.dialogue import Dialogue, Turn
 
+# Tolerances: report numbers are float64 means and exact p-values of small binary/integer data,
+# compared exactly or with pytest.approx's relative 1e-6 (the CPU does not enter).
+
 
 def _dialogues(rewards, turns=None, prefix="c"):
   turns = turns or [3] * len(rewards)
@@ -97,8 +100,21 @@ def test_write_report_files(tmp_path):
   assert set(out) == {"report.json", "report.md", "reward.png", "turns.png", "search.png"}
   assert rp.load_report(out["report.json"]) == json.loads(json.dumps(r))
   md = (tmp_path / "report.md").read_text()
-  for s in ("| SFT |", "| DPO |", "p-value", "64.06%", "80.47%", "| search |", "pairs"):
-    assert s in md, s
+  # the table and the test lines carry this run's numbers, worked out here from the dialogues
+  # (exact: rates of 5 binary rewards, means of integer turns, exact permutation / McNemar p)
+  rate = lambda ds: 100 * np.mean([d.outcome["reward"] for d in ds])
+  turns = lambda ds: np.mean([d.outcome["num_turns"] for d in ds])
+  for name, ds, key in (("SFT", sft, "sft"), ("DPO", dpo, "dpo")):
+    lo, hi = r[key]["ci95"]
+    assert f"| {name} | 5 | {rate(ds):.2f}% | [{100 * lo:.2f}%, {100 * hi:.2f}%] | {turns(ds):.2f} |" in md, md
+  assert (rate(sft), rate(dpo), turns(sft), turns(dpo)) == (40.0, 80.0, 2.8, 3.8)
+  assert lo <= 0.8 <= hi
+  assert f"- DPO − SFT: **+{rate(dpo) - rate(sft):.2f}%**" in md
+  # per-condition differences (+1, 0, 0, 0, +1): two non-zero of +1 → P(|sum| >= 2) = 2/4, one-sided 1/4;
+  # McNemar: 2 discordant pairs, both for DPO → 2 * 0.5^2
+  assert "- p-value: **0.5** (paired sign-flip" in md and "- one-sided p (H1: DPO > SFT): 0.25" in md
+  assert "- exact McNemar p (dialogue pairs): 0.5" in md
+  assert "- preference pairs used for DPO: **11**" in md and "| search |" in md
   for name in ("reward.png", "turns.png", "search.png"):
     assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG"
   assert not [p for p in tmp_path.iterdir() if p.name.startswith(".tmp-")]

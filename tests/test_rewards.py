@@ -5,6 +5,9 @@ import pytest
 from engage_jax import rewards
 from engage_jax.data import Dialogue, Turn, outcome_line
 
+# Tolerances: rewards are parsed from text into Python floats (exact decimal amounts, means of a few
+# of them): compared to 1e-9 or pytest.approx's default relative 1e-6, independent of the CPU.
+
 
 @pytest.mark.parametrize("text", [
     "Thank you, I feel much better now.", "that really helps", "You've been a great help!",

@@ -10,6 +10,10 @@ import pytest
 
 from engage_jax import evaluate as ev
 
+# Tolerances: float64 statistics in numpy/Python against scipy. Exact p-values agree to rel 1e-9
+# (summation order only); bootstrap / Monte-Carlo quantities are compared within a fraction of
+# their own standard error (seeded numpy RNG, which draws the same numbers on every CPU).
+
 stats = pytest.importorskip("scipy.stats")
 N_BOOT = 20_000
 

@@ -9,6 +9,9 @@ import pytest
 
 from engage_jax.experiments import runner
 
+# Tolerances: the gap is a float64 difference of two numbers of the same report (approx, relative
+# 1e-6): the same arithmetic on any CPU.
+
 REPO = __import__("pathlib").Path(__file__).resolve().parents[2]
 
 

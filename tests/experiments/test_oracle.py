@@ -8,6 +8,10 @@ from engage_jax.data import sandbox
 from engage_jax.data.dialogue import AGENT, USER, Dialogue, Turn
 from engage_jax import oracle
 
+# Tolerances: the oracle's expectations are exact float64 formulas (approx, relative 1e-6); the
+# seeded Monte-Carlo checks allow 4 standard errors of their own sample (numpy RNG: the same draws
+# on every CPU).
+
 SAD = {"emotion_type": "sadness", "problem_type": "job crisis", "situation": "i feel sad about my job ."}
 NUMBERS = {"motivation": "numbers", "age_group": "young", "hobby": "music"}
 REFLECT = sandbox.ES_TEMPLATES["Reflection of feelings"][0]        # helpful for sadness

@@ -12,6 +12,10 @@ import pytest
 from engage_jax.errors import InputError
 from engage_jax.experiments import runner
 
+# Tolerances: rewards here are scripted 0/1 values, so means and gains are fractions of 12 (approx,
+# relative 1e-6); permutation p-values are bounded to +-0.002 / 0.02 of their exact value (seeded
+# Monte-Carlo permutations). Independent of the CPU.
+
 REPO = __import__("pathlib").Path(__file__).resolve().parents[2]
 CONDS = [f"eval-{i}" for i in range(12)]
 # per variant: the conditions (by index) where the agent's reward is 1 under the learned simulator

@@ -14,6 +14,10 @@ from engage_jax.human_eval import items as items_mod, report as human_report, st
 
 from .conftest import make_workdir, sim_dialogues
 
+# Tolerances: float64 Python/numpy statistics on small integer data against scipy or exact
+# enumeration (2^8 sign flips): equal to 1e-12 / rel 1e-9 / pytest.approx's default relative 1e-6;
+# nothing here is fp32 or vectorised differently between AVX2 and AVX-512.
+
 
 @pytest.mark.parametrize("seed", range(4))
 def test_rankdata_and_spearman_match_scipy(seed):

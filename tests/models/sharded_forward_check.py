@@ -44,15 +44,18 @@ def main() -> int:
                   out_shardings=sharding.batch_sharding(mesh, 3))
     out = fwd(state, ids, mask)
     assert out.sharding.spec[0] is not None or shape[0] * shape[1] == 1, out.sharding
-    err = float(np.abs(np.asarray(out) - ref).max())
-    print(f"mesh {shape}: q_proj spec {spec}, max |diff| {err:.2e}")
+    # a sharded program sums in another order: logits agree to fp32 rounding of their scale on any
+    # x86-64 CPU; the bound is absolute for logits of order <= 1 (this seeded model), relative beyond
+    scale = max(1.0, float(np.abs(ref).max()))
+    err = float(np.abs(np.asarray(out) - ref).max()) / scale
+    print(f"mesh {shape}: q_proj spec {spec}, max |diff| / scale {err:.2e}")
     assert err < 1e-5, (shape, err)
     with jax.set_mesh(mesh):  # the model's own activation constraints (sharding.HIDDEN_AXES) on
       text = fwd.lower(state, ids, mask).as_text()
       out_c = fwd(state, ids, mask)
-    err_c = float(np.abs(np.asarray(out_c) - ref).max())
+    err_c = float(np.abs(np.asarray(out_c) - ref).max()) / scale
     print(f"mesh {shape} with jax.set_mesh: {text.count('sharding_constraint')} constraints, "
-          f"max |diff| {err_c:.2e}")
+          f"max |diff| / scale {err_c:.2e}")
     assert text.count("sharding_constraint") >= 1 + config.num_hidden_layers, text[:2000]
     assert err_c < 1e-5, (shape, err_c)
   print("OK")

@@ -8,6 +8,12 @@ import pytest
 from flax import nnx
 
 from engage_jax.models import CausalLM, ModelConfig, llama
+from tests.numerics import scaled_max_error
+
+# Cached decode and the full forward pass are two programs summing in another order: logits agree
+# to a few fp32 ulps of their scale on any x86-64 CPU (AVX2 or AVX-512); `scaled_max_error`
+# (tests/numerics.py) bounds the difference absolutely for logits of order <= 1 (these seeded tiny
+# models) and relative to their largest magnitude beyond, with >= 100x margin.
 
 CONFIGS = {
     "llama_gqa": ModelConfig(vocab_size=89, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
@@ -43,13 +49,13 @@ def test_prefill_then_steps_match_full_forward(name):
   logits, cache = model.decode(jnp.asarray(ids[:, :t_prompt]), jnp.asarray(positions[:, :t_prompt]), cache, 0,
                                jnp.asarray(kv_mask), mode="prefill")
   real = mask[:, :t_prompt].astype(bool)
-  np.testing.assert_allclose(np.asarray(logits)[real], full[:, :t_prompt][real], atol=1e-5)
+  assert scaled_max_error(np.asarray(logits)[real], full[:, :t_prompt][real]) < 1e-5
   step = jax.jit(model.decode.__func__, static_argnums=())  # plain function of (model, ...)
   for i in range(t_prompt, t_prompt + steps):
     kv_mask[:, i] = 1
     logits, cache = step(model, jnp.asarray(ids[:, i:i + 1]), jnp.asarray(positions[:, i:i + 1]), cache, i,
                          jnp.asarray(kv_mask))
-    np.testing.assert_allclose(np.asarray(logits)[:, 0], full[:, i], atol=1e-5)
+    assert scaled_max_error(np.asarray(logits)[:, 0], full[:, i]) < 1e-5
 
 
 def test_cache_shapes_are_head_major_with_transposed_keys():
@@ -71,6 +77,8 @@ def test_remat_gives_the_same_loss_and_gradients():
     return nnx.value_and_grad(loss)(model)
 
   (l0, g0), (l1, g1) = loss_and_grads(False), loss_and_grads(True)
-  assert float(l0) == pytest.approx(float(l1), abs=1e-6)
+  # remat recomputes the same program's activations: equal up to rounding of the loss's and the
+  # gradients' own scale (order <= 1 here; relative beyond)
+  assert scaled_max_error(l1, l0) < 1e-6
   for a, b in zip(jax.tree.leaves(nnx.state(g0)), jax.tree.leaves(nnx.state(g1))):
-    np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6)
+    assert scaled_max_error(b, a) < 1e-6

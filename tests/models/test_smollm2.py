@@ -16,6 +16,7 @@ from engage_jax.data.dialogue import AGENT, USER, Dialogue, Turn
 from engage_jax.data.sft import examples_from_messages, simulator_examples
 from engage_jax.models.gguf import smollm2_135m_instruct
 from engage_jax.tokenizer import ChatTokenizer
+from tests.numerics import scaled_max_error
 
 GGUF = smollm2_135m_instruct()
 
@@ -85,7 +86,13 @@ def test_logits_match_transformers_on_a_padded_batch(tok, model, reference):
     want = ref(torch.tensor(ids), attention_mask=torch.tensor(mask), position_ids=torch.tensor(positions)).logits.numpy()
   got = np.asarray(model(jnp.asarray(ids), attention_mask=jnp.asarray(mask)))
   real = mask.astype(bool)
-  assert np.abs(got - want)[real].max() < 5e-4
+  # a real model: 30 layers and logits up to ~41 in magnitude, so the fp32 error of either side
+  # scales with them; bounded relative to their largest magnitude (tests/numerics.py). 1.25e-5 is
+  # the old absolute 5e-4 at this scale; measured 2.5e-6 (1.0e-4 absolute) on an AMD EPYC (AVX-512).
+  err = scaled_max_error(got, want, real)
+  print(f"\n[smollm2] max |logit| {np.abs(want[real]).max():.2f}, max |diff| {np.abs(got - want)[real].max():.2e}, "
+        f"scaled {err:.2e}")
+  assert err < 1.25e-5, err
 
 
 def test_greedy_generation_matches_transformers(tok, model, reference):

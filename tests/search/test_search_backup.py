@@ -10,6 +10,10 @@ from engage_jax.search.tree import NO_PARENT, ROOT_INDEX, UNVISITED
 
 from tests.search._search_helpers import ARMS, ES_CONDITION, es_roots
 
+# Tolerances: rewards here are 0, 1 and 0.25 (exact binary fractions) and values their means over a
+# few visits; the tree sums them in float64 on the host in a fixed order, so default assert_allclose
+# (rtol 1e-7) holds on any CPU: nothing is vectorised differently between AVX2 and AVX-512.
+
 
 class ScriptedEnv:
   """Candidates "x" and "y"; rollout reward = fraction of agent turns that are "x";

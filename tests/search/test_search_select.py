@@ -13,6 +13,10 @@ from engage_jax.search.tree import ROOT_INDEX, init_trees
 
 from tests.search._search_helpers import es_roots
 
+# Tolerances: child_scores is float64 numpy on a hand-set tree, so it equals the hand formula to
+# rtol 1e-9 (numpy's exp/log/sqrt may differ by an ulp between ISAs: 1e7 ulps of room), and the
+# 7-digit literals to rtol 1e-6 (their own rounding). Nothing here depends on the CPU.
+
 
 @pytest.fixture
 def tree():

@@ -16,6 +16,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspa
 from engage_jax import sharding
 from engage_jax.models import CausalLM, ModelConfig
 from engage_jax.train import loop
+from tests.numerics import worst_rel_norm_diff
 
 
 def run(mesh, batches):
@@ -32,7 +33,7 @@ def run(mesh, batches):
     params, opt, m = step(params, opt, b)
     out.append((float(m["loss"]), float(m["grad_norm"])))
   q = params["layers"][0]["self_attn"]["q_proj"]["kernel"][...]
-  return out, {k: np.asarray(v) for k, v in jax.tree.leaves_with_path(params)}, q.sharding.spec
+  return out, {jax.tree_util.keystr(k): np.asarray(v) for k, v in jax.tree.leaves_with_path(params)}, q.sharding.spec
 
 
 def main() -> int:
@@ -47,13 +48,18 @@ def main() -> int:
   ref, ref_params, _ = run(sharding.make_mesh(1, 1, 1, devices=jax.devices()[:1]), batches)
   for shape in [(8, 1, 1), (2, 2, 2)]:
     got, params, spec = run(sharding.make_mesh(*shape), batches)
-    perr = max(float(np.abs(params[k] - ref_params[k]).max()) for k in ref_params)
+    worst, perr = worst_rel_norm_diff(params, ref_params)
     lerr = max(abs(a[0] - b[0]) for a, b in zip(got, ref))
     gerr = max(abs(a[1] - b[1]) for a, b in zip(got, ref))
-    print(f"mesh {shape}: q spec {spec} loss {got} |dloss| {lerr:.2e} |dgnorm| {gerr:.2e} |dparams| {perr:.2e}")
-    # Adam's g / sqrt(v) amplifies reduction-order rounding on near-zero gradients, so the
-    # parameters (lr 1e-2) agree to ~1e-4 while loss and gradient norm agree to fp32 rounding.
-    assert lerr < 1e-5 and gerr < 1e-4 and perr < 1e-3, shape
+    print(f"mesh {shape}: q spec {spec} loss {got} |dloss| {lerr:.2e} |dgnorm| {gerr:.2e} "
+          f"worst ||dparams||/||params|| {perr:.2e} ({worst})")
+    # Another mesh reduces in another order. The loss (~4.9) and gradient norm (~1) agree to fp32
+    # rounding of their own scale, on any x86-64 CPU. Adam's g / sqrt(v) can move a near-zero-gradient
+    # weight by up to lr when its last bits change, so no element-wise bound on the updated weights
+    # holds on every CPU: their difference is bounded relative to each tensor's norm
+    # (tests/numerics.py). Measured 1.1e-5 / 1.5e-5 (AMD EPYC, AVX-512); one Adam step at lr 1e-2
+    # moves these weights by ~1e-1 of their norm, so a lost step or a wrongly reduced gradient fails.
+    assert lerr < 1e-5 and gerr < 1e-4 and perr < 1e-3, (shape, lerr, gerr, perr)
     if shape[1] > 1:
       assert spec[0] == "fsdp", spec
   print("OK")

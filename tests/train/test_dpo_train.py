@@ -9,6 +9,12 @@ from engage_jax.train import dpo as dpo_train, dpo_loss as dpo_obj, pair_data, r
 from engage_jax.train.loop import read_metrics
 from tests.train import _helpers as H
 
+# Tolerances: at step 0 policy == reference, so the loss is log 2 and margins 0 up to fp32 rounding
+# of the reference/policy sums (two programs; |sums| ~100, rounding ~1e-5, times beta): bounds 1e-4
+# and 1e-5. Log-probs against another program or a float64 recomputation are bounded relative to
+# their scale (rtol 1e-5) or absolutely at 1e-3 for sums of ~30 tokens (~1e-5 relative). Both hold
+# on any x86-64 CPU; AVX2 vs AVX-512 only move the last ulps.
+
 CFG = dict(steps=10, batch_size=8, learning_rate=3e-3, max_len=96, max_completion_len=32, min_bucket=32,
            checkpoint_every=0, **H.FAST)
 

@@ -18,6 +18,7 @@ from engage_jax.models import lora
 from engage_jax.train import dpo as dpo_train, pair_data, reference
 from engage_jax.train import loop, sft as sft_train
 from engage_jax.train.loop import read_metrics
+from tests.numerics import scaled_max_error
 from tests.train import _helpers as H
 
 LCFG = lora.LoraConfig(rank=4, alpha=8.0, targets=("q", "v", "o", "up", "down"))
@@ -73,7 +74,7 @@ def test_sft_trains_only_the_adapters(tmp_path, monkeypatch):
   ids = data[16]["input_ids"][:4]
   on = np.asarray(m(ids))
   merged = lora.merge(m)
-  assert np.abs(np.asarray(merged(ids)) - on).max() < 1e-5
+  assert scaled_max_error(merged(ids), on) < 1e-5  # merged vs adapter: two programs, rounding only
   with lora.disabled(m):
     assert np.abs(np.asarray(m(ids)) - on).max() > 1e-3  # the trained adapter is not a no-op
 
@@ -103,13 +104,15 @@ def test_dpo_adapter_off_reference_equals_explicit_frozen_copy(tmp_path):
   pa, _ = dpo_train.train_dpo(mk(), None, [path], tok, DPO_CFG, str(tmp_path / "off"))
   pb, _ = dpo_train.train_dpo(mk(), H.tiny_model(tok.vocab_size), [path], tok, DPO_CFG, str(tmp_path / "copy"))
   a, b = np.load(tmp_path / "off" / "ref_logps_train.npz"), np.load(tmp_path / "copy" / "ref_logps_train.npz")
-  np.testing.assert_allclose(a["chosen"], b["chosen"], atol=1e-6)
-  np.testing.assert_allclose(a["rejected"], b["rejected"], atol=1e-6)
+  # adapters off vs a plain copy: two programs for one function, so sequence log-probs (sums of
+  # magnitude ~100, whose fp32 ulp is ~8e-6) agree to rounding relative to that scale on any CPU
+  assert scaled_max_error(a["chosen"], b["chosen"]) < 1e-6
+  assert scaled_max_error(a["rejected"], b["rejected"]) < 1e-6
   ra, rb = read_metrics(str(tmp_path / "off")), read_metrics(str(tmp_path / "copy"))
   assert len(ra) == len(rb) == 4
   for x, y in zip(ra, rb):
-    for k in ("loss", "rewards/margins", "rewards/chosen"):
-      assert abs(x[k] - y[k]) < 1e-6, (x["step"], k, x[k], y[k])
+    for k in ("loss", "rewards/margins", "rewards/chosen"):  # beta x (differences of those sums)
+      assert abs(x[k] - y[k]) < 1e-5, (x["step"], k, x[k], y[k])
   assert abs(ra[0]["rewards/margins"]) > 1e-4  # the adapter made policy != reference at step 1
   # a policy with adapters *on* as the explicit reference gives other reference log-probs
   on = reference.compute_ref_logps(mk(), pair_data.tokenize_pairs(pair_data.read_pair_files(path), tok, 96, 32, 32), 8)
@@ -143,7 +146,7 @@ def test_sigkill_resume_of_an_adapter_run_is_exact(tmp_path):
   a, b = read_metrics(full), read_metrics(killed)
   assert [r["step"] for r in a] == [r["step"] for r in b] == list(range(1, 9))
   for x, y in zip(a, b):
-    for k in ("loss", "grad_norm", "learning_rate"):
+    for k in ("loss", "grad_norm", "learning_rate"):  # same program, same machine, restored state
       assert abs(x[k] - y[k]) < 1e-6, (x["step"], k)
   fa, fb = flatten_params(nnx.state(ma, nnx.Param)), flatten_params(nnx.state(mb, nnx.Param))
   for k in fa:

@@ -44,6 +44,8 @@ def test_kill_and_resume_matches_uninterrupted(tmp_path):
 
   a, b = read_metrics(str(full)), read_metrics(str(killed))
   assert [r["step"] for r in a] == [r["step"] for r in b] == list(range(1, 11))
+  # resumed vs uninterrupted: the same program on the same machine from a restored state, so the
+  # absolute 1e-6 bounds (losses ~4, weights ~0.1) hold on any CPU; only processes differ
   for ra, rb in zip(a, b):
     for k in ("loss", "grad_norm", "learning_rate"):
       assert abs(ra[k] - rb[k]) < 1e-6, (ra["step"], k, ra[k], rb[k])

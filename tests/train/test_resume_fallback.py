@@ -93,7 +93,7 @@ def test_truncated_latest_checkpoint_falls_back_to_previous(runs, tmp_path, capf
   b, sb = _train(clean)
   assert sb.summary["start_step"] == 4
   assert sorted(a) == sorted(b) == sorted(ref)
-  for k in a:
+  for k in a:  # resumed vs uninterrupted: the same program on the same machine from restored state
     np.testing.assert_allclose(a[k], b[k], atol=1e-6, err_msg=k)
     np.testing.assert_allclose(a[k], ref[k], atol=1e-6, err_msg=k)
   assert _metrics(corrupt) == _metrics(clean)
@@ -109,7 +109,7 @@ def test_metrics_continue_their_interval_across_a_resume(runs, tmp_path):
   got, want = _metrics(d), _metrics(root / "ref")
   assert [s for s, *_ in got] == [s for s, *_ in want] == [3, 6, 8]
   for (s, la, ga), (_, lb, gb) in zip(got, want):
-    assert abs(la - lb) < 1e-6 and abs(ga - gb) < 1e-6, s
+    assert abs(la - lb) < 1e-6 and abs(ga - gb) < 1e-6, s  # same program, same machine
 
 
 def test_every_checkpoint_corrupt_is_one_clear_error(runs, tmp_path):
@@ -133,7 +133,7 @@ def test_nan_stop_then_lower_lr_resumes_from_last_good_step(tmp_path):
   recs = {r["step"]: r for r in loop.read_metrics(str(d))}
   assert set(recs) == {3, 6, 8} and all(np.isfinite(r["loss"]) for r in recs.values())
   lowered = loop.make_schedule(loop.TrainConfig(**dict(CFG, learning_rate=1e-3)), 8)
-  assert recs[8]["learning_rate"] == pytest.approx(float(lowered(7)), rel=1e-5)
+  assert recs[8]["learning_rate"] == pytest.approx(float(lowered(7)), rel=1e-5)  # fp32 schedule, relative
   mgr = CheckpointManager(str(d / "checkpoints"), read_only=True)
   assert mgr.latest_step() == 8
 

@@ -11,6 +11,9 @@ from engage_jax.logprobs import token_logps
 from engage_jax.train import dpo_loss as dpo_obj, pair_data
 from tests.train import _helpers as H
 
+# Tolerances: fp32 log-softmax of exact inputs, compared relative (rtol 1e-6, ~10 ulps) to numpy's
+# float64 logs: independent of the CPU's vector width. Bit-identity checks compare one program.
+
 
 def _old_sft_token_logps(logits, input_ids):
   logits = logits[:, :-1].astype(jnp.float32)
