@@ -5,7 +5,8 @@
   python launch/rate.py --config=configs/sandbox_es.py --workdir=workdirs/sandbox_es --report
 
 --invite prints N invite links (tokens stored hashed in DIR/human_eval/rate.sqlite); the default
-serves the app on 127.0.0.1 and prints the admin token; --report adds the human block to
+serves the app on 127.0.0.1 and prints the admin token (only Host headers 127.0.0.1, localhost,
+--host, the --base_url host and --allowed_hosts are answered); --report adds the human block to
 report.json (extra.human) and report.md. See docs/human_eval.md.
 """
 from absl import flags
@@ -17,6 +18,8 @@ _REPORT = flags.DEFINE_bool("report", False, "Write the human block into report.
 _HOST = flags.DEFINE_string("host", "127.0.0.1", "Address to bind (127.0.0.1 unless told otherwise).")
 _PORT = flags.DEFINE_integer("port", 8000, "Port to serve on.")
 _BASE_URL = flags.DEFINE_string("base_url", "", "Base of printed invite links (default http://HOST:PORT).")
+_ALLOWED_HOSTS = flags.DEFINE_list("allowed_hosts", [], "Host header values to answer besides 127.0.0.1, "
+                                   "localhost, --host and the host of --base_url (others get 400).")
 _DB = flags.DEFINE_string("db", "", "Study database (default DIR/human_eval/rate.sqlite).")
 _SCENARIOS = flags.DEFINE_integer("scenarios", 1, "Held-out conditions (A/B pairs) per rater.")
 _N_CONDITIONS = flags.DEFINE_integer("n_conditions", 0, "Scenario pool: the first N held-out conditions "
@@ -32,6 +35,7 @@ _WARM_UP = flags.DEFINE_bool("warm_up", True, "Compile the sampler before servin
 def main():
   from engage_jax.human_eval import study
   cfg, wd = _common.config(), _common.workdir()
+  study.check_port(_PORT.value)
   base = _BASE_URL.value or f"http://{_HOST.value}:{_PORT.value}"
   if _INVITE.value:
     for link in study.invite(cfg, wd, _INVITE.value, base, db=_DB.value or None):
@@ -47,7 +51,8 @@ def main():
   app, token = study.build_app(
       cfg, wd, db=_DB.value or None, n_conditions=_N_CONDITIONS.value, admin_token=_ADMIN_TOKEN.value or None,
       warm_up=_WARM_UP.value, scenarios=_SCENARIOS.value, max_chars=_MAX_CHARS.value,
-      max_agent_turns=_MAX_AGENT_TURNS.value, min_user_turns=_MIN_USER_TURNS.value)
+      max_agent_turns=_MAX_AGENT_TURNS.value, min_user_turns=_MIN_USER_TURNS.value,
+      allowed_hosts=study.allowed_hosts(_HOST.value, base, _ALLOWED_HOSTS.value))
   from engage_jax.human_eval.app import serve
   print(f"admin token: {token}", flush=True)
   print(f"serving on {base} (invite links: launch/rate.py ... --invite=N)", flush=True)

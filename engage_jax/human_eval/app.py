@@ -11,6 +11,11 @@ Rater routes (a browser session cookie, set when the invite is opened, identifie
 Admin routes (header `Authorization: Bearer <admin token>`, printed at start-up):
   GET /api/admin/status, POST /api/admin/invites {"n"}, GET /api/admin/report
 
+One browser, one rater: opening a second invite link in a browser whose rater has unrated
+scenarios is refused (409; the second link stays unused, for another browser or a private window),
+so the first rater's session is never orphaned; once they are done, the browser may take another.
+With `allowed_hosts` (launch/rate.py always sets it) other Host headers get 400.
+
 Blinding: chats are named only "A"/"B"; which model is behind a slot is drawn per rater ×
 condition (store.claim) and appears in no page, JSON body or header. Errors are
 `{"error": "<one line>"}` with a 4xx status. Text is rendered with textContent (and a strict
@@ -96,9 +101,11 @@ def _error(msg: str, status: int) -> JSONResponse:
   return JSONResponse({"error": " ".join(str(msg).split())}, status_code=status)
 
 
-def create_app(store: Store, agents, pool: list[dict], settings: Settings, admin_token: str) -> Starlette:
+def create_app(store: Store, agents, pool: list[dict], settings: Settings, admin_token: str,
+               allowed_hosts: list[str] | None = None) -> Starlette:
   """The ASGI app over `store`, `agents` (agents.Agents or any object with .reply(model, turns,
-  seed) → (text, ms)) and the scenario `pool` ([{"id", "condition"}])."""
+  seed) → (text, ms)) and the scenario `pool` ([{"id", "condition"}]). allowed_hosts: the Host
+  header values served (Starlette's TrustedHostMiddleware: others get 400); None: any."""
   task_items = items_mod.items(settings.task, settings.donation_cap)
 
   # ---------------------------------------------------------------- helpers
@@ -113,8 +120,13 @@ def create_app(store: Store, agents, pool: list[dict], settings: Settings, admin
       raise StoreError(f"request body over {MAX_BODY} bytes", 413)
     try:
       obj = json.loads(raw or b"{}")
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-      raise StoreError(f"invalid JSON: {e.msg if hasattr(e, 'msg') else e}", 400) from None
+      json.dumps(obj, ensure_ascii=False).encode("utf-8")  # text SQLite and the reply can hold
+    except RecursionError:
+      raise StoreError("invalid JSON: nested too deeply", 400) from None
+    except UnicodeError as e:  # not UTF-8, or a string with a lone surrogate ("\ud800")
+      raise StoreError(f"invalid JSON: not UTF-8 text ({e.reason})", 400) from None
+    except ValueError as e:  # JSONDecodeError, or an integer beyond Python's 4300-digit limit
+      raise StoreError(f"invalid JSON: {e.msg if hasattr(e, 'msg') else str(e).split(';')[0]}", 400) from None
     if not isinstance(obj, dict):
       raise StoreError("the request body must be a JSON object", 400)
     return obj
@@ -322,6 +334,9 @@ def create_app(store: Store, agents, pool: list[dict], settings: Settings, admin
   ]
   app = Starlette(routes=routes, exception_handlers={StoreError: on_store_error, HTTPException: on_http,
                                                      Exception: on_crash})
+  if allowed_hosts is not None:
+    from starlette.middleware.trustedhost import TrustedHostMiddleware
+    app.add_middleware(TrustedHostMiddleware, allowed_hosts=list(allowed_hosts), www_redirect=False)
   app.add_middleware(_Headers)
   return app
 

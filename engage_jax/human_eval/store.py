@@ -177,7 +177,8 @@ class Store:
     First opening: the rater gets a browser secret (stored hashed) and `scenarios` conditions
     from `pool` ([{"id", "condition"}]), those with the fewest sessions so far first, ties at
     random; per scenario the model behind chat A is drawn at random. Unknown token, or a token
-    opened before from another browser: StoreError 403.
+    opened before from another browser: StoreError 403. A browser whose cookie belongs to another
+    rater with unrated scenarios: StoreError 409 (the token stays unclaimed; no orphaned rater).
     """
     rng = rng or random.SystemRandom()
     with self.write() as c:
@@ -188,6 +189,11 @@ class Store:
         if cookie and secrets.compare_digest(row["session_hash"], digest(cookie)):
           return row["id"], None
         raise StoreError("this invite link has already been used", 403)
+      other = c.execute("SELECT id FROM raters WHERE session_hash = ?", (digest(cookie),)).fetchone() if cookie else None
+      if other and c.execute("SELECT 1 FROM sessions WHERE rater_id = ? AND rated_at IS NULL LIMIT 1",
+                             (other["id"],)).fetchone():
+        raise StoreError("this browser is already rating with another invite link; finish that one first, "
+                         "or open this link in another browser or a private window", 409)
       if not pool:
         raise StoreError("the study has no scenarios", 500)
       rater, new_cookie, now = row["id"], new_secret(), time.time()

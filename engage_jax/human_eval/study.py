@@ -24,10 +24,35 @@ def open_store(cfg, workdir: str | Path, db: str | None = None) -> Store:
   return Store(db_path(workdir, db), task=cfg.task)
 
 
+def check_port(port: int) -> None:
+  if not 1 <= port <= 65535:
+    raise InputError(f"must be a TCP port from 1 to 65535; got {port}", "--port")
+
+
+def allowed_hosts(host: str, base_url: str = "", extra=()) -> list[str]:
+  """Host header values the server answers (TrustedHostMiddleware): loopback names, --host, the
+  host of --base_url (the printed links) and `extra` (--allowed_hosts)."""
+  from urllib.parse import urlsplit
+  names = ["127.0.0.1", "localhost", "[::1]", host, urlsplit(base_url).hostname or "", *extra]
+  return list(dict.fromkeys(n for n in names if n))
+
+
+def check_agents(workdir) -> None:
+  """InputError unless the workdir holds both agents the study compares (its HF exports)."""
+  missing = [f"{m}_agent/hf" for m in ("sft", "dpo") if not (Path(workdir) / f"{m}_agent" / "hf" / "config.json").is_file()]
+  if missing:
+    raise InputError(f"no {' and no '.join(missing)}: the study compares the SFT and DPO agents; run the "
+                     "pipeline through its dpo stage first", str(workdir))
+
+
 def invite(cfg, workdir, n: int, base_url: str, db: str | None = None) -> list[str]:
-  """n invite links base_url/r/<token> (printed once; only token hashes are stored)."""
+  """n invite links base_url/r/<token> (printed once; only token hashes are stored). Refused for a
+  workdir without both agents (links for a study that cannot run)."""
   if n < 1:
     raise InputError(f"must be positive, got {n}", "--invite")
+  if not Path(workdir).is_dir():
+    raise InputError("no such workdir; run the pipeline first", str(workdir))
+  check_agents(workdir)
   store = open_store(cfg, workdir, db)
   return [f"{base_url.rstrip('/')}/r/{t}" for t in store.create_invites(n)]
 
@@ -46,8 +71,9 @@ def settings(cfg, *, scenarios: int = 1, max_chars: int = 500, max_agent_turns: 
 
 
 def build_app(cfg, workdir, *, db: str | None = None, n_conditions: int = 0, admin_token: str | None = None,
-              warm_up: bool = True, **settings_kw):
-  """(app, admin token): the workdir's agents loaded, the held-out scenario pool built."""
+              warm_up: bool = True, allowed_hosts: list[str] | None = None, **settings_kw):
+  """(app, admin token): the workdir's agents loaded, the held-out scenario pool built.
+  allowed_hosts: the Host header allow-list (None: any; launch/rate.py always passes one)."""
   from engage_jax.human_eval import conditions
   from engage_jax.human_eval.agents import Agents
   from engage_jax.human_eval.app import create_app
@@ -59,7 +85,8 @@ def build_app(cfg, workdir, *, db: str | None = None, n_conditions: int = 0, adm
   if warm_up:
     agents.warm_up()
   token = admin_token or secrets.token_urlsafe(24)
-  return create_app(store, agents, conditions.pool(cfg, n_conditions or None), st, token), token
+  return create_app(store, agents, conditions.pool(cfg, n_conditions or None), st, token,
+                    allowed_hosts=allowed_hosts), token
 
 
 def sim_dialogues(workdir) -> dict:

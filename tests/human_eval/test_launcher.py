@@ -24,6 +24,9 @@ def test_invite_then_report_and_errors(tmp_path):
   wd.mkdir()
   r = _rate(f"--workdir={wd}", "--report")
   assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and "no study database" in r.stderr
+  for m in ("sft", "dpo"):  # --invite needs both agents (their HF exports; not loaded here)
+    (wd / f"{m}_agent" / "hf").mkdir(parents=True)
+    (wd / f"{m}_agent" / "hf" / "config.json").write_text("{}")
   r = _rate(f"--workdir={wd}", "--invite=3", "--port=9999")
   assert r.returncode == 0, r.stderr
   links = r.stdout.split()

@@ -184,6 +184,21 @@ def test_eight_concurrent_raters(server, tmp_path):
     assert user_texts == {f"rater {i} message {j}" for j in range(2)}
 
 
+def test_hostile_json_then_a_normal_request_on_one_connection(server):
+  """A lone surrogate, a 5,000-digit number and deep nesting are 400s on a kept-alive connection,
+  and the same connection then serves a normal turn (before: 500, and the next request was reset);
+  a Host outside the allow-list is 400."""
+  with httpx.Client(base_url=server.url, timeout=60, follow_redirects=True) as c:
+    assert c.get(server.invites(1)[0]).status_code == 200
+    for raw in (b'{"text": "\\ud800"}', b'{"text": "x", "turn": ' + b"9" * 5000 + b"}",
+                b'{"text": ' + b"[" * 20_000 + b"]" * 20_000 + b"}"):
+      r = c.post("/api/message", content=raw, headers={"content-type": "application/json"})
+      assert r.status_code == 400 and r.json()["error"].startswith("invalid JSON: "), r.text
+    r = c.post("/api/message", json={"text": "hello", "turn": 0})
+    assert r.status_code == 200 and r.json()["chat"]["turns"][0]["text"] == "hello"
+    assert c.get("/", headers={"host": "evil.example.com"}).status_code == 400
+
+
 def test_sigkill_mid_turn_then_restart_resumes(server):
   invite = server.invites(1)[0]
   c = httpx.Client(base_url=server.url, timeout=60, follow_redirects=True)
