@@ -52,22 +52,35 @@ def test_sandbox_pipeline_end_to_end_and_skip_on_rerun(tmp_path):
 
 
 def _check_pairs_prefer_the_helpful_strategy(wd: Path):
-  """Among pairs where exactly one side plays the condition's helpful strategy (the sandbox's known
-  optimum), the chosen side is the helpful one more often than not."""
+  """The pairs' values and the sandbox's known optimum. Each pair's meta is what it claims: margin =
+  chosen_value - rejected_value (to the fp32 rounding of the stored values) >= config margin 0.2,
+  values are mean ES rewards in [0, 1], the strategies are those of the texts. Among pairs where exactly one side plays the condition's
+  helpful strategy (success 0.6 against 0.08 per turn in the sandbox), the chosen side is the
+  helpful one far more often than chance: a one-sided binomial test against 1/2 (pairs chosen at
+  random, or by the lower value, give p ~ 0.5 or ~1)."""
+  from scipy import stats
+
   from engage_jax.data import sandbox
   from engage_jax.fileio import read_jsonl
   good = bad = 0
   for f in (wd / "pairs").glob("*.jsonl"):
     for pair in read_jsonl(f):
+      m = pair["meta"]
+      assert m["margin"] == pytest.approx(m["chosen_value"] - m["rejected_value"], rel=1e-6) and m["margin"] >= 0.2, m
+      assert 0.0 <= m["rejected_value"] < m["chosen_value"] <= 1.0, m
+      assert m["chosen_strategy"] == sandbox.strategy_of(pair["chosen"][0]["content"], "es"), m
+      assert m["rejected_strategy"] == sandbox.strategy_of(pair["rejected"][0]["content"], "es"), m
       opening = pair["prompt"][1]["content"]
       (emotion,) = [e for e, adj in sandbox.EMOTION_ADJ.items() if f"feel {adj} " in opening]
       helpful = sandbox.HELPFUL[emotion]
-      chosen = sandbox.strategy_of(pair["chosen"][0]["content"], "es") == helpful
-      rejected = sandbox.strategy_of(pair["rejected"][0]["content"], "es") == helpful
+      chosen = m["chosen_strategy"] == helpful
+      rejected = m["rejected_strategy"] == helpful
       good += chosen and not rejected
       bad += rejected and not chosen
   assert good + bad >= 10, (good, bad)
-  assert good > bad, (good, bad)
+  p = stats.binomtest(good, good + bad, 0.5, alternative="greater").pvalue
+  print(f"[pipeline] pairs with one helpful side: {good} chose it, {bad} did not (p = {p:.2g})")
+  assert p < 0.01, (good, bad, p)
 
 
 def test_unknown_config_key_is_an_error(tmp_path):
