@@ -388,10 +388,11 @@ def oracle_report(cfg, wd: Workdir) -> dict:
 
 def stage_report(cfg, wd: Workdir) -> dict:
   from engage_jax import evaluate, report
-  from engage_jax.search.pairs import read_jsonl
+  from engage_jax.train.pair_data import read_pair_files
+  files = pair_files(wd)
+  pairs = read_pair_files([str(f) for f in files]) if files else []  # a repeated row: one line, not counted twice
   sft = evaluate.load_dialogues(str(wd.path("eval_sft", "dialogues.jsonl")))
   dpo = evaluate.load_dialogues(str(wd.path("eval_dpo", "dialogues.jsonl")))
-  pairs = [p for f in pair_files(wd) for p in read_jsonl(str(f))]
   search_stats = report.search_stats_from_pairs(pairs) if pairs else None
   rep = report.build_report(cfg.task, sft, dpo, len(pairs), wd.wall_seconds(), search_stats=search_stats,
                             seed=cfg.seed)

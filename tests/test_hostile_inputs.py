@@ -356,3 +356,16 @@ def test_p4g_empty_dialogue_names_file_and_line(cli, tmp_path):  # noqa: F811
                               f"({d / 'full_dialog.csv'}:4)"]
   got = p4g.load(d, skip_bad=True)
   assert [x.id for x in got] == ["d1"] and got.skipped == 1
+
+
+def test_report_stage_does_not_count_a_repeated_pair(cli, tmp_path, monkeypatch):  # noqa: F811
+  """Pairs edited after DPO: the report refused to count 112 rows for 100 pairs."""
+  from engage_jax import evaluate
+  wd = Workdir(tmp_path / "wd")
+  wd.path("pairs").mkdir(parents=True)
+  rows = _pairs(3)
+  (wd.path("pairs") / "shard-00000.jsonl").write_text("\n".join([*rows, rows[1]]) + "\n")
+  monkeypatch.setattr(evaluate, "load_dialogues", lambda path: pytest.fail("read the dialogues before the pairs"))
+  line, = cli(pipeline.stage_report, None, wd)
+  assert line == (f"error: duplicate pair: the same row as {wd.path('pairs', 'shard-00000.jsonl')}:2 (remove one) "
+                  f"({wd.path('pairs', 'shard-00000.jsonl')}:4)")
