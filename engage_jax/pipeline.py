@@ -263,12 +263,13 @@ def stage_sft(cfg, wd: Workdir, role: str) -> dict:
 
 
 def stage_evaluate(cfg, wd: Workdir, which: str) -> dict:
-  from engage_jax import evaluate
+  from engage_jax import evaluate, preflight
   tok = load_tokenizer(wd)
+  conds = roots(cfg, load_corpus(cfg) if cfg.data.source != "sandbox" else {}, "eval", cfg.eval.n_conditions)
+  _warn(preflight.check_prompt_room(tok, cfg.task, conds, cfg.eval.max_prompt_len, "config.eval.max_prompt_len"))
   agent_dir = wd.path("sft_agent", "hf") if which == "sft" else wd.path("dpo_agent", "hf")
   agent = speaker(cfg, cfg.eval, load_model(cfg, agent_dir), tok, "agent")
   sim = speaker(cfg, cfg.eval, load_model(cfg, wd.path("sft_simulator", "hf")), tok, "simulator")
-  conds = roots(cfg, load_corpus(cfg) if cfg.data.source != "sandbox" else {}, "eval", cfg.eval.n_conditions)
   out = wd.path(f"eval_{which}")
   settings = {"task": cfg.task, "max_agent_turns": cfg.eval.max_agent_turns,
               "samples_per_condition": cfg.eval.samples_per_condition, "batch_size": cfg.eval.batch_size,
@@ -305,8 +306,12 @@ def search_config(cfg):
 def stage_search(cfg, wd: Workdir) -> dict:
   from engage_jax.search.env import ModelEnv
   from engage_jax.search.run import run_search
+  from engage_jax import preflight
   tok = load_tokenizer(wd)
   scfg = search_config(cfg)
+  corpus = load_corpus(cfg) if cfg.data.source != "sandbox" else {}
+  rts = roots(cfg, corpus, "search", cfg.search.n_conditions)
+  _warn(preflight.check_prompt_room(tok, cfg.task, rts, cfg.search.max_prompt_len, "config.search.max_prompt_len"))
   agent = load_model(cfg, wd.path("sft_agent", "hf"))
   sim = load_model(cfg, wd.path("sft_simulator", "hf"))
   strategy_fn = None
@@ -316,12 +321,16 @@ def stage_search(cfg, wd: Workdir) -> dict:
   env = ModelEnv.from_config(agent, sim, tok, scfg, task=cfg.task, reward_cfg=reward_cfg(cfg),
                              max_prompt_len=cfg.search.max_prompt_len, strategy_fn=strategy_fn,
                              kv_cache=cfg.rollout.kv_cache)
-  corpus = load_corpus(cfg) if cfg.data.source != "sandbox" else {}
-  rts = roots(cfg, corpus, "search", cfg.search.n_conditions)
   summary = run_search(env, rts, scfg, str(wd.path("search")), trees_per_shard=cfg.search.trees_per_shard,
                        pairs_dir=str(wd.path("pairs")))
   atomic_write_json(wd.path("search", "summary.json"), summary)
   return summary
+
+
+def _warn(msg: str | None) -> None:
+  if msg:
+    log.warning(msg)
+    print(f"[engage_jax] warning: {msg}", flush=True)
 
 
 def pair_files(wd: Workdir) -> list[Path]:

@@ -60,6 +60,26 @@ def _system_ids(tok, task: str) -> dict[str, int]:
           "simulator": len(tok.apply_chat(chat.simulator_messages(task, {}, []), add_generation_prompt=True))}
 
 
+def check_prompt_room(tok, task: str, conds, max_prompt_len: int, key: str) -> str | None:
+  """Run by the search and evaluation stages (a trained BPE exists only after its stage), before
+  they load a model. InputError (`key`) if the agent's system prompt, or the simulator's without a
+  condition, has more than `max_prompt_len` tokens (no prompt can be whole). Returns a warning
+  line (or None) when the simulator's system prompt of some of `conds` (with their condition) is
+  longer: those prompts are cut inside their system prompt (rollout.Speaker.prompt)."""
+  from engage_jax.data import chat
+  msgs = [chat.agent_messages(task, []), chat.simulator_messages(task, {}, [])]
+  msgs += [chat.simulator_messages(task, d.condition, []) for d in conds]
+  lens = [len(ids) for ids in tok.encode_batch([tok.render_chat(m, add_generation_prompt=True) for m in msgs])]
+  for who, n in (("agent", lens[0]), ("simulator", lens[1])):
+    if n > max_prompt_len:
+      raise InputError(f"{max_prompt_len} is shorter than the {who}'s system prompt alone ({n} tokens)", key)
+  cut = [n for n in lens[2:] if n > max_prompt_len]
+  if not cut:
+    return None
+  return (f"{key}={max_prompt_len} cuts the simulator's system prompt (its condition) of {len(cut)} of "
+          f"{len(conds)} conditions (longest {max(cut)} tokens); raise it to keep them whole")
+
+
 def problems(cfg) -> list[InputError]:
   out: list[InputError] = []
   opened: dict = {}

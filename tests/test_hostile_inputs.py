@@ -249,7 +249,7 @@ def test_stages_before_their_dependencies_is_one_line(cli, tmp_path):  # noqa: F
   assert not wd.exists()
 
 
-def test_evaluation_runs_in_batches_of_eval_batch_size(cli, tmp_path, monkeypatch):  # noqa: F811
+def test_evaluation_runs_in_batches_of_eval_batch_size(cli, tmp_path, monkeypatch, small_files):  # noqa: F811
   """eval.n_conditions beyond memory: the evaluation stage plays at most eval.batch_size conditions per
   simulate call (before: all 300 x samples in one call); a negative batch size is one line."""
   import dataclasses
@@ -262,7 +262,9 @@ def test_evaluation_runs_in_batches_of_eval_batch_size(cli, tmp_path, monkeypatc
     calls.append(len(starts))
     return [dataclasses.replace(s, outcome={"reward": 0.0}) for s in starts]
   monkeypatch.setattr(evaluate, "_default_simulate", lambda: fake_simulate)
-  monkeypatch.setattr(pipeline, "load_tokenizer", lambda wd: None)
+  from engage_jax.tokenizer import ChatTokenizer
+  tok = ChatTokenizer.load(small_files[1])
+  monkeypatch.setattr(pipeline, "load_tokenizer", lambda wd: tok)
   monkeypatch.setattr(pipeline, "load_model", lambda *a, **k: None)
   monkeypatch.setattr(pipeline, "speaker", lambda *a, **k: None)
   cfg = _config(eval__n_conditions=300, eval__samples_per_condition=1, eval__batch_size=128)
@@ -369,3 +371,26 @@ def test_report_stage_does_not_count_a_repeated_pair(cli, tmp_path, monkeypatch)
   line, = cli(pipeline.stage_report, None, wd)
   assert line == (f"error: duplicate pair: the same row as {wd.path('pairs', 'shard-00000.jsonl')}:2 (remove one) "
                   f"({wd.path('pairs', 'shard-00000.jsonl')}:4)")
+
+
+def test_max_prompt_len_under_a_trained_tokenizers_system_prompt_is_one_line(cli, tmp_path, monkeypatch,  # noqa: F811
+                                                                             small_files):
+  """With a BPE trained by the tokenizer stage, the system prompts are known only then: the search
+  and evaluation stages check them (every condition's) before loading a model."""
+  from engage_jax.tokenizer import ChatTokenizer
+  from tests.test_bad_inputs import _config
+  tok = ChatTokenizer.load(small_files[1])
+  monkeypatch.setattr(pipeline, "load_tokenizer", lambda wd: tok)
+  monkeypatch.setattr(pipeline, "load_model", lambda *a, **k: pytest.fail("loaded a model before the check"))
+  for stage, key in ((lambda c, w: pipeline.stage_evaluate(c, w, "sft"), "eval"), (pipeline.stage_search, "search")):
+    cfg = _config(**{f"{key}__max_prompt_len": 12})
+    line, = cli(stage, cfg, Workdir(tmp_path / "wd"))
+    assert line.startswith("error: 12 is shorter than the ") and line.endswith(
+        f"tokens) (config.{key}.max_prompt_len)"), line
+  from engage_jax import preflight
+  from engage_jax.data.dialogue import Dialogue
+  conds = [Dialogue(f"c{i}", "es", [], {"situation": "word " * n}) for i, n in enumerate((1, 200))]
+  assert preflight.check_prompt_room(tok, "es", conds[:1], 400, "k") is None
+  msg = preflight.check_prompt_room(tok, "es", conds, 100, "config.eval.max_prompt_len")
+  assert msg.startswith("config.eval.max_prompt_len=100 cuts the simulator's system prompt (its condition) of 1 of "
+                        "2 conditions (longest ") and msg.endswith("tokens); raise it to keep them whole"), msg
