@@ -1,14 +1,14 @@
 """Expected-outcome readout (P4G): the simulator's distribution over its canonical outcome answers.
 
-    amounts = outcome_amounts(corpus["train"], cap=2.0)         # e.g. (0.0, 0.01, ..., 2.0)
+    amounts = outcome_amounts(corpus["train"], cap=2.0)         # corpus amounts + a $0.05 grid to $3
     values = expected_donations(simulator_speaker, finished_chats, amounts)   # [N] dollars
 
 After a finished chat the simulator is asked `chat.OUTCOME_REQUEST`; instead of sampling its answer
 and parsing it (`rollout.score_finished`, readout "sampled"), the readout scores every canonical
 answer `chat.outcome_line(x)` (+ the end-of-turn token) for the amounts x of the training corpus
-with one teacher-forced pass, normalises over the M candidates and returns the mean amount:
+and a grid (`outcome_amounts`) with one teacher-forced pass, normalises over the M candidates and returns the mean amount:
 
-    p(x | chat) = exp(lp_x) / sum_y exp(lp_y),   value = sum_x p(x | chat) * x
+    p(x | chat) = exp(lp_x) / sum_y exp(lp_y),   value = sum_x p(x | chat) * min(x, cap)
 
 where lp_x is the log-probability of the answer's tokens under the simulator's own sampling
 settings (`Speaker.sampling`): temperature T (token log-probs of logits / T), then top-k / top-p
@@ -43,11 +43,17 @@ from engage_jax.logprobs import token_logps
 from engage_jax.sampling import MIN_BATCH_BUCKET, MIN_PROMPT_BUCKET, SamplingParams, filter_mask
 
 
-def outcome_amounts(dialogues: Iterable, cap: float) -> tuple[float, ...]:
-  """The distinct donations (rounded to cents, as `outcome_line` writes them) of P4G dialogues
-  with an outcome["donation"], at most `cap`, ascending."""
+def outcome_amounts(dialogues: Iterable, cap: float, step: float = 0.05, beyond: float = 1.0) -> tuple[float, ...]:
+  """The candidate amounts, ascending: the distinct donations of P4G dialogues with an
+  outcome["donation"] (rounded to cents, as `outcome_line` writes them) at most `cap`, and a grid of
+  every `step` dollars up to cap + `beyond` (step <= 0: none). The grid matters: a simulator
+  trained on the corpus lines also writes other well-formed amounts ("$1.50", "$2.25"; the sandbox
+  P4G simulator put 11% of its answer there, all above the corpus mean), and the readout clips them
+  to the cap as the sampled parse does."""
   out = {round(float(d.outcome["donation"]), 2) for d in dialogues
          if d.outcome.get("donation") is not None and float(d.outcome["donation"]) <= cap + 1e-9}
+  if step > 0:
+    out |= {round(i * step, 2) for i in range(round((cap + beyond) / step) + 1)}
   return tuple(sorted(out))
 
 
@@ -204,14 +210,16 @@ def outcome_prompt(simulator, d) -> list[int]:
   return simulator.prompt(msgs + [{"role": "user", "content": chat.OUTCOME_REQUEST}])
 
 
-def expected_donations(simulator, dialogues: Sequence, amounts: Sequence[float]) -> list[dict]:
-  """Per finished P4G chat {"reward", "expected_donation" (the readout, dollars), "outcome_mass",
-  "outcome_fallback"} from one batched scoring call of the simulator `rollout.Speaker`."""
+def expected_donations(simulator, dialogues: Sequence, amounts: Sequence[float], cap: float = float("inf")
+                       ) -> list[dict]:
+  """Per finished P4G chat {"reward", "expected_donation" (the readout, dollars; each amount clipped
+  to `cap` as `rewards.parse_donation` clips), "outcome_mass", "outcome_fallback"} from one batched
+  scoring call of the simulator `rollout.Speaker`."""
   if not dialogues:
     return []
   cands = candidates(simulator.tokenizer, amounts)
   prompts = [outcome_prompt(simulator, d) for d in dialogues]
   probs, mass, fallback = distribution(*candidate_logps(simulator.model, prompts, cands, simulator.sampling))
-  values = probs @ np.asarray(cands.amounts, np.float64)
+  values = probs @ np.minimum(np.asarray(cands.amounts, np.float64), cap)
   return [{"reward": float(v), "expected_donation": float(v), "outcome_mass": float(ms),
            "outcome_fallback": bool(fb)} for v, ms, fb in zip(values, mass, fallback)]

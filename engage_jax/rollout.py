@@ -109,7 +109,7 @@ def score_finished(simulator: Speaker, dialogues: list[Dialogue], *, task: str, 
   if not dialogues:
     return []
   if st.readout != "sampled":
-    out = readout.expected_donations(simulator, dialogues, st.outcome_amounts)
+    out = readout.expected_donations(simulator, dialogues, st.outcome_amounts, st.donation_cap)
     if st.readout == "expected":
       return out
   msgs = [chat.simulator_messages(task, d.condition, d.turns, mark_end=True)

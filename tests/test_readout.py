@@ -113,7 +113,19 @@ def test_candidates_common_prefix_and_errors(tok):
   with pytest.raises(ValueError, match="no outcome amounts"):
     readout.candidates(tok, ())
   dl = [Dialogue("x", "p4g", [], {}, {"donation": v}) for v in (0.5, 0.499999, 3.0, 2.0)]
-  assert readout.outcome_amounts(dl, cap=2.0) == (0.5, 2.0)
+  assert readout.outcome_amounts(dl, cap=2.0, step=0) == (0.5, 2.0)
+  grid = readout.outcome_amounts(dl, cap=2.0)                 # + every $0.05 up to $3
+  assert len(grid) == 61 and grid[0] == 0.0 and grid[-1] == 3.0 and {0.5, 1.5, 2.25} <= set(grid)
+
+
+def test_amounts_above_the_cap_count_as_the_cap(tok, model):
+  sim = rollout.Speaker(model, tok, max_prompt_len=96, sampling=SamplingParams(temperature=1.0))
+  amounts = (0.0, 1.0, 3.0)
+  got = readout.expected_donations(sim, _chats(), amounts, cap=2.0)
+  probs, _, _ = readout.distribution(*readout.candidate_logps(
+      model, [readout.outcome_prompt(sim, d) for d in _chats()], readout.candidates(tok, amounts), sim.sampling))
+  for g, p in zip(got, probs):
+    assert g["expected_donation"] == pytest.approx(p[1] * 1.0 + p[2] * 2.0, rel=1e-6)
 
 
 def test_rollout_with_expected_readout(tok, model):
