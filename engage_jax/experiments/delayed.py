@@ -99,8 +99,8 @@ def plot(summary: Mapping, table: Mapping, path: Path, task: str) -> None:
   ax.bar([i - 0.2 for i in x], sim, 0.4, label="learned simulator")
   if all(r.get("oracle_expected") is not None for r in rows):
     o = [r["oracle_expected"] for r in rows]
-    err = [[a - r["oracle_expected_ci95"][0] for a, r in zip(o, rows)],
-           [r["oracle_expected_ci95"][1] - a for a, r in zip(o, rows)]]
+    err = [[max(0.0, a - r["oracle_expected_ci95"][0]) for a, r in zip(o, rows)],   # a CI [x, x] may sit
+           [max(0.0, r["oracle_expected_ci95"][1] - a) for a, r in zip(o, rows)]]   # a rounding error off x
     ax.bar([i + 0.2 for i in x], o, 0.4, yerr=err, capsize=3, label="sandbox world (exact)")
   for key, style, label in (("optimum", "-", "long-run optimum"), ("greedy", "--", "greedy turn-level"),
                             ("uniform", ":", "uniform agent")):

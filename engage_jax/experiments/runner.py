@@ -460,12 +460,13 @@ def plot(summary: Mapping, path: Path, task: str) -> None:
   x = np.arange(len(names))
   fig, ax = plt.subplots(figsize=(1.3 * len(names) + 2, 3.6))
   m = np.array([r["reward_mean"] for r in rows])
-  err = np.array([[r["reward_mean"] - r["ci95"][0], r["ci95"][1] - r["reward_mean"]] for r in rows]).T
+  # clipped at 0: a CI of identical units ([x, x]) can sit a rounding error off their mean
+  err = np.clip(np.array([[r["reward_mean"] - r["ci95"][0], r["ci95"][1] - r["reward_mean"]] for r in rows]).T, 0, None)
   ax.bar(x - 0.2, m, 0.4, yerr=err, capsize=3, label="learned simulator")
   if all(r.get("oracle_expected") is not None for r in rows):
     o = np.array([r["oracle_expected"] for r in rows])
-    oerr = np.array([[r["oracle_expected"] - r["oracle_expected_ci95"][0],
-                      r["oracle_expected_ci95"][1] - r["oracle_expected"]] for r in rows]).T
+    oerr = np.clip(np.array([[r["oracle_expected"] - r["oracle_expected_ci95"][0],
+                              r["oracle_expected_ci95"][1] - r["oracle_expected"]] for r in rows]).T, 0, None)
     ax.bar(x + 0.2, o, 0.4, yerr=oerr, capsize=3, label="sandbox world (exact)")
   ax.set_xticks(x, names)
   ax.set_ylabel("engagement rate" if task == "es" else "mean donation ($)")

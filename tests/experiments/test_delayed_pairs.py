@@ -7,7 +7,7 @@ import pytest
 
 from engage_jax.data import chat, sandbox
 from engage_jax.data.dialogue import AGENT, USER, Turn
-from engage_jax.experiments import delayed
+from engage_jax.experiments import delayed, runner
 
 A, R, RE, S = sandbox.ES_STRATEGIES
 LOG, EMO, CRED, _ = sandbox.P4G_STRATEGIES
@@ -63,3 +63,15 @@ def test_write_results(tmp_path):
   md = (tmp_path / "res" / "sandbox_delayed_es.md").read_text()
   assert "NOT met" in md and "| future | 0 | 2 | 1 | 1 | 0 | 0.500 |" in md
   assert (tmp_path / "res" / "sandbox_delayed_es.png").stat().st_size > 1000
+
+
+def test_plots_take_a_ci_a_rounding_error_off_its_mean(tmp_path):
+  """The turn agent of the delayed ES grid plays one plan everywhere: units all 0.1, mean 0.0999..."""
+  x = sum([0.1] * 96) / 96
+  assert x < 0.1
+  row = {"seeds": [0], "reward_mean": x, "ci95": [0.1, 0.1], "mean_turns": 3.0, "oracle_expected": x,
+         "oracle_expected_ci95": [0.1, 0.1]}
+  summary = {"variants": {"turn": row, "sft": dict(row, reward_mean=0.2, ci95=[0.1, 0.3])}}
+  runner.plot(summary, tmp_path / "a.png", "es")
+  delayed.plot(summary, sandbox.world_table("es"), tmp_path / "b.png", "es")
+  assert (tmp_path / "a.png").exists() and (tmp_path / "b.png").exists()
