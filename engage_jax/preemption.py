@@ -9,7 +9,7 @@
 Outside `deferred` a signal raises `Preempted` at once (nothing durable is half-written there:
 every file is written atomically). Inside, the first signal only records the request and the loop
 stops at its next safe point, after writing what it has (a checkpoint; finished shards are already
-on disk); a second SIGINT stops at once. The pipeline then records the unfinished attempt and
+on disk); a second SIGINT stops at once, a repeated SIGTERM is ignored (launchers forward theirs). The pipeline then records the unfinished attempt and
 releases the workdir lock, and the launcher prints one line naming the stage and how to resume, and
 exits with 128 + the signal number (143 SIGTERM, 130 SIGINT).
 
@@ -46,10 +46,12 @@ class Preempted(BaseException):  # like KeyboardInterrupt: no `except Exception`
 
 
 def _handler(signum, frame) -> None:
-  first = _state["signal"] is None
-  if first:
-    _state["signal"] = signum
-  if _state["deferring"] and first:
+  if _state["signal"] is not None:
+    if signum == signal.SIGINT:  # Ctrl-C again: the person insists
+      raise Preempted(signum, at_safe_point=False)
+    return  # a stop is under way (e.g. writing its checkpoint): a repeated SIGTERM changes nothing
+  _state["signal"] = signum
+  if _state["deferring"]:
     print(f"[engage_jax] {signal.Signals(signum).name} received: stopping at the next safe point "
           "(send SIGINT again to stop at once)", flush=True)
     return

@@ -9,6 +9,10 @@ port> --num_processes=N --process_id=i` with D forced host devices (XLA_FLAGS); 
 stderr go to `<workdir>/logs/process-<i>.log`. When one process fails, the others are killed by
 their ids (SIGTERM, then SIGKILL after --grace_s) and this exits with the first failure's code
 (1 if that was a signal); it exits 0 when all succeed. --timeout_s bounds the whole run.
+
+SIGTERM / Ctrl-C of this launcher, or a process that stopped on one (exit 130 / 143: a preemption,
+engage_jax/preemption.py), give the others --stop_grace_s to reach the same safe point and write
+what they have before they are killed; the exit code is then that process's.
 """
 from __future__ import annotations
 
@@ -50,6 +54,7 @@ def parse(argv: list[str]):
   p.add_argument("--devices_per_process", type=int, default=1)
   p.add_argument("--timeout_s", type=float, default=0.0, help="kill everything after this (0: none)")
   p.add_argument("--grace_s", type=float, default=5.0)
+  p.add_argument("--stop_grace_s", type=float, default=120.0)
   p.add_argument("--log_dir", default=None, help="default: <workdir>/logs")
   try:
     args = p.parse_args(argv[:cut])
@@ -70,6 +75,9 @@ def parse(argv: list[str]):
   if log_dir is None:
     _fail("the launcher has no --workdir: give --log_dir")
   return args, rest, log_dir
+
+
+STOP_CODES = (128 + signal.SIGINT, 128 + signal.SIGTERM)  # a process stopped at a safe point
 
 
 def _kill(procs: list[subprocess.Popen], grace_s: float) -> None:
@@ -114,7 +122,7 @@ def main(argv: list[str]) -> int:
       failed = [(i, c) for i, c in enumerate(codes) if c not in (None, 0)]
       if failed:
         i, code = failed[0]
-        _kill(procs, args.grace_s)
+        _kill(procs, args.stop_grace_s if code in STOP_CODES else args.grace_s)
         print(f"[local_multiprocess] process {i} exited with {code}; stopped the others "
               f"(see {log_dir}/process-{i}.log)", file=sys.stderr, flush=True)
         return code if code > 0 else 1
@@ -127,7 +135,7 @@ def main(argv: list[str]) -> int:
         return 124
       time.sleep(0.2)
   except KeyboardInterrupt:
-    _kill(procs, args.grace_s)
+    _kill(procs, args.stop_grace_s)
     return 130
   finally:
     _kill(procs, args.grace_s)

@@ -223,6 +223,47 @@ def test_sigkill_mid_search_then_resume(runs, tmp_path):
   assert _pairs(wd) == _pairs(two)
 
 
+def test_sigterm_to_one_process_stops_both_at_the_same_step_then_resume(tmp_path):
+  """A preemption notice that reaches one host only: SIGTERM to process 1 while the agent trains.
+  Both processes stop at the same step (the request is all-gathered at every safe point), write
+  that step's checkpoint, print the one stop line and exit 143, and so does the launcher; none
+  hangs. The rerun resumes from that step and finishes."""
+  wd = tmp_path / "pre"
+  flags = ["--stages=tokenizer,sft_agent", "--config.sft.agent_steps=120", "--config.sft.eval_every=0",
+           "--config.sft.checkpoint_every=1000", "--config.sft.log_every=1", "--config.mesh.data=2"]
+  out = tmp_path / "launcher.out"
+  with open(out, "w") as f:
+    proc = subprocess.Popen(_nice() + _multi("launch/pipeline.py", wd, flags, d=1), cwd=REPO, env=_env(1),
+                            stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
+  metrics = wd / "sft_agent" / "metrics.jsonl"
+  try:
+    t0 = time.monotonic()
+    while not (metrics.exists() and len(metrics.read_text().splitlines()) >= 3):
+      assert proc.poll() is None and time.monotonic() - t0 < RUN_TIMEOUT_S, out.read_text() + _logs(wd)
+      time.sleep(0.05)
+    pids = [int(x) for x in re.search(r"pids (\d+) (\d+)", out.read_text()).groups()]
+    os.kill(pids[1], signal.SIGTERM)
+    rc = proc.wait(timeout=RUN_TIMEOUT_S)
+  finally:
+    if proc.poll() is None:
+      os.killpg(proc.pid, signal.SIGKILL)
+      proc.wait()
+  assert rc == 128 + signal.SIGTERM, (rc, out.read_text()[-2000:] + _logs(wd))
+  steps = []
+  for i in (0, 1):
+    log = (wd / "logs" / f"process-{i}.log").read_text()
+    m = re.search(r"stopped: stage sft_agent stopped by SIGTERM at a safe point \(step (\d+);.*resume", log)
+    assert m and "Traceback" not in log, log[-2000:]
+    steps.append(int(m.group(1)))
+  assert steps[0] == steps[1] < 120, steps
+  assert (wd / "sft_agent" / "checkpoints" / str(steps[0])).is_dir()
+  assert not (wd / ".lock").exists()
+  p = _run(_multi("launch/pipeline.py", wd, flags, d=1), _env(1), RUN_TIMEOUT_S)
+  assert p.returncode == 0, p.stderr[-2000:] + _logs(wd)
+  assert json.loads((wd / "stages.json").read_text())["sft_agent"]["done"]
+  assert f"checkpoints at step {steps[0]}" in (wd / "logs" / "process-0.log").read_text(), _logs(wd)
+
+
 # ------------------------------------------------------------------------- bad input (no JAX)
 @pytest.mark.parametrize("flags,needle", [
     (["--distributed", "--num_processes=2", "--process_id=0"], "--coordinator_address"),
