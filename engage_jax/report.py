@@ -112,7 +112,8 @@ def simulator_behaviour(task: str, dialogues: Sequence[Dialogue]) -> dict:
   if task == "es":
     out["engaged"] = sum(float(d.outcome.get("reward") or 0.0) > 0 for d in dialogues) / n
   else:
-    stated = [d.outcome.get("donation") for d in dialogues if d.outcome.get("donation") is not None]
+    key = "sampled_donation" if ev.has_sampled_readout(dialogues) else "donation"   # expected readout: the sampled answer
+    stated = [d.outcome.get(key) for d in dialogues if d.outcome.get(key) is not None]
     out["donation_stated"] = len(stated) / n
     out["donation_nonzero"] = sum(x > 0 for x in stated) / n
     mass = [d.outcome["outcome_mass"] for d in dialogues if "outcome_mass" in d.outcome]

@@ -163,6 +163,7 @@ def test_report_keeps_the_sampled_metric_beside_the_expected_one():
   assert 0.0 <= sr["p_value"] <= 1.0
   assert "sampled, parsed outcome" in report.render_markdown(rep)
   assert rep["extra"]["simulator"]["dpo"]["outcome_mass_mean"] == pytest.approx(0.65)
+  assert rep["extra"]["simulator"]["dpo"]["donation_stated"] == 0.75      # the sampled answers: 3 of 4 parsed
 
 
 @pytest.mark.slow
