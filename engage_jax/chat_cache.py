@@ -216,7 +216,7 @@ class ConversationCache:
     rest = [p[k:] for p, k in zip(distinct, kept)]
     pn = bucket(max(len(x) for x in rest), sampling.MIN_PROMPT_BUCKET, half_steps=False)
     n = bucket(max_new_tokens, sampling.MIN_NEW_BUCKET, half_steps=False)
-    tokens, mask = sampling._left_pad(rest, u, pn)
+    tokens, mask = sampling.left_pad(rest, u, pn)
     c = 0 if max(kept) == 0 else bucket(max(kept), MIN_KEPT_BUCKET, half_steps=False)
     kept_cache = None
     if c:

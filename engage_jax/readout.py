@@ -40,7 +40,7 @@ from engage_jax import sharding
 from engage_jax.buckets import bucket
 from engage_jax.data import chat
 from engage_jax.logprobs import token_logps
-from engage_jax.sampling import MIN_BATCH_BUCKET, MIN_PROMPT_BUCKET, SamplingParams, filter_mask
+from engage_jax.sampling import MIN_BATCH_BUCKET, MIN_PROMPT_BUCKET, SamplingParams, filter_mask, left_pad
 
 
 def outcome_amounts(dialogues: Iterable, cap: float, step: float = 0.05, beyond: float = 1.0) -> tuple[float, ...]:
@@ -173,12 +173,7 @@ def candidate_logps(model, prompts: Sequence[Sequence[int]], cands: Candidates,
                      f"max_position_embeddings={cfg.max_position_embeddings}")
   b = bucket(len(rows), MIN_BATCH_BUCKET)
   p = bucket(max(len(r) for r in rows), MIN_PROMPT_BUCKET, half_steps=False)
-  tokens = np.zeros((b, p), np.int32)
-  mask = np.zeros((b, p), np.int32)
-  for i in range(b):
-    r = rows[i] if i < len(rows) else rows[0]
-    tokens[i, p - len(r):] = r
-    mask[i, p - len(r):] = 1
+  tokens, mask = left_pad(rows, b, p)
   mode = _mode(sampling)
   graphdef, state = nnx.split(model)
   key = (graphdef, len(cands.prefix), mode)

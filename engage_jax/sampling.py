@@ -111,7 +111,7 @@ def _distinct(prompts: list[list[int]]) -> tuple[list[list[int]], np.ndarray]:
   return distinct, src
 
 
-def _left_pad(prompts: list[list[int]], b: int, p: int) -> tuple[np.ndarray, np.ndarray]:
+def left_pad(prompts: list[list[int]], b: int, p: int) -> tuple[np.ndarray, np.ndarray]:
   """ragged prompts → (tokens [b, p] int32 left-padded with 0, mask [b, p] int32). Extra rows
   beyond len(prompts) repeat prompt 0 (their output is dropped)."""
   tokens = np.zeros((b, p), np.int32)
@@ -345,7 +345,7 @@ def generate(model, prompts: Sequence[Sequence[int]], max_new_tokens: int = 64,
     distinct, u, src = prompts, b, None
   p = bucket(max(len(x) for x in prompts), MIN_PROMPT_BUCKET, half_steps=False)
   n = bucket(max_new_tokens, MIN_NEW_BUCKET, half_steps=False)
-  tokens, mask = _left_pad(distinct, u, p)
+  tokens, mask = left_pad(distinct, u, p)
   mode = _mode(float(temperature), float(top_p), int(top_k))
   graphdef, state = nnx.split(model)
   args = [tokens, mask, src, np.arange(b) < len(prompts)]

@@ -23,3 +23,13 @@ def data_dir() -> Path:
   if not d.is_dir():
     pytest.skip(f"real data not found at {d} (set ENGAGE_DATA_DIR); skipping real-data test")
   return d
+
+
+@pytest.fixture(scope="session")
+def sandbox_chat_tok(tmp_path_factory):
+  """A 400-token BPE over sandbox ES and P4G turns and the chat markers (rollout and cache tests)."""
+  from engage_jax.data import chat, sandbox
+  from engage_jax.tokenizer import train_bpe
+  texts = [t.text for d in sandbox.generate("es", 40, 0) + sandbox.generate("p4g", 40, 0) for t in d.turns]
+  texts += [chat.END_MARKER, chat.OUTCOME_REQUEST, "I will donate $0.50."]
+  return train_bpe(texts, 400, tmp_path_factory.mktemp("tok"))

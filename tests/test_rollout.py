@@ -8,18 +8,15 @@ import pytest
 from flax import nnx
 
 from engage_jax import rollout
-from engage_jax.data import chat, sandbox
+from engage_jax.data import chat
 from engage_jax.data.dialogue import USER, Dialogue, Turn
 from engage_jax.models import CausalLM, ModelConfig
 from engage_jax.sampling import SamplingParams
-from engage_jax.tokenizer import train_bpe
 
 
 @pytest.fixture(scope="module")
-def tok(tmp_path_factory):
-  texts = [t.text for d in sandbox.generate("es", 40, 0) + sandbox.generate("p4g", 40, 0) for t in d.turns]
-  texts += [chat.END_MARKER, chat.OUTCOME_REQUEST, "I will donate $0.50."]
-  return train_bpe(texts, 400, tmp_path_factory.mktemp("tok"))
+def tok(sandbox_chat_tok):
+  return sandbox_chat_tok
 
 
 @pytest.fixture(scope="module")
