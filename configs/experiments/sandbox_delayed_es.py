@@ -10,7 +10,9 @@ last user turn only (reward.es_last_n = 1), i.e. the chat's final reply, not a w
 Sizes (configs/experiments/grid_common.py delayed_grid_config): SFT agent 120, simulator 300
 steps (the demo: 150, 400), search 48 trees x budget 8 x k 3 to depth 3, DPO 40 steps,
 evaluation 48 held-out conditions x 2 samples, best-of-2, RFT 50 steps on chosen turns with
-value >= 0.5, no held-out simulator. Results and times: docs/results/sandbox_delayed_es.md.
+value >= 0.5, no held-out simulator. Results and times: docs/results/sandbox_delayed_es.md. The committed results ran smaller
+(the machine at load 17-27, every step and time in the results' notes): --config.search.n_conditions=16 --config.dpo.steps=20
+--config.eval.samples_per_condition=1.
 """
 
 import os

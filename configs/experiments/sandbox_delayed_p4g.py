@@ -9,7 +9,10 @@ Logical appeal raises it): long-run optimum $1.5625, greedy turn-level policy $0
 corpus agent $0.620. Sizes as configs/experiments/sandbox_delayed_es.py (RFT on chosen turns
 with value >= $1) except, to fit the machine at load 27 (P4G chats are twice as long as ES's;
 the simulator's SFT took 17 s/step): simulator 150 SFT steps, search 32 trees, DPO 30 steps,
-evaluation 32 held-out conditions x 2 samples. Results and times: docs/results/sandbox_delayed_p4g.md.
+evaluation 32 held-out conditions x 2 samples. Results and times: docs/results/sandbox_delayed_p4g.md. The committed results ran smaller
+(the machine at load 15-27, every step and time in the results' notes): --config.search.n_conditions=8
+--config.search.trees_per_shard=8 --config.search.budget=4 --config.dpo.steps=20
+--config.eval.samples_per_condition=1.
 """
 
 import os
