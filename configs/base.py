@@ -150,6 +150,9 @@ def get_config() -> ml_collections.ConfigDict:
       batch_size=256,               # conditions per simulate call (0: all at once); bounds the memory
                                     # of a large n_conditions (more than it: chunks with their own seeds)
       max_agent_turns=4,
+      heldout_simulator=False,      # True: also evaluate against a simulator the search never saw (SFT on the
+                                    # odd half of the training dialogues, seed + 100; the search's simulator
+                                    # then trains on the even half): report.json extra.heldout_simulator
       agent_sampling=sampling_config(temperature=0.7, top_p=0.9),
       simulator_sampling=sampling_config(temperature=1.0),
       max_prompt_len=256,

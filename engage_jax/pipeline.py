@@ -1,5 +1,5 @@
-"""The pipeline's stages as functions of (config, workdir): tokenizer → SFT agent + simulator →
-evaluate SFT → i×MCTS → DPO → evaluate DPO → report. Launchers in launch/ call these.
+"""The pipeline's stages as functions of (config, workdir): tokenizer → SFT agent + simulator (+ the
+held-out simulator) → evaluate SFT → i×MCTS → DPO → evaluate DPO → report. Launchers in launch/ call these.
 
 Each stage reads its inputs from the workdir, writes its outputs there, and marks itself done
 (see engage_jax.workdir); a done stage is skipped, an interrupted one resumes.
@@ -23,7 +23,12 @@ from engage_jax.workdir import Workdir
 
 log = logging.getLogger("engage_jax")
 
-STAGES = ("tokenizer", "sft_agent", "sft_simulator", "eval_sft", "search", "dpo", "eval_dpo", "report")
+STAGES = ("tokenizer", "sft_agent", "sft_simulator", "sft_heldout_simulator", "eval_sft", "search", "dpo",
+          "eval_dpo", "report")
+# SFT roles: the model config each trains (`config.model.<role>`) and its seed offset. The held-out
+# simulator (config.eval.heldout_simulator) is the simulator trained on the other half of the
+# training dialogues with another seed; the search never queries it (`train_dialogues`).
+SFT_ROLES = {"agent": ("agent", 0), "simulator": ("simulator", 0), "heldout_simulator": ("simulator", 100)}
 
 
 # ===================================================================== config checks
@@ -114,6 +119,16 @@ def _opening(d: Dialogue) -> list:
     if t.role == USER:
       return list(d.turns[:i + 1])
   return []
+
+
+def train_dialogues(cfg, corpus: dict[str, list[Dialogue]], role: str) -> list[Dialogue]:
+  """The SFT dialogues of `role`: all training dialogues, except with config.eval.heldout_simulator,
+  where the search's simulator trains on the even-indexed half and the held-out simulator on the
+  odd-indexed half (disjoint: a gain that exists only for the search's simulator shows up as such)."""
+  train = corpus["train"]
+  if not cfg.eval.heldout_simulator or role == "agent":
+    return train
+  return train[0::2] if role == "simulator" else train[1::2]
 
 
 def roots(cfg, corpus: dict[str, list[Dialogue]], purpose: str, n: int) -> list[Dialogue]:
@@ -240,26 +255,33 @@ def train_config(cfg, section, **overrides):
 
 
 def stage_sft(cfg, wd: Workdir, role: str) -> dict:
+  """SFT of `role` (SFT_ROLES) into `DIR/sft_<role>`; the held-out simulator only with
+  config.eval.heldout_simulator (otherwise the stage records that it was not asked for)."""
   from engage_jax.data import sft as sft_data
   from engage_jax.train import sft as sft_train
+  if role == "heldout_simulator" and not cfg.eval.heldout_simulator:
+    return {"skipped": "config.eval.heldout_simulator is off"}
+  model_role, seed_offset = SFT_ROLES[role]
   tok = load_tokenizer(wd)
   corpus = load_corpus(cfg)
   buckets = sft_data.default_buckets(cfg.data.max_len, cfg.sft.min_bucket)
-  train, stats = sft_data.build_arrays(corpus["train"], tok, role, cfg.data.max_len, buckets)
-  valid = (sft_data.build_arrays(corpus["valid"], tok, role, cfg.data.max_len, buckets)[0]
+  dialogues = train_dialogues(cfg, corpus, role)
+  train, stats = sft_data.build_arrays(dialogues, tok, model_role, cfg.data.max_len, buckets)
+  valid = (sft_data.build_arrays(corpus["valid"], tok, model_role, cfg.data.max_len, buckets)[0]
            if corpus["valid"] else None)
   steps = cfg.sft.agent_steps if role == "agent" else cfg.sft.simulator_steps
   out = wd.path(f"sft_{role}")
   if steps == 0:  # no SFT: the pretrained model as it is (e.g. a prompted simulator)
-    if not cfg.model[role].path:
-      raise ValueError(f"config.sft.{role}_steps=0 needs a pretrained config.model.{role}.path")
-    save_trained(new_model(cfg, role, tok), out, cfg.model[role].path)
+    if not cfg.model[model_role].path:
+      raise ValueError(f"config.sft.{model_role}_steps=0 needs a pretrained config.model.{model_role}.path")
+    save_trained(new_model(cfg, model_role, tok), out, cfg.model[model_role].path)
     return {"examples": 0, "step": 0, "pretrained_as_is": True}
-  model = new_model(cfg, role, tok)
-  tcfg = train_config(cfg, cfg.sft, steps=steps, max_len=cfg.data.max_len)
+  model = new_model(cfg, model_role, tok)
+  tcfg = train_config(cfg, cfg.sft, steps=steps, max_len=cfg.data.max_len, seed=cfg.seed + seed_offset)
   model, summary = sft_train.train_sft(model, train, tcfg, str(out), mesh=make_mesh(cfg), eval_data=valid)
-  save_trained(model, out, cfg.model[role].path)
-  return {"examples": stats.get("examples"), **{k: v for k, v in summary.items() if _jsonable(v)}}
+  save_trained(model, out, cfg.model[model_role].path)
+  return {"examples": stats.get("examples"), "dialogues": len(dialogues),
+          **{k: v for k, v in summary.items() if _jsonable(v)}}
 
 
 def stage_evaluate(cfg, wd: Workdir, which: str) -> dict:
@@ -269,18 +291,31 @@ def stage_evaluate(cfg, wd: Workdir, which: str) -> dict:
   _warn(preflight.check_prompt_room(tok, cfg.task, conds, cfg.eval.max_prompt_len, "config.eval.max_prompt_len"))
   agent_dir = wd.path("sft_agent", "hf") if which == "sft" else wd.path("dpo_agent", "hf")
   agent = speaker(cfg, cfg.eval, load_model(cfg, agent_dir), tok, "agent")
-  sim = speaker(cfg, cfg.eval, load_model(cfg, wd.path("sft_simulator", "hf")), tok, "simulator")
   out = wd.path(f"eval_{which}")
   settings = {"task": cfg.task, "max_agent_turns": cfg.eval.max_agent_turns,
               "samples_per_condition": cfg.eval.samples_per_condition, "batch_size": cfg.eval.batch_size,
               "reward": reward_cfg(cfg, evaluation=True)}
-  summary, _ = evaluate.evaluate(agent, sim, conds, settings, seed=cfg.seed + 7, out_path=str(out / "dialogues.jsonl"))
-  atomic_write_json(out / "summary.json", summary)
+  # the search's simulator, then (config.eval.heldout_simulator) the held-out one in eval_<which>/heldout,
+  # with the same conditions and seeds: the report pairs them per condition
+  sims = [("sft_simulator", out, f"eval_{which}/")]
+  if cfg.eval.heldout_simulator:
+    sims.append(("sft_heldout_simulator", out / "heldout", f"eval_{which}/heldout/"))
   from engage_jax.progress import Scalars
-  tb = Scalars(out, prefix=f"eval_{which}/")
-  tb.write(0, {k: v for k, v in summary.items() if k != "ci95"})
-  tb.close()
-  return summary
+  result = {}
+  for sim_stage, sim_out, prefix in sims:
+    sim = speaker(cfg, cfg.eval, load_model(cfg, wd.path(sim_stage, "hf")), tok, "simulator")
+    summary, _ = evaluate.evaluate(agent, sim, conds, settings, seed=cfg.seed + 7,
+                                   out_path=str(sim_out / "dialogues.jsonl"))
+    del sim
+    atomic_write_json(sim_out / "summary.json", summary)
+    tb = Scalars(sim_out, prefix=prefix)
+    tb.write(0, {k: v for k, v in summary.items() if k != "ci95"})
+    tb.close()
+    if not result:
+      result = summary
+    else:
+      result["heldout_simulator"] = summary
+  return result
 
 
 def reward_cfg(cfg, evaluation: bool = False) -> dict:
@@ -405,12 +440,16 @@ def stage_report(cfg, wd: Workdir) -> dict:
   search_stats = report.search_stats_from_pairs(pairs) if pairs else None
   rep = report.build_report(cfg.task, sft, dpo, len(pairs), wd.wall_seconds(), search_stats=search_stats,
                             seed=cfg.seed)
+  if cfg.eval.heldout_simulator:  # the same agents against the simulator the search never queried
+    held = [evaluate.load_dialogues(str(wd.path(f"eval_{w}", "heldout", "dialogues.jsonl"))) for w in ("sft", "dpo")]
+    rep["extra"]["heldout_simulator"] = report.heldout_simulator(*held, seed=cfg.seed)
   if cfg.data.source == "sandbox":  # the world itself as the user (engage_jax.oracle)
     rep["oracle"] = oracle_report(cfg, wd)
   summary_path = wd.path("search", "summary.json")
   if summary_path.is_file():  # unparsed outcomes inside the trees (P4G): not backed up, counted here
     ss = json.loads(summary_path.read_text())
-    rep["extra"]["search_outcomes"] = {k: ss[k] for k in ("children", "unparsed", "unparsed_rate") if k in ss}
+    rep["extra"]["search_outcomes"] = {k: ss[k] for k in ("children", "unparsed", "unparsed_rate",
+                                                          "trees_with_variance", "tree_variance_share") if k in ss}
   report.write_report(str(wd.root), rep, sft_dialogues=sft, dpo_dialogues=dpo, search_stats=search_stats)
   return {"p_value": rep["p_value"]}
 
@@ -419,6 +458,7 @@ STAGE_FNS: dict[str, Callable] = {
     "tokenizer": stage_tokenizer,
     "sft_agent": lambda cfg, wd: stage_sft(cfg, wd, "agent"),
     "sft_simulator": lambda cfg, wd: stage_sft(cfg, wd, "simulator"),
+    "sft_heldout_simulator": lambda cfg, wd: stage_sft(cfg, wd, "heldout_simulator"),
     "eval_sft": lambda cfg, wd: stage_evaluate(cfg, wd, "sft"),
     "search": stage_search,
     "dpo": stage_dpo,
@@ -429,7 +469,8 @@ STAGE_FNS: dict[str, Callable] = {
 
 def _stage_metrics(wd: Workdir, stage: str) -> Path | None:
   """The metrics.jsonl that shows a stage's progress (training and search stages)."""
-  sub = {"sft_agent": "sft_agent", "sft_simulator": "sft_simulator", "dpo": "dpo_agent", "search": "search"}
+  sub = {"sft_agent": "sft_agent", "sft_simulator": "sft_simulator", "sft_heldout_simulator": "sft_heldout_simulator",
+         "dpo": "dpo_agent", "search": "search"}
   return wd.path(sub[stage], "metrics.jsonl") if stage in sub else None
 
 
@@ -447,14 +488,16 @@ def _jsonable(v) -> bool:
 STAGE_KEYS: dict[str, tuple[str, ...]] = {
     "tokenizer": ("task", "seed", "data", "tokenizer"),
     "sft_agent": ("model.dtype", "model.param_dtype", "model.agent", "sft"),
-    "sft_simulator": ("model.dtype", "model.param_dtype", "model.simulator", "sft"),
+    "sft_simulator": ("model.dtype", "model.param_dtype", "model.simulator", "sft", "eval.heldout_simulator"),
+    "sft_heldout_simulator": ("model.dtype", "model.param_dtype", "model.simulator", "sft", "eval.heldout_simulator"),
     "eval_sft": ("eval", "reward"),
     "search": ("search", "reward"),
     "dpo": ("dpo",),
     "eval_dpo": ("eval", "reward"),
     "report": (),
 }
-STAGE_EXCLUDE = {"sft_agent": ("sft.simulator_steps",), "sft_simulator": ("sft.agent_steps",)}
+STAGE_EXCLUDE = {"sft_agent": ("sft.simulator_steps",), "sft_simulator": ("sft.agent_steps",),
+                 "sft_heldout_simulator": ("sft.agent_steps",)}
 IGNORED = ("name", "mesh", "model.remat", "*.log_every", "*.eval_every", "*.checkpoint_every",
            "*.keep_checkpoints", "data.max_valid_dialogues")
 RESUMABLE = tuple(f"{s}.{k}" for s in ("sft", "dpo")
@@ -597,10 +640,11 @@ DEPENDS: dict[str, tuple[str, ...]] = {
     "tokenizer": (),
     "sft_agent": ("tokenizer",),
     "sft_simulator": ("tokenizer",),
-    "eval_sft": ("sft_agent", "sft_simulator"),
+    "sft_heldout_simulator": ("tokenizer",),
+    "eval_sft": ("sft_agent", "sft_simulator", "sft_heldout_simulator"),
     "search": ("sft_agent", "sft_simulator"),
     "dpo": ("search",),
-    "eval_dpo": ("dpo", "sft_simulator"),
+    "eval_dpo": ("dpo", "sft_simulator", "sft_heldout_simulator"),
     "report": ("eval_sft", "eval_dpo"),
 }
 

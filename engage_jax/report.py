@@ -134,6 +134,17 @@ def sampled_readout(sft_dialogues: Sequence[Dialogue], dpo_dialogues: Sequence[D
   return out
 
 
+def heldout_simulator(sft_dialogues: Sequence[Dialogue], dpo_dialogues: Sequence[Dialogue], *, seed: int = 0,
+                      n_boot: int = 10_000) -> dict:
+  """The SFT and DPO agents evaluated against the held-out simulator (config.eval.heldout_simulator;
+  same conditions and seeds as the main evaluation): {"sft": M, "dpo": M, "p_value",
+  "n_paired_conditions"} with M = `evaluate.summarize` and p the same paired test as the report's."""
+  x, y, ids = ev.paired_rewards(sft_dialogues, dpo_dialogues)
+  return {"sft": ev.summarize(sft_dialogues, n_boot=n_boot, seed=seed),
+          "dpo": ev.summarize(dpo_dialogues, n_boot=n_boot, seed=seed),
+          "p_value": ev.paired_test(x, y, seed=seed, alternative="two-sided"), "n_paired_conditions": len(ids)}
+
+
 def build_report(task: str, sft_dialogues: Sequence[Dialogue], dpo_dialogues: Sequence[Dialogue],
                  pairs_count: int, wall_seconds: Mapping[str, float], search_stats: Mapping | None = None,
                  *, seed: int = 0, n_boot: int = 10_000) -> dict:
@@ -286,10 +297,18 @@ def render_markdown(report: Mapping) -> str:
                  "sampled, parsed outcome (the paper's metric): " + ", ".join(
                      f"{n.upper()} {_fmt(task, sr[n]['reward_mean'])} [{_fmt(task, sr[n]['ci95'][0])}, "
                      f"{_fmt(task, sr[n]['ci95'][1])}]" for n in ("sft", "dpo")) + f", p = {sr['p_value']:.4g}")
+  if "heldout_simulator" in extra:
+    hs = extra["heldout_simulator"]
+    lines.append("- against the held-out simulator (never queried by the search): " + ", ".join(
+        f"{n.upper()} {_fmt(task, hs[n]['reward_mean'])} [{_fmt(task, hs[n]['ci95'][0])}, "
+        f"{_fmt(task, hs[n]['ci95'][1])}]" for n in ("sft", "dpo")) + f", p = {hs['p_value']:.4g}")
   if "search_outcomes" in extra and extra["search_outcomes"].get("children"):
     so = extra["search_outcomes"]
     lines.append(f"- search: {so.get('unparsed', 0)} of {so['children']} tree nodes had an unparsed outcome "
                  f"({100 * so.get('unparsed_rate', 0):.1f}%; not backed up, not $0)")
+    if "tree_variance_share" in so:
+      lines.append(f"- search: {100 * so['tree_variance_share']:.0f}% of trees had reward variance "
+                   f"({so['trees_with_variance']} trees; no variance, no pairs)")
   lines += [f"- preference pairs used for DPO: **{report['pairs']}**",
             f"- paper (arXiv 2506.21497), for context: {ref['text']} (SFT → DPO)", ""]
   if extra.get("simulator"):

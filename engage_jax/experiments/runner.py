@@ -36,7 +36,7 @@ import numpy as np
 from engage_jax.experiments import variants as V
 from engage_jax.fileio import atomic_write_json
 
-SHARED_STAGES = ("tokenizer", "sft_agent", "sft_simulator", "eval_sft")
+SHARED_STAGES = ("tokenizer", "sft_agent", "sft_simulator", "sft_heldout_simulator", "eval_sft")
 BASE_LINKS = ("tokenizer", "sft_agent", "sft_simulator")
 
 

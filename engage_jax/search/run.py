@@ -70,13 +70,24 @@ def _manifest(roots: Sequence[Dialogue], cfg: SearchConfig, trees_per_shard: int
           "roots": [r.id for r in roots]}
 
 
+def tree_values(tree_stats: dict) -> list[float]:
+  """The scored node values of one tree (`SearchTrees.stats`: "value" per node, the root first)."""
+  return [v for v in tree_stats["value"][1:] if v is not None]
+
+
+def tree_has_variance(tree_stats: dict) -> bool:
+  """True when a tree's scored nodes do not all have the same value (no variance: no pairs)."""
+  vals = tree_values(tree_stats)
+  return len(vals) > 1 and float(np.var(vals)) > 0
+
+
 def _log_shard(out_dir: str, shard: int, stats: dict, seconds: float) -> None:
   """One line per shard in `<out_dir>/metrics.jsonl` + TensorBoard: pairs, expansions/s, and the
   within-tree variance of node values (no variance → no pairs)."""
   from engage_jax.progress import Scalars
   variances = []
   for t in stats["trees"]:
-    vals = [v for v in t["value"][1:] if v is not None]
+    vals = tree_values(t)
     if len(vals) > 1:
       variances.append(float(np.var(vals)))
   rec = {"step": shard, "pairs": stats["pairs"], "expansions": stats["expansions"],
@@ -101,7 +112,8 @@ def run_search(env: Env, roots: Sequence[Dialogue], cfg: SearchConfig, out_dir: 
   pairs_dir: where the pair shards go (default `<out_dir>/pairs`; the pipeline: `<workdir>/pairs`).
 
   summary: {"trees", "pairs", "expansions", "seconds", "shards", "shards_skipped", "children",
-            "unparsed", "unparsed_rate", "expansions_per_s", "pairs_per_min"} (unparsed: new
+            "unparsed", "unparsed_rate", "trees_with_variance", "tree_variance_share",
+            "expansions_per_s", "pairs_per_min"} (trees_with_variance: trees whose scored nodes differ in value) (unparsed: new
             children whose P4G outcome gave no donation, not backed up; counts include skipped shards;
             seconds and the rates count only this run's work).
   after_shard(s) is called after shard s is written (hooks, tests).
@@ -126,7 +138,8 @@ def run_search(env: Env, roots: Sequence[Dialogue], cfg: SearchConfig, out_dir: 
 
   n_shards = -(-len(roots) // trees_per_shard)
   seen: set[str] = set()
-  totals = {"pairs": 0, "new_pairs": 0, "expansions": 0, "skipped": 0, "unparsed": 0, "children": 0}
+  totals = {"pairs": 0, "new_pairs": 0, "expansions": 0, "skipped": 0, "unparsed": 0, "children": 0,
+            "trees_with_variance": 0}
   new_expansions = 0
   t0 = time.perf_counter()
   bar = tqdm(total=len(roots), unit="tree", desc="i×MCTS", disable=not progress)
@@ -150,6 +163,7 @@ def run_search(env: Env, roots: Sequence[Dialogue], cfg: SearchConfig, out_dir: 
             totals["expansions"] += int(old["expansions"])
             totals["unparsed"] += int(old.get("unparsed", 0))
             totals["children"] += int(old.get("children", 0))
+            totals["trees_with_variance"] += sum(tree_has_variance(t) for t in old.get("trees", []))
           totals["skipped"] += 1
           bar.update(hi - lo)
           postfix()
@@ -183,6 +197,7 @@ def run_search(env: Env, roots: Sequence[Dialogue], cfg: SearchConfig, out_dir: 
         totals["new_pairs"] += len(pairs)
         totals["unparsed"] += shard_counts["unparsed"]
         totals["children"] += shard_counts["children"]
+        totals["trees_with_variance"] += sum(tree_has_variance(t) for t in stats["trees"])
         bar.update(hi - lo)
         postfix()
         if after_shard is not None:
@@ -195,6 +210,8 @@ def run_search(env: Env, roots: Sequence[Dialogue], cfg: SearchConfig, out_dir: 
           "seconds": seconds, "shards": n_shards, "shards_skipped": totals["skipped"],
           "children": totals["children"], "unparsed": totals["unparsed"],
           "unparsed_rate": totals["unparsed"] / max(totals["children"], 1),
+          "trees_with_variance": totals["trees_with_variance"],
+          "tree_variance_share": totals["trees_with_variance"] / max(len(roots), 1),
           "expansions_per_s": new_expansions / max(seconds, 1e-9),
           "pairs_per_min": 60.0 * totals["new_pairs"] / max(seconds, 1e-9)}
 
