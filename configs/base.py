@@ -62,6 +62,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.name = "base"
   c.task = "es"                     # "es" | "p4g"
   c.seed = 0
+  c.search_dpo_rounds = 1           # rounds of search -> DPO; round r > 1 searches with round r - 1's DPO agent
+                                    # and trains DPO from it (rounds/round-r/); eval_dpo evaluates every round
 
   c.data = ml_collections.ConfigDict(dict(
       source="sandbox",             # "sandbox" | "esconv" | "p4g"

@@ -200,6 +200,7 @@ def _eval(c: _Checker) -> None:
   c.int_ge("eval.max_agent_turns", 1)
   c.int_ge("eval.batch_size", 0, " (0: all conditions in one call)")
   c.boolean("eval.heldout_simulator")
+  c.int_ge("search_dpo_rounds", 1)
 
 
 def _reward(c: _Checker) -> None:

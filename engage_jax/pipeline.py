@@ -24,7 +24,7 @@ from engage_jax.workdir import Workdir
 log = logging.getLogger("engage_jax")
 
 STAGES = ("tokenizer", "sft_agent", "sft_simulator", "sft_heldout_simulator", "eval_sft", "search", "dpo",
-          "eval_dpo", "report")
+          "rounds", "eval_dpo", "report")
 # SFT roles: the model config each trains (`config.model.<role>`) and its seed offset. The held-out
 # simulator (config.eval.heldout_simulator) is the simulator trained on the other half of the
 # training dialogues with another seed; the search never queries it (`train_dialogues`).
@@ -285,21 +285,33 @@ def stage_sft(cfg, wd: Workdir, role: str) -> dict:
 
 
 def stage_evaluate(cfg, wd: Workdir, which: str) -> dict:
-  from engage_jax import evaluate, preflight
+  from engage_jax import preflight
   tok = load_tokenizer(wd)
   conds = roots(cfg, load_corpus(cfg) if cfg.data.source != "sandbox" else {}, "eval", cfg.eval.n_conditions)
   _warn(preflight.check_prompt_room(tok, cfg.task, conds, cfg.eval.max_prompt_len, "config.eval.max_prompt_len"))
-  agent_dir = wd.path("sft_agent", "hf") if which == "sft" else wd.path("dpo_agent", "hf")
+  if which == "dpo" and int(cfg.search_dpo_rounds) > 1:  # the earlier rounds' agents too (report extra.rounds)
+    for r in range(1, int(cfg.search_dpo_rounds)):
+      evaluate_agent(cfg, wd, tok, conds, round_paths(wd, r)["dpo"] / "hf", wd.path("eval_dpo", f"round-{r}"),
+                     f"eval_dpo/round-{r}/", heldout=False)
+  agent_dir = wd.path("sft_agent", "hf") if which == "sft" else final_agent_dir(cfg, wd)
+  return evaluate_agent(cfg, wd, tok, conds, agent_dir, wd.path(f"eval_{which}"), f"eval_{which}/",
+                        heldout=bool(cfg.eval.heldout_simulator))
+
+
+def evaluate_agent(cfg, wd: Workdir, tok, conds, agent_dir: Path, out: Path, prefix: str, heldout: bool) -> dict:
+  """Chats of the agent in `agent_dir` with the search's simulator (`out`/dialogues.jsonl,
+  summary.json) and, with `heldout`, the held-out simulator (`out`/heldout/); returns the summary
+  (with "heldout_simulator")."""
+  from engage_jax import evaluate
   agent = speaker(cfg, cfg.eval, load_model(cfg, agent_dir), tok, "agent")
-  out = wd.path(f"eval_{which}")
   settings = {"task": cfg.task, "max_agent_turns": cfg.eval.max_agent_turns,
               "samples_per_condition": cfg.eval.samples_per_condition, "batch_size": cfg.eval.batch_size,
               "reward": reward_cfg(cfg, evaluation=True)}
   # the search's simulator, then (config.eval.heldout_simulator) the held-out one in eval_<which>/heldout,
   # with the same conditions and seeds: the report pairs them per condition
-  sims = [("sft_simulator", out, f"eval_{which}/")]
-  if cfg.eval.heldout_simulator:
-    sims.append(("sft_heldout_simulator", out / "heldout", f"eval_{which}/heldout/"))
+  sims = [("sft_simulator", out, prefix)]
+  if heldout:
+    sims.append(("sft_heldout_simulator", out / "heldout", f"{prefix}heldout/"))
   from engage_jax.progress import Scalars
   result = {}
   for sim_stage, sim_out, prefix in sims:
@@ -332,22 +344,47 @@ def reward_cfg(cfg, evaluation: bool = False) -> dict:
   return out
 
 
-def search_config(cfg):
-  """The SearchConfig of `config.search` (its RUNNER_KEYS, e.g. n_conditions, are the pipeline's)."""
+def search_config(cfg, round_: int = 1):
+  """The SearchConfig of `config.search` (its RUNNER_KEYS, e.g. n_conditions, are the pipeline's);
+  round r > 1 of config.search_dpo_rounds searches with its own seed."""
   from engage_jax.search.run import config_from_section
-  return config_from_section(cfg.search, seed=cfg.seed)
+  from engage_jax.seeding import sub_seed
+  return config_from_section(cfg.search, seed=cfg.seed if round_ == 1 else sub_seed(cfg.seed, 4243, round_))
 
 
 def stage_search(cfg, wd: Workdir) -> dict:
+  return run_search_round(cfg, wd, 1)
+
+
+def round_paths(wd: Workdir, round_: int) -> dict[str, Path]:
+  """Where round r of search → DPO (config.search_dpo_rounds) reads its agent and writes: round 1
+  is the pipeline's search/, pairs/, dpo_agent/ (from the SFT agent); round r > 1 lives in
+  rounds/round-r/ and starts from round r - 1's DPO agent (policy and reference)."""
+  if round_ == 1:
+    return {"agent": wd.path("sft_agent", "hf"), "search": wd.path("search"), "pairs": wd.path("pairs"),
+            "dpo": wd.path("dpo_agent")}
+  prev = round_paths(wd, round_ - 1)["dpo"] / "hf"
+  base = wd.path("rounds", f"round-{round_}")
+  return {"agent": prev, "search": base / "search", "pairs": base / "pairs", "dpo": base / "dpo_agent"}
+
+
+def final_agent_dir(cfg, wd: Workdir) -> Path:
+  """The DPO agent of the last round (config.search_dpo_rounds; 1: DIR/dpo_agent/hf)."""
+  return round_paths(wd, int(cfg.search_dpo_rounds))["dpo"] / "hf"
+
+
+def run_search_round(cfg, wd: Workdir, round_: int) -> dict:
+  """i×MCTS of round `round_` (`round_paths`) with the search's simulator; summary.json in its dir."""
   from engage_jax.search.env import ModelEnv
   from engage_jax.search.run import run_search
   from engage_jax import preflight
+  paths = round_paths(wd, round_)
   tok = load_tokenizer(wd)
-  scfg = search_config(cfg)
+  scfg = search_config(cfg, round_)
   corpus = load_corpus(cfg) if cfg.data.source != "sandbox" else {}
   rts = roots(cfg, corpus, "search", cfg.search.n_conditions)
   _warn(preflight.check_prompt_room(tok, cfg.task, rts, cfg.search.max_prompt_len, "config.search.max_prompt_len"))
-  agent = load_model(cfg, wd.path("sft_agent", "hf"))
+  agent = load_model(cfg, paths["agent"])
   sim = load_model(cfg, wd.path("sft_simulator", "hf"))
   strategy_fn = None
   if cfg.data.source == "sandbox":
@@ -356,9 +393,9 @@ def stage_search(cfg, wd: Workdir) -> dict:
   env = ModelEnv.from_config(agent, sim, tok, scfg, task=cfg.task, reward_cfg=reward_cfg(cfg),
                              max_prompt_len=cfg.search.max_prompt_len, strategy_fn=strategy_fn,
                              kv_cache=cfg.rollout.kv_cache)
-  summary = run_search(env, rts, scfg, str(wd.path("search")), trees_per_shard=cfg.search.trees_per_shard,
-                       pairs_dir=str(wd.path("pairs")))
-  atomic_write_json(wd.path("search", "summary.json"), summary)
+  summary = run_search(env, rts, scfg, str(paths["search"]), trees_per_shard=cfg.search.trees_per_shard,
+                       pairs_dir=str(paths["pairs"]))
+  atomic_write_json(paths["search"] / "summary.json", summary)
   return summary
 
 
@@ -368,38 +405,67 @@ def _warn(msg: str | None) -> None:
     print(f"[engage_jax] warning: {msg}", flush=True)
 
 
-def pair_files(wd: Workdir) -> list[Path]:
+def pair_files(wd: Workdir, round_: int = 1) -> list[Path]:
   """The search's shard files that hold pairs (a shard whose trees gave no value gaps is empty)."""
   from engage_jax.errors import InputError
+  pairs = round_paths(wd, round_)["pairs"]
   old = wd.path("search", "pairs")
-  if old.is_dir() and not wd.path("pairs").exists():  # the layout before pairs moved to DIR/pairs
+  if round_ == 1 and old.is_dir() and not pairs.exists():  # the layout before pairs moved to DIR/pairs
     raise InputError(f"this workdir keeps its pairs in the old place {old}; move them: mv {old} "
-                     f"{wd.path('pairs')}", str(wd.path("pairs")))
-  return sorted(f for f in wd.path("pairs").glob("shard-*.jsonl") if f.stat().st_size > 0)
+                     f"{pairs}", str(pairs))
+  return sorted(f for f in pairs.glob("shard-*.jsonl") if f.stat().st_size > 0)
 
 
 def stage_dpo(cfg, wd: Workdir) -> dict:
+  return run_dpo_round(cfg, wd, 1)
+
+
+def run_dpo_round(cfg, wd: Workdir, round_: int) -> dict:
+  """DPO of round `round_` on its own search's pairs; policy and reference start from the round's
+  agent (round 1: the SFT agent; r > 1: round r - 1's DPO agent)."""
   from engage_jax.train import dpo as dpo_train
+  paths = round_paths(wd, round_)
   tok = load_tokenizer(wd)
-  files = pair_files(wd)
+  files = pair_files(wd, round_)
   n_pairs = len(dpo_train.read_pair_files([str(f) for f in files])) if files else 0  # checked before any work
-  out = wd.path("dpo_agent")
-  if n_pairs == 0:  # a null result, not a crash at the end of a long run: DPO agent = SFT agent
-    msg = (f"{wd.path('pairs')}: the search found no preference pairs (no value gaps of at least "
-           "config.search.margin inside the trees); DPO is skipped and the DPO agent is the SFT agent. "
-           "Raise config.search.budget / n_conditions / max_turns or lower config.search.margin")
+  out = paths["dpo"]
+  if n_pairs == 0:  # a null result, not a crash at the end of a long run: DPO agent = its start
+    msg = (f"{paths['pairs']}: the search found no preference pairs (no value gaps of at least "
+           "config.search.margin inside the trees); DPO is skipped and the DPO agent is the agent it "
+           "started from. Raise config.search.budget / n_conditions / max_turns or lower config.search.margin")
     log.warning(msg)
     print(f"[engage_jax] warning: {msg}", flush=True)
-    models.save_pretrained(load_model(cfg, wd.path("sft_agent", "hf")), out / "hf")
+    models.save_pretrained(load_model(cfg, paths["agent"]), out / "hf")
     return {"pairs": 0, "skipped": "no preference pairs"}
-  # LoRA: a fresh adapter on the (merged) SFT agent; the reference is that model, adapter off
-  policy = with_lora(cfg, "agent", load_model(cfg, wd.path("sft_agent", "hf")), fresh=True)
+  # LoRA: a fresh adapter on the (merged) starting agent; the reference is that model, adapter off
+  policy = with_lora(cfg, "agent", load_model(cfg, paths["agent"]), fresh=True)
   from engage_jax.models import lora
-  ref = None if lora.has_lora(policy) else load_model(cfg, wd.path("sft_agent", "hf"))
+  ref = None if lora.has_lora(policy) else load_model(cfg, paths["agent"])
   tcfg = train_config(cfg, cfg.dpo)
   model, summary = dpo_train.train_dpo(policy, ref, [str(f) for f in files], tok, tcfg, str(out), mesh=make_mesh(cfg))
-  save_trained(model, out, wd.path("sft_agent", "hf"))
+  save_trained(model, out, paths["agent"])
   return {"pairs": n_pairs, **{k: v for k, v in summary.items() if _jsonable(v)}}
+
+
+def stage_rounds(cfg, wd: Workdir) -> dict:
+  """Rounds 2 .. config.search_dpo_rounds of search → DPO, each from the previous round's DPO agent
+  (`round_paths`); a round whose DPO agent is written is kept on a rerun, an unfinished one resumes
+  (the search per shard, DPO from its checkpoints). 1 round: nothing to do."""
+  n = int(cfg.search_dpo_rounds)
+  out = {}
+  for r in range(2, n + 1):
+    paths = round_paths(wd, r)
+    summary_path = paths["dpo"] / "round.json"
+    if summary_path.is_file():
+      out[f"round-{r}"] = json.loads(summary_path.read_text())
+      continue
+    print(f"[engage_jax] round {r} of {n}: search from {paths['agent']}", flush=True)
+    search = run_search_round(cfg, wd, r)
+    dpo = run_dpo_round(cfg, wd, r)
+    info = {"search": {k: v for k, v in search.items() if _jsonable(v)}, "dpo": dpo}
+    atomic_write_json(summary_path, info)
+    out[f"round-{r}"] = info
+  return out if out else {"skipped": "config.search_dpo_rounds = 1"}
 
 
 def eval_conditions(cfg) -> list[Dialogue]:
@@ -419,7 +485,7 @@ def oracle_report(cfg, wd: Workdir) -> dict:
   conds = eval_conditions(cfg)
   world = cfg.data.get("sandbox_world", "default")
   out = {}
-  for name, agent_dir in (("sft", wd.path("sft_agent", "hf")), ("dpo", wd.path("dpo_agent", "hf"))):
+  for name, agent_dir in (("sft", wd.path("sft_agent", "hf")), ("dpo", final_agent_dir(cfg, wd))):
     agent = speaker(cfg, cfg.eval, load_model(cfg, agent_dir), tok, "agent")
     block = oracle.summarize(oracle.evaluate_world(agent, conds, cfg.task, cfg.eval.samples_per_condition,
                                                    cfg.seed + 11, world))
@@ -443,6 +509,13 @@ def stage_report(cfg, wd: Workdir) -> dict:
   if cfg.eval.heldout_simulator:  # the same agents against the simulator the search never queried
     held = [evaluate.load_dialogues(str(wd.path(f"eval_{w}", "heldout", "dialogues.jsonl"))) for w in ("sft", "dpo")]
     rep["extra"]["heldout_simulator"] = report.heldout_simulator(*held, seed=cfg.seed)
+  n_rounds = int(cfg.search_dpo_rounds)
+  if n_rounds > 1:  # each round's agent on the same conditions (the last one is the report's dpo)
+    agents = [evaluate.load_dialogues(str(wd.path("eval_dpo", f"round-{r}", "dialogues.jsonl")))
+              for r in range(1, n_rounds)] + [dpo]
+    counts = [len(read_pair_files([str(f) for f in pair_files(wd, r)])) if pair_files(wd, r) else 0
+              for r in range(1, n_rounds + 1)]
+    rep["extra"]["rounds"] = report.rounds_table(sft, agents, counts, seed=cfg.seed)
   if cfg.data.source == "sandbox":  # the world itself as the user (engage_jax.oracle)
     rep["oracle"] = oracle_report(cfg, wd)
   summary_path = wd.path("search", "summary.json")
@@ -462,6 +535,7 @@ STAGE_FNS: dict[str, Callable] = {
     "eval_sft": lambda cfg, wd: stage_evaluate(cfg, wd, "sft"),
     "search": stage_search,
     "dpo": stage_dpo,
+    "rounds": stage_rounds,
     "eval_dpo": lambda cfg, wd: stage_evaluate(cfg, wd, "dpo"),
     "report": stage_report,
 }
@@ -493,6 +567,7 @@ STAGE_KEYS: dict[str, tuple[str, ...]] = {
     "eval_sft": ("eval", "reward"),
     "search": ("search", "reward"),
     "dpo": ("dpo",),
+    "rounds": ("search_dpo_rounds",),
     "eval_dpo": ("eval", "reward"),
     "report": (),
 }
@@ -644,7 +719,8 @@ DEPENDS: dict[str, tuple[str, ...]] = {
     "eval_sft": ("sft_agent", "sft_simulator", "sft_heldout_simulator"),
     "search": ("sft_agent", "sft_simulator"),
     "dpo": ("search",),
-    "eval_dpo": ("dpo", "sft_simulator", "sft_heldout_simulator"),
+    "rounds": ("dpo",),
+    "eval_dpo": ("rounds", "sft_simulator", "sft_heldout_simulator"),
     "report": ("eval_sft", "eval_dpo"),
 }
 

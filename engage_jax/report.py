@@ -145,6 +145,25 @@ def heldout_simulator(sft_dialogues: Sequence[Dialogue], dpo_dialogues: Sequence
           "p_value": ev.paired_test(x, y, seed=seed, alternative="two-sided"), "n_paired_conditions": len(ids)}
 
 
+def rounds_table(sft_dialogues: Sequence[Dialogue], round_dialogues: Sequence[Sequence[Dialogue]],
+                 pairs: Sequence[int], *, seed: int = 0, n_boot: int = 10_000) -> list[dict]:
+  """config.search_dpo_rounds > 1: one row per round r (1-based) of its DPO agent on the evaluation
+  conditions: {"round", "pairs", "reward_mean", "ci95", "mean_turns", "n", "p_vs_sft", "p_vs_previous"}
+  (paired sign-flip tests; p_vs_previous: against round r - 1, None for round 1)."""
+  rows, prev = [], None
+  for r, (dialogues, n_pairs) in enumerate(zip(round_dialogues, pairs, strict=True), start=1):
+    row = {"round": r, "pairs": int(n_pairs), **ev.summarize(dialogues, n_boot=n_boot, seed=seed)}
+    a, b, _ = ev.paired_rewards(sft_dialogues, dialogues)
+    row["p_vs_sft"] = ev.paired_test(a, b, seed=seed, alternative="two-sided")
+    row["p_vs_previous"] = None
+    if prev is not None:
+      a, b, _ = ev.paired_rewards(prev, dialogues)
+      row["p_vs_previous"] = ev.paired_test(a, b, seed=seed, alternative="two-sided")
+    rows.append(row)
+    prev = dialogues
+  return rows
+
+
 def build_report(task: str, sft_dialogues: Sequence[Dialogue], dpo_dialogues: Sequence[Dialogue],
                  pairs_count: int, wall_seconds: Mapping[str, float], search_stats: Mapping | None = None,
                  *, seed: int = 0, n_boot: int = 10_000) -> dict:
@@ -302,6 +321,14 @@ def render_markdown(report: Mapping) -> str:
     lines.append("- against the held-out simulator (never queried by the search): " + ", ".join(
         f"{n.upper()} {_fmt(task, hs[n]['reward_mean'])} [{_fmt(task, hs[n]['ci95'][0])}, "
         f"{_fmt(task, hs[n]['ci95'][1])}]" for n in ("sft", "dpo")) + f", p = {hs['p_value']:.4g}")
+  if extra.get("rounds"):
+    lines += ["", "| search → DPO round | pairs | reward | 95% CI | p vs SFT | p vs previous round |",
+              "|---:|---:|---:|---|---:|---:|"]
+    for row in extra["rounds"]:
+      prev = "–" if row["p_vs_previous"] is None else f"{row['p_vs_previous']:.3g}"
+      lines.append(f"| {row['round']} | {row['pairs']} | {_fmt(task, row['reward_mean'])} | "
+                   f"[{_fmt(task, row['ci95'][0])}, {_fmt(task, row['ci95'][1])}] | {row['p_vs_sft']:.3g} | {prev} |")
+    lines.append("")
   if "search_outcomes" in extra and extra["search_outcomes"].get("children"):
     so = extra["search_outcomes"]
     lines.append(f"- search: {so.get('unparsed', 0)} of {so['children']} tree nodes had an unparsed outcome "

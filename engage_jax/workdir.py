@@ -39,7 +39,7 @@ from engage_jax.fileio import atomic_write_json
 # stage → its output paths under DIR (what a redo removes)
 OUTPUTS: dict[str, tuple[str, ...]] = {
     "tokenizer": ("tokenizer",), "sft_agent": ("sft_agent",), "sft_simulator": ("sft_simulator",),
-    "sft_heldout_simulator": ("sft_heldout_simulator",), "eval_sft": ("eval_sft",), "search": ("search", "pairs"), "dpo": ("dpo_agent",), "eval_dpo": ("eval_dpo",),
+    "sft_heldout_simulator": ("sft_heldout_simulator",), "eval_sft": ("eval_sft",), "search": ("search", "pairs"), "dpo": ("dpo_agent",), "rounds": ("rounds",), "eval_dpo": ("eval_dpo",),
     "report": ("report.json", "report.md", "reward.png", "turns.png", "search.png"),
 }
 
