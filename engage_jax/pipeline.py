@@ -479,17 +479,22 @@ def oracle_report(cfg, wd: Workdir) -> dict:
   (`oracle.summarize` of `oracle.evaluate_world` on the evaluation conditions, seed cfg.seed + 11)
   with the transcript scores of its learned-simulator chats ("transcript") and the gap
   "sim_minus_oracle" (simulator reward minus the exact oracle expectation: the simulator gap /
-  reward hacking figure)."""
+  reward hacking figure). With config.search_dpo_rounds > 1 also "round-r" for the earlier rounds'
+  DPO agents (their chats: eval_dpo/round-r)."""
   from engage_jax import evaluate, oracle
   tok = load_tokenizer(wd)
   conds = eval_conditions(cfg)
   world = cfg.data.get("sandbox_world", "default")
   out = {}
-  for name, agent_dir in (("sft", wd.path("sft_agent", "hf")), ("dpo", final_agent_dir(cfg, wd))):
+  agents = [("sft", wd.path("sft_agent", "hf"), "eval_sft")]
+  agents += [(f"round-{r}", round_paths(wd, r)["dpo"] / "hf", f"eval_dpo/round-{r}")
+             for r in range(1, int(cfg.search_dpo_rounds))]
+  agents.append(("dpo", final_agent_dir(cfg, wd), "eval_dpo"))
+  for name, agent_dir, chats in agents:
     agent = speaker(cfg, cfg.eval, load_model(cfg, agent_dir), tok, "agent")
     block = oracle.summarize(oracle.evaluate_world(agent, conds, cfg.task, cfg.eval.samples_per_condition,
                                                    cfg.seed + 11, world))
-    sim = evaluate.load_dialogues(str(wd.path(f"eval_{name}", "dialogues.jsonl")))
+    sim = evaluate.load_dialogues(str(wd.path(chats, "dialogues.jsonl")))
     block["transcript"] = oracle.transcript_scores(cfg.task, sim, world)
     block["sim_minus_oracle"] = float(evaluate.rewards(sim).mean() - block["expected_mean"])
     out[name] = block

@@ -321,6 +321,13 @@ def render_markdown(report: Mapping) -> str:
     lines.append("- against the held-out simulator (never queried by the search): " + ", ".join(
         f"{n.upper()} {_fmt(task, hs[n]['reward_mean'])} [{_fmt(task, hs[n]['ci95'][0])}, "
         f"{_fmt(task, hs[n]['ci95'][1])}]" for n in ("sft", "dpo")) + f", p = {hs['p_value']:.4g}")
+  if report.get("oracle"):  # sandbox: the world itself as the user (exact expectation of the strategies played)
+    lines += ["", "| agent (sandbox oracle) | n | oracle reward | exact expectation | 95% CI |", "|---|---:|---:|---:|---|"]
+    for name, block in report["oracle"].items():
+      lo, hi = block["expected_ci95"]
+      lines.append(f"| {name} | {block['n']} | {_fmt(task, block['reward_mean'])} | "
+                   f"{_fmt(task, block['expected_mean'])} | [{_fmt(task, lo)}, {_fmt(task, hi)}] |")
+    lines.append("")
   if extra.get("rounds"):
     lines += ["", "| search → DPO round | pairs | reward | 95% CI | p vs SFT | p vs previous round |",
               "|---:|---:|---:|---|---:|---:|"]

@@ -52,6 +52,10 @@ def test_two_rounds_end_to_end(two_rounds):
     assert n_pairs == sum(1 for f in files for line in f.read_text().splitlines() if line.strip())
   assert (wd / "rounds" / "round-2" / "dpo_agent" / "hf" / "config.json").is_file()
   assert (wd / "rounds" / "round-2" / "search" / "summary.json").is_file()
+  # the sandbox oracle (the world as the user) scores every round's agent, shown in report.md
+  assert list(rep["oracle"]) == ["sft", "round-1", "dpo"]
+  md = (wd / "report.md").read_text()
+  assert "| round-1 | 3 |" in md and "| search → DPO round |" in md
 
 
 def test_a_finished_round_is_kept_when_the_stage_reruns(two_rounds, capsys):
