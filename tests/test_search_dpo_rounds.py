@@ -1,6 +1,7 @@
 """Iterated search → DPO (config.search_dpo_rounds): round r starts from round r - 1's DPO agent,
 eval_dpo evaluates every round's agent on the same conditions, the report has one row per round,
-and a finished round is kept on a rerun."""
+and a finished round is kept on a rerun. The same tiny run (with the held-out simulator) feeds the
+real-data study's results writer (engage_jax/experiments/real_study.py)."""
 from __future__ import annotations
 
 import json
@@ -32,7 +33,7 @@ def test_each_round_starts_from_the_previous_rounds_dpo_agent(tmp_path):
 @pytest.fixture(scope="module")
 def two_rounds(tmp_path_factory):
   wd = tmp_path_factory.mktemp("rounds") / "wd"
-  pipeline.run(_cfg(search_dpo_rounds=2, **EVAL), str(wd))
+  pipeline.run(_cfg(search_dpo_rounds=2, eval__heldout_simulator=True, **EVAL), str(wd))
   return wd
 
 
@@ -62,6 +63,28 @@ def test_a_finished_round_is_kept_when_the_stage_reruns(two_rounds, capsys):
   wd = Workdir(str(two_rounds))
   marker = two_rounds / "rounds" / "round-2" / "dpo_agent" / "round.json"
   stamp = marker.stat().st_mtime_ns
-  info = pipeline.stage_rounds(_cfg(search_dpo_rounds=2, **EVAL), wd)
+  info = pipeline.stage_rounds(_cfg(search_dpo_rounds=2, eval__heldout_simulator=True, **EVAL), wd)
   assert marker.stat().st_mtime_ns == stamp and info["round-2"] == json.loads(marker.read_text())
   assert "round 2 of 2" not in capsys.readouterr().out
+
+
+def test_real_study_results_match_the_workdir(two_rounds, tmp_path):
+  from engage_jax.experiments import real_study
+  s = real_study.write(two_rounds, tmp_path / "real_es", command="tiny")
+  rep = json.loads((two_rounds / "report.json").read_text())
+  assert s["sft"]["mean"] == pytest.approx(rep["sft"]["reward_mean"]) and s["dpo"]["n"] == rep["dpo"]["n"]
+  assert s["p_value"] == rep["p_value"] and s["pairs"] == rep["pairs"] and s["command"] == "tiny"
+  held = rep["extra"]["heldout_simulator"]
+  assert s["heldout_simulator"]["p_value"] == held["p_value"]
+  assert s["heldout_simulator"]["dpo"]["mean"] == pytest.approx(held["dpo"]["reward_mean"])
+  # words per agent turn: only the turns the agent wrote (the last num_turns agent turns)
+  dpo = evaluate.load_dialogues(str(two_rounds / "eval_dpo" / "dialogues.jsonl"))
+  words = [len(t.text.split()) for d in dpo for t in [t for t in d.turns if t.role == "agent"][-d.outcome["num_turns"]:]]
+  assert s["dpo"]["words_per_agent_turn"] == pytest.approx(sum(words) / len(words))
+  assert set(s["validation_loss"]) == {"agent", "simulator", "heldout_simulator"}
+  assert list(s["stage_seconds"])[:2] == ["tokenizer", "sft_agent"] and len(s["transcripts"]) == 3
+  for t in s["transcripts"]:
+    assert t["sft"]["turns"][:1] == t["dpo"]["turns"][:1] or not t["sft"]["turns"]
+  for suffix in (".json", ".md", ".png"):
+    assert (tmp_path / f"real_es{suffix}").stat().st_size > 0
+  assert s["tree_variance_share"] == pytest.approx(s["trees_with_variance"] / s["trees"])
