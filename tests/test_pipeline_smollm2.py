@@ -30,7 +30,7 @@ TINY = [
     "--config.search.max_prompt_len=128",
     "--config.eval.n_conditions=2", "--config.eval.max_agent_turns=2",
     "--config.eval.agent_sampling.max_new_tokens=12", "--config.eval.simulator_sampling.max_new_tokens=12",
-    "--config.eval.max_prompt_len=128",
+    "--config.eval.max_prompt_len=128", "--config.eval.heldout_simulator=false",  # tested on the sandbox
     "--config.dpo.max_len=128", "--config.dpo.min_bucket=128", "--config.dpo.batch_size=2",
     "--config.dpo.warmup_steps=0",
 ]
