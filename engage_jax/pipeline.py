@@ -480,7 +480,9 @@ def oracle_report(cfg, wd: Workdir) -> dict:
   with the transcript scores of its learned-simulator chats ("transcript") and the gap
   "sim_minus_oracle" (simulator reward minus the exact oracle expectation: the simulator gap /
   reward hacking figure). With config.search_dpo_rounds > 1 also "round-r" for the earlier rounds'
-  DPO agents (their chats: eval_dpo/round-r)."""
+  DPO agents (their chats: eval_dpo/round-r). The world's chats of each agent: DIR/oracle/<name>.jsonl
+  (outcome "expected": the exact expectation of the strategies played; paired by condition id)."""
+  from engage_jax.fileio import atomic_write_jsonl
   from engage_jax import evaluate, oracle
   tok = load_tokenizer(wd)
   conds = eval_conditions(cfg)
@@ -492,8 +494,9 @@ def oracle_report(cfg, wd: Workdir) -> dict:
   agents.append(("dpo", final_agent_dir(cfg, wd), "eval_dpo"))
   for name, agent_dir, chats in agents:
     agent = speaker(cfg, cfg.eval, load_model(cfg, agent_dir), tok, "agent")
-    block = oracle.summarize(oracle.evaluate_world(agent, conds, cfg.task, cfg.eval.samples_per_condition,
-                                                   cfg.seed + 11, world))
+    rows = oracle.evaluate_world(agent, conds, cfg.task, cfg.eval.samples_per_condition, cfg.seed + 11, world)
+    atomic_write_jsonl(wd.path("oracle", f"{name}.jsonl"), [d.to_json() for d in rows])
+    block = oracle.summarize(rows)
     sim = evaluate.load_dialogues(str(wd.path(chats, "dialogues.jsonl")))
     block["transcript"] = oracle.transcript_scores(cfg.task, sim, world)
     block["sim_minus_oracle"] = float(evaluate.rewards(sim).mean() - block["expected_mean"])

@@ -40,7 +40,7 @@ from engage_jax.fileio import atomic_write_json
 OUTPUTS: dict[str, tuple[str, ...]] = {
     "tokenizer": ("tokenizer",), "sft_agent": ("sft_agent",), "sft_simulator": ("sft_simulator",),
     "sft_heldout_simulator": ("sft_heldout_simulator",), "eval_sft": ("eval_sft",), "search": ("search", "pairs"), "dpo": ("dpo_agent",), "rounds": ("rounds",), "eval_dpo": ("eval_dpo",),
-    "report": ("report.json", "report.md", "reward.png", "turns.png", "search.png"),
+    "report": ("report.json", "oracle", "report.md", "reward.png", "turns.png", "search.png"),
 }
 
 

@@ -55,6 +55,8 @@ def test_two_rounds_end_to_end(two_rounds):
   assert (wd / "rounds" / "round-2" / "search" / "summary.json").is_file()
   # the sandbox oracle (the world as the user) scores every round's agent, shown in report.md
   assert list(rep["oracle"]) == ["sft", "round-1", "dpo"]
+  kept = evaluate.load_dialogues(str(wd / "oracle" / "dpo.jsonl"))  # the world's chats behind the summary
+  assert rep["oracle"]["dpo"]["expected_mean"] == pytest.approx(sum(d.outcome["expected"] for d in kept) / len(kept))
   md = (wd / "report.md").read_text()
   assert "| round-1 | 3 |" in md and "| search → DPO round |" in md
 
