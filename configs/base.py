@@ -128,6 +128,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.search = ml_collections.ConfigDict(dict(
       n_conditions=96,              # trees (one per training condition)
       trees_per_shard=16,
+      trees_in_flight=0,            # trees searched at once, across shards (0 = trees_per_shard); a finished
+                                    # tree is replaced at once, so generate calls hold trees_in_flight × k rows
       k=3,
       budget=8,                     # expansions per tree
       max_depth=3,

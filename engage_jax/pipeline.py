@@ -322,7 +322,7 @@ def stage_search(cfg, wd: Workdir) -> dict:
                              max_prompt_len=cfg.search.max_prompt_len, strategy_fn=strategy_fn,
                              kv_cache=cfg.rollout.kv_cache)
   summary = run_search(env, rts, scfg, str(wd.path("search")), trees_per_shard=cfg.search.trees_per_shard,
-                       pairs_dir=str(wd.path("pairs")))
+                       pairs_dir=str(wd.path("pairs")), trees_in_flight=cfg.search.get("trees_in_flight", 0))
   atomic_write_json(wd.path("search", "summary.json"), summary)
   return summary
 
