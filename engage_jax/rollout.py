@@ -86,14 +86,16 @@ class Speaker:
     """One batched `sampling.generate` call over prompt ids (through the conversation cache when
     `kv_cache`); the new ids of each (ragged). row_seeds: one seed per prompt (`seed` unused), so
     a row's sample does not depend on the other rows of the batch."""
+    per_row = {} if row_seeds is None else {"row_seeds": row_seeds}
     if self.kv_cache:
-      return self.cache.generate(self.model, prompts, seed=seed, row_seeds=row_seeds, **self.sampling.kwargs())
-    return sampling.generate(self.model, prompts, seed=seed, row_seeds=row_seeds, **self.sampling.kwargs())
+      return self.cache.generate(self.model, prompts, seed=seed, **per_row, **self.sampling.kwargs())
+    return sampling.generate(self.model, prompts, seed=seed, **per_row, **self.sampling.kwargs())
 
   def generate(self, messages: Sequence[list[dict]], seed: int,
                row_seeds: Sequence[int] | None = None) -> list[str]:
     """One batched `sampling.generate` call; returns the decoded, stripped replies."""
-    ids = self.generate_ids([self.prompt(m) for m in messages], seed, row_seeds)
+    prompts = [self.prompt(m) for m in messages]
+    ids = self.generate_ids(prompts, seed) if row_seeds is None else self.generate_ids(prompts, seed, row_seeds)
     return [self.tokenizer.decode(x).strip() for x in ids]
 
 
