@@ -3,6 +3,8 @@
 rows are packed (greedy and sampled)."""
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import pytest
 from flax import nnx
@@ -115,3 +117,33 @@ def test_search_trees_in_flight_give_the_same_trees(tok, model):
   ref = run(0)
   assert len({t for row in ref[0] for t in row if t}) > 8
   assert run(1) == ref
+
+
+def test_evaluate_runs_all_chats_in_one_refilled_call(tok, model, monkeypatch):
+  """evaluate: S x C chats in ONE simulate call (batch_size in flight); the chats are the same for
+  batch_size 0 (all) and 2, and each chat has its own seed."""
+  from ml_collections import ConfigDict
+  from engage_jax import evaluate as ev
+  calls = []
+  real = rollout.simulate
+
+  @functools.wraps(real)  # evaluate reads the signature (row_seeds, max_rows) through __wrapped__
+  def counting(*a, **kw):
+    calls.append((len(a[2]), kw["max_rows"]))
+    return real(*a, **kw)
+
+  monkeypatch.setattr(ev, "_default_simulate", lambda: counting)
+  conds = _starts()[:3]
+  runs = {}
+  for bs in (0, 2):
+    agent = rollout.Speaker(model, tok, max_prompt_len=96,
+                            sampling=SamplingParams(max_new_tokens=5, temperature=1.0, top_p=0.9))
+    sim = rollout.Speaker(model, tok, max_prompt_len=96, sampling=SamplingParams(max_new_tokens=5, temperature=1.0))
+    cfg = ConfigDict(dict(task="es", eval=dict(samples_per_condition=2, batch_size=bs, max_agent_turns=3)))
+    _, ds = ev.evaluate(agent, sim, conds, cfg, seed=3)
+    runs[bs] = [(d.id, [t.text for t in d.turns], d.outcome["seed"]) for d in ds]
+  assert calls == [(6, 0), (6, 2)]
+  assert runs[2] == runs[0]
+  assert [r[0] for r in runs[0]] == [f"d{i}/s{k}" for k in range(2) for i in range(3)]
+  assert len({r[2] for r in runs[0]}) == 6
+  assert runs[0][0][1] != runs[0][3][1]  # the two samples of a condition differ
