@@ -149,8 +149,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.eval = ml_collections.ConfigDict(dict(
       n_conditions=250,             # held-out conditions
       samples_per_condition=2,      # seeds per condition (same for SFT and DPO)
-      batch_size=256,               # conditions per simulate call (0: all at once); bounds the memory
-                                    # of a large n_conditions (more than it: chunks with their own seeds)
+      batch_size=256,               # chats in flight (0: all at once); all n_conditions × samples chats run
+                                    # in one simulate call, a finished chat's row refilled; bounds the memory
       max_agent_turns=4,
       agent_sampling=sampling_config(temperature=0.7, top_p=0.9),
       simulator_sampling=sampling_config(temperature=1.0),

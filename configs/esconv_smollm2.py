@@ -45,6 +45,11 @@ def get_config():
   c.sft.min_bucket = 256           # one length bucket: each bucket of this 30-layer model compiles for ~1 min
   c.search.n_conditions = 8
   c.search.trees_per_shard = 8
+  # 16 trees x k=3 = 48 rows per expand call (a batch bucket: no padding rows) while trees wait, a
+  # finished tree's place going to the next; P4G's 16 trees run as one pass instead of 2 shards of
+  # 24 rows; ES's 8 are all in flight (24 rows). Why 48: benchmarks/README.md "sampling_batch_curve".
+  # Evaluation keeps base's eval.batch_size (256): all 32 / 48 chats in one refilled simulate call.
+  c.search.trees_in_flight = 16
   c.search.k = 3
   c.search.budget = 3
   c.search.max_depth = 2
