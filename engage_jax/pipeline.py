@@ -456,7 +456,7 @@ STAGE_KEYS: dict[str, tuple[str, ...]] = {
 }
 STAGE_EXCLUDE = {"sft_agent": ("sft.simulator_steps",), "sft_simulator": ("sft.agent_steps",)}
 IGNORED = ("name", "mesh", "model.remat", "*.log_every", "*.eval_every", "*.checkpoint_every",
-           "*.keep_checkpoints", "data.max_valid_dialogues")
+           "*.keep_checkpoints", "data.max_valid_dialogues", "search.trees_in_flight")
 RESUMABLE = tuple(f"{s}.{k}" for s in ("sft", "dpo")
                   for k in ("learning_rate", "warmup_steps", "weight_decay", "grad_clip"))
 
