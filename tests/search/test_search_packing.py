@@ -65,3 +65,65 @@ def test_finished_trees_are_replaced_at_once():
 def test_in_flight_must_not_be_negative():
   with pytest.raises(ValueError, match="in_flight"):
     search(_env(), es_roots(2), CFG, in_flight=-1)
+
+
+def test_crash_with_trees_in_flight_across_shards_then_resume(tmp_path):
+  """5 trees in flight over shards of 2: a crash after shard 1 is written (trees of later shards
+  half searched) loses only unwritten work; resuming with another trees_in_flight gives the pairs
+  of an uninterrupted run, and shards are written in order."""
+  ref_out = str(tmp_path / "ref")
+  ref_summary = run_search(_env(), es_roots(9), CFG, ref_out, trees_per_shard=2, progress=False)
+  ref = read_search_pairs(ref_out)
+  out = str(tmp_path / "crashed")
+  written = []
+
+  class Boom(Exception):
+    pass
+
+  def crash(s):
+    written.append(s)
+    if s == 1:
+      raise Boom
+
+  with pytest.raises(Boom):
+    run_search(_env(), es_roots(9), CFG, out, trees_per_shard=2, trees_in_flight=5, progress=False,
+               after_shard=crash)
+  assert written == [0, 1]
+  env = RowLog(ARMS, max_turns=5, p_end=0.3)
+  summary = run_search(env, es_roots(9), CFG, out, trees_per_shard=2, trees_in_flight=1, progress=False,
+                       after_shard=written.append)
+  assert summary["shards_skipped"] == 2 and written == [0, 1, 2, 3, 4]
+  assert read_search_pairs(out) == ref
+  assert summary["expansions"] == ref_summary["expansions"] and max(env.expand_rows) == 1
+
+
+def test_resumed_run_deduplicates_against_the_skipped_shards(tmp_path):
+  """Trees with the same opening and one text per arm repeat each other's pairs: every pair is
+  kept once, in the first shard that found it, also when a resumed run skips that shard."""
+  from engage_jax.data.dialogue import Dialogue, Turn
+  from engage_jax.search.pairs import pair_key
+  from tests.search._search_helpers import ES_CONDITION
+  roots = [Dialogue(f"c{i}", "es", [Turn("user", "hi, I feel low")], dict(ES_CONDITION)) for i in range(6)]
+
+  def env():
+    return BanditEnv(ARMS, max_turns=5, texts={a: [f"say {a}"] for a in ARMS}, bernoulli=False)
+
+  ref_out = str(tmp_path / "ref")
+  run_search(env(), roots, CFG, ref_out, trees_per_shard=2, progress=False)
+  ref = read_search_pairs(ref_out)
+  keys = [pair_key(p) for p in ref]
+  assert len(keys) == len(set(keys)) > 0
+  assert min(p["meta"]["tree_id"] for p in ref if p["meta"]["depth"] == 0) == 0  # root pairs: tree 0's
+
+  class Boom(Exception):
+    pass
+
+  def crash(s):
+    if s == 0:
+      raise Boom
+
+  out = str(tmp_path / "crashed")
+  with pytest.raises(Boom):
+    run_search(env(), roots, CFG, out, trees_per_shard=2, trees_in_flight=6, progress=False, after_shard=crash)
+  run_search(env(), roots, CFG, out, trees_per_shard=2, trees_in_flight=3, progress=False)
+  assert read_search_pairs(out) == ref
