@@ -208,7 +208,9 @@ def _cap_live(trees: Trees, b: int, max_live: int, max_depth: int) -> None:
           and not trees.truncated[b, i] and not trees.capped[b, i] and trees.depth[b, i] < max_depth]
   if len(live) <= max_live:
     return
-  value = trees.value()[b]
+  visits = trees.visits[b]  # row b only: the search may hold every tree of a run
+  with np.errstate(invalid="ignore", divide="ignore"):
+    value = np.where(visits > 0, trees.value_sum[b] / np.maximum(visits, 1), np.nan)
   live.sort(key=lambda i: (-value[i], i))
   for i in live[max_live:]:
     trees.capped[b, i] = True
