@@ -49,9 +49,9 @@ class _Timed:
     self.inner = speaker.generate_ids
     speaker.generate_ids = self
 
-  def __call__(self, prompts, seed):
+  def __call__(self, prompts, seed, row_seeds=None):
     t0 = time.perf_counter()
-    out = self.inner(prompts, seed)
+    out = self.inner(prompts, seed, row_seeds)
     sec = time.perf_counter() - t0
     total = sum(len(p) for p in prompts)
     prefilled = self.speaker.cache.history[-1].prefilled_tokens if self.speaker.kv_cache else total

@@ -130,6 +130,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.search = ml_collections.ConfigDict(dict(
       n_conditions=96,              # trees (one per training condition)
       trees_per_shard=16,
+      trees_in_flight=0,            # trees searched at once, across shards (0 = trees_per_shard); a finished
+                                    # tree is replaced at once, so generate calls hold trees_in_flight × k rows
       k=3,
       budget=8,                     # expansions per tree
       max_depth=3,
@@ -149,8 +151,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.eval = ml_collections.ConfigDict(dict(
       n_conditions=250,             # held-out conditions
       samples_per_condition=2,      # seeds per condition (same for SFT and DPO)
-      batch_size=256,               # conditions per simulate call (0: all at once); bounds the memory
-                                    # of a large n_conditions (more than it: chunks with their own seeds)
+      batch_size=256,               # chats in flight (0: all at once); all n_conditions × samples chats run
+                                    # in one simulate call, a finished chat's row refilled; bounds the memory
       max_agent_turns=4,
       heldout_simulator=False,      # True: also evaluate against a simulator the search never saw (SFT on the
                                     # odd half of the training dialogues, seed + 100; the search's simulator

@@ -50,6 +50,10 @@ def get_config():
   c.sft.min_bucket = 256           # one length bucket: each bucket of this 30-layer model compiles for ~1 min
   c.search.n_conditions = 48
   c.search.trees_per_shard = 16
+  # 16 trees x k=3 = 48 rows per expand call (a batch bucket: no padding rows), a finished tree's
+  # place going to the next waiting one. Why 48: benchmarks/README.md "sampling_batch_curve".
+  # Evaluation keeps base's eval.batch_size (256): all its chats in one refilled simulate call.
+  c.search.trees_in_flight = 16
   c.search.k = 3
   c.search.budget = 6
   c.search.max_depth = 3

@@ -184,13 +184,16 @@ class ConversationCache:
 
   def generate(self, model, prompts: Sequence[Sequence[int]], max_new_tokens: int = 64,
                temperature: float = 0.0, top_p: float = 1.0, top_k: int = 0, seed: int = 0,
-               stop_token_ids: Sequence[int] | None = None) -> list[list[int]]:
-    """`sampling.generate(model, prompts, ...)` (same arguments, checks and result) reusing the
-    stored cache; stores this call's cache for the next."""
+               stop_token_ids: Sequence[int] | None = None,
+               row_seeds: Sequence[int] | None = None) -> list[list[int]]:
+    """`sampling.generate(model, prompts, ...)` (same arguments, checks and result, per-row seeds
+    included) reusing the stored cache; stores this call's cache for the next."""
     with self._lock:
-      return self._generate(model, prompts, max_new_tokens, temperature, top_p, top_k, seed, stop_token_ids)
+      return self._generate(model, prompts, max_new_tokens, temperature, top_p, top_k, seed, stop_token_ids,
+                            row_seeds)
 
-  def _generate(self, model, prompts, max_new_tokens, temperature, top_p, top_k, seed, stop_token_ids):
+  def _generate(self, model, prompts, max_new_tokens, temperature, top_p, top_k, seed, stop_token_ids,
+                row_seeds=None):
     cfg = model.config
     if stop_token_ids is None:
       eos = cfg.eos_token_id
@@ -233,7 +236,7 @@ class ConversationCache:
     mode = sampling._mode(float(temperature), float(top_p), int(top_k))
     fn = _compiled(graphdef, n, mode)
     out, steps, cache = fn(state, kept_cache, tokens, mask, src, np.arange(b) < len(prompts),
-                           jnp.int32(max_new_tokens), jax.random.key(seed),
+                           jnp.int32(max_new_tokens), sampling.key_arg(seed, row_seeds, b, len(prompts)),
                            jnp.float32(temperature if temperature > 0 else 1.0), jnp.float32(top_p),
                            jnp.int32(top_k), sampling._stop_array(stop_token_ids))
     out, steps = np.asarray(out), int(steps)

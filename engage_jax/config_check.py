@@ -174,6 +174,7 @@ def _search(c: _Checker) -> None:
   before = len(c.problems)
   _sampling(c, "search")
   c.int_ge("search.trees_per_shard", 1)
+  c.int_ge("search.trees_in_flight", 0)
   c.int_ge("search.k", 2, " (pairs need siblings)")
   c.int_ge("search.budget", 1)
   c.int_ge("search.max_depth", 1)

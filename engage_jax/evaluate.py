@@ -34,6 +34,7 @@ import numpy as np
 from engage_jax.data.dialogue import Dialogue
 from engage_jax.fileio import atomic_write_jsonl
 from engage_jax.seeding import sample_seed  # evaluate.sample_seed: the seed of one simulate call
+from engage_jax.seeding import sub_seed
 
 EXACT_MAX_N = 16          # exact enumeration of 2^n sign patterns up to this many pairs
 DEFAULT_PERMUTATIONS = 20_000
@@ -270,8 +271,9 @@ class EvalSettings:
   """What `evaluate` reads from its config (attribute or mapping access; `cfg.eval` if present).
 
   task: "es" | "p4g"; max_agent_turns: turn cap per conversation; samples_per_condition:
-  repeats per held-out condition (different seeds, same for every agent); batch_size: conditions
-  per `simulate` call (0 = all at once); reward: reward config passed through to `simulate`.
+  repeats per held-out condition (different seeds, same for every agent); batch_size: chats in
+  flight (0 = all at once; with a simulate that has no `max_rows`: conditions per call); reward:
+  reward config passed through to `simulate`.
   """
   task: str
   max_agent_turns: int
@@ -319,6 +321,11 @@ def eval_settings(cfg: Any) -> EvalSettings:
                       batch_size=bs, reward=find("reward"))
 
 
+def chat_seed(seed: int, sample: int, index: int) -> int:
+  """The seed of one evaluated chat: sample `sample` of condition number `index` (32-bit)."""
+  return sub_seed(seed, 1, sample, index, bits=32)
+
+
 def _default_simulate() -> Callable:
   from engage_jax import rollout  # imported lazily: evaluate's statistics need no model code
   return rollout.simulate
@@ -330,9 +337,13 @@ def evaluate(agent_speaker, simulator_speaker, conditions: Sequence[Dialogue], c
   """Simulates conversations of `agent_speaker` with `simulator_speaker` on held-out conditions.
 
   conditions: [C] Dialogues holding the condition and the opening turn(s) (the start of each
-  conversation). Every condition is played `samples_per_condition` (= S) times. Call (k, j) —
-  sample k, chunk j of `batch_size` conditions — gets seed `sample_seed(seed, k, j)`, so the same
-  cfg and seed give every agent the same conditions and simulator seeds. Returned dialogues
+  conversation). Every condition is played `samples_per_condition` (= S) times. With a simulate
+  that takes `row_seeds` and `max_rows` (`rollout.simulate`), all C * S chats run in ONE call,
+  `batch_size` in flight (a finished chat's row goes to the next waiting one), chat (k, i) seeded
+  by `chat_seed(seed, k, i)`, so its text does not depend on batch_size or on the other chats.
+  Otherwise call (k, j) — sample k, chunk j of `batch_size` conditions — gets seed
+  `sample_seed(seed, k, j)`. Either way the same cfg and seed give every agent the same
+  conditions and simulator seeds (outcome["seed"]: the chat's or the call's). Returned dialogues
   [C * S], ordered sample-major, have id "<condition id>/s<k>" and outcome["condition_id"],
   outcome["sample"], outcome["seed"] added (for pairing, see `paired_rewards`).
   out_path: if given, the dialogues are written there as JSON lines (atomically).
@@ -351,26 +362,33 @@ def evaluate(agent_speaker, simulator_speaker, conditions: Sequence[Dialogue], c
       raise ValueError(f"evaluate: condition {c.id!r} has task {c.task!r}, config task is {st.task!r}")
   simulate = simulate_fn if simulate_fn is not None else _default_simulate()
   import inspect
-  extra = {"progress": True} if "progress" in inspect.signature(simulate).parameters else {}
+  params = inspect.signature(simulate).parameters
+  extra = {"progress": True} if "progress" in params else {}
   bs = st.batch_size or len(conditions)
+  # per simulate call: ([(sample k, condition)], the call's seed or None, per-chat seeds or None)
+  if "row_seeds" in params and "max_rows" in params:
+    plan = [([(k, c) for k in range(st.samples_per_condition) for c in conditions], None,
+             [chat_seed(seed, k, i) for k in range(st.samples_per_condition) for i in range(len(conditions))])]
+    extra["max_rows"] = st.batch_size
+  else:
+    plan = [([(k, c) for c in conditions[start:start + bs]], sample_seed(seed, k, j), None)
+            for k in range(st.samples_per_condition) for j, start in enumerate(range(0, len(conditions), bs))]
   out: list[Dialogue] = []
-  for k in range(st.samples_per_condition):
-    for j, start in enumerate(range(0, len(conditions), bs)):
-      chunk = conditions[start:start + bs]
-      s = sample_seed(seed, k, j)
-      starts = [Dialogue(id=f"{c.id}/s{k}", task=c.task, turns=list(c.turns), condition=dict(c.condition),
-                         outcome={}) for c in chunk]
-      got = simulate(agent_speaker, simulator_speaker, starts, task=st.task,
-                     max_agent_turns=st.max_agent_turns, reward_cfg=st.reward, seed=s, **extra)
-      got = list(got)
-      if len(got) != len(starts):
-        raise ValueError(f"evaluate: simulate returned {len(got)} dialogues for {len(starts)} starts")
-      for c, st_d, d in zip(chunk, starts, got):
-        if "reward" not in d.outcome:
-          raise ValueError(f"evaluate: simulated dialogue {d.id!r} has no outcome['reward']")
-        d.id = st_d.id
-        d.outcome = dict(d.outcome, condition_id=c.id, sample=k, seed=s)
-        out.append(d)
+  for chats, s, seeds in plan:
+    starts = [Dialogue(id=f"{c.id}/s{k}", task=c.task, turns=list(c.turns), condition=dict(c.condition),
+                       outcome={}) for k, c in chats]
+    per_row = {} if seeds is None else {"row_seeds": seeds}
+    got = simulate(agent_speaker, simulator_speaker, starts, task=st.task, max_agent_turns=st.max_agent_turns,
+                   reward_cfg=st.reward, seed=seed if s is None else s, **per_row, **extra)
+    got = list(got)
+    if len(got) != len(starts):
+      raise ValueError(f"evaluate: simulate returned {len(got)} dialogues for {len(starts)} starts")
+    for r, ((k, c), st_d, d) in enumerate(zip(chats, starts, got)):
+      if "reward" not in d.outcome:
+        raise ValueError(f"evaluate: simulated dialogue {d.id!r} has no outcome['reward']")
+      d.id = st_d.id
+      d.outcome = dict(d.outcome, condition_id=c.id, sample=k, seed=s if seeds is None else seeds[r])
+      out.append(d)
   if out_path:
     atomic_write_jsonl(out_path, [d.to_json() for d in out])
   return summarize(out, n_boot=n_boot, seed=seed), out
@@ -390,6 +408,6 @@ def load_dialogues(path: str) -> list[Dialogue]:
   return out
 
 
-__all__ = ["ALTERNATIVES", "EXACT_MAX_N", "EvalSettings", "bootstrap_ci", "condition_id", "eval_settings",
+__all__ = ["ALTERNATIVES", "EXACT_MAX_N", "EvalSettings", "bootstrap_ci", "chat_seed", "condition_id", "eval_settings",
            "evaluate", "has_sampled_readout", "is_unparsed", "load_dialogues", "mcnemar_exact", "paired_rewards", "paired_samples", "paired_test",
            "rewards", "sample_seed", "sampled_view", "scored", "summarize", "unparsed_count"]

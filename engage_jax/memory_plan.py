@@ -324,7 +324,8 @@ def make_plan(cfg, mesh_shape: tuple[int, int, int], *, which: str = "agent", tr
               hbm_gib: float = 16.0, usable_fraction: float = 0.9) -> Plan:
   """The plan of `cfg`'s `which` model on a (data, fsdp, tensor) mesh of jax's first devices.
   0 for a size means the config's: train_batch = sft.batch_size, seq_len = data.max_len,
-  sample_batch = search.trees_per_shard × search.k (rounded up to the data×fsdp extent),
+  sample_batch = trees in flight (search.trees_in_flight, 0 = trees_per_shard) × search.k
+  (rounded up to the data×fsdp extent),
   sample_len = search.max_prompt_len + search.agent_sampling.max_new_tokens. compile_mode: "none"
   (lower only), "auto" (+ reduced-depth compiles and the activation cross-check), "full" (+ the
   full-depth train step)."""
@@ -342,7 +343,8 @@ def make_plan(cfg, mesh_shape: tuple[int, int, int], *, which: str = "agent", tr
   seq_len = seq_len or int(cfg.data.max_len)
   div = shd.batch_divisor(mesh)
   if not sample_batch:
-    sample_batch = shd.round_to_batch(int(cfg.search.trees_per_shard) * int(cfg.search.k), mesh)
+    in_flight = int(cfg.search.get("trees_in_flight", 0) or cfg.search.trees_per_shard)
+    sample_batch = shd.round_to_batch(in_flight * int(cfg.search.k), mesh)
   sample_len = sample_len or int(cfg.search.max_prompt_len) + int(cfg.search.agent_sampling.max_new_tokens)
   prompt_len = min(int(cfg.search.max_prompt_len), sample_len)
   shd.check_batch(mesh, train_batch, "train batch")

@@ -394,7 +394,7 @@ def run_search_round(cfg, wd: Workdir, round_: int) -> dict:
                              max_prompt_len=cfg.search.max_prompt_len, strategy_fn=strategy_fn,
                              kv_cache=cfg.rollout.kv_cache)
   summary = run_search(env, rts, scfg, str(paths["search"]), trees_per_shard=cfg.search.trees_per_shard,
-                       pairs_dir=str(paths["pairs"]))
+                       pairs_dir=str(paths["pairs"]), trees_in_flight=cfg.search.get("trees_in_flight", 0))
   atomic_write_json(paths["search"] / "summary.json", summary)
   return summary
 
@@ -582,7 +582,7 @@ STAGE_KEYS: dict[str, tuple[str, ...]] = {
 STAGE_EXCLUDE = {"sft_agent": ("sft.simulator_steps",), "sft_simulator": ("sft.agent_steps",),
                  "sft_heldout_simulator": ("sft.agent_steps",)}
 IGNORED = ("name", "mesh", "model.remat", "*.log_every", "*.eval_every", "*.checkpoint_every",
-           "*.keep_checkpoints", "data.max_valid_dialogues")
+           "*.keep_checkpoints", "data.max_valid_dialogues", "search.trees_in_flight")
 RESUMABLE = tuple(f"{s}.{k}" for s in ("sft", "dpo")
                   for k in ("learning_rate", "warmup_steps", "weight_decay", "grad_clip"))
 

@@ -178,7 +178,7 @@ def filter_mask(logits: jax.Array, top_p: jax.Array, top_k: jax.Array) -> jax.Ar
 
 def sample_logits(logits: jax.Array, key: jax.Array, temperature: jax.Array, top_p: jax.Array,
                   top_k: jax.Array, *, mode: str) -> jax.Array:
-  """Next tokens [B] int32 from fp32 logits [B, V].
+  """Next tokens [B] int32 from fp32 logits [B, V]; key: one PRNG key () or per-row keys [B].
 
   mode (static): "greedy" (argmax; the other arguments are ignored), "sample" (temperature only),
   "filter" (temperature, then top-k with k <= 0 meaning off, then top-p with p >= 1 meaning off;
@@ -191,6 +191,8 @@ def sample_logits(logits: jax.Array, key: jax.Array, temperature: jax.Array, top
     logits = jnp.where(filter_mask(logits, top_p, top_k), logits, -jnp.inf)
   elif mode != "sample":
     raise ValueError(f"sample_logits: unknown mode {mode!r}")
+  if key.ndim == 1:  # per-row keys [B]: row b's draw depends on its key alone
+    return jax.vmap(lambda k, x: jax.random.categorical(k, x))(key, logits).astype(jnp.int32)
   return jax.random.categorical(key, logits, axis=-1).astype(jnp.int32)
 
 
@@ -209,7 +211,21 @@ class DecodeState:
   token: jax.Array    # [B] int32: the last sampled token (-1 once a row is done)
   done: jax.Array     # [B] bool: the row has sampled a stop token (or is batch padding)
   out: jax.Array      # [B, N] int32: sampled tokens so far, -1 elsewhere
-  key: jax.Array      # PRNG key, split once per step
+  key: jax.Array      # PRNG key () split once per step, or per-row keys [B] (folded with the step)
+
+
+def row_keys(row_seeds) -> jax.Array:
+  """uint32 [B] seeds → typed PRNG keys [B] (one per row; `generate(row_seeds=...)`)."""
+  return jax.vmap(jax.random.key)(row_seeds)
+
+
+def step_key(key: jax.Array, step) -> tuple[jax.Array, jax.Array]:
+  """(carry, key for this step's draw): a single key () is split (carry = the new key); per-row
+  keys [B] stay the carry and each row draws with fold_in(its key, step)."""
+  if key.ndim == 0:
+    key, sub = jax.random.split(key)
+    return key, sub
+  return key, jax.vmap(jax.random.fold_in, in_axes=(0, None))(key, step)
 
 
 def _generate_core(graphdef, state, tokens, prompt_mask, src, row_valid, max_new, key, temperature,
@@ -244,6 +260,7 @@ def decode_loop(model, cache, logits, kv_mask, lengths, first_slot, row_valid, m
                 temperature, top_p, top_k, stop_ids, *, num_new: int, mode: str) -> DecodeState:
   """Samples the first token from `logits` [B, V] (the prompts' last positions), then decodes in a
   `lax.while_loop` until every row stopped or `max_new` tokens (traced, <= num_new).
+  key: one PRNG key () or per-row keys [B] (`row_keys`; see `step_key`).
 
   cache: per layer LayerCache [B, KV, hd, S] holding the prompts (S >= first_slot + num_new);
   kv_mask [B, S]: the slots of real prompt tokens, and ones from `first_slot` on; lengths [B]
@@ -252,7 +269,7 @@ def decode_loop(model, cache, logits, kv_mask, lengths, first_slot, row_valid, m
   (its `cache` holds every fed token; `step` - 1 tokens were fed per live row).
   """
   b = row_valid.shape[0]
-  key, sub = jax.random.split(key)
+  key, sub = step_key(key, 0)
   tok = sample_logits(logits, sub, temperature, top_p, top_k, mode=mode)
   is_stop = lambda t: jnp.any(t[:, None] == stop_ids[None, :], axis=-1)
   done = is_stop(tok) | ~row_valid
@@ -267,7 +284,7 @@ def decode_loop(model, cache, logits, kv_mask, lengths, first_slot, row_valid, m
     hidden, cache = model.forward_cached(st.token[:, None], pos, st.cache, first_slot + i - 1, kv_mask,
                                          mode="decode")
     logits = model.logits(hidden[:, 0])
-    key, sub = jax.random.split(st.key)
+    key, sub = step_key(st.key, i)
     nxt = sample_logits(logits, sub, temperature, top_p, top_k, mode=mode)
     nxt = jnp.where(st.done, -1, nxt)
     out = jax.lax.dynamic_update_slice(st.out, nxt[:, None], (0, i))
@@ -314,9 +331,22 @@ def _cut(row: np.ndarray, max_new: int, stops: set[int]) -> list[int]:
   return res
 
 
+def key_arg(seed: int, row_seeds: Sequence[int] | None, b: int, n: int) -> jax.Array:
+  """The PRNG argument of a call over n prompts padded to b rows: `key(seed)` (), or per-row keys
+  [b] from `row_seeds` (n ints; padding rows get seed 0). Raises ValueError on a length mismatch."""
+  if row_seeds is None:
+    return jax.random.key(seed)
+  if len(row_seeds) != n:
+    raise ValueError(f"generate: {len(row_seeds)} row_seeds for {n} prompts")
+  seeds = np.zeros((b,), np.uint32)
+  seeds[:n] = [int(x) & 0xFFFFFFFF for x in row_seeds]
+  return row_keys(seeds)
+
+
 def generate(model, prompts: Sequence[Sequence[int]], max_new_tokens: int = 64,
              temperature: float = 0.0, top_p: float = 1.0, top_k: int = 0, seed: int = 0,
-             stop_token_ids: Sequence[int] | None = None, *, mesh=None) -> list[list[int]]:
+             stop_token_ids: Sequence[int] | None = None, *, mesh=None,
+             row_seeds: Sequence[int] | None = None) -> list[list[int]]:
   """New tokens for each prompt (see module docstring).
 
   model: a `CausalLM` (possibly with a sharded state). prompts: N ragged lists of token ids.
@@ -352,7 +382,7 @@ def generate(model, prompts: Sequence[Sequence[int]], max_new_tokens: int = 64,
   if mesh is not None:
     args = sharding.place_batch(args, mesh)
   fn = _compiled(graphdef, n, mode)
-  out, _ = fn(state, *args, jnp.int32(max_new_tokens), jax.random.key(seed),
+  out, _ = fn(state, *args, jnp.int32(max_new_tokens), key_arg(seed, row_seeds, b, len(prompts)),
               jnp.float32(temperature if temperature > 0 else 1.0), jnp.float32(top_p),
               jnp.int32(top_k), _stop_array(stop_token_ids))
   out = sharding.to_host(out)

@@ -26,8 +26,8 @@ _MODEL = flags.DEFINE_enum("model", "agent", ["agent", "simulator"], "Which mode
 _TRAIN_BATCH = flags.DEFINE_integer("train_batch", 0, "Global train batch (0 = config sft.batch_size).")
 _SEQ_LEN = flags.DEFINE_integer("seq_len", 0, "Train sequence length (0 = config data.max_len).")
 _SAMPLE_BATCH = flags.DEFINE_integer(
-    "sample_batch", 0, "Sampling batch (0 = search.trees_per_shard * search.k, rounded up to the "
-    "data×fsdp extent).")
+    "sample_batch", 0, "Sampling batch (0 = trees in flight (search.trees_in_flight, 0 = "
+    "trees_per_shard) * search.k, rounded up to the data×fsdp extent).")
 _SAMPLE_LEN = flags.DEFINE_integer(
     "sample_len", 0, "KV cache length (0 = search.max_prompt_len + search.agent_sampling.max_new_tokens).")
 _COMPILE = flags.DEFINE_enum(

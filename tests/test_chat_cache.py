@@ -157,7 +157,8 @@ def test_search_children_continue_their_parents_cache(model, tok):
     log = []
     for sp in (env.agent, env.simulator):
       inner = sp.generate_ids
-      sp.generate_ids = lambda prompts, seed, inner=inner, log=log: log.append(inner(prompts, seed)) or log[-1]
+      sp.generate_ids = (lambda prompts, seed, row_seeds=None, inner=inner, log=log:
+                         log.append(inner(prompts, seed, row_seeds)) or log[-1])
     trees = search(env, es_roots(2), cfg)
     runs[kv] = (log, np.asarray(trees.value()), env.agent.cache.history + env.simulator.cache.history)
   assert runs[True][0] == runs[False][0] and len(runs[True][0]) > 4

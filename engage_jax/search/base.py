@@ -9,9 +9,11 @@ batched sampling call per role. The production env is `search.env.ModelEnv`; tes
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from typing import Protocol
 
 from engage_jax.data.dialogue import Dialogue, Turn
+from engage_jax.seeding import sub_seed
 
 UNPARSED = float("nan")  # the reward of a chat whose P4G outcome line gave no donation
 
@@ -45,15 +47,30 @@ class RolloutResult:
   terminal: bool
 
 
+def row_seeds(seed: int | Sequence[int], n: int) -> list[int]:
+  """The per-history seeds of an env call over n histories: `seed` itself when it is a sequence
+  (one seed per history; its length is checked), else `sub_seed(seed, i)` for history i."""
+  if hasattr(seed, "__index__"):  # int or numpy integer
+    return [sub_seed(int(seed), i) for i in range(n)]
+  seeds = [int(x) for x in seed]
+  if len(seeds) != n:
+    raise ValueError(f"env: {len(seeds)} seeds for {n} histories")
+  return seeds
+
+
 class Env(Protocol):
   """What i×MCTS needs from the models. Both methods are deterministic given `seed`.
+  `seed` is one int per history (search passes `imcts.node_seed` of each row) or a single int
+  (`row_seeds`: history i then gets `sub_seed(seed, i)`). A row's result should depend only on
+  its history and its own seed, not on the other rows of the call: then the search's trees do
+  not depend on how trees are packed into calls (ModelEnv and BanditEnv do this).
   An env used with SearchConfig.reward_horizon "turn" also has
   `turn_rewards(expansions) -> list[float]` (one immediate reward per new child)."""
 
-  def expand(self, histories: list[Dialogue], k: int, seed: int) -> list[list[Expansion]]:
+  def expand(self, histories: list[Dialogue], k: int, seed: int | Sequence[int]) -> list[list[Expansion]]:
     """k candidate children per history: result[i] has length k (order = generation order)."""
     ...
 
-  def rollout(self, histories: list[Dialogue], seed: int) -> list[RolloutResult]:
+  def rollout(self, histories: list[Dialogue], seed: int | Sequence[int]) -> list[RolloutResult]:
     """One simulated continuation to a terminal (or the turn cap) per history."""
     ...

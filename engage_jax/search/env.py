@@ -8,7 +8,7 @@ from typing import Any
 from collections.abc import Callable, Mapping, Sequence
 
 from engage_jax.data.dialogue import AGENT, USER, Dialogue, Turn
-from engage_jax.search.base import UNPARSED, Expansion, RolloutResult
+from engage_jax.search.base import UNPARSED, Expansion, RolloutResult, row_seeds
 from engage_jax.seeding import sub_seed
 
 
@@ -40,6 +40,10 @@ class ModelEnv:
   children the simulator ended get their reward at once (`final_rewards`: ES regex; P4G one more
   batched simulator call for the outcome line). END_MARKER is stripped from stored user turns.
   rollout: `rollout.simulate` over all histories (one batched call per role per turn).
+  Seeds are per row (`base.row_seeds`): candidate j of history i samples the agent with
+  sub_seed(s_i, 0, j), the simulator with sub_seed(s_i, 1, j) and the outcome with sub_seed(s_i,
+  2, j); a rollout row is `simulate`d with row seed s_i. So a row's text does not depend on the
+  other rows of the call (up to fp32 rounding of the batch shape).
 
   agent, simulator: `engage_jax.rollout.Speaker`s (model, tokenizer, prompt length and
     `sampling.SamplingParams`).
@@ -76,11 +80,13 @@ class ModelEnv:
     return cls(agent, sim, task=task, reward_cfg=reward_cfg, max_turns=cfg.max_turns,
                logprobs=logprobs, strategy_fn=strategy_fn)
 
-  def expand(self, histories: list[Dialogue], k: int, seed: int) -> list[list[Expansion]]:
+  def expand(self, histories: list[Dialogue], k: int, seed) -> list[list[Expansion]]:
     from engage_jax.data import chat
+    seeds = row_seeds(seed, len(histories))
     rows = [(i, h) for i, h in enumerate(histories) for _ in range(k)]
+    cand = [(seeds[i], j) for i in range(len(histories)) for j in range(k)]  # (history seed, candidate)
     a_prompts = [self.agent.prompt(chat.agent_messages(h.task, h.turns)) for _, h in rows]
-    a_ids = self.agent.generate_ids(a_prompts, sub_seed(seed, 0))  # [len(rows)] ragged
+    a_ids = self.agent.generate_ids(a_prompts, 0, [sub_seed(s, 0, j) for s, j in cand])  # [len(rows)] ragged
     a_texts = [self.tokenizer.decode(ids).strip() for ids in a_ids]
     if self.logprobs:
       from engage_jax.sampling import sequence_logprobs
@@ -92,7 +98,7 @@ class ModelEnv:
     s_prompts = [self.simulator.prompt(chat.simulator_messages(h.task, h.condition,
                                                                list(h.turns) + [a]))
                  for (_, h), a in zip(rows, agent_turns)]
-    s_ids = self.simulator.generate_ids(s_prompts, sub_seed(seed, 1))
+    s_ids = self.simulator.generate_ids(s_prompts, 0, [sub_seed(s, 1, j) for s, j in cand])
     out: list[list[Expansion]] = [[] for _ in histories]
     ended = []
     for r, ((i, h), a) in enumerate(zip(rows, agent_turns)):
@@ -105,10 +111,10 @@ class ModelEnv:
       out[i].append(e)
       if terminal:
         ended.append((e, Dialogue(h.id, h.task, list(h.turns) + [e.agent, e.user],
-                                  dict(h.condition))))
+                                  dict(h.condition)), sub_seed(cand[r][0], 2, cand[r][1])))
     if ended:
-      rewards = self.final_rewards([d for _, d in ended], sub_seed(seed, 2))
-      for (e, _), r in zip(ended, rewards):
+      rewards = self.final_rewards([d for _, d, _ in ended], [s for _, _, s in ended])
+      for (e, _, _), r in zip(ended, rewards):
         e.reward = r
     return out
 
@@ -116,17 +122,20 @@ class ModelEnv:
     """`turn_reward` of each new child (reward_horizon "turn")."""
     return [turn_reward(self.task, e, self.reward_cfg) for e in expansions]
 
-  def final_rewards(self, dialogues: list[Dialogue], seed: int) -> list[float]:
+  def final_rewards(self, dialogues: list[Dialogue], seed) -> list[float]:
     """Rewards of chats the simulator has ended (`rollout.score_finished`, as `simulate` does);
-    UNPARSED for a P4G outcome without a donation."""
+    UNPARSED for a P4G outcome without a donation. seed: one per dialogue or one int
+    (`base.row_seeds`)."""
     from engage_jax import rollout
+    seeds = row_seeds(seed, len(dialogues))
     return [_scored_reward(x) for x in rollout.score_finished(self.simulator, dialogues, task=self.task,
-                                                        reward_cfg=self.reward_cfg, seed=seed)]
+                                                        reward_cfg=self.reward_cfg, row_seeds=seeds)]
 
-  def rollout(self, histories: list[Dialogue], seed: int) -> list[RolloutResult]:
+  def rollout(self, histories: list[Dialogue], seed) -> list[RolloutResult]:
     from engage_jax import rollout
     done = rollout.simulate(self.agent, self.simulator, list(histories), task=self.task,
-                            max_agent_turns=self.max_turns, reward_cfg=self.reward_cfg, seed=seed)
+                            max_agent_turns=self.max_turns, reward_cfg=self.reward_cfg,
+                            row_seeds=row_seeds(seed, len(histories)))
     return [RolloutResult(reward=_scored_reward(d.outcome),
                           num_turns=int(d.outcome.get("num_turns", 0)),
                           terminal=bool(d.outcome.get("terminal", False))) for d in done]

@@ -71,7 +71,8 @@ class SearchConfig:
       `env.turn_rewards`, e.g. the ES regex on the next user turn alone; no rollouts). The backup
       is unchanged, so a node's value is still the mean of the rewards in its subtree: later
       turns' immediate reactions reach an earlier turn's value.
-  seed: all randomness derives from it (round r uses sub-seeds of (seed, r)).
+  seed: all randomness derives from it (each row of an env call gets `node_seed(seed, tree, node,
+    use)`, independent of the round and of the other trees in the call).
   required_condition: condition fields every root needs; None = the task's
     (`data.dialogue.REQUIRED_CONDITION`).
   """
@@ -207,7 +208,9 @@ def _cap_live(trees: Trees, b: int, max_live: int, max_depth: int) -> None:
           and not trees.truncated[b, i] and not trees.capped[b, i] and trees.depth[b, i] < max_depth]
   if len(live) <= max_live:
     return
-  value = trees.value()[b]
+  visits = trees.visits[b]  # row b only: the search may hold every tree of a run
+  with np.errstate(invalid="ignore", divide="ignore"):
+    value = np.where(visits > 0, trees.value_sum[b] / np.maximum(visits, 1), np.nan)
   live.sort(key=lambda i: (-value[i], i))
   for i in live[max_live:]:
     trees.capped[b, i] = True
@@ -221,30 +224,67 @@ class RoundInfo:
   children: int    # children added
   rollouts: int    # histories sent to env.rollout
   unparsed: int = 0  # new children whose outcome gave no reward (not backed up)
+  finished: list[int] = dataclasses.field(default_factory=list)  # trees (indices) done this round
+
+
+EXPAND, ROLLOUT = 0, 1  # the `use` key of node_seed
+
+
+def node_seed(seed: int, tree_id: int, node: int, use: int) -> int:
+  """The env seed of one row: the expansion of `node` (use EXPAND) or the rollout from it (use
+  ROLLOUT) in tree `tree_id`. It depends on nothing else (not the round, nor which trees share
+  the call), so a tree's search is the same however trees are packed into calls."""
+  return sub_seed(seed, 2, tree_id, node, use)
+
+
+def tree_done(trees: Trees, b: int, budget: int) -> bool:
+  """Tree b has used its budget or has no expandable node left."""
+  return bool(trees.expansions[b] >= budget or trees.closed[b, ROOT_INDEX])
 
 
 def search(env: Env, roots: Sequence[Dialogue], cfg: SearchConfig,
-           on_round: Callable[[RoundInfo], None] | None = None) -> Trees:
+           on_round: Callable[[RoundInfo], None] | None = None, *,
+           tree_ids: Sequence[int] | None = None, in_flight: int = 0,
+           on_finished: Callable[[Trees, list[int]], None] | None = None) -> Trees:
   """Runs i×MCTS on one tree per root (B = len(roots)); returns the filled `Trees`.
 
-  Per round: one `env.expand` call over the frontier of all live trees and at most one
-  `env.rollout` call. Deterministic given cfg.seed (if the env is).
+  Per round: one `env.expand` call over the frontier of the trees in flight and at most one
+  `env.rollout` call. in_flight: at most this many trees in flight (0 = all B): the first
+  `in_flight` unfinished trees in root order, so a tree that finishes is replaced at once by the
+  next waiting one (the calls stay full while trees wait). Every row's env seed is
+  `node_seed(cfg.seed, tree_ids[b], node, ...)` (tree_ids default 0..B-1): the trees, and so the
+  pairs, do not depend on in_flight or on which trees share a call (given an env whose rows
+  depend only on their own seed, as ModelEnv's and BanditEnv's do). Deterministic given cfg.seed
+  (if the env is).
+  on_finished(trees, [b, ...]): after each round, the trees that finished in it (done, as
+  `tree_done`), e.g. to write them out while the others go on.
   Raises ValueError on bad config/roots before calling the env.
   """
   validate(roots, cfg, env)
+  if in_flight < 0:
+    raise ValueError(f"search: in_flight must be >= 0 (0 = all trees), got {in_flight}")
+  tree_ids = list(range(len(roots))) if tree_ids is None else [int(t) for t in tree_ids]
+  if len(tree_ids) != len(roots):
+    raise ValueError(f"search: {len(tree_ids)} tree_ids for {len(roots)} roots")
   k = cfg.k
   trees = init_trees(roots, 1 + cfg.budget * k, k)
   root_turns = [r.num_agent_turns for r in roots]
   update_closed(trees, cfg.max_depth)
+  limit = in_flight or trees.batch_size
+  reported = np.zeros((trees.batch_size,), bool)
   rnd = 0
   while True:
-    live = [b for b in range(trees.batch_size)
-            if trees.expansions[b] < cfg.budget and not trees.closed[b, ROOT_INDEX]]
+    live = []
+    for b in range(trees.batch_size):
+      if len(live) >= limit:
+        break
+      if not tree_done(trees, b, cfg.budget):
+        live.append(b)
     if not live:
       break
     leaves = [(b, select_leaf(trees, b, cfg)) for b in live]
     histories = [trees.history(b, n) for b, n in leaves]
-    expansions = env.expand(histories, k, sub_seed(cfg.seed, rnd, 0))
+    expansions = env.expand(histories, k, [node_seed(cfg.seed, tree_ids[b], n, EXPAND) for b, n in leaves])
     if len(expansions) != len(leaves):
       raise ValueError(f"env.expand returned {len(expansions)} rows for {len(leaves)} histories")
     new: list[tuple[int, int]] = []
@@ -272,7 +312,8 @@ def search(env: Env, roots: Sequence[Dialogue], cfg: SearchConfig,
       known = set(new)
     need = [(b, n) for b, n in new if (b, n) not in known]
     if need:
-      results = env.rollout([trees.history(b, n) for b, n in need], sub_seed(cfg.seed, rnd, 1))
+      results = env.rollout([trees.history(b, n) for b, n in need],
+                            [node_seed(cfg.seed, tree_ids[b], n, ROLLOUT) for b, n in need])
       if len(results) != len(need):
         raise ValueError(f"env.rollout returned {len(results)} results for {len(need)} histories")
       for (b, n), res in zip(need, results):
@@ -287,8 +328,15 @@ def search(env: Env, roots: Sequence[Dialogue], cfg: SearchConfig,
       for b in live:
         _cap_live(trees, b, cfg.max_live, cfg.max_depth)
     update_closed(trees, cfg.max_depth)
+    finished = [b for b in live if tree_done(trees, b, cfg.budget) and not reported[b]]
+    reported[finished] = True
+    if on_finished is not None and finished:
+      on_finished(trees, finished)
     if on_round is not None:
       on_round(RoundInfo(round=rnd, expansions=len(leaves), children=len(new), rollouts=len(need),
-                         unparsed=unparsed))
+                         unparsed=unparsed, finished=finished))
     rnd += 1
+  rest = [int(b) for b in np.flatnonzero(~reported)]  # done before any round (none today)
+  if on_finished is not None and rest:
+    on_finished(trees, rest)
   return trees

@@ -1,7 +1,12 @@
 """Resumable i×MCTS over many conditions, written shard by shard.
 
-Roots are split in order into shards of `trees_per_shard`. Shard s searches its trees with the seed
-`shard_seed(cfg.seed, s)` (independent of the other shards) and, when finished, writes atomically
+Roots are split in order into shards of `trees_per_shard`. All unfinished shards' trees are
+searched in ONE `imcts.search` with `trees_in_flight` trees at a time (default trees_per_shard):
+when a tree finishes, the next waiting tree (of the same or a later shard) takes its place, so
+the generate calls stay full instead of waiting for a shard's slowest tree. Every env row is
+seeded by `imcts.node_seed(cfg.seed, tree id, node, ...)` (tree id = the root's index), so a
+tree, and the pairs, do not depend on trees_per_shard, trees_in_flight or which shards a resumed
+run skips. A shard is written as soon as its trees and all earlier shards are done, atomically:
   <out>/trees/shard-XXXXX.json   per-tree stats (visits, values, depth, expansions) + shard info
   <out>/pairs/shard-XXXXX.jsonl  its pairs (docs/CONTRACTS.md), written last (`pairs_dir=`: there
                                  instead; the pipeline writes them to <workdir>/pairs).
@@ -34,11 +39,13 @@ from engage_jax.seeding import sub_seed
 from engage_jax.search.base import Env
 from engage_jax.search.imcts import RoundInfo, SearchConfig, search, validate
 from engage_jax.search.pairs import atomic_write_text, extract_pairs, pair_key, read_jsonl, write_jsonl
+from engage_jax.search.tree import Trees
 
 
 # keys of the launcher's `config.search` section that the runner and pipeline read, not i×MCTS:
-# the number of trees (roots), trees per shard, and the Speakers' prompt length.
-RUNNER_KEYS = ("n_conditions", "trees_per_shard", "max_prompt_len")
+# the number of trees (roots), trees per shard, trees in flight, and the Speakers' prompt length.
+RUNNER_KEYS = ("n_conditions", "trees_per_shard", "trees_in_flight", "max_prompt_len")
+RNG_SCHEME = "per_tree"  # the manifest's "rng": rows seeded by imcts.node_seed (older runs: per shard)
 
 
 def config_from_section(section: Mapping, **overrides) -> SearchConfig:
@@ -49,7 +56,8 @@ def config_from_section(section: Mapping, **overrides) -> SearchConfig:
 
 
 def shard_seed(seed: int, shard: int) -> int:
-  """The search seed of shard `shard` (depends only on the run seed and the shard index)."""
+  """The search seed of shard `shard` in runs before the per-tree RNG (`RNG_SCHEME`); kept for
+  reading old shard files (their "seed")."""
   return sub_seed(seed, 7919, shard)
 
 
@@ -67,7 +75,7 @@ def _manifest(roots: Sequence[Dialogue], cfg: SearchConfig, trees_per_shard: int
   if cfg_json.get("required_condition") is not None:
     cfg_json["required_condition"] = list(cfg_json["required_condition"])
   return {"config": cfg_json, "trees_per_shard": trees_per_shard,
-          "roots": [r.id for r in roots]}
+          "roots": [r.id for r in roots], "rng": RNG_SCHEME}
 
 
 def tree_values(tree_stats: dict) -> list[float]:
@@ -107,9 +115,12 @@ def _log_shard(out_dir: str, shard: int, stats: dict, seconds: float) -> None:
 
 def run_search(env: Env, roots: Sequence[Dialogue], cfg: SearchConfig, out_dir: str, *,
                trees_per_shard: int = 16, progress: bool = True, pairs_dir: str | None = None,
-               after_shard: Callable[[int], None] | None = None) -> dict:
+               after_shard: Callable[[int], None] | None = None, trees_in_flight: int = 0) -> dict:
   """Searches all roots shard by shard into `out_dir`; returns a summary dict.
   pairs_dir: where the pair shards go (default `<out_dir>/pairs`; the pipeline: `<workdir>/pairs`).
+  trees_in_flight: trees searched at once across shards (0 = trees_per_shard); the generate
+  batches hold trees_in_flight × k rows. It changes no pair (see the module docstring), so a
+  resumed run may use another value.
 
   summary: {"trees", "pairs", "expansions", "seconds", "shards", "shards_skipped", "children",
             "unparsed", "unparsed_rate", "trees_with_variance", "tree_variance_share",
@@ -122,12 +133,17 @@ def run_search(env: Env, roots: Sequence[Dialogue], cfg: SearchConfig, out_dir: 
   """
   if trees_per_shard < 1:
     raise ValueError(f"run_search: trees_per_shard must be >= 1; got {trees_per_shard}")
+  if trees_in_flight < 0:
+    raise ValueError(f"run_search: trees_in_flight must be >= 0 (0 = trees_per_shard); got {trees_in_flight}")
   validate(roots, cfg, env)
   manifest = _manifest(roots, cfg, trees_per_shard)
   man_path = os.path.join(out_dir, "search_config.json")
   if os.path.exists(man_path):
     with open(man_path, encoding="utf-8") as f:
       old = json.load(f)
+    if old.get("rng") != RNG_SCHEME:
+      raise ValueError(f"{man_path}: the search in {out_dir} seeded its trees per shard (an older "
+                       f"engage_jax); its pairs would not match this version's; use a new directory")
     if old != json.loads(json.dumps(manifest)):
       raise ValueError(f"{man_path}: an existing search in {out_dir} used a different config, "
                        f"roots or trees_per_shard; use a new directory or remove it")
@@ -148,61 +164,86 @@ def run_search(env: Env, roots: Sequence[Dialogue], cfg: SearchConfig, out_dir: 
     dt = max(time.perf_counter() - t0, 1e-9)
     bar.set_postfix(pairs=totals["pairs"], exp_s=f"{new_expansions / dt:.2f}")
 
-  try:
-    with preemption.deferred():
-      for s in range(n_shards):
-        lo, hi = s * trees_per_shard, min(len(roots), (s + 1) * trees_per_shard)
-        pairs_path, trees_path = shard_paths(out_dir, s, pairs_dir)
-        if os.path.exists(pairs_path):
-          done = read_jsonl(pairs_path)
-          seen.update(pair_key(p) for p in done)
-          totals["pairs"] += len(done)
-          if os.path.exists(trees_path):
-            with open(trees_path, encoding="utf-8") as f:
-              old = json.load(f)
-            totals["expansions"] += int(old["expansions"])
-            totals["unparsed"] += int(old.get("unparsed", 0))
-            totals["children"] += int(old.get("children", 0))
-            totals["trees_with_variance"] += sum(tree_has_variance(t) for t in old.get("trees", []))
-          totals["skipped"] += 1
-          bar.update(hi - lo)
-          postfix()
-          continue
+  def span(s: int) -> tuple[int, int]:
+    return s * trees_per_shard, min(len(roots), (s + 1) * trees_per_shard)
 
-        shard_counts = {"unparsed": 0, "children": 0}
+  todo = [s for s in range(n_shards) if not os.path.exists(shard_paths(out_dir, s, pairs_dir)[0])]
+  # the pending shards' trees, searched together: search index i is global tree tree_ids[i]
+  tree_ids = [t for s in todo for t in range(*span(s))]
+  pos = {t: i for i, t in enumerate(tree_ids)}
+  done = np.zeros((len(tree_ids),), bool)
+  pending = set(todo)
+  state = {"next": 0, "last_write": time.perf_counter()}      # next shard to write or skip
 
-        def on_round(info: RoundInfo):
-          nonlocal new_expansions
-          new_expansions += info.expansions
-          totals["expansions"] += info.expansions
-          shard_counts["unparsed"] += info.unparsed  # noqa: B023 - called within this shard's search
-          shard_counts["children"] += info.children  # noqa: B023
-          postfix()
-          # a safe point: a stop request abandons this unfinished shard (rerun: searched again,
-          # with its own seed, so the pairs are the same); finished shards are on disk
-          preemption.check(where=f"search shard {s}")  # noqa: B023
-
-        t_shard = time.perf_counter()
-        shard_cfg = dataclasses.replace(cfg, seed=shard_seed(cfg.seed, s))
-        trees = search(env, roots[lo:hi], shard_cfg, on_round=on_round)
-        pairs = extract_pairs(trees, cfg.margin, cfg.pair_min_visits,
-                              tree_ids=list(range(lo, hi)), seen=seen)
-        stats = {"shard": s, "seed": shard_cfg.seed, "tree_ids": list(range(lo, hi)),
-                 "expansions": int(trees.expansions.sum()), "pairs": len(pairs), **shard_counts,
-                 "trees": [trees.stats(b) for b in range(trees.batch_size)]}
-        atomic_write_text(trees_path, json.dumps(stats))
-        write_jsonl(pairs_path, pairs)
-        _log_shard(out_dir, s, stats, time.perf_counter() - t_shard)
-        totals["pairs"] += len(pairs)
-        totals["new_pairs"] += len(pairs)
-        totals["unparsed"] += shard_counts["unparsed"]
-        totals["children"] += shard_counts["children"]
-        totals["trees_with_variance"] += sum(tree_has_variance(t) for t in stats["trees"])
+  def advance(trees) -> None:
+    """Skips finished shards and writes pending ones whose trees are all done, in shard order
+    (pairs are deduplicated against the shards before them)."""
+    while state["next"] < n_shards:
+      s = state["next"]
+      lo, hi = span(s)
+      pairs_path, trees_path = shard_paths(out_dir, s, pairs_dir)
+      if s not in pending:  # written by an earlier run
+        old_pairs = read_jsonl(pairs_path)
+        seen.update(pair_key(p) for p in old_pairs)
+        totals["pairs"] += len(old_pairs)
+        if os.path.exists(trees_path):
+          with open(trees_path, encoding="utf-8") as f:
+            old = json.load(f)
+          totals["expansions"] += int(old["expansions"])
+          totals["unparsed"] += int(old.get("unparsed", 0))
+          totals["children"] += int(old.get("children", 0))
+          totals["trees_with_variance"] += sum(tree_has_variance(t) for t in old.get("trees", []))
+        totals["skipped"] += 1
         bar.update(hi - lo)
         postfix()
-        if after_shard is not None:
-          after_shard(s)
-        preemption.check(where=f"after search shard {s}")
+        state["next"] += 1
+        continue
+      first = pos[lo]  # the shard's trees are contiguous in the search: [first, first + hi - lo)
+      if trees is None or not done[first:first + hi - lo].all():
+        return
+      shard = _tree_rows(trees, first, first + hi - lo)
+      pairs = extract_pairs(shard, cfg.margin, cfg.pair_min_visits, tree_ids=list(range(lo, hi)), seen=seen)
+      counts = _child_counts(shard)
+      stats = {"shard": s, "seed": cfg.seed, "rng": RNG_SCHEME, "tree_ids": list(range(lo, hi)),
+               "expansions": int(shard.expansions.sum()), "pairs": len(pairs), **counts,
+               "trees": [shard.stats(b) for b in range(shard.batch_size)]}
+      atomic_write_text(trees_path, json.dumps(stats))
+      write_jsonl(pairs_path, pairs)
+      now = time.perf_counter()
+      _log_shard(out_dir, s, stats, now - state["last_write"])
+      state["last_write"] = now
+      totals["pairs"] += len(pairs)
+      totals["new_pairs"] += len(pairs)
+      totals["unparsed"] += counts["unparsed"]
+      totals["children"] += counts["children"]
+      totals["trees_with_variance"] += sum(tree_has_variance(t) for t in stats["trees"])
+      totals["expansions"] += stats["expansions"]
+      bar.update(hi - lo)
+      postfix()
+      state["next"] += 1
+      if after_shard is not None:
+        after_shard(s)
+      preemption.check(where=f"after search shard {s}")
+
+  def on_finished(trees, finished: list[int]) -> None:
+    done[finished] = True
+    advance(trees)
+
+  def on_round(info: RoundInfo):
+    nonlocal new_expansions
+    new_expansions += info.expansions
+    postfix()
+    # a safe point: a stop request abandons the unfinished shards (rerun: searched again with the
+    # same per-tree seeds, so the pairs are the same); finished shards are on disk
+    preemption.check(where="search round")
+
+  try:
+    with preemption.deferred():
+      advance(None)  # the finished shards before the first pending one
+      if tree_ids:
+        search(env, [roots[t] for t in tree_ids], cfg, on_round=on_round, tree_ids=tree_ids,
+               in_flight=trees_in_flight or trees_per_shard, on_finished=on_finished)
+      advance(None)  # finished shards after the last pending one
   finally:
     bar.close()
   seconds = time.perf_counter() - t0
@@ -214,6 +255,19 @@ def run_search(env: Env, roots: Sequence[Dialogue], cfg: SearchConfig, out_dir: 
           "tree_variance_share": totals["trees_with_variance"] / max(len(roots), 1),
           "expansions_per_s": new_expansions / max(seconds, 1e-9),
           "pairs_per_min": 60.0 * totals["new_pairs"] / max(seconds, 1e-9)}
+
+
+def _tree_rows(trees: Trees, lo: int, hi: int) -> Trees:
+  """Trees lo..hi-1 as a batch of their own (numpy views, lists sliced)."""
+  return Trees(**{f.name: getattr(trees, f.name)[lo:hi] for f in dataclasses.fields(trees)})
+
+
+def _child_counts(trees: Trees) -> dict:
+  """{"children": nodes added below the roots, "unparsed": those whose outcome gave no reward
+  (reward NaN: `base.UNPARSED`, never backed up)}; every other child has its reward."""
+  used = np.arange(trees.capacity)[None, :] < trees.num_nodes[:, None]
+  used[:, 0] = False
+  return {"children": int(used.sum()), "unparsed": int((used & np.isnan(trees.reward)).sum())}
 
 
 def read_search_pairs(out_dir: str) -> list[dict]:

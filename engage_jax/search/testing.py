@@ -11,15 +11,15 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from engage_jax.data.dialogue import AGENT, USER, Dialogue, Turn
-from engage_jax.search.base import Env, Expansion, RolloutResult
-from engage_jax.seeding import sub_seed
+from engage_jax.search.base import Env, Expansion, RolloutResult, row_seeds
 
 
 class SequentialEnv:
   """Serves histories one at a time through `inner` (the non-batched baseline).
 
-  expand: one `inner.expand([h], k, ...)` call per history (k candidates of one leaf together);
-  rollout: one `inner.rollout([h], ...)` call per history.
+  expand: one `inner.expand([h], k, [seed of h])` call per history (k candidates of one leaf
+  together); rollout: one `inner.rollout([h], [seed of h])` call per history (so an env whose rows
+  depend only on their seeds gives the same results as when batched).
   """
 
   def __init__(self, inner: Env):
@@ -28,11 +28,13 @@ class SequentialEnv:
   def __getattr__(self, name):  # expose e.g. max_turns of the wrapped env
     return getattr(self.inner, name)
 
-  def expand(self, histories: list[Dialogue], k: int, seed: int) -> list[list[Expansion]]:
-    return [self.inner.expand([h], k, sub_seed(seed, i))[0] for i, h in enumerate(histories)]
+  def expand(self, histories: list[Dialogue], k: int, seed) -> list[list[Expansion]]:
+    seeds = row_seeds(seed, len(histories))
+    return [self.inner.expand([h], k, [s])[0] for h, s in zip(histories, seeds)]
 
-  def rollout(self, histories: list[Dialogue], seed: int) -> list[RolloutResult]:
-    return [self.inner.rollout([h], sub_seed(seed, i))[0] for i, h in enumerate(histories)]
+  def rollout(self, histories: list[Dialogue], seed) -> list[RolloutResult]:
+    seeds = row_seeds(seed, len(histories))
+    return [self.inner.rollout([h], [s])[0] for h, s in zip(histories, seeds)]
 
 
 class BanditEnv:
@@ -47,6 +49,7 @@ class BanditEnv:
   node is the mean of the arm probabilities on its path: the best path repeats the best arm.
 
   bernoulli=False: rewards are the success probabilities themselves (noise-free tests).
+  Each history's draws come from its own seed (`base.row_seeds`), never from its place in the call.
   agent texts: `texts[arm]` if given (a list cycled by draw) else "<arm> #<n>"; strategy = arm.
   """
 
@@ -76,11 +79,11 @@ class BanditEnv:
       return self.texts[arm][n % len(self.texts[arm])]
     return f"{arm} #{n}"
 
-  def expand(self, histories: list[Dialogue], k: int, seed: int) -> list[list[Expansion]]:
+  def expand(self, histories: list[Dialogue], k: int, seed) -> list[list[Expansion]]:
     self.expand_calls += 1
     out = []
-    for i, h in enumerate(histories):
-      rng = np.random.default_rng([seed & 0xFFFFFFFF, i])
+    for h, s in zip(histories, row_seeds(seed, len(histories))):
+      rng = np.random.default_rng([s & 0xFFFFFFFF])
       replace = k > len(self.names)
       picks = rng.choice(len(self.names), size=k, replace=replace)
       row = []
@@ -98,11 +101,11 @@ class BanditEnv:
       out.append(row)
     return out
 
-  def rollout(self, histories: list[Dialogue], seed: int) -> list[RolloutResult]:
+  def rollout(self, histories: list[Dialogue], seed) -> list[RolloutResult]:
     self.rollout_calls += 1
     out = []
-    for i, h in enumerate(histories):
-      rng = np.random.default_rng([seed & 0xFFFFFFFF, i, 1])
+    for h, s in zip(histories, row_seeds(seed, len(histories))):
+      rng = np.random.default_rng([s & 0xFFFFFFFF, 1])
       turns = list(h.turns)
       n, terminal = 0, False
       while sum(t.role == AGENT for t in turns) < self.max_turns:

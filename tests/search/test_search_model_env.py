@@ -89,7 +89,7 @@ def test_final_rewards_of_ended_chats():
   from engage_jax.data.dialogue import Dialogue, Turn
   asked = []
 
-  def outcome(msgs, seed):
+  def outcome(msgs, seed, row_seeds=None):
     asked.extend(msgs)
     return ["I will donate $0.50." for _ in msgs]
 
@@ -134,7 +134,7 @@ class _EchoSpeaker:
   def prompt(self, messages):
     return [self.tokenizer.id(messages[-1]["content"])]
 
-  def generate_ids(self, prompts, seed):
+  def generate_ids(self, prompts, seed, row_seeds=None):
     out = []
     for p in prompts:
       text = self.tokenizer.texts[p[0]]
