@@ -345,7 +345,6 @@ def pair_files(wd: Workdir) -> list[Path]:
 
 def stage_dpo(cfg, wd: Workdir) -> dict:
   from engage_jax.train import dpo as dpo_train
-  tok = load_tokenizer(wd)
   files = pair_files(wd)
   n_pairs = len(dpo_train.read_pair_files([str(f) for f in files])) if files else 0  # checked before any work
   out = wd.path("dpo_agent")
@@ -357,14 +356,22 @@ def stage_dpo(cfg, wd: Workdir) -> dict:
     print(f"[engage_jax] warning: {msg}", flush=True)
     models.save_pretrained(load_model(cfg, wd.path("sft_agent", "hf")), out / "hf")
     return {"pairs": 0, "skipped": "no preference pairs"}
+  summary = train_dpo_agent(cfg, wd, [str(f) for f in files], out)
+  return {"pairs": n_pairs, **{k: v for k, v in summary.items() if _jsonable(v)}}
+
+
+def train_dpo_agent(cfg, wd: Workdir, pairs: list[str], out: Path) -> dict:
+  """DPO of the workdir's SFT agent on `pairs` (JSON-lines files or saved datasets, read by
+  train.pair_data) into `out` (checkpoints, hf/); the stage's and launch/dpo.py --pairs' one path."""
+  from engage_jax.train import dpo as dpo_train
   # LoRA: a fresh adapter on the (merged) SFT agent; the reference is that model, adapter off
   policy = with_lora(cfg, "agent", load_model(cfg, wd.path("sft_agent", "hf")), fresh=True)
   from engage_jax.models import lora
   ref = None if lora.has_lora(policy) else load_model(cfg, wd.path("sft_agent", "hf"))
   tcfg = train_config(cfg, cfg.dpo)
-  model, summary = dpo_train.train_dpo(policy, ref, [str(f) for f in files], tok, tcfg, str(out), mesh=make_mesh(cfg))
+  model, summary = dpo_train.train_dpo(policy, ref, pairs, load_tokenizer(wd), tcfg, str(out), mesh=make_mesh(cfg))
   save_trained(model, out, wd.path("sft_agent", "hf"))
-  return {"pairs": n_pairs, **{k: v for k, v in summary.items() if _jsonable(v)}}
+  return summary
 
 
 def eval_conditions(cfg) -> list[Dialogue]:
