@@ -12,8 +12,8 @@ the seeker's last turns), initial_emotion_intensity?, final_emotion_intensity? (
 feedback? (list of [utterance index in
 `dialog`, score 1..5], raw layout only)}. Consecutive same-speaker utterances are merged into one
 turn by default (the merged turn keeps its first strategy). Files are read with
-`datasets.load_dataset("json")` into the typed `HF_FEATURES` / `RAW_FEATURES` (absent fields read
-as null; a null condition field is "missing"). Bad records raise a ValueError naming
+`datasets.load_dataset("json")` and checked against the typed `HF_FEATURES` / `RAW_FEATURES`
+(absent fields read as null; a null condition field is "missing"). Bad records raise a ValueError naming
 the file, line / record index and field; `skip_bad=True` drops them instead and the returned
 `LoadedDialogues` tells how many (`.skipped`, `.errors`).
 """
@@ -148,19 +148,20 @@ def _finish(items: list[Dialogue], errors: list[str], path: Path) -> LoadedDialo
 def load_jsonl(path: str | os.PathLike, *, skip_bad: bool = False, id_prefix: str | None = None,
                merge: bool = True, cache_dir: str | None = None) -> LoadedDialogues:
   """HF-release JSON lines → dialogues with ids "{id_prefix}-{line_index}" (prefix: file stem).
-  Read with `datasets.load_dataset("json", features=HF_FEATURES)` (cached under `cache_dir`,
-  engage_jax/data/hf_datasets.py); a file it rejects (bad JSON or UTF-8, an unexpected field) is
-  read line by line instead, to name the bad line (or, with skip_bad, to keep the other lines)."""
+  Read with `datasets.load_dataset("json")` (cached under `cache_dir`, engage_jax/data/hf_datasets.py)
+  and checked against the typed HF_FEATURES (`hf_datasets.conforms`); a file it rejects or whose
+  types differ (bad JSON or UTF-8, a number where a string belongs) is read line by line instead,
+  to name the bad line (or, with skip_bad, to keep the other lines)."""
   path = Path(path)
   prefix = id_prefix if id_prefix is not None else f"esconv-{path.stem}"
   lines = hf_datasets.nonblank_lines(path)
   if not lines:
     return _finish([], [], path)
   try:
-    ds = hf_datasets.load_local("json", [path], features=HF_FEATURES, cache=cache_dir)
+    ds = hf_datasets.load_local("json", [path], cache=cache_dir, on_mixed_types=None)
   except Exception:  # datasets names no line: find it below
     ds = None
-  if ds is None or len(ds) != len(lines):
+  if ds is None or len(ds) != len(lines) or not hf_datasets.conforms(ds.features, HF_FEATURES):
     return _load_jsonl_lines(path, prefix, skip_bad, merge)
   items, errors = [], []
   for i, rec in enumerate(ds):
@@ -174,7 +175,8 @@ def load_jsonl(path: str | os.PathLike, *, skip_bad: bool = False, id_prefix: st
 
 
 def _load_jsonl_lines(path: Path, prefix: str, skip_bad: bool, merge: bool) -> LoadedDialogues:
-  """The file line by line: only for a file `datasets` rejected (it names neither line nor field)."""
+  """The file line by line: only for a file `datasets` rejected or typed otherwise (it names
+  neither the line nor the field)."""
   items, errors = [], []
   with open(path, "rb") as f:
     for lineno, raw in enumerate(f, start=1):
@@ -199,13 +201,15 @@ def load_raw_json(path: str | os.PathLike, *, skip_bad: bool = False,
                   id_prefix: str | None = None, merge: bool = True, cache_dir: str | None = None
                   ) -> LoadedDialogues:
   """Raw ESConv.json / FailedESConv.json (one JSON array) → dialogues "{prefix}-{index}", read with
-  `datasets.load_dataset("json", features=RAW_FEATURES)`; a file it rejects is read with `json`
-  to name the problem."""
+  `datasets.load_dataset("json")` and checked against RAW_FEATURES; a file it rejects, or whose
+  types differ, is read with `json` to name the problem."""
   path = Path(path)
   prefix = id_prefix if id_prefix is not None else f"esconv-{path.stem}"
   try:
-    data = hf_datasets.load_local("json", [path], features=RAW_FEATURES, cache=cache_dir)
+    data = hf_datasets.load_local("json", [path], cache=cache_dir, on_mixed_types=None)
   except Exception:  # datasets names no record: find it below
+    data = None
+  if data is None or not hf_datasets.conforms(data.features, RAW_FEATURES):
     data = _read_raw_json(path)
   items, errors = [], []
   for i, rec in enumerate(data):

@@ -45,3 +45,16 @@ def nonblank_lines(path: str | os.PathLike) -> list[int]:
   `nonblank_lines(path)[i]` (pyarrow skips blank lines)."""
   with open(path, "rb") as f:
     return [i for i, line in enumerate(f, 1) if line.strip()]
+
+
+def conforms(got, want) -> bool:
+  """True when the inferred features `got` have the declared types `want` wherever both name a
+  field (structs, lists, strings...); extra fields and all-null fields pass. A file whose rows
+  mix types (a number where a string belongs) infers another type, or a JSON-encoded field."""
+  if isinstance(got, datasets.Value) and got.dtype == "null":
+    return True
+  if isinstance(want, dict):
+    return isinstance(got, dict) and all(conforms(got[k], want[k]) for k in got if k in want)
+  if isinstance(want, (datasets.List, datasets.LargeList)):
+    return isinstance(got, (datasets.List, datasets.LargeList)) and conforms(got.feature, want.feature)
+  return got == want
