@@ -17,9 +17,11 @@ from engage_jax.data.chat import agent_messages
 from engage_jax.data.dialogue import Turn
 from engage_jax.search import SearchConfig, run_search
 from engage_jax.search.testing import BanditEnv
-from engage_jax.train import pair_data
+from engage_jax.train import dpo as dpo_train, pair_data
+from engage_jax.train.loop import read_metrics
 
 from tests.search._search_helpers import ARMS, es_roots
+from tests.train import _helpers as H
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -181,3 +183,23 @@ def test_trl_trainers_accept_both_formats(workdir, tmp_path, sandbox_chat_tok):
     row = kto.train_dataset[i]
     assert row["prompt_ids"] == sandbox_chat_tok.apply_chat(kto_ds[i]["prompt"], add_generation_prompt=True)
     assert row["completion_ids"][:3] == sandbox_chat_tok.encode(kto_ds[i]["completion"][0]["content"])[:3]
+
+
+def test_dpo_on_a_foreign_trl_dataset_equals_dpo_on_the_same_jsonl(tmp_path):
+  """launch/dpo.py --pairs=DIR's path: train_dpo on a saved TRL-conversational dataset (no search
+  columns) runs the same steps as on the same rows as JSON lines."""
+  tok = H.tokenizer(str(tmp_path))
+  rows = [{k: p[k] for k in ("prompt", "chosen", "rejected")} for p in H.sandbox_pairs(12, seed=1)]
+  rows = list({json.dumps(r, sort_keys=True): r for r in rows}.values())   # no repeated rows
+  jsonl = H.write_pairs(str(tmp_path / "pairs.jsonl"), rows)
+  datasets.Dataset.from_list(rows).save_to_disk(str(tmp_path / "foreign"))
+  cfg = dict(steps=3, batch_size=4, learning_rate=3e-3, max_len=96, max_completion_len=32, min_bucket=32,
+             checkpoint_every=0, **H.FAST)
+  got = {}
+  for name, src in (("jsonl", [jsonl]), ("dataset", str(tmp_path / "foreign"))):
+    policy, ref = H.tiny_model(tok.vocab_size, seed=1), H.tiny_model(tok.vocab_size, seed=2)
+    _, summary = dpo_train.train_dpo(policy, ref, src, tok, cfg, str(tmp_path / f"run_{name}"))
+    got[name] = [(r["loss"], r["rewards/margins"]) for r in read_metrics(str(tmp_path / f"run_{name}"))]
+    assert summary["pairs"] == len(rows)
+  assert len(got["jsonl"]) == 3
+  np.testing.assert_allclose(np.asarray(got["dataset"]), np.asarray(got["jsonl"]), rtol=1e-6, atol=1e-7)
