@@ -425,7 +425,6 @@ def run_dpo_round(cfg, wd: Workdir, round_: int) -> dict:
   agent (round 1: the SFT agent; r > 1: round r - 1's DPO agent)."""
   from engage_jax.train import dpo as dpo_train
   paths = round_paths(wd, round_)
-  tok = load_tokenizer(wd)
   files = pair_files(wd, round_)
   n_pairs = len(dpo_train.read_pair_files([str(f) for f in files])) if files else 0  # checked before any work
   out = paths["dpo"]
@@ -437,14 +436,24 @@ def run_dpo_round(cfg, wd: Workdir, round_: int) -> dict:
     print(f"[engage_jax] warning: {msg}", flush=True)
     models.save_pretrained(load_model(cfg, paths["agent"]), out / "hf")
     return {"pairs": 0, "skipped": "no preference pairs"}
-  # LoRA: a fresh adapter on the (merged) starting agent; the reference is that model, adapter off
-  policy = with_lora(cfg, "agent", load_model(cfg, paths["agent"]), fresh=True)
-  from engage_jax.models import lora
-  ref = None if lora.has_lora(policy) else load_model(cfg, paths["agent"])
-  tcfg = train_config(cfg, cfg.dpo)
-  model, summary = dpo_train.train_dpo(policy, ref, [str(f) for f in files], tok, tcfg, str(out), mesh=make_mesh(cfg))
-  save_trained(model, out, paths["agent"])
+  summary = train_dpo_agent(cfg, wd, [str(f) for f in files], out, paths["agent"])
   return {"pairs": n_pairs, **{k: v for k, v in summary.items() if _jsonable(v)}}
+
+
+def train_dpo_agent(cfg, wd: Workdir, pairs: list[str], out: Path, agent_dir: Path | None = None) -> dict:
+  """DPO of the agent in `agent_dir` (default the workdir's SFT agent) on `pairs` (JSON-lines files
+  or saved datasets, read by train.pair_data) into `out` (checkpoints, hf/); the stage's, the
+  rounds' and launch/dpo.py --pairs' one path."""
+  from engage_jax.train import dpo as dpo_train
+  agent_dir = agent_dir or wd.path("sft_agent", "hf")
+  # LoRA: a fresh adapter on the (merged) starting agent; the reference is that model, adapter off
+  policy = with_lora(cfg, "agent", load_model(cfg, agent_dir), fresh=True)
+  from engage_jax.models import lora
+  ref = None if lora.has_lora(policy) else load_model(cfg, agent_dir)
+  tcfg = train_config(cfg, cfg.dpo)
+  model, summary = dpo_train.train_dpo(policy, ref, pairs, load_tokenizer(wd), tcfg, str(out), mesh=make_mesh(cfg))
+  save_trained(model, out, agent_dir)
+  return summary
 
 
 def stage_rounds(cfg, wd: Workdir) -> dict:

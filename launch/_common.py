@@ -45,13 +45,13 @@ def redo() -> tuple[str, ...]:
   return tuple(_REDO.value or ())
 
 
-def run(main_fn, require_workdir: bool = True) -> None:
+def run(main_fn, require_workdir: bool = True, require_config: bool = True) -> None:
   """app.run(main_fn) with flag checks, logging and one-line errors (exit code 2)."""
 
   def _main(argv):
     if len(argv) > 1:
       raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    if _CONFIG.value is None:
+    if _CONFIG.value is None and require_config:
       raise app.UsageError("--config is required, e.g. --config=configs/sandbox_es.py")
     if require_workdir and not _WORKDIR.value:
       raise app.UsageError("--workdir is required")

@@ -11,7 +11,9 @@ condition = {emotion_type, problem_type, situation}; outcome = {engaged (rewards
 the seeker's last turns), initial_emotion_intensity?, final_emotion_intensity? (ints 1..5),
 feedback? (list of [utterance index in
 `dialog`, score 1..5], raw layout only)}. Consecutive same-speaker utterances are merged into one
-turn by default (the merged turn keeps its first strategy). Bad records raise a ValueError naming
+turn by default (the merged turn keeps its first strategy). Files are read with
+`datasets.load_dataset("json")` and checked against the typed `HF_FEATURES` / `RAW_FEATURES`
+(absent fields read as null; a null condition field is "missing"). Bad records raise a ValueError naming
 the file, line / record index and field; `skip_bad=True` drops them instead and the returned
 `LoadedDialogues` tells how many (`.skipped`, `.errors`).
 """
@@ -23,7 +25,10 @@ import os
 from pathlib import Path
 from typing import Any
 
+import datasets
+
 from engage_jax import rewards
+from engage_jax.data import hf_datasets
 from engage_jax.data.dialogue import AGENT, USER, Dialogue, LoadedDialogues, Turn, merge_consecutive
 from engage_jax.errors import InputError
 from engage_jax.fileio import line_of as _line_of
@@ -41,6 +46,19 @@ STRATEGY_ALIASES = {"Questions": "Question", "Other": "Others",
 STRATEGIES = ("Question", "Restatement or Paraphrasing", "Reflection of feelings",
               "Self-disclosure", "Affirmation and Reassurance", "Providing Suggestions",
               "Information", "Others")
+
+_S = datasets.Value("string")
+_SURVEY = {"seeker": {"initial_emotion_intensity": _S, "final_emotion_intensity": _S, "empathy": _S,
+                      "relevance": _S},
+           "supporter": {"relevance": _S}}
+_HEAD = {"experience_type": _S, "emotion_type": _S, "problem_type": _S, "situation": _S, "survey_score": _SURVEY}
+# the HF release's columns (JSON lines)
+HF_FEATURES = datasets.Features({
+    **_HEAD, "dialog": datasets.List({"text": _S, "speaker": _S, "strategy": _S}),
+    "seeker_question1": _S, "seeker_question2": _S, "supporter_question1": _S, "supporter_question2": _S})
+# the raw ESConv.json / FailedESConv.json columns (one JSON array)
+RAW_FEATURES = datasets.Features({
+    **_HEAD, "dialog": datasets.List({"speaker": _S, "content": _S, "annotation": {"strategy": _S, "feedback": _S}})})
 
 log = logging.getLogger(__name__)
 
@@ -60,11 +78,11 @@ def record_to_dialogue(rec: Any, dialogue_id: str, where: str, *, merge: bool = 
     raise InputError("record is not a JSON object", where)
   condition = {}
   for key in CONDITION_KEYS:
-    if key not in rec:
+    if rec.get(key) is None:  # a typed row holds every column: an absent key reads as null
       raise InputError(f"missing field {key!r}", where)
     if rec[key] is not None and not isinstance(rec[key], str):
       raise InputError(f"field {key!r} must be a string; got {type(rec[key]).__name__} {rec[key]!r:.60}", where)
-    condition[key] = (rec[key] or "").strip()
+    condition[key] = rec[key].strip()
   dialog = rec.get("dialog")
   if not isinstance(dialog, list):
     raise InputError("missing field 'dialog' (a list of utterances)", where)
@@ -128,10 +146,37 @@ def _finish(items: list[Dialogue], errors: list[str], path: Path) -> LoadedDialo
 
 
 def load_jsonl(path: str | os.PathLike, *, skip_bad: bool = False, id_prefix: str | None = None,
-               merge: bool = True) -> LoadedDialogues:
-  """HF-release JSON lines → dialogues with ids "{id_prefix}-{line_index}" (prefix: file stem)."""
+               merge: bool = True, cache_dir: str | None = None) -> LoadedDialogues:
+  """HF-release JSON lines → dialogues with ids "{id_prefix}-{line_index}" (prefix: file stem).
+  Read with `datasets.load_dataset("json")` (cached under `cache_dir`, engage_jax/data/hf_datasets.py)
+  and checked against the typed HF_FEATURES (`hf_datasets.conforms`); a file it rejects or whose
+  types differ (bad JSON or UTF-8, a number where a string belongs) is read line by line instead,
+  to name the bad line (or, with skip_bad, to keep the other lines)."""
   path = Path(path)
   prefix = id_prefix if id_prefix is not None else f"esconv-{path.stem}"
+  lines = hf_datasets.nonblank_lines(path)
+  if not lines:
+    return _finish([], [], path)
+  try:
+    ds = hf_datasets.load_local("json", [path], cache=cache_dir, on_mixed_types=None)
+  except Exception:  # datasets names no line: find it below
+    ds = None
+  if ds is None or len(ds) != len(lines) or not hf_datasets.conforms(ds.features, HF_FEATURES):
+    return _load_jsonl_lines(path, prefix, skip_bad, merge)
+  items, errors = [], []
+  for i, rec in enumerate(ds):
+    try:
+      items.append(record_to_dialogue(rec, f"{prefix}-{lines[i] - 1}", f"{path}:{lines[i]}", merge=merge))
+    except ValueError as e:
+      if not skip_bad:
+        raise
+      errors.append(str(e))
+  return _finish(items, errors, path)
+
+
+def _load_jsonl_lines(path: Path, prefix: str, skip_bad: bool, merge: bool) -> LoadedDialogues:
+  """The file line by line: only for a file `datasets` rejected or typed otherwise (it names
+  neither the line nor the field)."""
   items, errors = [], []
   with open(path, "rb") as f:
     for lineno, raw in enumerate(f, start=1):
@@ -153,10 +198,31 @@ def load_jsonl(path: str | os.PathLike, *, skip_bad: bool = False, id_prefix: st
 
 
 def load_raw_json(path: str | os.PathLike, *, skip_bad: bool = False,
-                  id_prefix: str | None = None, merge: bool = True) -> LoadedDialogues:
-  """Raw ESConv.json / FailedESConv.json (one JSON array) → dialogues "{prefix}-{index}"."""
+                  id_prefix: str | None = None, merge: bool = True, cache_dir: str | None = None
+                  ) -> LoadedDialogues:
+  """Raw ESConv.json / FailedESConv.json (one JSON array) → dialogues "{prefix}-{index}", read with
+  `datasets.load_dataset("json")` and checked against RAW_FEATURES; a file it rejects, or whose
+  types differ, is read with `json` to name the problem."""
   path = Path(path)
   prefix = id_prefix if id_prefix is not None else f"esconv-{path.stem}"
+  try:
+    data = hf_datasets.load_local("json", [path], cache=cache_dir, on_mixed_types=None)
+  except Exception:  # datasets names no record: find it below
+    data = None
+  if data is None or not hf_datasets.conforms(data.features, RAW_FEATURES):
+    data = _read_raw_json(path)
+  items, errors = [], []
+  for i, rec in enumerate(data):
+    try:
+      items.append(record_to_dialogue(rec, f"{prefix}-{i}", f"{path}: record {i}", merge=merge))
+    except ValueError as e:
+      if not skip_bad:
+        raise
+      errors.append(str(e))
+  return _finish(items, errors, path)
+
+
+def _read_raw_json(path: Path) -> list:
   raw = path.read_bytes()
   try:
     text = raw.decode("utf-8")
@@ -168,15 +234,7 @@ def load_raw_json(path: str | os.PathLike, *, skip_bad: bool = False,
     raise InputError(f"malformed JSON ({e.msg})", f"{path}:{e.lineno}") from None
   if not isinstance(data, list):
     raise InputError("expected a JSON array of conversations", str(path))
-  items, errors = [], []
-  for i, rec in enumerate(data):
-    try:
-      items.append(record_to_dialogue(rec, f"{prefix}-{i}", f"{path}: record {i}", merge=merge))
-    except ValueError as e:
-      if not skip_bad:
-        raise
-      errors.append(str(e))
-  return _finish(items, errors, path)
+  return data
 
 
 def load_file(path: str | os.PathLike, **kw) -> LoadedDialogues:

@@ -7,6 +7,9 @@ moral foundations, Schwartz values, decision style, demographics; the ".x" suffi
 kept as the CSV strings; empty cells omitted). outcome = {donation_raw: `B6` of the persuadee row,
 donation: clipped to [0, 2], num_turns: `B7`, persuader_donation: `B6` of the persuader row}.
 
+Both files are read with `datasets.load_dataset("csv")` into all-string Features (the header names
+the columns; cells kept as written, "NA" included), then checked row by row.
+
 Split: deterministic by hashing the dialogue id (sha1 → [0, 100): < 80 train, < 90 valid, else
 test). Bad rows raise a ValueError naming the file, CSV line, dialogue id and field;
 `skip_bad=True` drops the affected dialogues and reports them (`LoadedDialogues.skipped/errors`).
@@ -15,12 +18,14 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import io
 import logging
 import os
 from pathlib import Path
 from typing import Any
 
+import datasets
+
+from engage_jax.data import hf_datasets
 from engage_jax.data.dialogue import AGENT, USER, Dialogue, LoadedDialogues, Turn, merge_consecutive
 from engage_jax.errors import InputError
 from engage_jax.fileio import line_of as _line_of
@@ -74,11 +79,40 @@ def _read_text(path: Path, skip_bad: bool = False) -> str:
     return raw.decode("utf-8", errors="replace")
 
 
-def _rows(path: Path, skip_bad: bool, required: tuple[str, ...], errors: dict[str, list[InputError]]):
+def _header(path: Path) -> list[str]:
+  """The column names of a CSV file's first line (for the typed Features of `_rows`)."""
+  with open(path, encoding="utf-8", errors="replace", newline="") as f:
+    return next(csv.reader(f), [])
+
+
+def _table(path: Path, skip_bad: bool, columns: list[str] | None = None) -> dict[str, list]:
+  """The CSV's columns (`columns`: these, else every named one) as lists of strings, read with
+  `datasets.load_dataset("csv")` into all-string Features (cells as written; empty cells ""; a
+  short row's missing cells None). Invalid UTF-8: an InputError naming the line (skip_bad: the
+  bytes replaced by U+FFFD, with a warning)."""
+  names = [c for c in _header(path) if c and (columns is None or c in columns)]
+  feats = datasets.Features({c: datasets.Value("string") for c in names})
+  kw = dict(features=feats, usecols=names, keep_default_na=False)
+  try:
+    ds = hf_datasets.load_local("csv", [path], **kw)
+  except Exception:  # pandas names no line: _read_text does (or warns with skip_bad)
+    _read_text(path, skip_bad)
+    if not skip_bad:
+      raise
+    ds = hf_datasets.load_local("csv", [path], encoding_errors="replace", **kw)
+  return ds.to_dict()
+
+
+def _rows(path: Path, skip_bad: bool, required: tuple[str, ...], errors: dict[str, list[InputError]],
+          columns: list[str] | None = None):
   """(line, row, dialogue id B2, role) of each row of a P4G CSV whose `required` fields exist; a row
   with an unknown role B4 is appended to errors[dialogue id] instead."""
-  reader = csv.DictReader(io.StringIO(_read_text(path, skip_bad), newline=""))
-  for line, row in enumerate(reader, start=2):
+  table = _table(path, skip_bad, columns)
+  names = list(table)
+  n = len(table[names[0]]) if names else 0
+  for i in range(n):
+    line = i + 2
+    row = {c: table[c][i] for c in names}
     _require(row, required, path, line)
     did = row["B2"].strip()
     role = ROLES.get(row["B4"].strip())
@@ -124,7 +158,7 @@ def _parse(dpath: Path, ipath: Path, skip_bad: bool, merge: bool
   info, errors = read_info(ipath, skip_bad)
   turns: dict[str, list[Turn]] = {}
   first_line: dict[str, int] = {}  # a dialogue's first row in the dialog file
-  for line, row, did, role in _rows(dpath, skip_bad, ("Unit", "B4", "B2"), errors):
+  for line, row, did, role in _rows(dpath, skip_bad, ("Unit", "B4", "B2"), errors, ["Unit", "B4", "B2"]):
     first_line.setdefault(did, line)
     text = " ".join((row["Unit"] or "").split())
     if text:

@@ -42,12 +42,17 @@ up to `max_len`, plus `max_len`), so a jit step compiles once per bucket.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
+import os
 from typing import Any
 from collections.abc import Iterator, Mapping, Sequence
 
+import datasets
 import numpy as np
 
 from engage_jax import buckets as buckets_lib
+from engage_jax.data import hf_datasets
 from engage_jax.data.chat import OUTCOME_REQUEST, agent_messages, outcome_line, simulator_messages
 from engage_jax.data.dialogue import USER, Dialogue
 
@@ -285,17 +290,77 @@ def pad_to_buckets(examples: Sequence[Example], pad_id: int, max_len: int,
   return out
 
 
-def build_arrays(dialogues: Sequence[Dialogue], tok, role: str, max_len: int,
-                 buckets: Sequence[int] | None = None, **kw
-                 ) -> tuple[dict[int, dict[str, np.ndarray]], dict]:
-  """role "agent" | "simulator" → (bucketed arrays, stats {"examples", "target_tokens", ...})."""
-  stats: dict = {}
-  if role == "agent":
-    exs = agent_examples(dialogues, tok, max_len, stats=stats, **kw)
-  elif role == "simulator":
-    exs = simulator_examples(dialogues, tok, max_len, stats=stats, **kw)
-  else:
+WINDOWS_VERSION = "windows-1"  # bump when the examples of a dialogue change: cached ones are not reused
+
+
+def tokenizer_fingerprint(tok) -> str:
+  """SHA-256 of what tokenization depends on: the tokenizer's vocabulary/merges/normaliser (its
+  tokenizer.json), special tokens and chat template."""
+  hf = tok.hf
+  h = hashlib.sha256(hf.backend_tokenizer.to_str().encode())
+  h.update(json.dumps([hf.chat_template, sorted(hf.special_tokens_map.items(), key=str),
+                       tok.end_of_turn_id, tok.pad_id], default=str).encode())
+  return h.hexdigest()
+
+
+def _examples_batch(batch: dict, tok, role: str, max_len: int, kw: dict) -> dict:
+  """`.map` function: each dialogue (JSON) → its windows' token ids, loss masks and stats (JSON)."""
+  out: dict[str, list] = {"input_ids": [], "loss_mask": [], "stats": []}
+  for text in batch["dialogue"]:
+    d, st = Dialogue.from_json(json.loads(text)), {}
+    fn = agent_examples if role == "agent" else simulator_examples
+    exs = fn([d], tok, max_len, stats=st, **kw)
+    out["input_ids"].append([e.input_ids for e in exs])
+    out["loss_mask"].append([e.loss_mask for e in exs])
+    out["stats"].append(json.dumps(st))
+  return out
+
+
+def examples_dataset(dialogues: Sequence[Dialogue], tok, role: str, max_len: int, *,
+                     cache_dir: str | None = None, **kw) -> datasets.Dataset:
+  """One row per dialogue ("id", and its windows' "input_ids" / "loss_mask" [windows][tokens], "stats"
+  JSON), made by `datasets.Dataset.map` over the dialogues and cached on disk at
+  `<cache>/sft-<fingerprint>.arrow` (cache: `hf_datasets.cache_dir(cache_dir)`), the fingerprint
+  hashing the dialogues, the tokenizer (`tokenizer_fingerprint`), role, max_len, kw and
+  WINDOWS_VERSION: a rerun on the same inputs reads the examples instead of tokenizing again."""
+  if role not in ("agent", "simulator"):
     raise ValueError(f"unknown SFT role {role!r}; expected 'agent' or 'simulator'")
+  texts = [json.dumps(d.to_json()) for d in dialogues]  # key order kept: it orders the condition
+  h = hashlib.sha256()
+  for t in texts:
+    h.update(hashlib.sha256(t.encode()).digest())
+  h.update(json.dumps([tokenizer_fingerprint(tok), role, max_len, sorted(kw.items(), key=str), WINDOWS_VERSION],
+                      default=str).encode())
+  key = h.hexdigest()[:32]
+  source = datasets.Dataset.from_dict({"id": [d.id for d in dialogues], "dialogue": texts},
+                                      features=datasets.Features({"id": datasets.Value("string"),
+                                                                  "dialogue": datasets.Value("string")}))
+  cache = hf_datasets.cache_dir(cache_dir)
+  os.makedirs(cache, exist_ok=True)
+  return source.map(_examples_batch, batched=True, batch_size=64, remove_columns=["dialogue"],
+                    fn_kwargs={"tok": tok, "role": role, "max_len": max_len, "kw": kw}, new_fingerprint=key,
+                    cache_file_name=os.path.join(cache, f"sft-{key}.arrow"), load_from_cache_file=True,
+                    features=EXAMPLE_FEATURES)
+
+
+EXAMPLE_FEATURES = datasets.Features({
+    "id": datasets.Value("string"), "input_ids": datasets.List(datasets.List(datasets.Value("int32"))),
+    "loss_mask": datasets.List(datasets.List(datasets.Value("int8"))), "stats": datasets.Value("string")})
+
+
+def build_arrays(dialogues: Sequence[Dialogue], tok, role: str, max_len: int,
+                 buckets: Sequence[int] | None = None, *, cache_dir: str | None = None, **kw
+                 ) -> tuple[dict[int, dict[str, np.ndarray]], dict]:
+  """role "agent" | "simulator" → (bucketed arrays, stats {"examples", "target_tokens", ...});
+  the examples come from `examples_dataset` (cached by fingerprint under `cache_dir`)."""
+  ds = examples_dataset(dialogues, tok, role, max_len, cache_dir=cache_dir, **kw)
+  cols = ds.to_dict()
+  stats: dict = {}
+  exs = []
+  for did, ids, masks, st in zip(cols["id"], cols["input_ids"], cols["loss_mask"], cols["stats"]):
+    exs.extend(Example(i, m, did, role) for i, m in zip(ids, masks))
+    for k, v in json.loads(st).items():
+      stats[k] = stats.get(k, 0) + v
   stats["examples"] = len(exs)
   stats["target_tokens"] = int(sum(sum(e.loss_mask) for e in exs))
   return pad_to_buckets(exs, tok.pad_id, max_len, buckets), stats

@@ -151,7 +151,7 @@ class Trees:
       self.value_sum[b, n] += reward
 
   def stats(self, b: int) -> dict:
-    """JSON-able per-tree statistics (used nodes only)."""
+    """JSON-able per-tree statistics (used nodes only), with each node's agent/user texts."""
     n = int(self.num_nodes[b])
     value = self.value()[b, :n]
     return {
@@ -165,6 +165,12 @@ class Trees:
         "terminal": self.terminal[b, :n].tolist(),
         "truncated": self.truncated[b, :n].tolist(),
         "max_depth": int(self.depth[b, :n].max()),
+        # texts (None at the root): with parent and value they rebuild every node's prompt and
+        # reply, e.g. the KTO rows of engage_jax/pairs_dataset.py
+        "root": self.roots[b].to_json(),
+        "agent_text": [t.text if t is not None else None for t in self.agent_turn[b][:n]],
+        "agent_strategy": [t.strategy if t is not None else None for t in self.agent_turn[b][:n]],
+        "user_text": [t.text if t is not None else None for t in self.user_turn[b][:n]],
     }
 
 

@@ -1,8 +1,10 @@
 """Direct preference optimisation on stepwise pairs through the shared loop.
 
     model, summary = train_dpo(policy, ref, ["pairs/a.jsonl"], tok, cfg, workdir)
+    model, summary = train_dpo(policy, ref, "exported_dataset_dir", tok, cfg, workdir)
 
-The pieces: `train.pair_data` (pairs files → bucketed arrays), `train.reference` (the cached
+The pieces: `train.pair_data` (pairs JSON-lines files or saved TRL-conversational datasets, both
+through `datasets` → bucketed arrays), `train.reference` (the cached
 reference log-probs), `train.dpo_loss` (the objective), `train.loop.run` (the steps). With a LoRA
 policy and `ref_model=None` the reference is the policy itself with its adapters switched off
 (`models.lora.disabled`): one copy of the weights; only the adapters are trained.
@@ -26,8 +28,8 @@ from engage_jax.train import loop
 from engage_jax.train.config import DTYPES, DPOConfig
 from engage_jax.train.dpo_loss import dpo_loss, dpo_loss_fn
 from engage_jax.train import heldout as heldout_lib
-from engage_jax.train.pair_data import (count_pair_tokens, read_pair_files, split_heldout, tokenize_pairs, tree_key,
-                                        write_pairs)
+from engage_jax.train.pair_data import (count_pair_tokens, read_pair_files, source_files, split_heldout, tokenize_pairs,
+                                        tree_key, write_pairs)
 from engage_jax.train.reference import cache_key, cached_ref_logps, with_ref
 
 
@@ -66,7 +68,7 @@ def train_dpo(policy_model: nnx.Module, ref_model: nnx.Module | None, pairs_path
     old = loop.set_compute_dtype(ref, dt)
     try:
       with (lora.disabled(ref) if adapter_off else contextlib.nullcontext()):
-        key = cache_key(ps, cfg, ref, tokenizer) + ("/adapter_off" if adapter_off else "")
+        key = cache_key(source_files(ps), cfg, ref, tokenizer) + ("/adapter_off" if adapter_off else "")
         ch, rj = cached_ref_logps(path, key, ref, buckets, cfg.batch_size, mesh)
     finally:
       loop.restore_compute_dtype(ref, old)

@@ -1,5 +1,6 @@
-"""Preference pairs: read and validate pairs JSONL files (TRL's conversational format), tokenise
-them and bucket them into fixed-shape arrays.
+"""Preference pairs: read and validate pairs (TRL's conversational format) through `datasets`,
+from JSON-lines files (the search's) or saved datasets (launch/export.py's, or anyone's), tokenise
+them and bucket them into fixed-shape arrays: one code path for the pipeline and exported data.
 
 Pair tokenisation: prompt = `tok.apply_chat(prompt, add_generation_prompt=True)`; completion =
 the assistant message's tokens + the end-of-turn token (taken from the rendered chat, so it is
@@ -16,10 +17,13 @@ import hashlib
 import json
 import os
 from collections.abc import Sequence
+from pathlib import Path
 
+import datasets
 import numpy as np
 
 from engage_jax import buckets as buckets_lib
+from engage_jax.data import hf_datasets
 from engage_jax.fileio import atomic_write_jsonl
 from engage_jax.errors import InputError
 
@@ -36,47 +40,146 @@ def _check_messages(obj, field, where, single_assistant=False):
     raise ValueError(f"{where}: {field!r} must hold exactly one assistant message")
 
 
-def read_pair_files(paths: str | Sequence[str]) -> list[dict]:
-  """All pairs of the JSONL files, in order. InputError (a ValueError) naming file and line on bad
-  input: invalid UTF-8 or JSON, a missing field, or a row repeated exactly (in any of the files),
-  which would be trained on and counted twice."""
+def is_dataset_dir(path: str | os.PathLike) -> bool:
+  """True for a directory written by `datasets` `save_to_disk` (e.g. launch/export.py --dataset_out)."""
+  return os.path.isdir(path) and (os.path.isfile(os.path.join(path, "dataset_info.json")) or
+                                  os.path.isfile(os.path.join(path, "dataset_dict.json")))
+
+
+def source_files(paths: str | Sequence[str]) -> list[str]:
+  """The files whose bytes hold the pairs of `paths` (a dataset dir: its files), for cache keys."""
+  paths = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
+  out = []
+  for p in paths:
+    if is_dataset_dir(p):
+      out += sorted(str(f) for f in Path(p).rglob("*") if f.is_file() and f.name != "README.md")
+    else:
+      out.append(os.fspath(p))
+  return out
+
+
+def _diagnose_jsonl(path: str) -> None:
+  """Raises the first row of a JSON-lines file that `datasets` could not read, naming file:line
+  (only called after `datasets` failed: it names neither)."""
+  with open(path, "rb") as f:
+    for lineno, raw in enumerate(f, 1):
+      where = f"{path}:{lineno}"
+      try:
+        line = raw.decode("utf-8")
+      except UnicodeDecodeError as e:
+        raise InputError(f"not valid UTF-8 at byte {e.start} of the line", where) from None
+      if not line.strip():
+        continue
+      try:
+        rec = json.loads(line)
+      except json.JSONDecodeError as e:
+        raise ValueError(f"{where}: invalid JSON ({e.msg})") from None
+      if not isinstance(rec, dict):
+        raise ValueError(f"{where}: expected a JSON object with prompt/chosen/rejected")
+      _check_row(rec, where)
+
+
+def _check_row(rec: dict, where: str) -> None:
+  for key in ("prompt", "chosen", "rejected"):
+    if rec.get(key) is None:
+      raise ValueError(f"{where}: missing field {key!r}")
+  _check_messages(rec["prompt"], "prompt", where)
+  _check_messages(rec["chosen"], "chosen", where, single_assistant=True)
+  _check_messages(rec["rejected"], "rejected", where, single_assistant=True)
+
+
+def load_pairs(paths: str | Sequence[str], cache_dir: str | None = None
+               ) -> tuple[datasets.Dataset, list[str]]:
+  """Pairs as one `datasets.Dataset` (TRL conversational columns + whatever else the rows hold)
+  and each row's place ("file:line", or "DIR row i"). `paths`: JSON-lines files (read with
+  `datasets.load_dataset("json")`) and/or `save_to_disk` dataset dirs (`datasets.load_from_disk`;
+  a DatasetDict: its "train" split). The pipeline's pairs and an exported or foreign dataset go
+  through here, then `pairs_from_dataset`."""
   paths = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
   if not paths:
     raise ValueError("no pairs files given")
-  out = []
-  seen: dict[str, str] = {}  # canonical JSON of a row -> its file:line
-  for path in paths:
-    n = 0
-    with open(path, "rb") as f:
-      for lineno, raw in enumerate(f, 1):
-        where = f"{path}:{lineno}"
-        try:
-          line = raw.decode("utf-8")
-        except UnicodeDecodeError as e:
-          raise InputError(f"not valid UTF-8 at byte {e.start} of the line", where) from None
-        if not line.strip():
-          continue
-        try:
-          rec = json.loads(line)
-        except json.JSONDecodeError as e:
-          raise ValueError(f"{where}: invalid JSON ({e.msg})") from None
-        if not isinstance(rec, dict):
-          raise ValueError(f"{where}: expected a JSON object with prompt/chosen/rejected")
-        for key in ("prompt", "chosen", "rejected"):
-          if key not in rec:
-            raise ValueError(f"{where}: missing field {key!r}")
-        _check_messages(rec["prompt"], "prompt", where)
-        _check_messages(rec["chosen"], "chosen", where, single_assistant=True)
-        _check_messages(rec["rejected"], "rejected", where, single_assistant=True)
-        key = json.dumps(rec, sort_keys=True)
-        if key in seen:
-          raise InputError(f"duplicate pair: the same row as {seen[key]} (remove one)", where)
-        seen[key] = where
-        out.append(rec)
-        n += 1
-    if n == 0:
-      raise ValueError(f"{path}: no pairs (empty file)")
+  parts, where = [], []
+  jsonl: list[str] = []
+
+  def flush():
+    if not jsonl:
+      return
+    lines = {}
+    for path in jsonl:
+      lines[path] = hf_datasets.nonblank_lines(path)
+      if not lines[path]:
+        raise ValueError(f"{path}: no pairs (empty file)")
+    try:
+      ds = hf_datasets.load_local("json", jsonl, cache=cache_dir)
+    except Exception:  # datasets names no row: find it, else re-raise
+      for path in jsonl:
+        _diagnose_jsonl(path)
+      raise
+    parts.append(ds)
+    where.extend(f"{path}:{n}" for path in jsonl for n in lines[path])
+    jsonl.clear()
+
+  for p in paths:
+    p = os.fspath(p)
+    if is_dataset_dir(p):
+      flush()
+      ds = datasets.load_from_disk(p)
+      if isinstance(ds, datasets.DatasetDict):
+        if "train" not in ds:
+          raise InputError(f"a DatasetDict without a 'train' split (splits: {list(ds)})", p)
+        ds = ds["train"]
+      if len(ds) == 0:
+        raise InputError("no pairs (empty dataset)", p)
+      parts.append(ds)
+      where.extend(f"{p} row {i}" for i in range(len(ds)))
+    elif os.path.isdir(p):
+      raise InputError("a directory that is not a saved dataset (no dataset_info.json)", p)
+    else:
+      jsonl.append(p)
+  flush()
+  if len(parts) != 1:
+    missing = [set(TRL_KEYS) - set(d.column_names) for d in parts]
+    if any(missing):
+      raise InputError(f"missing column(s) {sorted(set().union(*missing))}", paths[0])
+    parts = [d.select_columns(list(TRL_KEYS) + [c for c in d.column_names if c not in TRL_KEYS]) for d in parts]
+  ds = parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
+  if len(where) != len(ds):  # pyarrow read a row across lines: places by index
+    where = [f"{paths[0]} row {i}" for i in range(len(ds))]
+  return ds, where
+
+
+TRL_KEYS = ("prompt", "chosen", "rejected")
+
+
+def pairs_from_dataset(ds: datasets.Dataset, where: Sequence[str] | None = None) -> list[dict]:
+  """Rows → pair dicts {"prompt", "chosen", "rejected", "meta"}; `meta` = the row's "meta" column
+  (JSON-lines pairs) and every other non-TRL column (an exported dataset's search columns).
+  InputError (a ValueError) naming the row's place on a missing column, a malformed message list,
+  or a row repeated exactly, which would be trained on and counted twice."""
+  where = where or [f"row {i}" for i in range(len(ds))]
+  for key in TRL_KEYS:
+    if key not in ds.column_names:
+      raise InputError(f"missing field {key!r} (columns: {ds.column_names})", where[0] if where else "")
+  extra = [c for c in ds.column_names if c not in TRL_KEYS and c != "meta"]
+  out, seen = [], {}
+  for i, row in enumerate(ds):
+    _check_row(row, where[i])
+    meta = dict(row.get("meta") or {})
+    meta.update((c, row[c]) for c in extra)
+    rec = {"prompt": row["prompt"], "chosen": row["chosen"], "rejected": row["rejected"], "meta": meta}
+    key = json.dumps(rec, sort_keys=True)
+    if key in seen:
+      raise InputError(f"duplicate pair: the same row as {seen[key]} (remove one)", where[i])
+    seen[key] = where[i]
+    out.append(rec)
   return out
+
+
+def read_pair_files(paths: str | Sequence[str]) -> list[dict]:
+  """All pairs of JSON-lines files and/or saved dataset dirs, in order (`load_pairs` →
+  `pairs_from_dataset`). InputError (a ValueError) naming file and line on bad input: invalid
+  UTF-8 or JSON, a missing field, an empty file, or a row repeated exactly (in any of them)."""
+  return pairs_from_dataset(*load_pairs(paths))
 
 
 def tree_key(pair: dict) -> str:

@@ -23,7 +23,9 @@ def _write(path, records):
 
 
 @pytest.mark.data
-def test_real_splits(shared_data):
+def test_real_splits(shared_data, monkeypatch):
+  # the real files go through datasets (typed as HF_FEATURES), never the line-by-line fallback
+  monkeypatch.setattr(esconv, "_load_jsonl_lines", lambda *a: pytest.fail("read by hand"))
   counts = {}
   for split in esconv.SPLITS:
     ds = esconv.load_split(shared_data, split)
@@ -39,7 +41,8 @@ def test_real_splits(shared_data):
 
 
 @pytest.mark.data
-def test_raw_failed_layout(shared_data):
+def test_raw_failed_layout(shared_data, monkeypatch):
+  monkeypatch.setattr(esconv, "_read_raw_json", lambda *a: pytest.fail("read by hand"))
   ds = esconv.load_file(shared_data / "esconv" / "FailedESConv.json")
   assert len(ds) == 196
   assert all(t.strategy in esconv.STRATEGIES + (None,) for d in ds for t in d.turns

@@ -144,3 +144,23 @@ def test_real_data_examples(shared_data, sandbox_tok):
   assert stats.get("dropped", 0) == 0
   last = {e.dialogue_id: e for e in exs}  # each dialogue's last window ends on its outcome line
   assert [_targets(tok, last[d.id])[-1][1] for d in pg] == [outcome_line(d.outcome["donation"]) for d in pg]
+
+
+def test_examples_come_from_a_fingerprinted_map_cache(sandbox_tok, tmp_path, monkeypatch):
+  """build_arrays = pad_to_buckets(the windows) through datasets' .map; a rerun reads the cached
+  Arrow file (no tokenizer call); another max_len or other dialogues are tokenized anew."""
+  ds = sandbox.generate("p4g", 12, 1)
+  want = sft.pad_to_buckets(sft.simulator_examples(ds, sandbox_tok, 96), sandbox_tok.pad_id, 96)
+  got, stats = sft.build_arrays(ds, sandbox_tok, "simulator", 96, cache_dir=str(tmp_path))
+  assert len(list(tmp_path.glob("sft-*.arrow"))) == 1 and stats["examples"] == sum(len(v["input_ids"]) for v in got.values())
+
+  def same(a, b):
+    return a.keys() == b.keys() and all(np.array_equal(a[k][n], b[k][n]) for k in a for n in a[k])
+  assert same(got, want)
+  monkeypatch.setattr(sft, "examples_from_messages", lambda *a, **k: pytest.fail("tokenized again"))
+  again, stats2 = sft.build_arrays(ds, sandbox_tok, "simulator", 96, cache_dir=str(tmp_path))
+  assert same(again, want) and stats2 == stats
+  with pytest.raises(pytest.fail.Exception, match="tokenized again"):
+    sft.build_arrays(ds, sandbox_tok, "simulator", 80, cache_dir=str(tmp_path))
+  with pytest.raises(pytest.fail.Exception, match="tokenized again"):
+    sft.build_arrays(ds[:-1], sandbox_tok, "simulator", 96, cache_dir=str(tmp_path))
