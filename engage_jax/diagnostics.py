@@ -41,10 +41,3 @@ def es_simulator_table(sim_model, tok) -> dict[tuple[str, str], float]:
       eng = np.array([rows[i][2] for i in idx])
       out[(emo, strat)] = float(p[eng].sum() / p.sum())
   return out
-
-
-def es_helpful_gap(table: dict[tuple[str, str], float]) -> tuple[float, float]:
-  """(mean P(engaged) for helpful strategies, mean for the others)."""
-  helpful = [v for (e, s), v in table.items() if sandbox.HELPFUL[e] == s]
-  other = [v for (e, s), v in table.items() if sandbox.HELPFUL[e] != s]
-  return float(np.mean(helpful)), float(np.mean(other))

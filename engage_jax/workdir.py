@@ -255,11 +255,6 @@ class Workdir:
         path.unlink(missing_ok=True)
     multihost.main_only(_unlock)
 
-  def bind_config(self, config_json: dict) -> None:
-    """Kept for callers of the old API: `check_root` then `open`."""
-    self.check_root()
-    self.open(config_json)
-
   def _write(self, stages: dict) -> None:
     atomic_write_json(self.path("stages.json"), stages)
 
@@ -335,10 +330,6 @@ class Workdir:
     e["done"] = bool(done)
     e.update(info)
     self._write(st)
-
-  def mark_done(self, stage: str, wall_seconds: float, **info) -> None:
-    """Marks `stage` done after one attempt of `wall_seconds` (adds to earlier attempts)."""
-    self.end(stage, wall_seconds, True, **info)
 
   def wall_seconds(self) -> dict[str, float]:
     """{stage: seconds summed over its attempts} of the done stages."""

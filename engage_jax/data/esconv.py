@@ -259,17 +259,3 @@ def load_split(data_dir: str | os.PathLike, split: str, **kw) -> LoadedDialogues
   if not path.is_file():
     raise InputError("ESConv split file not found", str(path))
   return load_jsonl(path, **kw)
-
-
-def load_hub(hub_id: str = "thu-coai/esconv", split: str = "train", *, merge: bool = True
-             ) -> LoadedDialogues:
-  """Downloads a split with `datasets.load_dataset` (needs network; the release stores each
-  conversation as a JSON string in a "text" column, or as fields directly)."""
-  import datasets
-  ds = datasets.load_dataset(hub_id, split=split)
-  items = []
-  for i, row in enumerate(ds):
-    rec = json.loads(row["text"]) if "text" in row and isinstance(row["text"], str) else row
-    items.append(record_to_dialogue(rec, f"esconv-{split}-{i}", f"{hub_id}[{split}] row {i}",
-                                    merge=merge))
-  return LoadedDialogues(items)

@@ -18,7 +18,7 @@ from engage_jax.data import chat
 from engage_jax.data.dialogue import Turn
 from engage_jax.errors import InputError
 
-AGENT_DIRS = {"sft": ("sft_agent", "hf"), "dpo": ("dpo_agent", "hf")}
+AGENT_DIRS = {"sft": ("sft_agent", "hf"), "dpo": ("dpo_agent", "hf")}  # dpo: the last round's (search_dpo_rounds)
 
 
 class Agents:
@@ -32,20 +32,20 @@ class Agents:
 
   @classmethod
   def from_workdir(cls, cfg, workdir: str | Path) -> Agents:
-    from engage_jax import models, pipeline
+    from engage_jax import pipeline
     from engage_jax.tokenizer import ChatTokenizer
+    from engage_jax.workdir import Workdir
     wd = Path(workdir)
     tok_dir = wd / "tokenizer"
     if not (tok_dir / "tokenizer.json").is_file():
       raise InputError("no tokenizer in the workdir; run the pipeline first", str(tok_dir))
     tok = ChatTokenizer.load(tok_dir)
-    dtype = models.config.jax_dtype(cfg.model.dtype)
     speakers = {}
-    for name, parts in AGENT_DIRS.items():
-      d = wd.joinpath(*parts)
+    dirs = {"sft": wd.joinpath(*AGENT_DIRS["sft"]), "dpo": pipeline.final_agent_dir(cfg, Workdir(str(wd)))}
+    for name, d in dirs.items():
       if not (d / "config.json").is_file():
         raise InputError(f"no {name.upper()} agent (HF export) there; run the pipeline first", str(d))
-      model = models.from_pretrained(d, dtype=dtype)
+      model = pipeline.load_model(cfg, d)  # the config's dtype, param_dtype and remat
       sp = pipeline.speaker(cfg, cfg.eval, model, tok, "agent")
       speakers[name] = lambda msgs, seed, sp=sp: sp.generate([msgs], seed)[0]
     return cls(cfg.task, speakers)

@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 
-import numpy as np
 
 from engage_jax.data.dialogue import AGENT, Turn
 from engage_jax.fileio import atomic_write_jsonl as write_jsonl  # noqa: F401 (re-exported API)
@@ -103,9 +102,3 @@ def extract_pairs(trees: Trees, margin: float, min_visits: int = 1,
         seen.add(key)
         out.append(p)
   return out
-
-
-def value_gap_summary(pairs: Sequence[dict]) -> dict:
-  """Count and mean value gap of a list of pairs (for logs)."""
-  gaps = [p["meta"]["margin"] for p in pairs]
-  return {"pairs": len(pairs), "mean_gap": float(np.mean(gaps)) if gaps else 0.0}
