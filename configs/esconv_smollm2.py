@@ -11,9 +11,9 @@ Sizes: SFT of every role on >= 100k target tokens (windows of 256 tokens, batch 
 8 agent turns in search and evaluation (the engaged phrase is rare before turn 8 in the corpus);
 48 search trees x 6 expansions (k=3, depth 3); DPO 3 epochs with 10% of the trees held out;
 evaluation on 128 test conditions by the search's and the held-out simulator. Projected from the
-rates measured on this CPU (SFT ~4 s per step of 8 x 256 idle; see README "Measured"), not yet
+rates measured on this CPU (SFT ~4 s per step of 8 x 256 idle; docs/measured.md), not yet
 from a whole run: about 2 h idle. `--config.sft.simulator_steps=0` gives the prompted (untrained)
-simulator. The fixed reduced run of the throughput benchmark overrides the sizes (README).
+simulator. The fixed reduced run of the throughput benchmark (benchmarks/reduced_run.py) spells out its own sizes.
 """
 import os
 import sys
