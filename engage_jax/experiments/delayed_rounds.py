@@ -93,6 +93,7 @@ def render(s: Mapping) -> str:
            f"World: long-run optimum {fmt(t['optimum'])}, greedy turn-level {fmt(t['greedy'])}, uniform agent "
            f"{fmt(t['uniform'])}. Values: the exact expected reward of the strategies each agent played "
            f"against the world (engage_jax/oracle.py), per (seed, condition) unit; seeds {s['seeds']}.", "",
+           "Agent dpo = the last round's DPO agent.", "",
            "| agent | future | 95% CI | of optimum | pairs | chosen lower | turn | 95% CI | pairs | p future vs turn |",
            "|---|---:|---|---:|---:|---:|---:|---|---:|---:|"]
   for row in s["by_round"]:
@@ -128,7 +129,7 @@ def plot(s: Mapping, path: Path) -> None:
   t = s["world"]
   for key, style in (("optimum", "-"), ("greedy", "--"), ("uniform", ":")):
     ax.axhline(t[key], color="k", linestyle=style, linewidth=0.8, label=f"{key} {t[key]:.3g}")
-  ax.set_xticks(x, [row["agent"] for row in s["by_round"]])
+  ax.set_xticks(x, [f"round-{s['rounds']}" if row["agent"] == "dpo" else row["agent"] for row in s["by_round"]])
   ax.set_xlabel("search → DPO round (0: SFT)")
   ax.set_ylabel("exact expected reward")
   ax.legend(fontsize=7)
