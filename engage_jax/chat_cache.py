@@ -40,7 +40,7 @@ from flax import nnx, struct
 
 from engage_jax import sampling
 from engage_jax.buckets import bucket
-from engage_jax.models.llama import LayerCache
+from engage_jax.models.llama import KVCache
 
 MIN_KEPT_BUCKET = 16
 
@@ -49,10 +49,10 @@ MIN_KEPT_BUCKET = 16
 class KeptCache:
   """The kept prefixes of one call's rows, compacted to the left.
 
-  layers: per layer `LayerCache(keys [U, KV, hd, C], values [U, KV, C, hd])`; row u holds its
-  prefix at slots [0, length[u]). length: [U] int32.
+  cache: `KVCache(keys [L, U, KV, hd, C], values [L, U, KV, C, hd])`; row u holds its prefix at
+  slots [0, length[u]). length: [U] int32.
   """
-  layers: tuple
+  cache: KVCache
   length: jax.Array
 
 
@@ -85,14 +85,13 @@ def longest_prefix(stored: np.ndarray, prompt: np.ndarray) -> np.ndarray:
   return np.logical_and.accumulate(same, axis=1).sum(axis=1).astype(np.int32)
 
 
-def _gather_kept(stored: tuple, rows: jax.Array, slots: jax.Array, length: jax.Array) -> KeptCache:
-  """stored: per layer LayerCache [R, KV, hd, S']; rows [U] int32; slots [U, C] int32 (source
-  slots of each kept token, any valid slot beyond length) → `KeptCache` [U, .., C]."""
-  def one(c: LayerCache) -> LayerCache:
-    keys = jnp.take_along_axis(jnp.take(c.keys, rows, axis=0), slots[:, None, None, :], axis=3)
-    values = jnp.take_along_axis(jnp.take(c.values, rows, axis=0), slots[:, None, :, None], axis=2)
-    return LayerCache(keys=keys, values=values)
-  return KeptCache(layers=tuple(one(c) for c in stored), length=length)
+def _gather_kept(stored: KVCache, rows: jax.Array, slots: jax.Array, length: jax.Array) -> KeptCache:
+  """stored: `KVCache` [L, R, KV, .., S']; rows [U] int32; slots [U, C] int32 (source slots of
+  each kept token, any valid slot beyond length) → `KeptCache` [L, U, .., C]."""
+  c = stored.take(rows)
+  keys = jnp.take_along_axis(c.keys, slots[None, :, None, None, :], axis=4)
+  values = jnp.take_along_axis(c.values, slots[None, :, None, :, None], axis=3)
+  return KeptCache(cache=KVCache(keys=keys, values=values), length=length)
 
 
 gather_kept = jax.jit(_gather_kept)
@@ -104,8 +103,8 @@ def _chat_core(graphdef, state, kept: KeptCache | None, tokens, mask, src, row_v
   tokens/mask [U, Pn] int32: the rest of each prompt, left-padded; src [B] int32 or None (row b
   continues prompt src[b]; None: U == B); the other arguments as in `sampling._generate_core`.
 
-  Returns (out [B, num_new] int32 (as `sampling.generate`'s core), steps () int32, cache: per
-  layer LayerCache [B, KV, hd, C + Pn + num_new] holding the kept, new and fed tokens).
+  Returns (out [B, num_new] int32 (as `sampling.generate`'s core), steps () int32, cache: a
+  `KVCache` [L, B, .., C + Pn + num_new] holding the kept, new and fed tokens).
   """
   model = nnx.merge(graphdef, state)
   u, pn = tokens.shape
@@ -114,11 +113,10 @@ def _chat_core(graphdef, state, kept: KeptCache | None, tokens, mask, src, row_v
     c, kept_len = 0, jnp.zeros((u,), jnp.int32)
     cache = model.init_cache(u, pn + num_new)
   else:
-    c, kept_len = kept.layers[0].keys.shape[-1], kept.length
+    c, kept_len = kept.cache.length, kept.length
     pad = pn + num_new
-    cache = tuple(LayerCache(keys=jnp.pad(lc.keys, ((0, 0), (0, 0), (0, 0), (0, pad))),
-                             values=jnp.pad(lc.values, ((0, 0), (0, 0), (0, pad), (0, 0))))
-                  for lc in kept.layers)
+    cache = KVCache(keys=jnp.pad(kept.cache.keys, ((0, 0),) * 4 + ((0, pad),)),
+                    values=jnp.pad(kept.cache.values, ((0, 0),) * 3 + ((0, pad), (0, 0))))
   kept_mask = (jnp.arange(c)[None, :] < kept_len[:, None]).astype(jnp.int32)   # [U, C]
   kv_mask = jnp.concatenate([kept_mask, mask, jnp.ones((u, num_new), jnp.int32)], axis=1)
   positions = kept_len[:, None] + jnp.maximum(jnp.cumsum(mask, axis=-1, dtype=jnp.int32) - 1, 0)
@@ -130,8 +128,8 @@ def _chat_core(graphdef, state, kept: KeptCache | None, tokens, mask, src, row_v
   logits = model.logits(hidden[:, -1])                                          # [U, V]
   lengths = kept_len + jnp.sum(mask, axis=-1, dtype=jnp.int32)                  # [U]
   if src is not None:
-    cache, logits, kv_mask, lengths = jax.tree.map(lambda x: jnp.take(x, src, axis=0),
-                                                   (cache, logits, kv_mask, lengths))
+    cache = cache.take(src)
+    logits, kv_mask, lengths = jax.tree.map(lambda x: jnp.take(x, src, axis=0), (logits, kv_mask, lengths))
   final = sampling.decode_loop(model, cache, logits, kv_mask, lengths, c + pn, row_valid, max_new, key,
                                temperature, top_p, top_k, stop_ids, num_new=num_new, mode=mode)
   return final.out, final.step, final.cache
@@ -160,7 +158,7 @@ class ConversationCache:
 
   def clear(self) -> None:
     """Forgets the stored cache."""
-    self._cache = None          # per layer LayerCache [R, KV, hd, S] or None
+    self._cache = None          # KVCache [L, R, KV, .., S] or None
     self._rows: list[RowIndex] = []
     self._leaves: list = []     # the model state the cache was computed with (identity check)
     self._graphdef = None

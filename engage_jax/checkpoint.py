@@ -5,7 +5,9 @@ Layout: `<dir>/<step>/{params,opt_state,meta}` written by Orbax's V0 `Checkpoint
 directory and renames it when complete (atomic), keeps the last `keep` steps and removes
 half-written temporaries on start.
 
-- params: flat dict {"layers.0.self_attn.q_proj.kernel": array} of the NNX Param state;
+- params: flat dict {"layers.self_attn.q_proj.kernel": array [L, D, H*hd]} of the NNX Param state
+  (decoder layers stacked, models.llama); a checkpoint of the older per-layer layout
+  ("layers.0.self_attn...") is refused with one line (`CheckpointMismatch`, `check_shapes`);
 - opt_state: the optimizer state's leaves in tree order {"00000": array, ...} (restored into the
   tree structure of a freshly initialised optimizer state);
 - meta (JSON): step, param_shapes {path: shape}, model_config, data iterator position, RNG and
@@ -32,6 +34,7 @@ import gc
 import io
 import logging
 import os
+import re
 import sys
 import time
 import types
@@ -86,8 +89,18 @@ def param_shapes(params: nnx.State) -> dict[str, list[int]]:
   return {param_path(p): list(v.shape) for p, v in nnx.to_flat_state(params)}
 
 
+PER_LAYER = re.compile(r"^layers\.\d+\.")  # a parameter name of the unstacked layout (before scan)
+
+
 def check_shapes(saved: Mapping[str, Any], target: Mapping[str, Any], where: str) -> None:
-  """ValueError naming the first parameter whose presence or shape differs."""
+  """ValueError naming the first parameter whose presence or shape differs (one line for a
+  checkpoint of the per-layer layout written before the layers were stacked)."""
+  old = sorted(n for n in saved if PER_LAYER.match(n))
+  if old and not any(PER_LAYER.match(n) for n in target):
+    raise CheckpointMismatch(f"parameters are stored per layer ({old[0]!r}, ...): written by an engage_jax "
+                             f"before the decoder layers were stacked and scanned; this version cannot "
+                             f"resume or load it: retrain, or export it to HF with the older version and "
+                             f"load that directory", f"checkpoint {where}")
   for name in sorted(set(saved) | set(target)):
     if name not in target:
       raise CheckpointMismatch(f"parameter {name!r} {list(saved[name])} does not exist in the "

@@ -10,8 +10,8 @@ parameter / optimizer-state shardings, on the model as `pipeline.new_model` buil
 `model.remat`, LoRA adapters; abstract, `nnx.eval_shape`) and a batch `[grad_accum, B, T]` of
 `jax.ShapeDtypeStruct`s. It is lowered with remat off ("train") and on ("train_remat"), or, with
 LoRA, as configured ("train_lora"). Sampling: the model's cached forward as `sampling.generate`
-runs it, prefill and decode, over the KV cache (`LayerCache` keys [B, KV, hd, S], values
-[B, KV, S, hd]; donated).
+runs it, prefill and decode, over the KV cache (`KVCache` keys [L, B, KV, hd, S], values
+[L, B, KV, S, hd]; donated).
 
 Where the numbers come from (`format_plan` prints it beside each one):
 * params / optimizer / gradients / KV cache: exact, from the abstract shapes and their shardings.

@@ -25,7 +25,7 @@ them does not recompile. The decode loop stops early once
 every row has stopped. The prefill computes the last layer's queries, attention and MLP for the
 last position only (`CausalLM.forward_cached(mode="prefill", last_only=True)`).
 
-The KV cache (per layer `LayerCache(keys [B, KV, hd, S], values [B, KV, S, hd])`) is allocated
+The KV cache (`KVCache(keys [L, B, KV, hd, S], values [L, B, KV, S, hd])`, stacked over layers) is allocated
 inside the jitted function and carried through the while loop (in a `DecodeState`), where each
 step writes one slot with `dynamic_update_slice` in place (no copy of the cache per step; checked
 in the XLA dump), so there is no input buffer to donate. The decode loop (`decode_loop`) is shared
@@ -48,6 +48,7 @@ from flax import nnx, struct
 from engage_jax import sharding
 from engage_jax.buckets import bucket  # sampling.bucket: the rung of one size (batch, prompt, new tokens)
 from engage_jax.logprobs import token_logps
+from engage_jax.models.llama import KVCache
 
 MIN_BATCH_BUCKET = 8
 MIN_PROMPT_BUCKET = 16
@@ -207,7 +208,7 @@ def _mode(temperature: float, top_p: float, top_k: int) -> str:
 class DecodeState:
   """The carry of the decode `lax.while_loop` (B rows, N = num_new slots for new tokens)."""
   step: jax.Array     # () int32: index in `out` of the token this step samples (1 = first step)
-  cache: tuple        # per layer LayerCache(keys [B, KV, hd, S], values [B, KV, S, hd])
+  cache: KVCache      # keys [L, B, KV, hd, S], values [L, B, KV, S, hd]
   token: jax.Array    # [B] int32: the last sampled token (-1 once a row is done)
   done: jax.Array     # [B] bool: the row has sampled a stop token (or is batch padding)
   out: jax.Array      # [B, N] int32: sampled tokens so far, -1 elsewhere
@@ -248,8 +249,8 @@ def _generate_core(graphdef, state, tokens, prompt_mask, src, row_valid, max_new
                                        mode="prefill", last_only=True)
   logits = model.logits(hidden[:, -1])                                          # [U, V]
   if src is not None:  # one prefill per distinct prompt, then each row takes its prompt's cache
-    cache, logits, kv_mask, prompt_mask = jax.tree.map(lambda x: jnp.take(x, src, axis=0),
-                                                       (cache, logits, kv_mask, prompt_mask))
+    cache = cache.take(src)
+    logits, kv_mask, prompt_mask = jax.tree.map(lambda x: jnp.take(x, src, axis=0), (logits, kv_mask, prompt_mask))
   lengths = jnp.sum(prompt_mask, axis=-1, dtype=jnp.int32)                      # [B]
   final = decode_loop(model, cache, logits, kv_mask, lengths, p, row_valid, max_new, key, temperature,
                       top_p, top_k, stop_ids, num_new=num_new, mode=mode)
@@ -262,7 +263,7 @@ def decode_loop(model, cache, logits, kv_mask, lengths, first_slot, row_valid, m
   `lax.while_loop` until every row stopped or `max_new` tokens (traced, <= num_new).
   key: one PRNG key () or per-row keys [B] (`row_keys`; see `step_key`).
 
-  cache: per layer LayerCache [B, KV, hd, S] holding the prompts (S >= first_slot + num_new);
+  cache: `KVCache` [L, B, .., S] holding the prompts (S >= first_slot + num_new);
   kv_mask [B, S]: the slots of real prompt tokens, and ones from `first_slot` on; lengths [B]
   int32: prompt tokens per row (the position of the first new token); the i-th new token (0-based)
   is fed at slot `first_slot + i` with position `lengths + i`. Returns the final `DecodeState`

@@ -6,7 +6,9 @@ Mesh axes: `data` (pure data parallel), `fsdp` (data parallel with parameters sh
 * parameters: every variable of a model's NNX state (the `nnx.Param`s and LoRA's `nnx.LoRAParam`s:
   a `CausalLM` holds no other variables; rope frequencies are recomputed, LoRA's scale and
   on/off flag are static attributes) gets *logical* axis names from `PARAM_RULES` (regex on its
-  state path; a path no rule matches is an error); `LOGICAL_TO_MESH` maps them to mesh axes;
+  state path; a path no rule matches is an error), with the stacked decoder layers' leading axis
+  named `LAYERS` (`layers/...` paths, [L, ...]: never sharded); `LOGICAL_TO_MESH` maps them to
+  mesh axes;
 * activations: `constrain(x, axes)` pins an activation inside the model to `ACTIVATION_TO_MESH`
   on the mesh set with `jax.set_mesh` (no mesh set: x unchanged, the traced program has no
   sharding constraint);
@@ -46,7 +48,9 @@ LOGICAL_TO_MESH: dict[str, str | tuple[str, ...] | None] = {
     "norm": None,
     "length": None,
     "head_dim": None,
+    "layers": None,   # the scanned layer axis of stacked parameters and of the KV cache
 }
+LAYERS = "layers"
 
 # Activations (the model's `constrain` calls): logical name → mesh axes. Only the batch is split:
 # the hidden dim stays whole (parameters' "embed" is over fsdp, which already splits the batch).
@@ -57,13 +61,14 @@ ACTIVATION_TO_MESH: dict[str, str | tuple[str, ...] | None] = {
 }
 HIDDEN_AXES = ("batch", "length", "embed")  # the residual stream [B, T, D]
 
-# KV cache (models/llama.py LayerCache) field → logical axes: keys [B, KV, hd, S], values [B, KV, S, hd].
+# KV cache (models/llama.py KVCache) field → logical axes: keys [L, B, KV, hd, S], values [L, B, KV, S, hd].
 CACHE_AXES: dict[str, tuple[str, ...]] = {
-    "keys": ("batch", "kv_heads", "head_dim", "length"),
-    "values": ("batch", "kv_heads", "length", "head_dim"),
+    "keys": (LAYERS, "batch", "kv_heads", "head_dim", "length"),
+    "values": (LAYERS, "batch", "kv_heads", "length", "head_dim"),
 }
 
-# NNX parameter path (joined with "/") → logical axes of the array, first match wins.
+# NNX parameter path (joined with "/") → logical axes of one layer's array, first match wins; a
+# path under `layers/` (stacked over the decoder layers) gets LAYERS in front.
 PARAM_RULES: tuple[tuple[str, tuple[str, ...]], ...] = (
     (r"embed_tokens$", ("vocab", "embed")),
     (r"q_proj/kernel$", ("embed", "heads")),
@@ -107,11 +112,14 @@ def path_str(path: tuple) -> str:
 
 
 def logical_axes(path: tuple, ndim: int) -> tuple[str | None, ...]:
-  """Logical axis names for the variable at NNX state `path` (first matching `PARAM_RULES` entry);
-  ValueError naming the path when no rule matches or the rule's rank differs."""
+  """Logical axis names for the variable at NNX state `path` (first matching `PARAM_RULES` entry,
+  after LAYERS for a stacked `layers/...` path); ValueError naming the path when no rule matches or
+  the rule's rank differs."""
   name = path_str(path)
   for pattern, axes in PARAM_RULES:
     if re.search(pattern, name):
+      if path and str(path[0]) == "layers":
+        axes = (LAYERS,) + axes
       if len(axes) != ndim:
         raise ValueError(f"sharding rule {pattern!r} gives {len(axes)} axes for {name} of rank {ndim}")
       return axes
@@ -199,8 +207,8 @@ def check_batch(mesh: Mesh, batch_size: int, what: str = "batch size") -> None:
 
 def cache_sharding(mesh: Mesh, cache) -> Any:
   """NamedShardings of a KV cache, in its structure: `cache` is a (possibly abstract, e.g.
-  `jax.eval_shape`) tuple over layers of `models.llama.LayerCache(keys [B, KV, hd, S], values
-  [B, KV, S, hd])`; each field is sharded by its logical axes in CACHE_AXES."""
+  `jax.eval_shape`) `models.llama.KVCache(keys [L, B, KV, hd, S], values [L, B, KV, S, hd])`;
+  each field is sharded by its logical axes in CACHE_AXES."""
   def one(path, x):
     return NamedSharding(mesh, logical_to_spec(mesh, CACHE_AXES[path[-1].name], x.shape))
   return jax.tree_util.tree_map_with_path(one, cache)

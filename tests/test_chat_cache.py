@@ -35,8 +35,8 @@ def model(tok):
 
 def _peaked(m: CausalLM) -> CausalLM:
   m.norm.weight[...] = m.norm.weight[...] * 30
-  for layer in m.layers:  # sharp attention: outputs depend on which slots hold what, and where
-    layer.self_attn.q_proj.kernel[...] = layer.self_attn.q_proj.kernel[...] * 8
+  q = m.layers.self_attn.q_proj  # stacked over layers; sharp attention: outputs depend on which
+  q.kernel[...] = q.kernel[...] * 8  # slots hold what, and where
   return m
 
 

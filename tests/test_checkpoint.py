@@ -55,3 +55,21 @@ def test_export_hf(tmp_path):
   # the exported weights are the saved fp32 arrays; the forward passes may compile differently, so
   # logits agree to rounding of their scale (scaled_max_error: absolute for order <= 1, relative beyond)
   assert scaled_max_error(loaded(ids), model(ids)) < 1e-5
+
+
+def test_per_layer_checkpoint_is_refused_with_one_line(tmp_path):
+  """A checkpoint of the layout before the layers were stacked (`layers.0.self_attn...`, one
+  array per layer) is refused with one line naming the layout, before Orbax reads any array."""
+  model = _model()
+  per_layer = []  # the old layout: the stacked [L, ...] variables split into per-layer paths
+  for path, var in nnx.to_flat_state(nnx.state(model, nnx.Param)):
+    if path[0] == "layers":
+      per_layer += [(("layers", i) + path[1:], var.replace(var[...][i])) for i in range(var.shape[0])]
+    else:
+      per_layer.append((path, var))
+  old = nnx.from_flat_state(per_layer)
+  mgr = checkpoint.CheckpointManager(str(tmp_path / "ck"))
+  mgr.save(5, old, optax.sgd(0.1).init(old))
+  with pytest.raises(checkpoint.CheckpointMismatch, match=r"stored per layer \('layers\.0\.") as e:
+    checkpoint.restore_latest(str(tmp_path / "ck"), nnx.state(model, nnx.Param))
+  assert "\n" not in str(e.value)

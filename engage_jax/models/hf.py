@@ -3,6 +3,8 @@
 
 Parameter names map one to one onto transformers' (`model.layers.3.self_attn.q_proj.weight`); our
 `kernel`s are `[in, out]`, torch's `weight`s are `[out, in]`, so they are transposed on the way.
+The decoder layers' variables are stacked over the layer axis (`layers/self_attn/q_proj/kernel`
+[L, in, out], models.llama): loading stacks the L per-layer tensors, saving unstacks them.
 Every load is checked: a missing, unexpected-for-shape or mis-shaped tensor is an error naming it.
 """
 from __future__ import annotations
@@ -25,9 +27,19 @@ from engage_jax.models.llama import CausalLM
 SAFE_INDEX = "model.safetensors.index.json"
 
 
-def hf_name(path: tuple) -> tuple[str, bool]:
-  """NNX state path → (transformers tensor name, whether to transpose)."""
+def is_stacked(path: tuple) -> bool:
+  """Whether the NNX state path is a decoder-layer variable, stacked over the layer axis [L, ...]."""
+  return bool(path) and str(path[0]) == "layers"
+
+
+def hf_name(path: tuple, layer: int | None = None) -> tuple[str, bool]:
+  """NNX state path (and, for a stacked layer variable, the layer index) → (transformers tensor
+  name, whether to transpose)."""
   parts = [str(p) for p in path]
+  if is_stacked(path):
+    if layer is None:
+      raise ValueError(f"hf_name: {'/'.join(parts)} is stacked over layers; give the layer index")
+    parts.insert(1, str(layer))
   transpose = parts[-1] == "kernel"
   if transpose:
     parts[-1] = "weight"
@@ -106,16 +118,13 @@ def build_model(config: ModelConfig, tensors: dict, source: str, dtype=jnp.float
   used = set()
   flat = []
   for path, var in nnx.to_flat_state(abs_state):
-    name, transpose = hf_name(path)
-    if name not in tensors:
-      raise ValueError(f"{source}: missing tensor {name!r} (needed for {'/'.join(map(str, path))})")
-    arr = tensors[name]
-    arr = arr.T if transpose else arr
-    if tuple(arr.shape) != tuple(var.shape):
-      raise ValueError(f"{source}: tensor {name!r} has shape {tuple(tensors[name].shape)}, expected "
-                       f"{tuple(var.shape)[::-1] if transpose else tuple(var.shape)}")
+    if is_stacked(path):  # L per-layer tensors → [L, ...]
+      arr = np.stack([_checked(tensors, path, i, var.shape[1:], source) for i in range(var.shape[0])])
+      used.update(hf_name(path, i)[0] for i in range(var.shape[0]))
+    else:
+      arr = _checked(tensors, path, None, var.shape, source)
+      used.add(hf_name(path)[0])
     flat.append((path, var.replace(jnp.asarray(arr, dtype=var.dtype))))
-    used.add(name)
   unexpected = [k for k in tensors if k not in used and not (k == "lm_head.weight" and config.tie_word_embeddings)
                 and "rotary_emb" not in k]
   if unexpected:
@@ -123,17 +132,38 @@ def build_model(config: ModelConfig, tensors: dict, source: str, dtype=jnp.float
   return nnx.merge(graphdef, nnx.from_flat_state(flat))
 
 
+def _checked(tensors: dict, path: tuple, layer: int | None, shape: tuple, source: str):
+  """The tensor of `path` (layer `layer`) in our layout, its shape checked against `shape`."""
+  name, transpose = hf_name(path, layer)
+  if name not in tensors:
+    raise ValueError(f"{source}: missing tensor {name!r} (needed for {'/'.join(map(str, path))})")
+  arr = np.asarray(tensors[name])
+  arr = arr.T if transpose else arr
+  if tuple(arr.shape) != tuple(shape):
+    raise ValueError(f"{source}: tensor {name!r} has shape {tuple(tensors[name].shape)}, expected "
+                     f"{tuple(shape)[::-1] if transpose else tuple(shape)}")
+  return arr
+
+
+def hf_state(model: CausalLM) -> dict[str, np.ndarray]:
+  """The model's parameters as host arrays under transformers' names and layout (per layer,
+  `[out, in]` weights). A collective on several processes (every process calls it)."""
+  from engage_jax import sharding
+  out = {}
+  for path, var in nnx.to_flat_state(nnx.state(model, nnx.Param)):
+    arr = sharding.to_host(var[...])  # every process joins the gather
+    for layer, one in (enumerate(arr) if is_stacked(path) else [(None, arr)]):  # unstack layers
+      name, transpose = hf_name(path, layer)
+      out[name] = np.ascontiguousarray(one.T if transpose else one)
+  return out
+
+
 def save_pretrained(model: CausalLM, out_dir: str | os.PathLike, dtype=None) -> Path:
   """Writes `config.json` + `model.safetensors` that `transformers.AutoModelForCausalLM` loads."""
-  from engage_jax import multihost, sharding
+  from engage_jax import multihost
   out_dir = Path(out_dir)
-  tensors = {}
-  for path, var in nnx.to_flat_state(nnx.state(model, nnx.Param)):
-    name, transpose = hf_name(path)
-    arr = sharding.to_host(var[...])  # every process joins the gather; process 0 writes
-    arr = np.ascontiguousarray(arr.T if transpose else arr)
-    tensors[name] = jnp.asarray(arr, dtype=dtype or arr.dtype)
-  multihost.main_write(_write_hf, model, out_dir, tensors, dtype, what=str(out_dir))
+  tensors = {name: jnp.asarray(arr, dtype=dtype or arr.dtype) for name, arr in hf_state(model).items()}
+  multihost.main_write(_write_hf, model, out_dir, tensors, dtype, what=str(out_dir))  # process 0 writes
   return out_dir
 
 

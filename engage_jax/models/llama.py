@@ -12,13 +12,22 @@ SwiGLU MLP, tied or untied output embedding. Two entry points:
   `kv_mask[b, s]`; "prefill" (an empty cache, `cache_index` 0): the T tokens attend causally among
   themselves (blocked causal self-attention, optionally for the last position only).
 
-The cache is a tuple over layers of `LayerCache(keys [B, KV, hd, S], values [B, KV, S, hd])`
-(head-major with transposed keys: both decode attention products are then plain matmuls, which
-XLA:CPU runs much faster than with `[B, S, KV, hd]` or keys `[B, KV, S, hd]`).
+Scanned layers: `model.layers` is ONE `DecoderLayer` whose parameters (and LoRA adapters) are
+stacked over a leading layer axis [L, ...] (state path `layers/self_attn/q_proj/kernel`, shape
+[L, D, H*hd]); every forward runs it with one `jax.lax.scan` (`CausalLM.run_layers`), so the
+traced and compiled program holds one layer body whatever the depth. HF / GGUF / PEFT names stay
+per layer (`model.layers.3...`): the importers stack, the exporters unstack (`models.hf`,
+`models.lora`).
+
+The cache is a `KVCache(keys [L, B, KV, hd, S], values [L, B, KV, S, hd])`, stacked over layers
+and carried through the layer scan (head-major with transposed keys: both decode attention products
+are then plain matmuls, which XLA:CPU runs much faster than with `[B, S, KV, hd]` or keys
+`[B, KV, S, hd]`). Layer l writes its new keys/values in place at `[l, :, :, :, slots]`.
 
 Sharding and remat are declared here: the residual stream [B, T, D] (embedding output and every
 layer's output) is constrained to `sharding.HIDDEN_AXES` on the mesh set with `jax.set_mesh` (a
-no-op without one), and `CausalLM(..., remat=True)` recomputes each layer in the backward pass.
+no-op without one), and `CausalLM(..., remat=True)` recomputes each layer in the backward pass
+(`jax.checkpoint` of the scanned layer body).
 """
 from __future__ import annotations
 
@@ -35,35 +44,57 @@ MODES = ("prefill", "decode")  # the cached forward's attention (module docstrin
 
 
 @struct.dataclass
-class LayerCache:
-  """One layer's KV cache. Keys are stored transposed so the decode score product q·k is a plain
-  matmul with S as its wide N."""
-  keys: jax.Array    # [B, KV, hd, S]
-  values: jax.Array  # [B, KV, S, hd]
+class KVCache:
+  """The KV cache of every layer, stacked over layers. Keys are stored transposed so the decode
+  score product q·k is a plain matmul with S as its wide N."""
+  keys: jax.Array    # [L, B, KV, hd, S]
+  values: jax.Array  # [L, B, KV, S, hd]
 
-  def write(self, kt: jax.Array, v: jax.Array, index) -> LayerCache:
-    """kt [B, KV, hd, T] / v [B, KV, T, hd] written at slots index..index+T-1 (in place under jit)."""
+  @property
+  def length(self) -> int:
+    """S, the number of slots."""
+    return self.keys.shape[-1]
+
+  def write(self, layer, kt: jax.Array, v: jax.Array, index) -> KVCache:
+    """Layer `layer`'s kt [B, KV, hd, T] / v [B, KV, T, hd] written at slots index..index+T-1 (in
+    place under jit)."""
     zero, index = jnp.zeros((), jnp.int32), jnp.asarray(index, jnp.int32)
-    return LayerCache(
-        keys=jax.lax.dynamic_update_slice(self.keys, kt.astype(self.keys.dtype), (zero, zero, zero, index)),
-        values=jax.lax.dynamic_update_slice(self.values, v.astype(self.values.dtype), (zero, zero, index, zero)))
+    layer = jnp.asarray(layer, jnp.int32)
+    return KVCache(
+        keys=jax.lax.dynamic_update_slice(self.keys, kt[None].astype(self.keys.dtype),
+                                          (layer, zero, zero, zero, index)),
+        values=jax.lax.dynamic_update_slice(self.values, v[None].astype(self.values.dtype),
+                                            (layer, zero, zero, index, zero)))
 
+  def layer(self, layer) -> tuple[jax.Array, jax.Array]:
+    """Layer `layer`'s (keys [B, KV, hd, S], values [B, KV, S, hd])."""
+    return (jax.lax.dynamic_index_in_dim(self.keys, layer, 0, keepdims=False),
+            jax.lax.dynamic_index_in_dim(self.values, layer, 0, keepdims=False))
 
-KVCache = tuple  # tuple[LayerCache, ...] over layers
+  def take(self, rows: jax.Array) -> KVCache:
+    """The cache of batch rows `rows` [U] int (a gather along B)."""
+    return KVCache(keys=jnp.take(self.keys, rows, axis=1), values=jnp.take(self.values, rows, axis=1))
 
 
 def cache_shapes(config: ModelConfig, batch: int, length: int) -> tuple[tuple, tuple]:
-  """Shapes of one layer's cached (keys, values): ([B, KV, hd, S], [B, KV, S, hd])."""
-  kv, hd = config.num_key_value_heads, config.head_dim
-  return (batch, kv, hd, length), (batch, kv, length, hd)
+  """Shapes of the cached (keys, values): ([L, B, KV, hd, S], [L, B, KV, S, hd])."""
+  n, kv, hd = config.num_hidden_layers, config.num_key_value_heads, config.head_dim
+  return (n, batch, kv, hd, length), (n, batch, kv, length, hd)
 
 
 def init_cache(config: ModelConfig, batch: int, length: int, dtype) -> KVCache:
-  """Zeroed cache: a `LayerCache(keys [B, KV, hd, S], values [B, KV, S, hd])` per layer (for an
-  abstract one: `jax.eval_shape(lambda: init_cache(config, B, S, dtype))`)."""
+  """Zeroed `KVCache(keys [L, B, KV, hd, S], values [L, B, KV, S, hd])` (for an abstract one:
+  `jax.eval_shape(lambda: init_cache(config, B, S, dtype))`)."""
   k_shape, v_shape = cache_shapes(config, batch, length)
-  return tuple(LayerCache(keys=jnp.zeros(k_shape, dtype), values=jnp.zeros(v_shape, dtype))
-               for _ in range(config.num_hidden_layers))
+  return KVCache(keys=jnp.zeros(k_shape, dtype), values=jnp.zeros(v_shape, dtype))
+
+
+def stack_modules(modules: list[nnx.Module]) -> nnx.Module:
+  """One module of the (identical) structure of `modules` whose every variable is the stack of
+  theirs over a new leading axis [L, ...] (the scanned layout)."""
+  graphdef, first = nnx.split(modules[0])
+  states = [first] + [nnx.split(m)[1] for m in modules[1:]]
+  return nnx.merge(graphdef, jax.tree.map(lambda *xs: jnp.stack(xs), *states))
 
 
 _MASK_VALUE = -0.7 * float(jnp.finfo(jnp.float32).max)
@@ -208,16 +239,17 @@ class Attention(nnx.Module):
     self.window = config.sliding_window
     self.dtype = dtype
 
-  def __call__(self, x, cos, sin, valid, cache: LayerCache | None = None, cache_index=0,
+  def __call__(self, x, cos, sin, valid, cache: KVCache | None = None, layer=0, cache_index=0,
                q_slots=None, *, mode: str = "prefill", last_only: bool = False):
     """x [B, T, D]; cos/sin [B, T, hd]; valid [B, S] bool: which key slots hold real tokens.
 
-    The new keys/values are written into `cache` (when given) at slots `cache_index..+T-1`.
+    The new keys/values are written into layer `layer` (int, may be traced) of `cache` (when
+    given) at slots `cache_index..+T-1`.
     mode (static) "prefill": causal self-attention of the T tokens (slots 0..T-1: no cache, or
     `cache_index` 0); "decode" (needs a cache): query t (slot q_slots[t], [T] int) attends to
     every cache slot s <= q_slots[t] with valid[b, s]. Both keep to the sliding window.
     last_only (prefill only): keys/values of all T tokens, but the output of the last query alone
-    ([B, 1, D]). Returns (out [B, T or 1, D], new LayerCache or None).
+    ([B, 1, D]). Returns (out [B, T or 1, D], new KVCache or None).
     """
     if mode not in MODES:
       raise ValueError(f"Attention: mode must be one of {MODES}, got {mode!r}")
@@ -229,7 +261,7 @@ class Attention(nnx.Module):
     kv, g, hd = self.num_kv_heads, self.num_heads // self.num_kv_heads, self.head_dim
     kt = apply_rope(self.k_proj(x).reshape(b, t, kv, hd), cos, sin).transpose(0, 2, 3, 1)
     v = self.v_proj(x).reshape(b, t, kv, hd).transpose(0, 2, 1, 3)
-    new_cache = None if cache is None else cache.write(kt, v, cache_index)
+    new_cache = None if cache is None else cache.write(layer, kt, v, cache_index)
     if last_only:
       x, cos, sin = x[:, -1:], cos[:, -1:], sin[:, -1:]
     tq = x.shape[1]
@@ -242,7 +274,8 @@ class Attention(nnx.Module):
       out = causal_self_attention(q, kt, v, valid[:, :t], self.window, self.dtype)
     else:
       allowed = causal_allowed(q_slots, jnp.arange(valid.shape[1]), self.window)
-      out = attend(q, new_cache.keys, new_cache.values, allowed[None] & valid[:, None, :], self.dtype)
+      keys, values = new_cache.layer(layer)
+      out = attend(q, keys, values, allowed[None] & valid[:, None, :], self.dtype)
     return self.o_proj(out), new_cache
 
 
@@ -271,19 +304,20 @@ class DecoderLayer(nnx.Module):
     self.post_attention_layernorm = RMSNorm(config.hidden_size, **norm)
     self.mlp = MLP(config, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
 
-  def __call__(self, x, cos, sin, valid, cache: LayerCache | None = None, cache_index=0,
+  def __call__(self, x, cos, sin, valid, cache: KVCache | None = None, layer=0, cache_index=0,
                q_slots=None, *, mode: str = "prefill", last_only: bool = False):
-    """x [B, T, D] → (out [B, T, D] (last_only: [B, 1, D]), new LayerCache or None); the other
-    arguments as in `Attention.__call__`."""
-    h, new_cache = self.self_attn(self.input_layernorm(x), cos, sin, valid, cache, cache_index,
+    """x [B, T, D] → (out [B, T, D] (last_only: [B, 1, D]), new KVCache or None); the other
+    arguments as in `Attention.__call__` (this module holds one layer's weights: the scan body)."""
+    h, new_cache = self.self_attn(self.input_layernorm(x), cos, sin, valid, cache, layer, cache_index,
                                   q_slots, mode=mode, last_only=last_only)
     x = (x[:, -1:] if last_only else x) + h
     return sharding.constrain(x + self.mlp(self.post_attention_layernorm(x)), sharding.HIDDEN_AXES), new_cache
 
 
 class CausalLM(nnx.Module):
-  """Llama-family causal LM (see module docstring for shapes). remat: recompute each layer's
-  activations in the backward pass of the full forward (`jax.checkpoint` per layer)."""
+  """Llama-family causal LM (see module docstring for shapes). `layers`: one `DecoderLayer` with
+  every variable stacked over the L layers, run by one scan. remat: recompute each layer's
+  activations in the backward pass of the full forward (`jax.checkpoint` of the scan body)."""
 
   def __init__(self, config: ModelConfig, *, dtype=jnp.float32, param_dtype=jnp.float32,
                rngs: nnx.Rngs | None = None, remat: bool = False):
@@ -291,8 +325,9 @@ class CausalLM(nnx.Module):
     self.config = config
     self.dtype = dtype
     self.embed_tokens = nnx.Param(_normal(rngs, (config.vocab_size, config.hidden_size), param_dtype))
-    self.layers = nnx.List([DecoderLayer(config, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-                            for _ in range(config.num_hidden_layers)])
+    # built layer by layer (the same random draws as L separate layers), then stacked
+    self.layers = stack_modules([DecoderLayer(config, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+                                 for _ in range(config.num_hidden_layers)])
     self.norm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps, dtype=dtype, param_dtype=param_dtype)
     self.remat = remat
     self.lm_head = None if config.tie_word_embeddings else Linear(
@@ -312,6 +347,35 @@ class CausalLM(nnx.Module):
       out = self.lm_head(hidden)
     return out.astype(jnp.float32)
 
+  def layer_slice(self, index: int | slice) -> DecoderLayer:
+    """`layers` indexed along the layer axis: an int gives one layer's DecoderLayer (variables
+    without the layer axis), a slice the stacked layers it selects."""
+    graphdef, state = nnx.split(self.layers)
+    return nnx.merge(graphdef, jax.tree.map(lambda a: a[index], state))
+
+  def run_layers(self, layers: DecoderLayer, first: int, x, cos, sin, valid, cache: KVCache | None = None,
+                 cache_index=0, q_slots=None, *, mode: str = "prefill", remat: bool = False):
+    """x [B, T, D] through the n stacked `layers` (global layer indices first..first+n-1) by one
+    `jax.lax.scan` over their split state (each step merges one layer's slice), the cache (if any)
+    carried along; the other arguments as in `DecoderLayer.__call__`; remat: `jax.checkpoint` of
+    the step (per layer). Returns (x [B, T, D], cache).
+
+    A plain lax.scan over split state rather than `nnx.scan`: the sampler runs the model inside
+    `lax.while_loop` on a model merged outside it, and nnx transforms refuse variables of an outer
+    trace level."""
+    graphdef, state = nnx.split(layers)
+    n = jax.tree.leaves(state)[0].shape[0]
+
+    def step(carry, xs):
+      layer_state, index = xs
+      h, c = carry
+      return nnx.merge(graphdef, layer_state)(h, cos, sin, valid, c, index, cache_index, q_slots, mode=mode), None
+
+    if remat:
+      step = jax.checkpoint(step)
+    out, _ = jax.lax.scan(step, (x, cache), (state, first + jnp.arange(n, dtype=jnp.int32)))
+    return out
+
   # ------------------------------------------------------------------ full forward
   def __call__(self, input_ids: jax.Array, attention_mask: jax.Array | None = None,
                positions: jax.Array | None = None) -> jax.Array:
@@ -328,23 +392,18 @@ class CausalLM(nnx.Module):
     if positions is None:
       positions = jnp.maximum(jnp.cumsum(attention_mask, axis=-1) - 1, 0)
     cos, sin = rope_cos_sin(positions, rope_inv_freq(self.config))
-    x = self.embed(input_ids)
-    for layer in self.layers:
-      if self.remat:
-        x = jax.checkpoint(lambda lyr, h: lyr(h, cos, sin, attention_mask)[0])(layer, x)
-      else:
-        x, _ = layer(x, cos, sin, attention_mask)
+    x, _ = self.run_layers(self.layers, 0, self.embed(input_ids), cos, sin, attention_mask, remat=self.remat)
     return self.norm(x)
 
   # ------------------------------------------------------------------ KV-cache path
   def init_cache(self, batch: int, max_len: int, dtype=None) -> KVCache:
-    """Zeroed cache: a `LayerCache(keys [B, KV, hd, S], values [B, KV, S, hd])` per layer."""
+    """Zeroed `KVCache(keys [L, B, KV, hd, S], values [L, B, KV, S, hd])`."""
     return init_cache(self.config, batch, max_len, dtype or self.dtype)
 
   def forward_cached(self, input_ids, positions, cache: KVCache, cache_index, kv_mask, *,
                      mode: str = "decode", last_only: bool = False):
-    """ids/positions [B, T]; cache: a LayerCache per layer; kv_mask [B, S] (1 = slot holds a real
-    token, including the T being written). Returns (final-normed hidden [B, T, D], new cache).
+    """ids/positions [B, T]; cache: a `KVCache` [L, B, .., S]; kv_mask [B, S] (1 = slot holds a
+    real token, including the T being written). Returns (final-normed hidden [B, T, D], new cache).
 
     mode (static): "decode" attends to the cache slots <= each token's slot; "prefill" (an empty
     cache: `cache_index` must be 0) runs causal self-attention over the T tokens. last_only
@@ -358,13 +417,15 @@ class CausalLM(nnx.Module):
     valid = kv_mask.astype(bool)
     cos, sin = rope_cos_sin(positions, rope_inv_freq(self.config))
     x = self.embed(input_ids)
-    new_cache = []
-    last = len(self.layers) - 1
-    for i, (layer, layer_cache) in enumerate(zip(self.layers, cache)):
-      x, c = layer(x, cos, sin, valid, layer_cache, cache_index, q_slots, mode=mode,
-                   last_only=last_only and i == last)
-      new_cache.append(c)
-    return self.norm(x), tuple(new_cache)
+    n = self.config.num_hidden_layers
+    scanned = n - 1 if last_only else n   # last_only: the last layer runs apart, on one query
+    layers = self.layers if scanned == n else self.layer_slice(slice(0, scanned))
+    if scanned:
+      x, cache = self.run_layers(layers, 0, x, cos, sin, valid, cache, cache_index, q_slots, mode=mode)
+    if last_only:
+      x, cache = self.layer_slice(n - 1)(x, cos, sin, valid, cache, n - 1, cache_index, q_slots,
+                                         mode=mode, last_only=True)
+    return self.norm(x), cache
 
   def decode(self, input_ids, positions, cache: KVCache, cache_index, kv_mask, *,
              mode: str = "decode"):

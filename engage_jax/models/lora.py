@@ -15,6 +15,10 @@ non-identity start, PEFT's `init_lora_weights=False`; used by tests).
 
 PEFT names: `base_model.model.<transformers module>.lora_A.weight` [r, in] and `.lora_B.weight`
 [out, r], the transposes of A and B.
+
+The decoder layers are scanned (models.llama): an adapter on a stacked projection (kernel
+[L, in, out]) is stacked too, A [L, in, r] and B [L, r, out]; PEFT export writes one tensor per
+layer (`model.layers.<i>.…`) and import stacks them.
 """
 from __future__ import annotations
 
@@ -145,16 +149,28 @@ def apply_lora(model: nnx.Module, lcfg: LoraConfig, rngs: nnx.Rngs | None = None
   rngs = rngs if rngs is not None else nnx.Rngs(0)
   b_init = (nnx.initializers.zeros if lcfg.init == "default"
             else nnx.initializers.normal(1.0 / math.sqrt(lcfg.rank)))
+  from engage_jax.models.llama import stack_modules
+  targeted = [(path, lin) for path, lin in _linears(model) if str(path[-1]) in lcfg.targets]
+
+  def new_lora(lin):
+    din, dout = lin.kernel.shape[-2:]
+    return nnx.LoRA(din, lcfg.rank, dout, dtype=lin.dtype, param_dtype=jnp.float32, b_initializer=b_init,
+                    rngs=rngs)
+
+  # layer by layer, in the order of the unstacked model's projections (the same random draws),
+  # then stacked for the stacked (decoder-layer) projections
+  n = max([lin.kernel.ndim == 3 and lin.kernel.shape[0] for _, lin in targeted] + [1])
+  per_layer = {path: [] for path, _ in targeted}
+  for i in range(n):
+    for path, lin in targeted:
+      if lin.kernel.ndim == 3 or i == 0:
+        per_layer[path].append(new_lora(lin))
   hit = set()
-  for path, lin in _linears(model):
-    name = str(path[-1])
-    if name not in lcfg.targets:
-      continue
-    din, dout = lin.kernel.shape
-    lin.lora = nnx.data(nnx.LoRA(din, lcfg.rank, dout, dtype=lin.dtype, param_dtype=jnp.float32,
-                                 b_initializer=b_init, rngs=rngs))
+  for path, lin in targeted:
+    loras = per_layer[path]
+    lin.lora = nnx.data(stack_modules(loras) if lin.kernel.ndim == 3 else loras[0])
     lin.lora_scale = float(lcfg.scale)
-    hit.add(name)
+    hit.add(str(path[-1]))
   missing = [t for t in lcfg.targets if t not in hit]
   if missing:
     raise InputError(f"{', '.join(missing)} match no parameter of the model", f"{where}.targets")
@@ -215,10 +231,13 @@ def merge(model: nnx.Module) -> nnx.Module:
 
 
 # ---------------------------------------------------------------------------- PEFT I/O
-def _module_name(path: tuple) -> str:
-  """NNX path of a Linear → transformers module name (model.layers.0.self_attn.q_proj)."""
-  from engage_jax.models.hf import hf_name
-  return hf_name(tuple(path) + ("kernel",))[0][:-len(".weight")]
+def _module_names(path: tuple, lin: nnx.Module) -> list[tuple[int | None, str]]:
+  """NNX path of a Linear → [(layer, transformers module name)]: one per layer for a stacked
+  projection (0, model.layers.0.self_attn.q_proj), ...; [(None, name)] for an unstacked one."""
+  from engage_jax.models.hf import hf_name, is_stacked
+  path = tuple(path) + ("kernel",)
+  layers = range(lin.kernel.shape[0]) if is_stacked(path) else [None]
+  return [(i, hf_name(path, i)[0][:-len(".weight")]) for i in layers]
 
 
 def peft_config(model: nnx.Module, base_model_name_or_path: str = "") -> dict:
@@ -243,9 +262,12 @@ def save_peft(model: nnx.Module, out_dir: str | os.PathLike, base_model_name_or_
   out.mkdir(parents=True, exist_ok=True)
   tensors = {}
   for path, m in mods:
-    name = PEFT_PREFIX + _module_name(path)
-    tensors[f"{name}.lora_A.weight"] = np.ascontiguousarray(np.asarray(jax.device_get(m.lora.lora_a[...]), np.float32).T)
-    tensors[f"{name}.lora_B.weight"] = np.ascontiguousarray(np.asarray(jax.device_get(m.lora.lora_b[...]), np.float32).T)
+    a = np.asarray(jax.device_get(m.lora.lora_a[...]), np.float32)   # [L,] in, r
+    b = np.asarray(jax.device_get(m.lora.lora_b[...]), np.float32)   # [L,] r, out
+    for i, module in _module_names(path, m):
+      name = PEFT_PREFIX + module
+      tensors[f"{name}.lora_A.weight"] = np.ascontiguousarray((a if i is None else a[i]).T)
+      tensors[f"{name}.lora_B.weight"] = np.ascontiguousarray((b if i is None else b[i]).T)
   tmp = out / (ADAPTER_WEIGHTS + ".tmp")
   save_file(tensors, str(tmp), metadata={"format": "pt"})
   umask_mode(tmp)  # safetensors writes 0600
@@ -311,18 +333,21 @@ def load_peft(model: nnx.Module, adapter_dir: str | os.PathLike) -> nnx.Module:
   apply_lora(model, dataclasses.replace(lcfg, init="default"), where=f"{d}/{ADAPTER_CONFIG}")
   used = set()
   for path, m in adapted(model):
-    name = PEFT_PREFIX + _module_name(path)
-    for ab, var, expect in (("A", m.lora.lora_a, (lcfg.rank, m.kernel.shape[0])),
-                            ("B", m.lora.lora_b, (m.kernel.shape[1], lcfg.rank))):
-      key = f"{name}.lora_{ab}.weight"
-      if key not in tensors:
-        raise InputError(f"missing tensor {key!r} (adapter for another base model?)", str(wpath))
-      arr = tensors[key]
-      if tuple(arr.shape) != expect:
-        raise InputError(f"tensor {key!r} has shape {tuple(arr.shape)}, the base model needs {expect} "
-                         f"(adapter for another base model?)", str(wpath))
-      var[...] = jnp.asarray(arr.T, jnp.float32)
-      used.add(key)
+    din, dout = m.kernel.shape[-2:]
+    for ab, var, expect in (("A", m.lora.lora_a, (lcfg.rank, din)), ("B", m.lora.lora_b, (dout, lcfg.rank))):
+      per_layer = []
+      for _, module in _module_names(path, m):
+        key = f"{PEFT_PREFIX}{module}.lora_{ab}.weight"
+        if key not in tensors:
+          raise InputError(f"missing tensor {key!r} (adapter for another base model?)", str(wpath))
+        arr = tensors[key]
+        if tuple(arr.shape) != expect:
+          raise InputError(f"tensor {key!r} has shape {tuple(arr.shape)}, the base model needs {expect} "
+                           f"(adapter for another base model?)", str(wpath))
+        per_layer.append(arr.T)
+        used.add(key)
+      stacked = m.kernel.ndim == 3
+      var[...] = jnp.asarray(np.stack(per_layer) if stacked else per_layer[0], jnp.float32)
   extra = sorted(set(tensors) - used)
   if extra:
     raise InputError(f"tensors not matching the base model: {extra[:3]} (adapter for another base "

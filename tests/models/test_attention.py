@@ -94,9 +94,10 @@ def test_last_only_prefill_equals_full_prefill(window):
                                           mode="prefill", last_only=True)
   assert last.shape == (b, 1, config.hidden_size)
   assert scaled_max_error(last[:, 0], full[:, -1]) < 1e-5
-  for c0, c1 in zip(cache_full, cache_last):  # every layer still caches all T tokens
-    np.testing.assert_array_equal(np.asarray(c0.keys), np.asarray(c1.keys))
-    np.testing.assert_array_equal(np.asarray(c0.values), np.asarray(c1.values))
+  # every layer (the stacked [L, ...] cache) still caches all T tokens; the last layer runs outside
+  # the layer scan with last_only, another program, so its keys/values agree to fp32 rounding
+  assert scaled_max_error(np.asarray(cache_full.keys), np.asarray(cache_last.keys)) < 1e-6
+  assert scaled_max_error(np.asarray(cache_full.values), np.asarray(cache_last.values)) < 1e-6
 
 
 def test_last_only_needs_a_prefill():
@@ -127,11 +128,11 @@ def test_prefill_is_an_explicit_mode():
   real = mask.astype(bool)
   assert scaled_max_error(np.asarray(pre)[real], np.asarray(dec)[real]) < 1e-5
   slot = np.asarray(kv_mask, bool)  # [B, S]: the pad slots' keys/values differ, and are never attended to
-  for c0, c1 in zip(c_pre, c_dec, strict=True):
-    assert scaled_max_error(np.asarray(c0.keys).transpose(0, 3, 1, 2)[slot],
-                            np.asarray(c1.keys).transpose(0, 3, 1, 2)[slot]) < 1e-5
-    assert scaled_max_error(np.asarray(c0.values).transpose(0, 2, 1, 3)[slot],
-                            np.asarray(c1.values).transpose(0, 2, 1, 3)[slot]) < 1e-5
+  for layer in range(config.num_hidden_layers):  # the cache is stacked [L, ...] over layers
+    k0, k1 = (np.asarray(c.keys[layer]).transpose(0, 3, 1, 2) for c in (c_pre, c_dec))
+    v0, v1 = (np.asarray(c.values[layer]).transpose(0, 2, 1, 3) for c in (c_pre, c_dec))
+    assert scaled_max_error(k0[slot], k1[slot]) < 1e-5
+    assert scaled_max_error(v0[slot], v1[slot]) < 1e-5
   with pytest.raises(ValueError, match="cache_index must be 0"):
     model.forward_cached(ids, positions, model.init_cache(b, s), 3, kv_mask, mode="prefill")
   with pytest.raises(ValueError, match="mode must be one of"):

@@ -34,12 +34,7 @@ def _hf_tensors(config=CONFIG, seed=0) -> dict[str, np.ndarray]:
   """Random weights under transformers' names (tied: no lm_head)."""
   import flax.nnx as nnx
   model = models.CausalLM(config, rngs=nnx.Rngs(seed))
-  out = {}
-  for path, var in nnx.to_flat_state(nnx.state(model, nnx.Param)):
-    name, transpose = models.hf.hf_name(path)
-    arr = np.asarray(var[...])
-    out[name] = arr.T if transpose else arr
-  return out
+  return models.hf.hf_state(model)
 
 
 # ---------------------------------------------------------------- block formats, by hand

@@ -61,10 +61,10 @@ def test_prefill_then_steps_match_full_forward(name):
 def test_cache_shapes_are_head_major_with_transposed_keys():
   config = CONFIGS["llama_gqa"]
   cache = CausalLM(config, rngs=nnx.Rngs(0)).init_cache(2, 32)
-  assert len(cache) == config.num_hidden_layers
-  assert all(isinstance(c, llama.LayerCache) for c in cache)
-  assert cache[0].keys.shape == (2, config.num_key_value_heads, config.head_dim, 32)
-  assert cache[0].values.shape == (2, config.num_key_value_heads, 32, config.head_dim)
+  assert isinstance(cache, llama.KVCache)  # stacked over layers, scanned with them
+  n = config.num_hidden_layers
+  assert cache.keys.shape == (n, 2, config.num_key_value_heads, config.head_dim, 32)
+  assert cache.values.shape == (n, 2, config.num_key_value_heads, 32, config.head_dim)
 
 
 def test_remat_gives_the_same_loss_and_gradients():

@@ -35,7 +35,10 @@ def test_zero_init_b_is_exactly_the_base_model():
   m = _model()
   base = np.asarray(m(IDS, attention_mask=MASK))
   lora.apply_lora(m, lora.LoraConfig(rank=4, alpha=8.0), rngs=nnx.Rngs(1))
-  assert len(lora.adapted(m)) == 2 * 7
+  # 7 projections, each stacked over the 2 layers with its adapter: A [L, in, r], B [L, r, out]
+  assert len(lora.adapted(m)) == 7
+  assert all(lin.lora.lora_a.shape == (2, lin.kernel.shape[1], 4) and lin.lora.lora_b.shape == (2, 4, lin.kernel.shape[2])
+             for _, lin in lora.adapted(m))
   np.testing.assert_array_equal(np.asarray(m(IDS, attention_mask=MASK)), base)
   # the cached (sampling) path as well
   cache = m.init_cache(2, 9)
@@ -65,7 +68,9 @@ def test_only_adapters_are_trainable_state():
   m = lora.apply_lora(_model(), lora.LoraConfig(rank=2, targets=("q", "k")), rngs=nnx.Rngs(1))
   _, trainable, frozen, _ = lora.split_trainable(m)
   names = ["/".join(map(str, p)) for p, _ in nnx.to_flat_state(trainable)]
-  assert len(names) == 2 * 2 * 2 and all("/lora/lora_" in n for n in names)
+  # 2 targets x (A, B), each stacked over the 2 layers
+  assert len(names) == 2 * 2 and all("/lora/lora_" in n for n in names)
+  assert all(v.shape[0] == 2 for _, v in nnx.to_flat_state(trainable))
   assert not any("lora" in "/".join(map(str, p)) for p, _ in nnx.to_flat_state(frozen))
   _, params, none, _ = lora.split_trainable(_model())
   assert none is None and len(nnx.to_flat_state(params)) == len(nnx.to_flat_state(frozen))

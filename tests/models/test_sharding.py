@@ -32,8 +32,10 @@ def test_sharded_forward_matches_unsharded_on_8_devices():
 
 
 def test_logical_rules():
-  assert sharding.logical_axes(("layers", 0, "self_attn", "q_proj", "kernel"), 2) == ("embed", "heads")
-  assert sharding.logical_axes(("layers", 3, "mlp", "down_proj", "kernel"), 2) == ("mlp", "embed")
+  # decoder-layer variables are stacked [L, ...]: the layer axis has its own name, never sharded
+  assert sharding.logical_axes(("layers", "self_attn", "q_proj", "kernel"), 3) == ("layers", "embed", "heads")
+  assert sharding.logical_axes(("layers", "mlp", "down_proj", "kernel"), 3) == ("layers", "mlp", "embed")
+  assert sharding.LOGICAL_TO_MESH["layers"] is None
   assert sharding.logical_axes(("norm", "weight"), 1) == ("norm",)
   with pytest.raises(ValueError, match="needs 8 devices"):
     sharding.make_mesh(2, 2, 2, devices=[object()] * 4)
@@ -85,10 +87,10 @@ def _one_device_mesh():
 
 
 def test_unknown_path_raises():
-  with pytest.raises(ValueError, match=r"no sharding rule .* 'layers/0/self_attn/rope_cache'"):
-    sharding.logical_axes(("layers", 0, "self_attn", "rope_cache"), 1)
-  with pytest.raises(ValueError, match="gives 2 axes"):
-    sharding.logical_axes(("layers", 0, "mlp", "up_proj", "kernel"), 3)
+  with pytest.raises(ValueError, match=r"no sharding rule .* 'layers/self_attn/rope_cache'"):
+    sharding.logical_axes(("layers", "self_attn", "rope_cache"), 2)
+  with pytest.raises(ValueError, match="gives 3 axes"):
+    sharding.logical_axes(("layers", "mlp", "up_proj", "kernel"), 2)
 
 
 # ---------------------------------------------------------------------------- batches
@@ -134,8 +136,8 @@ def test_no_mesh_no_sharding_constraint():
       lambda: model.forward_cached(ids, ids, model.init_cache(2, 8), 0, jnp.ones((2, 8)), mode="prefill"))())
   with jax.set_mesh(_one_device_mesh()):
     text = _forward_text(model, ids)
-  # the embedding output and every layer's output [B, T, D]
-  assert text.count("sharding_constraint") == 1 + config.num_hidden_layers
+  # the embedding output and every layer's output [B, T, D] (one scanned layer body)
+  assert text.count("sharding_constraint") == 2 and "scan[" in text
   assert "sharding_constraint" not in _forward_text(model, ids)  # the context is gone again
 
 

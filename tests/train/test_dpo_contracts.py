@@ -115,8 +115,8 @@ def test_reference_cache_is_recomputed_when_the_reference_or_the_pairs_change(se
   assert all(np.array_equal(x, y) for x, y in zip(got, want))
   assert not np.allclose(got[0], first[0])
 
-  w = ref_b.layers[0].mlp.down_proj.kernel
-  w[...] = w[...].at[0, 0].add(1e-3)          # one weight of 8k moved by 1e-3
+  w = ref_b.layers.mlp.down_proj.kernel      # stacked [L, F, D]
+  w[...] = w[...].at[0, 0, 0].add(1e-3)          # one weight of 8k moved by 1e-3
   n, nudged = run(ref_b)
   assert n == 1 and all(np.array_equal(x, y) for x, y in zip(nudged, direct(ref_b, pairs)))
 

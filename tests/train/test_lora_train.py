@@ -61,13 +61,15 @@ def test_sft_trains_only_the_adapters(tmp_path, monkeypatch):
   after = flatten_params(nnx.state(m, nnx.Param))
   for k, v in base_before.items():
     np.testing.assert_array_equal(np.asarray(after[k]), v, err_msg=k)
-  moved = [k for k, v in ad_before.items() if k.endswith("lora_b") and np.abs(np.asarray(after[k]) - v).max() > 0]
+  # each adapter B is stacked over the 2 layers [L, r, out]: every layer's slice moved
+  moved = [(k, i) for k, v in ad_before.items() if k.endswith("lora_b")
+           for i in range(v.shape[0]) if np.abs(np.asarray(after[k])[i] - v[i]).max() > 0]
   assert len(moved) == 2 * 5
   # optimizer state: Adam mu + nu of the adapter leaves only (plus scalar counts)
   n_adapter = len(ad_before)
   opt = captured["state"].opt_state
   shaped = [x for x in jax.tree.leaves(opt) if np.ndim(x) > 0]
-  assert len(shaped) == 2 * n_adapter == 2 * 2 * 2 * 5
+  assert len(shaped) == 2 * n_adapter == 2 * 2 * 5  # (mu, nu) x (A, B) x 5 targets, each stacked [L, ...]
   assert sorted(tuple(x.shape) for x in shaped) == sorted(2 * [tuple(v.shape) for v in ad_before.values()])
   assert len(jax.tree.leaves(captured["state"].params)) == n_adapter
   # merged weights give the logits of base + adapter
@@ -152,7 +154,7 @@ def test_sigkill_resume_of_an_adapter_run_is_exact(tmp_path):
   for k in fa:
     np.testing.assert_array_equal(np.asarray(fa[k]), np.asarray(fb[k]), err_msg=k)
   # the checkpoint holds the adapter only, so resuming onto another rank is refused naming it
-  with pytest.raises(CheckpointMismatch, match=r"lora\.lora_a' has shape \[\d+, 4\] in the checkpoint but \[\d+, 8\]"):
+  with pytest.raises(CheckpointMismatch, match=r"lora\.lora_a' has shape \[\d+, \d+, 4\] in the checkpoint but \[\d+, \d+, 8\]"):
     sft_train.train_sft(_tiny(rank=8), _data(), dict(RESUME_CFG, steps=9), killed)
 
 
