@@ -530,8 +530,8 @@ def stage_report(cfg, wd: Workdir) -> dict:
   if n_rounds > 1:  # each round's agent on the same conditions (the last one is the report's dpo)
     agents = [evaluate.load_dialogues(str(wd.path("eval_dpo", f"round-{r}", "dialogues.jsonl")))
               for r in range(1, n_rounds)] + [dpo]
-    counts = [len(read_pair_files([str(f) for f in pair_files(wd, r)])) if pair_files(wd, r) else 0
-              for r in range(1, n_rounds + 1)]
+    files = [[str(f) for f in pair_files(wd, r)] for r in range(1, n_rounds + 1)]
+    counts = [len(read_pair_files(fs)) if fs else 0 for fs in files]
     rep["extra"]["rounds"] = report.rounds_table(sft, agents, counts, seed=cfg.seed)
   if cfg.data.source == "sandbox":  # the world itself as the user (engage_jax.oracle)
     rep["oracle"] = oracle_report(cfg, wd)

@@ -33,3 +33,13 @@ def sandbox_chat_tok(tmp_path_factory):
   texts = [t.text for d in sandbox.generate("es", 40, 0) + sandbox.generate("p4g", 40, 0) for t in d.turns]
   texts += [chat.END_MARKER, chat.OUTCOME_REQUEST, "I will donate $0.50."]
   return train_bpe(texts, 400, tmp_path_factory.mktemp("tok"))
+
+
+@pytest.fixture(scope="session")
+def sandbox_chat_model(sandbox_chat_tok):
+  """A 1-layer random CausalLM over `sandbox_chat_tok`'s vocabulary (only sampled from, never trained)."""
+  from flax import nnx
+  from engage_jax.models import CausalLM, ModelConfig
+  cfg = ModelConfig(vocab_size=sandbox_chat_tok.vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                    num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=512)
+  return CausalLM(cfg, rngs=nnx.Rngs(0))

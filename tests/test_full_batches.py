@@ -7,12 +7,10 @@ import functools
 
 import numpy as np
 import pytest
-from flax import nnx
 
 from engage_jax import rollout, sampling
 from engage_jax.chat_cache import ConversationCache
 from engage_jax.data.dialogue import AGENT, USER, Dialogue, Turn
-from engage_jax.models import CausalLM, ModelConfig
 from engage_jax.sampling import SamplingParams
 from engage_jax.search import ModelEnv, SearchConfig, search
 from engage_jax.seeding import sub_seed
@@ -28,10 +26,8 @@ def tok(sandbox_chat_tok):
 
 
 @pytest.fixture(scope="module")
-def model(tok):
-  cfg = ModelConfig(vocab_size=tok.vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                    num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=512)
-  return CausalLM(cfg, rngs=nnx.Rngs(0))
+def model(sandbox_chat_model):
+  return sandbox_chat_model
 
 
 def _prompts(n):

@@ -5,12 +5,10 @@ from __future__ import annotations
 import itertools
 
 import pytest
-from flax import nnx
 
 from engage_jax import rollout
 from engage_jax.data import chat
 from engage_jax.data.dialogue import USER, Dialogue, Turn
-from engage_jax.models import CausalLM, ModelConfig
 from engage_jax.sampling import SamplingParams
 
 
@@ -20,10 +18,8 @@ def tok(sandbox_chat_tok):
 
 
 @pytest.fixture(scope="module")
-def model(tok):
-  cfg = ModelConfig(vocab_size=tok.vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                    num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=512)
-  return CausalLM(cfg, rngs=nnx.Rngs(0))
+def model(sandbox_chat_model):
+  return sandbox_chat_model
 
 
 def _starts(task, n=3):

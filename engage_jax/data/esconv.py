@@ -163,10 +163,17 @@ def load_jsonl(path: str | os.PathLike, *, skip_bad: bool = False, id_prefix: st
     ds = None
   if ds is None or len(ds) != len(lines) or not hf_datasets.conforms(ds.features, HF_FEATURES):
     return _load_jsonl_lines(path, prefix, skip_bad, merge)
+  return _dialogues(((rec, f"{prefix}-{lines[i] - 1}", f"{path}:{lines[i]}") for i, rec in enumerate(ds)),
+                    path, skip_bad, merge)
+
+
+def _dialogues(rows, path: Path, skip_bad: bool, merge: bool) -> LoadedDialogues:
+  """`record_to_dialogue` over (record, dialogue id, where) rows; a bad record raises, or with
+  `skip_bad` is counted and reported by `_finish`."""
   items, errors = [], []
-  for i, rec in enumerate(ds):
+  for rec, did, where in rows:
     try:
-      items.append(record_to_dialogue(rec, f"{prefix}-{lines[i] - 1}", f"{path}:{lines[i]}", merge=merge))
+      items.append(record_to_dialogue(rec, did, where, merge=merge))
     except ValueError as e:
       if not skip_bad:
         raise
@@ -211,15 +218,8 @@ def load_raw_json(path: str | os.PathLike, *, skip_bad: bool = False,
     data = None
   if data is None or not hf_datasets.conforms(data.features, RAW_FEATURES):
     data = _read_raw_json(path)
-  items, errors = [], []
-  for i, rec in enumerate(data):
-    try:
-      items.append(record_to_dialogue(rec, f"{prefix}-{i}", f"{path}: record {i}", merge=merge))
-    except ValueError as e:
-      if not skip_bad:
-        raise
-      errors.append(str(e))
-  return _finish(items, errors, path)
+  return _dialogues(((rec, f"{prefix}-{i}", f"{path}: record {i}") for i, rec in enumerate(data)),
+                    path, skip_bad, merge)
 
 
 def _read_raw_json(path: Path) -> list:
