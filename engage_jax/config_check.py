@@ -310,6 +310,7 @@ def _model(c: _Checker) -> None:
   c.one_of("model.dtype", DTYPE_NAMES)
   c.one_of("model.param_dtype", DTYPE_NAMES)
   c.boolean("model.remat")
+  c.boolean("model.scan_layers")
   for role in ("agent", "simulator"):
     k = f"model.{role}"
     _lora(c, k)

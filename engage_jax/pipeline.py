@@ -188,7 +188,8 @@ def new_model(cfg, role: str, tok, adapters: bool = True) -> models.CausalLM:
       max_position_embeddings=mc.max_position_embeddings, tie_word_embeddings=mc.tie_word_embeddings,
       rope_theta=mc.rope_theta, bos_token_id=tok.bos_id, eos_token_id=tok.eos_id, pad_token_id=tok.pad_id)
   seed = cfg.seed + (0 if role == "agent" else 1)
-  model = models.CausalLM(config, dtype=dtype, param_dtype=param_dtype, rngs=nnx.Rngs(seed), remat=cfg.model.remat)
+  model = models.CausalLM(config, dtype=dtype, param_dtype=param_dtype, rngs=nnx.Rngs(seed), remat=cfg.model.remat,
+                           scan_layers=cfg.model.scan_layers)
   return with_lora(cfg, role, model) if adapters else model
 
 
@@ -219,7 +220,7 @@ def save_trained(model, out: Path, base: str = "") -> None:
 
 def load_model(cfg, path) -> models.CausalLM:
   return models.from_pretrained(path, dtype=jax_dtype(cfg.model.dtype), param_dtype=jax_dtype(cfg.model.param_dtype),
-                                remat=cfg.model.remat)
+                                remat=cfg.model.remat, scan_layers=cfg.model.scan_layers)
 
 
 def make_mesh(cfg):
@@ -590,7 +591,7 @@ STAGE_KEYS: dict[str, tuple[str, ...]] = {
 }
 STAGE_EXCLUDE = {"sft_agent": ("sft.simulator_steps",), "sft_simulator": ("sft.agent_steps",),
                  "sft_heldout_simulator": ("sft.agent_steps",)}
-IGNORED = ("name", "mesh", "model.remat", "*.log_every", "*.eval_every", "*.checkpoint_every",
+IGNORED = ("name", "mesh", "model.remat", "model.scan_layers", "*.log_every", "*.eval_every", "*.checkpoint_every",
            "*.keep_checkpoints", "data.max_valid_dialogues", "search.trees_in_flight")
 RESUMABLE = tuple(f"{s}.{k}" for s in ("sft", "dpo")
                   for k in ("learning_rate", "warmup_steps", "weight_decay", "grad_clip"))

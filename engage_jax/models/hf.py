@@ -93,27 +93,28 @@ def _read_tensors(files: list[Path]) -> dict[str, jax.Array]:
 
 
 def from_pretrained(model_dir: str | os.PathLike, dtype=jnp.float32, param_dtype=None, *,
-                    remat: bool = False) -> CausalLM:
+                    remat: bool = False, scan_layers: bool = True) -> CausalLM:
   """Loads an HF Llama/Mistral/Qwen2 directory, or a `.gguf` file (engage_jax.models.gguf), into a
-  `CausalLM` (params in `param_dtype`, default = `dtype`; `remat` as in `CausalLM`). Raises naming
+  `CausalLM` (params in `param_dtype`, default = `dtype`; `remat`, `scan_layers` as in `CausalLM`). Raises naming
   the tensor on any missing or mis-shaped weight."""
   from engage_jax.models import gguf
   if gguf.is_gguf(model_dir):
     f = gguf.open_gguf(model_dir)
     config = f.model_config()
-    return build_model(config, f.hf_tensors(config), str(model_dir), dtype, param_dtype, remat=remat)
+    return build_model(config, f.hf_tensors(config), str(model_dir), dtype, param_dtype, remat=remat,
+                       scan_layers=scan_layers)
   model_dir = Path(model_dir)
   config = read_config(model_dir)
   return build_model(config, _read_tensors(_safetensor_files(model_dir)), str(model_dir), dtype, param_dtype,
-                     remat=remat)
+                     remat=remat, scan_layers=scan_layers)
 
 
 def build_model(config: ModelConfig, tensors: dict, source: str, dtype=jnp.float32, param_dtype=None, *,
-                remat: bool = False) -> CausalLM:
+                remat: bool = False, scan_layers: bool = True) -> CausalLM:
   """A `CausalLM` of `config` with weights from `tensors` (transformers names, torch layout)."""
   param_dtype = param_dtype or dtype
   abstract = nnx.eval_shape(lambda: CausalLM(config, dtype=dtype, param_dtype=param_dtype, rngs=nnx.Rngs(0),
-                                             remat=remat))
+                                             remat=remat, scan_layers=scan_layers))
   graphdef, abs_state = nnx.split(abstract)
   used = set()
   flat = []

@@ -217,7 +217,8 @@ def merge(model: nnx.Module) -> nnx.Module:
   from engage_jax.models.llama import CausalLM
   first = next(iter(nnx.to_flat_state(nnx.state(model, nnx.Param))))[1]
   plain = nnx.eval_shape(lambda: CausalLM(model.config, dtype=model.dtype,
-                                          param_dtype=first[...].dtype, rngs=nnx.Rngs(0), remat=model.remat))
+                                          param_dtype=first[...].dtype, rngs=nnx.Rngs(0), remat=model.remat,
+                                          scan_layers=model.scan_layers))
   graphdef, abs_state = nnx.split(plain)
   deltas = {tuple(p) + ("kernel",): delta(m) for p, m in adapted(model)}
   src = dict(nnx.to_flat_state(nnx.state(model, nnx.Param)))

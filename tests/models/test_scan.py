@@ -73,3 +73,35 @@ def test_program_size_does_not_grow_with_depth():
     counts[("decode", None, layers)] = _ops(text)
   for kind, remat, _ in counts:
     assert counts[(kind, remat, 2)] == counts[(kind, remat, 6)] > 0, counts
+
+
+def test_unrolled_layers_give_the_scans_logits_gradients_and_cache():
+  """`scan_layers=False` (an unrolled loop over the same stacked slices) computes what the scan
+  computes: logits, the loss gradient of every stacked weight, and the cached decode's logits and
+  cache; and its program does unroll (its matmul count grows with depth)."""
+  cfg = _config(3)
+  scanned = CausalLM(cfg, rngs=nnx.Rngs(0))
+  looped = CausalLM(cfg, rngs=nnx.Rngs(0), scan_layers=False)
+  ids = jnp.asarray(np.random.RandomState(1).randint(1, 64, (2, 9)))
+  assert scaled_max_error(np.asarray(looped(ids)), np.asarray(scanned(ids))) < 1e-5
+  grads = {}
+  for name, model in (("scan", scanned), ("loop", looped)):
+    graphdef, params = nnx.split(model)
+    grads[name] = jax.grad(lambda p: jnp.mean(nnx.merge(graphdef, p)(ids) ** 2))(params)  # noqa: B023
+  for (path, g), (_, ref) in zip(nnx.to_flat_state(grads["loop"]), nnx.to_flat_state(grads["scan"])):
+    assert scaled_max_error(np.asarray(g[...]), np.asarray(ref[...])) < 1e-5, path
+  outs = {}
+  for name, model in (("scan", scanned), ("loop", looped)):
+    cache = model.init_cache(2, 12)
+    _, cache = model.decode(ids, jnp.broadcast_to(jnp.arange(9), (2, 9)), cache, 0,
+                            jnp.ones((2, 12), jnp.int32).at[:, 9:].set(0), mode="prefill")
+    logits, cache = model.decode(ids[:, :1], jnp.full((2, 1), 9), cache, 9, jnp.ones((2, 12), jnp.int32).at[:, 10:].set(0))
+    outs[name] = (logits, cache.keys, cache.values)
+  for a, b in zip(outs["loop"], outs["scan"]):
+    assert scaled_max_error(np.asarray(a), np.asarray(b)) < 1e-5
+  counts = []
+  for layers in (2, 4):
+    graphdef, params = nnx.split(CausalLM(_config(layers), rngs=nnx.Rngs(0), scan_layers=False))
+    ids_s = jax.ShapeDtypeStruct((2, 16), jnp.int32)
+    counts.append(_ops(jax.jit(lambda p, x: nnx.merge(graphdef, p)(x)).lower(params, ids_s).as_text()))  # noqa: B023
+  assert counts[1] > counts[0], counts
