@@ -101,6 +101,33 @@ def test_sample_logits_filters():
   assert set(draw(mode="sample")) == {0, 1, 2, 3}
 
 
+def _nucleus_reference(logits: np.ndarray, top_p: float) -> np.ndarray:
+  """The top-p mask in float64: every logit >= the largest logit value whose kept mass reaches top_p."""
+  probs = np.exp(logits - logits.max(-1, keepdims=True))
+  probs /= probs.sum(-1, keepdims=True)
+  out = np.zeros(logits.shape, bool)
+  for b in range(logits.shape[0]):
+    vals = np.sort(logits[b])[::-1]
+    mass = np.cumsum(np.sort(probs[b])[::-1])
+    out[b] = logits[b] >= vals[min(np.searchsorted(mass, top_p), len(vals) - 1)]
+  return out
+
+
+@pytest.mark.parametrize("scale", [4.0, 0.05])
+def test_top_p_mask_on_a_large_vocabulary(scale):
+  """V = 4096 > NUCLEUS_CANDIDATES: peaked rows (scale 4) take the top-k fast path, near-flat rows
+  (scale 0.05: 256 tokens hold far less than top_p) the bisection; both give the float64 mask."""
+  logits = np.asarray(jax.random.normal(jax.random.key(1), (6, 4096)), np.float32) * scale
+  probs = np.exp(logits - logits.max(-1, keepdims=True))
+  top = np.sort(probs / probs.sum(-1, keepdims=True), -1)[:, ::-1][:, :sampling.NUCLEUS_CANDIDATES].sum(-1)
+  assert (top >= 0.9).all() if scale > 1 else (top < 0.9).all()   # the path this case is meant to take
+  got = np.asarray(sampling.filter_mask(jnp.asarray(logits), jnp.float32(0.9), jnp.int32(0)))
+  want = _nucleus_reference(logits.astype(np.float64), 0.9)
+  # a token whose logit sits within rounding of the threshold may fall either way
+  assert (got != want).sum() <= 2, ((got != want).sum(), got.sum(-1), want.sum(-1))
+  assert (got.sum(-1) >= 1).all()
+
+
 def test_stop_tokens_cut_rows(tiny):
   _, model = tiny["llama"]
   full = sampling.generate(model, PROMPTS, max_new_tokens=10, stop_token_ids=())
