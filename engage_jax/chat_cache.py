@@ -146,6 +146,27 @@ def _compiled(graphdef, num_new: int, mode: str):
   return fn
 
 
+def core_program(graphdef, state, batch: int, kept_len: int, rest_len: int, params: sampling.SamplingParams,
+                 *, distinct: int = 0, per_row_keys: bool = False) -> sampling.CoreProgram:
+  """The jitted core that `ConversationCache.generate` runs for `batch` prompts (`distinct` of
+  them different; 0: all) whose longest kept prefix has `kept_len` tokens (0: nothing kept, the
+  first turn) and whose longest rest has `rest_len`, on abstract arguments (as
+  `sampling.core_program`; the call places no batch on a mesh, so neither does this)."""
+  b, u, pn, n = sampling.call_shapes(batch, distinct or batch, rest_len, params.max_new_tokens)
+  c = bucket(kept_len, MIN_KEPT_BUCKET, half_steps=False) if kept_len else 0
+  sds = jax.ShapeDtypeStruct
+  kept = None
+  if c:
+    cache = jax.eval_shape(lambda st: nnx.merge(graphdef, st).init_cache(u, c), state)   # [L, U, .., C]
+    kept = KeptCache(cache=cache, length=sds((u,), jnp.int32))
+  src = sds((b,), jnp.int32) if u < b else None
+  args = (state, kept, sds((u, pn), jnp.int32), sds((u, pn), jnp.int32), src, sds((b,), jnp.bool_),
+          *sampling.abstract_scalars(params, b, batch, per_row_keys))
+  mode = sampling._mode(float(params.temperature), float(params.top_p), int(params.top_k))
+  shapes = {"batch": b, "prefill_rows": u, "kept": c, "prompt": pn, "new": n, "cache_slots": c + pn + n}
+  return sampling.CoreProgram(_compiled(graphdef, n, mode), args, shapes, mode)
+
+
 class ConversationCache:
   """The KV cache of the last `generate` call and the token ids of each of its rows (see module
   docstring). Not tied to one model: a call with another model (or changed weights: any state

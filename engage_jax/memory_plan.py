@@ -9,9 +9,14 @@ The train step is the trainer's own: `train.loop.make_optimizer` of the config's
 parameter / optimizer-state shardings, on the model as `pipeline.new_model` builds it (dtypes,
 `model.remat`, LoRA adapters; abstract, `nnx.eval_shape`) and a batch `[grad_accum, B, T]` of
 `jax.ShapeDtypeStruct`s. It is lowered with remat off ("train") and on ("train_remat"), or, with
-LoRA, as configured ("train_lora"). Sampling: the model's cached forward as `sampling.generate`
-runs it, prefill and decode, over the KV cache (`KVCache` keys [L, B, KV, hd, S], values
-[L, B, KV, S, hd]; donated).
+LoRA, as configured ("train_lora"). Sampling: the sampler's own jitted cores, as the search's
+speakers run them (`sampling_programs`): "generate" (`sampling.core_program`: prefill + the
+while-loop decode of `sampling.generate`, the KV cache allocated inside) and, with
+`rollout.kv_cache`, "generate_chat_cache" (`chat_cache.core_program`: a turn that continues kept
+prefixes), on the model as `pipeline.load_model` builds it (params in `param_dtype`, `remat`) and
+unsharded, as the speakers hold it. The sampling figures are those of the program (of the two)
+that needs the most: the KV caches it holds at once (`KVCache` keys [L, B, KV, hd, S], values
+[L, B, KV, S, hd], S = the bucketed kept + prompt + new slots) and its prefill transient.
 
 Where the numbers come from (`format_plan` prints it beside each one):
 * params / optimizer / gradients / KV cache: exact, from the abstract shapes and their shardings.
@@ -22,8 +27,8 @@ Where the numbers come from (`format_plan` prints it beside each one):
   model's depth (fp32 because the CPU backend upcasts bf16 dots and keeps the weight copies alive;
   remat cannot be measured on CPU, whose scheduler recomputes early). If the measurement is
   larger, the analytic activations are scaled up by the ratio.
-* the sharded train / prefill steps compiled on CPU for 1-2 layers report a much larger temp size
-  (the CPU scheduler keeps all-gathered weights alive); for information only.
+* the sharded train step and the sampler's cores compiled on CPU for 1-2 layers report a much
+  larger temp size (the CPU scheduler keeps all-gathered weights alive); for information only.
 The verdict adds the exact terms, the FSDP gather transients and the (calibrated) activations,
 against `usable_fraction` of HBM.
 """
@@ -40,7 +45,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from engage_jax import chat_cache, sampling
 from engage_jax import sharding as shd
+from engage_jax.sampling import SamplingParams
 
 GiB = 2 ** 30
 
@@ -52,7 +59,8 @@ class Plan:
 
   params / optimizer_state / gradients / fsdp_transient: the train step's exact (analytic for the
   transient) terms; activations and train_total: {"no_remat", "remat"}; kv_cache,
-  sampling_params, prefill_transient, sampling_total: the sampler's. fits: training (with or
+  sampling_params, prefill_transient, sampling_total: the sampler's, on the one device that holds
+  its model (details["sampling"]: which program, its shapes, the bytes of each). fits: training (with or
   without remat) and sampling both fit in usable_fraction × hbm_bytes. details: everything else
   the JSON holds (analytic breakdown, measurements, compiled stats, alternatives, timings).
   """
@@ -94,7 +102,7 @@ class Plan:
                      "bytes": {"params": self.sampling_params, "kv_cache": self.kv_cache,
                                "prefill_transient": self.prefill_transient, "total": self.sampling_total,
                                "fits": self.sampling_fits},
-                     "total_gib": _gib(self.sampling_total)},
+                     "total_gib": _gib(self.sampling_total), "program": d["sampling"]},
         "compiled_cpu": d["compiled"], "timings_s": d["timings"], "lowered": d["lowered"],
         "verdict": {"train": d["verdict_train"], "sampling_fits": self.sampling_fits,
                     "suggestion": d["suggestion"]},
@@ -200,38 +208,41 @@ def train_program(cfg, mc, mesh, *, which: str = "agent", train_batch: int, seq_
   return TrainProgram(step, args, (p_sh, o_sh, f_sh))
 
 
-def sampling_programs(mc, mesh, batch: int, length: int, prompt_len: int, dtype):
-  """jit'd prefill(params, ids [B, P], positions, cache, kv_mask [B, S]) -> (last logits [B, V], cache)
-  and decode(params, ids [B, 1], positions, cache, index, kv_mask) -> (logits [B, V], cache), the
-  model's cached forward in the modes `sampling.generate` runs (prefill: mode "prefill", last
-  position only), cache donated, params in the compute dtype. Returns ((prefill, args), (decode,
-  args), cache shardings, abstract cache, abstract params)."""
-  from engage_jax.models import llama
-  graphdef, abs_params = nnx.split(abstract_model(mc, dtype, dtype))
-  p_sh = shd.state_sharding(mesh, abs_params)
-  abs_cache = jax.eval_shape(lambda: llama.init_cache(mc, batch, length, dtype))
-  c_sh = shd.cache_sharding(mesh, abs_cache)
-  b2, repl = shd.batch_sharding(mesh, 2), shd.replicated(mesh)
+def sampler_state(mc, dtype, param_dtype, remat: bool = False):
+  """(graphdef, abstract state) of the model as the search's speakers hold it: `pipeline.load_model`
+  (params in `param_dtype`, computing in `dtype`, `remat`), unsharded (the speakers' models are not
+  placed on the mesh, and `rollout.Speaker` places no batch)."""
+  return nnx.split(abstract_model(mc, dtype, param_dtype, remat=remat))
 
-  def prefill(params, ids, positions, cache, kv_mask):
-    model = nnx.merge(graphdef, params)
-    hidden, cache = model.forward_cached(ids, positions, cache, 0, kv_mask, mode="prefill", last_only=True)
-    return model.logits(hidden[:, -1]), cache
 
-  def decode(params, ids, positions, cache, index, kv_mask):
-    model = nnx.merge(graphdef, params)
-    hidden, cache = model.forward_cached(ids, positions, cache, index, kv_mask, mode="decode")
-    return model.logits(hidden[:, -1]), cache
+def sampling_programs(mc, batch: int, prompt_len: int, params: SamplingParams, dtype, param_dtype, *,
+                      remat: bool = False, kv_cache: bool = True) -> dict[str, sampling.CoreProgram]:
+  """The sampler's own jitted cores, as the search's speakers call them on `batch` prompts of at
+  most `prompt_len` tokens with `params` (all prompts distinct: the largest prefill):
+  "generate": `sampling.generate`'s (a call without a conversation cache, or its first turn);
+  with `kv_cache` also "generate_chat_cache": `chat_cache.ConversationCache.generate`'s for a turn
+  whose kept prefixes reach prompt_len - 1 tokens and whose new tokens reach prompt_len (the
+  largest cache that call allocates: a continued chat beside a new one)."""
+  graphdef, state = sampler_state(mc, dtype, param_dtype, remat)
+  out = {"generate": sampling.core_program(graphdef, state, batch, prompt_len, params)}
+  if kv_cache:
+    out["generate_chat_cache"] = chat_cache.core_program(graphdef, state, batch, max(prompt_len - 1, 0),
+                                                         prompt_len, params)
+  return out
 
-  pre = jax.jit(prefill, in_shardings=(p_sh, b2, b2, c_sh, b2), out_shardings=(b2, c_sh), donate_argnums=(3,))
-  dec = jax.jit(decode, in_shardings=(p_sh, b2, b2, c_sh, repl, b2), out_shardings=(b2, c_sh),
-                donate_argnums=(3,))
-  i32 = jnp.int32
-  pre_args = (abs_params, jax.ShapeDtypeStruct((batch, prompt_len), i32),
-              jax.ShapeDtypeStruct((batch, prompt_len), i32), abs_cache, jax.ShapeDtypeStruct((batch, length), i32))
-  dec_args = (abs_params, jax.ShapeDtypeStruct((batch, 1), i32), jax.ShapeDtypeStruct((batch, 1), i32), abs_cache,
-              jax.ShapeDtypeStruct((), i32), jax.ShapeDtypeStruct((batch, length), i32))
-  return (pre, pre_args), (dec, dec_args), c_sh, abs_cache, abs_params
+
+def sampling_bytes(mc, prog: sampling.CoreProgram, act_bytes: int, cache_bytes: int) -> dict:
+  """Bytes of one sampler program on its device (unsharded): the KV caches alive at once (exact,
+  from the program's shapes: the prefill rows' cache, the batch's when the prefill is shared, the
+  kept prefixes' input) and the prefill's transient (analytic: one layer's activations over the
+  prefill rows x new prompt tokens)."""
+  sh = prog.shapes
+  slots = lambda rows, n: 2 * mc.num_hidden_layers * rows * mc.num_key_value_heads * mc.head_dim * n * cache_bytes
+  kv = slots(sh["prefill_rows"], sh["cache_slots"]) + slots(sh["prefill_rows"], sh["kept"])
+  if sh["prefill_rows"] < sh["batch"]:
+    kv += slots(sh["batch"], sh["cache_slots"])
+  transient = activation_bytes(mc, sh["prefill_rows"], sh["prompt"], act_bytes, False)["per_layer_full"]
+  return {"kv_cache": int(kv), "prefill_transient": int(transient)}
 
 
 # ----------------------------------------------------------------------------- analytic terms
@@ -415,28 +426,31 @@ def make_plan(cfg, mesh_shape: tuple[int, int, int], *, which: str = "agent", tr
   totals = {k: fixed + v for k, v in acts.items()}
   train_fits = {k: v <= usable_fraction * hbm for k, v in totals.items()}
 
-  # -- sampling (params in the compute dtype)
+  # -- sampling: the sampler's own jitted cores as the search's speakers run them
   t = time.time()
-  (pre, pre_args), (dec, dec_args), c_sh, abs_cache, ps_c = sampling_programs(
-      mc, mesh, sample_batch, sample_len, prompt_len, dtype)
-  lowered["prefill"] = pre.lower(*pre_args)
-  lowered["decode"] = dec.lower(*dec_args)
+  sp = SamplingParams(**{**cfg.search.agent_sampling.to_dict(), "max_new_tokens": max(1, sample_len - prompt_len)})
+  kv_cache = bool(cfg.get("rollout", {}).get("kv_cache", False))
+  remat_s = bool(cfg.model.remat)
+  progs = sampling_programs(mc, sample_batch, prompt_len, sp, dtype, param_dtype, remat=remat_s, kv_cache=kv_cache)
+  for name, prog_s in progs.items():
+    lowered[name] = prog_s.lower()
   timings["lower_sampling"] = round(time.time() - t, 2)
   if compile_mode in ("auto", "full"):
     t = time.time()
     small = dataclasses.replace(mc, num_hidden_layers=1)
-    (pre_s, pre_a), (dec_s, dec_a), _, _, _ = sampling_programs(small, mesh, sample_batch, sample_len,
-                                                                prompt_len, dtype)
-    compiled["prefill_sharded_1layer"] = mem_stats(pre_s.lower(*pre_a).compile())
-    compiled["decode_sharded_1layer"] = mem_stats(dec_s.lower(*dec_a).compile())
+    for name, prog_s in sampling_programs(small, sample_batch, prompt_len, sp, dtype, param_dtype, remat=remat_s,
+                                          kv_cache=kv_cache).items():
+      compiled[f"{name}_1layer"] = mem_stats(prog_s.lower().compile())
     timings["compile_sampling_small"] = round(time.time() - t, 2)
-  sample_params_b = leaves_bytes_per_device(ps_c, shd.state_sharding(mesh, ps_c))
-  kv_b = leaves_bytes_per_device(abs_cache, c_sh)
-  sample_local_b = sample_batch // div
-  prefill_transient = int(activation_bytes(mc, sample_local_b, prompt_len, act_bytes, False)["per_layer_full"]
-                          + fsdp_transient_bytes(mc, fsdp, tensor, dtype.itemsize) / 2)
+  sample_params_b = leaves_bytes_per_device(progs["generate"].args[0])
+  by_program = {name: sampling_bytes(mc, prog_s, act_bytes, dtype.itemsize) for name, prog_s in progs.items()}
+  sampler = max(by_program, key=lambda k: sum(by_program[k].values()))
+  kv_b, prefill_transient = by_program[sampler]["kv_cache"], by_program[sampler]["prefill_transient"]
   sampling_total = sample_params_b + kv_b + prefill_transient
   sampling_fits = sampling_total <= usable_fraction * hbm
+  sampling_info = {"program": sampler, "placement": "one device (speakers' models are not sharded)",
+                   "params_dtype": param_dtype.name, "mode": progs["generate"].mode,
+                   "shapes": {k: p.shapes for k, p in progs.items()}, "bytes_by_program": by_program}
 
   alts = [] if lcfg.enabled else alternatives(mc, train_batch, seq_len, act_bytes, hbm, usable_fraction,
                                               n_dev, tensor, calibration)
@@ -454,7 +468,8 @@ def make_plan(cfg, mesh_shape: tuple[int, int, int], *, which: str = "agent", tr
              "measured": measured, "calibration": calibration, "compiled": compiled, "timings": timings,
              "lowered": list(lowered), "lowered_programs": lowered, "verdict_train": verdict_train,
              "suggestion": next((a for a in alts if a["fits"]), None), "alternatives": alts, "lora": lora_info,
-             "opt_dtypes": sorted({x.dtype.name for x in jax.tree.leaves(abs_opt) if x.ndim})}
+             "opt_dtypes": sorted({x.dtype.name for x in jax.tree.leaves(abs_opt) if x.ndim}),
+             "sampling": sampling_info}
   return Plan(settings=settings, params=params_b, optimizer_state=opt_b, gradients=grads_b,
               fsdp_transient=transient_b, activations=acts, train_total=totals, train_fits=train_fits,
               sampling_params=sample_params_b, kv_cache=kv_b, prefill_transient=prefill_transient,
@@ -511,11 +526,17 @@ def format_plan(plan: Plan) -> str:
   for k in ("no_remat", "remat"):
     log(f"  {'TOTAL ' + k:<40s}{g(plan.train_total[k])}  -> {'fits' if plan.train_fits[k] else 'does NOT fit'} "
         f"in {usable:.0%} of {hbm_gib:g} GiB")
-  log("\nper-device memory, sampling (prefill/decode, params in compute dtype):")
-  log(f"  {'params (' + dtype + ', exact)':<40s}{g(plan.sampling_params)}")
-  log(f"  {'KV cache ' + str(s['sample_batch']) + ' x ' + str(s['sample_len']) + ' (exact)':<40s}{g(plan.kv_cache)}")
+  smp = d["sampling"]
+  shp = smp["shapes"][smp["program"]]
+  log(f"\nmemory of the sampler's device ({smp['program']}: the sampler's own jitted core, {smp['placement']}; "
+      f"batch {shp['batch']}, prefill rows {shp['prefill_rows']}, kept {shp['kept']} + prompt {shp['prompt']} + "
+      f"new {shp['new']} = {shp['cache_slots']} cache slots):")
+  log(f"  {'params (' + smp['params_dtype'] + ', exact)':<40s}{g(plan.sampling_params)}")
+  log(f"  {'KV caches alive at once (exact)':<40s}{g(plan.kv_cache)}")
   log(f"  {'prefill transient (analytic)':<40s}{g(plan.prefill_transient)}")
   log(f"  {'TOTAL':<40s}{g(plan.sampling_total)}  -> {'fits' if plan.sampling_fits else 'does NOT fit'}")
+  if not plan.sampling_fits and n_dev > 1:
+    log("  (the search's speakers hold their models on one device: pipeline.load_model does not shard them)")
   if d["compiled"]:
     log("\ncompiled on the CPU backend (memory_analysis per device; CPU keeps all gathered weights alive, "
         "so temp is an upper bound, for information):")

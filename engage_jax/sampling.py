@@ -40,6 +40,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 from collections.abc import Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -374,6 +375,62 @@ def key_arg(seed: int, row_seeds: Sequence[int] | None, b: int, n: int) -> jax.A
   return row_keys(seeds)
 
 
+def call_shapes(n_prompts: int, n_distinct: int, longest: int, max_new_tokens: int,
+                mesh=None) -> tuple[int, int, int, int]:
+  """(B, U, P, N): the bucketed batch, prefill rows (U < B: the distinct prompts are prefilled
+  once, else U = B), prompt and new-token lengths of a `generate` call (module doc)."""
+  b = bucket(n_prompts, MIN_BATCH_BUCKET)
+  u = bucket(n_distinct, MIN_BATCH_BUCKET)
+  if mesh is not None:
+    b, u = sharding.round_to_batch(b, mesh), sharding.round_to_batch(u, mesh)
+  p = bucket(longest, MIN_PROMPT_BUCKET, half_steps=False)
+  n = bucket(max_new_tokens, MIN_NEW_BUCKET, half_steps=False)
+  return b, min(u, b), p, n
+
+
+@dataclasses.dataclass
+class CoreProgram:
+  """A sampler's jitted core and abstract arguments (`jax.ShapeDtypeStruct`s) of one call shape:
+  `lower()` is the program such a call compiles (engage_jax/memory_plan.py plans it). shapes: the
+  bucketed sizes {"batch" B, "prefill_rows" U, "kept" C, "prompt" P, "new" N, "cache_slots" S};
+  mode: the sampling mode ("greedy" | "sample" | "filter")."""
+  fn: Any
+  args: tuple
+  shapes: dict
+  mode: str
+
+  def lower(self):
+    return self.fn.lower(*self.args)
+
+
+def abstract_scalars(params: SamplingParams, b: int, n_prompts: int, per_row_keys: bool) -> tuple:
+  """Abstract (max_new, key, temperature, top_p, top_k, stop ids) as `generate` passes them."""
+  seeds = [0] * n_prompts if per_row_keys else None
+  key = jax.eval_shape(lambda: key_arg(0, seeds, b, n_prompts))
+  sds = jax.ShapeDtypeStruct
+  return (sds((), jnp.int32), key, sds((), jnp.float32), sds((), jnp.float32), sds((), jnp.int32),
+          sds((MAX_STOP_IDS,), jnp.int32))
+
+
+def core_program(graphdef, state, batch: int, prompt_len: int, params: SamplingParams, *,
+                 distinct: int = 0, mesh=None, per_row_keys: bool = False) -> CoreProgram:
+  """The jitted core that `generate(model, prompts, **params.kwargs(), mesh=mesh)` runs for
+  `batch` prompts of at most `prompt_len` tokens, `distinct` of them different (0: all), on
+  abstract arguments. graphdef, state: `nnx.split` of the model (state: arrays or
+  ShapeDtypeStructs carrying the model's shardings). per_row_keys: the `row_seeds` form."""
+  b, u, p, n = call_shapes(batch, distinct or batch, prompt_len, params.max_new_tokens, mesh)
+
+  def sds(shape, dtype):
+    place = sharding.batch_sharding(mesh, len(shape)) if mesh is not None else None
+    return jax.ShapeDtypeStruct(shape, dtype, sharding=place)
+  src = sds((b,), jnp.int32) if u < b else None
+  args = (state, sds((u, p), jnp.int32), sds((u, p), jnp.int32), src, sds((b,), jnp.bool_),
+          *abstract_scalars(params, b, batch, per_row_keys))
+  mode = _mode(float(params.temperature), float(params.top_p), int(params.top_k))
+  shapes = {"batch": b, "prefill_rows": u, "kept": 0, "prompt": p, "new": n, "cache_slots": p + n}
+  return CoreProgram(_compiled(graphdef, n, mode), args, shapes, mode)
+
+
 def generate(model, prompts: Sequence[Sequence[int]], max_new_tokens: int = 64,
              temperature: float = 0.0, top_p: float = 1.0, top_k: int = 0, seed: int = 0,
              stop_token_ids: Sequence[int] | None = None, *, mesh=None,
@@ -396,16 +453,11 @@ def generate(model, prompts: Sequence[Sequence[int]], max_new_tokens: int = 64,
   prompts = _check_prompts(prompts, cfg.vocab_size, max_new_tokens, cfg.max_position_embeddings,
                            "generate")
   distinct, src = _distinct(prompts)
-  b = bucket(len(prompts), MIN_BATCH_BUCKET)
-  u = bucket(len(distinct), MIN_BATCH_BUCKET)
-  if mesh is not None:
-    b, u = sharding.round_to_batch(b, mesh), sharding.round_to_batch(u, mesh)
+  b, u, p, n = call_shapes(len(prompts), len(distinct), max(len(x) for x in prompts), max_new_tokens, mesh)
   if u < b:  # share prefills only where that shrinks the prefill's batch bucket
     src = np.pad(src, (0, b - len(src)))
   else:
-    distinct, u, src = prompts, b, None
-  p = bucket(max(len(x) for x in prompts), MIN_PROMPT_BUCKET, half_steps=False)
-  n = bucket(max_new_tokens, MIN_NEW_BUCKET, half_steps=False)
+    distinct, src = prompts, None
   tokens, mask = left_pad(distinct, u, p)
   mode = _mode(float(temperature), float(top_p), int(top_k))
   graphdef, state = nnx.split(model)

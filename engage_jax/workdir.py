@@ -102,13 +102,23 @@ def _pid_alive(pid) -> bool:
 
 
 class Workdir:
-  """Paths and stage bookkeeping of one pipeline run."""
+  """Paths and stage bookkeeping of one pipeline run (or of one experiment variant's steps).
 
-  def __init__(self, root: str | os.PathLike):
+  links: {first path component: directory} outputs that live in another workdir (an experiment
+  variant reads its seed's shared tokenizer and SFT models there); outputs: {stage: output paths}
+  for stages that are not the pipeline's (default OUTPUTS; a stage missing from both owns the path
+  of its own name)."""
+
+  def __init__(self, root: str | os.PathLike, links: Mapping[str, os.PathLike] | None = None,
+               outputs: Mapping[str, tuple[str, ...]] | None = None):
     from engage_jax import paths
     self.root = paths.path(root)  # pathlib.Path, or etils.epath.Path for gs://... (untested)
+    self.links = {k: paths.path(v) for k, v in (links or {}).items()}
+    self.outputs = {**OUTPUTS, **(outputs or {})}
 
   def path(self, *parts: str) -> Path:
+    if parts and parts[0] in self.links:
+      return self.links[parts[0]].joinpath(*parts[1:])
     return self.root.joinpath(*parts)
 
   # --------------------------------------------------------------- checks (write nothing)
@@ -135,7 +145,7 @@ class Workdir:
     return data
 
   def has_outputs(self, stage: str) -> bool:
-    for name in OUTPUTS.get(stage, (stage,)):
+    for name in self.outputs.get(stage, (stage,)):
       p = self.path(name)
       if p.is_file() or (p.is_dir() and any(p.iterdir())):
         return True
@@ -278,7 +288,7 @@ class Workdir:
       st[s] = {"done": False, "redo_pending": True, "redos": int(old.get("redos", 0)) + (not old.get("redo_pending"))}
     self._write(st)
     for s in todo:
-      for name in OUTPUTS.get(s, ()):
+      for name in self.outputs.get(s, ()):
         p = self.path(name)
         if p.is_dir():
           trash = self.path(f".trash-{name}-{os.getpid()}")
@@ -311,7 +321,7 @@ class Workdir:
 
   def _killed_time(self, stage: str, since: float) -> float:
     newest = since
-    for name in OUTPUTS.get(stage, ()):
+    for name in self.outputs.get(stage, ()):
       p = self.path(name)
       for f in ([p] if p.is_file() else p.rglob("*") if p.is_dir() else []):
         try:

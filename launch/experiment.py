@@ -4,8 +4,9 @@
       [--variants=sft,future,turn] [--seeds=0,1,2]
 
 Writes DIR/experiment.json, DIR/experiment.md and DIR/reward.png (engage_jax.experiments.runner).
-A rerun skips every finished step and variant. Bad variants / settings are one-line errors (exit 2)
-before any work.
+A rerun skips every finished step and variant (each variant's steps are workdir stages in
+DIR/seed-S/<variant>/stages.json). Bad variants / settings, and a finished step whose config values
+changed since, are one-line errors (exit 2) before any work.
 """
 from __future__ import annotations
 

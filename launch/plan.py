@@ -5,7 +5,7 @@ r"""Memory plan of a config on its device mesh, built on the host CPU without we
 Forces as many host CPU devices as the config's mesh has (XLA_FLAGS
 --xla_force_host_platform_device_count=N, set before jax starts; re-executes itself if jax was
 already imported), then prints `engage_jax.memory_plan` (the trainer's own train step and the
-sampler's prefill / decode lowered on abstract inputs; per-device params, optimizer state,
+sampler's own jitted cores lowered on abstract inputs; per-device params, optimizer state,
 gradients, FSDP transients, activations with and without remat, KV cache, against the device HBM;
 see that module for where each figure comes from) and optionally writes it as JSON.
 """

@@ -122,6 +122,71 @@ def test_plan_lowers_the_trainers_train_step(tmp_path, monkeypatch, remat, grad_
   assert prog.lower().as_text() == trainer
 
 
+def test_plan_lowers_the_samplers_own_cores(tmp_path, monkeypatch):
+  """The plan's sampling programs and the ones the search's speakers run (a model loaded as
+  pipeline.load_model loads it; sampling.generate, then a conversation-cache turn that keeps a
+  prefix), recorded on their calls with the very arguments, lower to the same programs."""
+  import types
+
+  import jax
+  import jax.numpy as jnp
+  from flax import nnx
+
+  from engage_jax import chat_cache, models, pipeline, sampling
+
+  cfg = _tiny_base()
+  cfg.model.update(dtype="bfloat16", param_dtype="float32", remat=True)   # as configs/esconv_llama3_8b.py
+  remat = True
+  dtype, param_dtype = jnp.dtype(cfg.model.dtype), jnp.dtype(cfg.model.param_dtype)
+  tok = types.SimpleNamespace(vocab_size=64, bos_id=1, eos_id=2, pad_id=0)
+  models.save_pretrained(pipeline.new_model(cfg, "agent", tok), tmp_path / "hf")
+  model = pipeline.load_model(cfg, tmp_path / "hf")
+  mc, _ = memory_plan.resolve_model_config(cfg, "agent")
+  sp = sampling.SamplingParams(max_new_tokens=5, temperature=0.9, top_p=0.9, stop_token_ids=(2,))
+
+  recorded = {}
+
+  class Recorded(Exception):
+    pass
+
+  def recording(module, name):
+    """module._compiled's functions record their call's function and arguments, then stop it."""
+    compiled = module._compiled
+
+    def wrapper(*a, **k):
+      fn = compiled(*a, **k)
+
+      def call(*args):
+        if name not in recorded:
+          recorded[name] = (fn, jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), args))
+          raise Recorded
+        return fn(*args)
+      return call
+    monkeypatch.setattr(module, "_compiled", wrapper)
+
+  recording(sampling, "generate")
+  prompts = [[3 + i] * (4 + 3 * i) for i in range(5)]                         # 5 distinct, longest 16
+  with pytest.raises(Recorded):
+    sampling.generate(model, prompts, **sp.kwargs())
+  store = chat_cache.ConversationCache()
+  first = store.generate(model, prompts[:2], **sp.kwargs())
+  recording(chat_cache, "chat")
+  other = 7 if first[0][:1] != [7] else 8                                      # not the stored row's next token
+  with pytest.raises(Recorded):                                                # kept 4, rest 20; a new chat
+    store.generate(model, [prompts[0] + [other] * 20, [9] * 3], **sp.kwargs())
+  monkeypatch.undo()
+  real = {k: fn.lower(*args).as_text() for k, (fn, args) in recorded.items()}
+
+  plan = memory_plan.sampling_programs(mc, 5, 16, sp, dtype, param_dtype, remat=remat, kv_cache=True)
+  assert plan["generate"].lower().as_text() == real["generate"]
+  graphdef, state = memory_plan.sampler_state(mc, dtype, param_dtype, remat)
+  chat = chat_cache.core_program(graphdef, state, 2, 4, 20, sp)
+  assert chat.shapes == {"batch": 8, "prefill_rows": 8, "kept": 16, "prompt": 32, "new": 16, "cache_slots": 64}
+  assert chat.lower().as_text() == real["chat"]
+  assert jax.tree.map(lambda x: (x.shape, x.dtype), nnx.split(model)[1]) == \
+      jax.tree.map(lambda x: (x.shape, x.dtype), state)
+
+
 def test_plan_subprocess_tiny(tmp_path):
   out = tmp_path / "plan.json"
   env = subprocess_env(None)  # plan.py forces the mesh's device count itself
@@ -138,7 +203,10 @@ def test_plan_subprocess_tiny(tmp_path):
   plan_json = json.loads(out.read_text())
   assert plan_json["model"]["num_params"] == expected
   assert plan_json["mesh"] == {"data": 1, "fsdp": 4, "tensor": 1, "devices": 4}
-  assert set(plan_json["lowered"]) == {"train", "train_remat", "prefill", "decode"}
+  assert set(plan_json["lowered"]) == {"train", "train_remat", "generate", "generate_chat_cache"}
+  # the sampler as the speakers hold it: fp32 params (config param_dtype) on one device
+  assert plan_json["sampling"]["bytes"]["params"] == expected * 4
+  assert plan_json["sampling"]["program"]["shapes"]["generate"]["cache_slots"] == 32 + 16
   b = plan_json["train"]["bytes"]
   # fp32 params sharded over fsdp=4 (the few norm weights / indivisible dims are replicated)
   assert expected * 4 / 4 <= b["params"] <= expected * 4

@@ -1,62 +1,67 @@
 """Named variants x seeds over the pipeline, with shared stages, resume, and the comparison table.
 
-Layout of the experiment directory DIR:
+Layout of the experiment directory DIR (every directory with a stages.json is a `Workdir`):
   seed-S/base/          a pipeline workdir (pipeline.run): tokenizer, sft_agent, sft_simulator,
                         eval_sft — shared by every variant of seed S (config.seed = S)
-  seed-S/sims/sim-J/    held-out simulator J (J = 1 .. ensemble_size - 1): the pipeline's
-                        simulator SFT with seed S + 100 J (other init, other sandbox training split)
+  seed-S/sims/sim-J/    held-out simulator J (J = 1 .. ensemble_size - 1): stage sft_simulator, the
+                        pipeline's simulator SFT with seed S + 100 J (other init, other sandbox
+                        training split); tokenizer from seed-S/base
   seed-S/<variant>/     pairs/, search/, dpo_agent/ or agent/, eval/, oracle/, ens/sim-J/ (dialogues.jsonl)
-  seed-S/done/*.json    one marker per finished step (its result and seconds): a restart skips it
-  seed-S/<variant>/result.json   the variant's finished result for seed S (written last)
+                        and stages.json: its steps (search, dpo, pairs, train, eval, ens/sim-J,
+                        oracle) as workdir stages, each with the config values it depends on
+                        (`step values`), its result ("info") and seconds; tokenizer/ and sft_*/
+                        resolve to seed-S/base (`Workdir.links`)
+  seed-S/.lock          held by the run working on seed S (runs of different seeds may share DIR)
   experiment.json experiment.md reward.png
 
+A rerun skips every done step and reuses its recorded result. Before any work, each step's recorded
+values are compared with the ones it would run with now (`Workdir.conflicts`, the pipeline's
+STAGE_KEYS of the stages it stands on plus the experiment keys it reads): a change is an error
+naming the step and keys (restore them, or delete the variant's directory to rerun it), never a
+silent reuse. An unfinished step resumes (checkpoints, search shards) as in the pipeline.
+
+The layout before this one kept seed-S/done/<step>.json markers: a run adopts each such marker
+once, as the step's record with this run's values (as the pipeline adopts stages recorded before
+per-stage values), and moves it to seed-S/done.migrated/.
+
 Shared steps run once: the base, the held-out simulators and the "future" search (which future,
-corpus_mix and rft all use). The pipeline's stage functions do the work (`ModelOps`); they see a
-`View` whose shared paths point into seed-S/base. Every agent is evaluated on the same held-out
-conditions and seeds as the pipeline's eval_sft, so all comparisons are paired by (seed, condition).
+corpus_mix and rft all use). The pipeline's stage functions do the work (`ModelOps`) on the
+variant's Workdir. Every agent is evaluated on the same held-out conditions and seeds as the
+pipeline's eval_sft, so all comparisons are paired by (seed, condition).
 
 experiment.json: {"variants": {name: {"seeds", "reward_mean", "ci95", "mean_turns", "oracle_mean",
 "oracle_ci95", "oracle_expected", "oracle_first_turn_helpful", "oracle_unmatched_rate",
 "sim_first_turn_helpful", "p_vs_sft", "p_vs_future", "oracle_p_vs_sft", "oracle_p_vs_future",
 "seed_means", "heldout_gain", "heldout_p", "by_simulator", ...}}, "wall_seconds", "command",
 "sizes"}. ci95: percentile bootstrap over (seed, condition) units of per-condition mean rewards;
-p: paired sign-flip tests (evaluate.paired_test) over the same units.
+p: paired sign-flip tests (evaluate.paired_test) over the same units. wall_seconds.by_step: each
+step's seconds summed over its attempts ("base": the shared pipeline stages of seed-S/base).
 """
 from __future__ import annotations
 
 import functools
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
+import ml_collections
 import numpy as np
 
+from engage_jax import pipeline
+from engage_jax.errors import InputError, InputErrors
 from engage_jax.experiments import variants as V
 from engage_jax.fileio import atomic_write_json
+from engage_jax.workdir import Workdir, flatten, select
 
 SHARED_STAGES = ("tokenizer", "sft_agent", "sft_simulator", "sft_heldout_simulator", "eval_sft")
 BASE_LINKS = ("tokenizer", "sft_agent", "sft_simulator")
 
 
-class View:
-  """Workdir-like paths for the pipeline's stage functions: a first component in `links` maps
-  there (shared outputs of seed-S/base), anything else lives under `root`."""
-
-  def __init__(self, root: Path, links: Mapping[str, Path]):
-    self.root = Path(root)
-    self.links = {k: Path(v) for k, v in links.items()}
-
-  def path(self, *parts: str) -> Path:
-    if parts and parts[0] in self.links:
-      return self.links[parts[0]].joinpath(*parts[1:])
-    return self.root.joinpath(*parts)
-
-
 def pipeline_config(cfg, seed: int, **search):
   """The pipeline's config (no experiment section) for one seed, search keys overridden."""
-  import ml_collections
   d = cfg.to_dict()
   d.pop("experiment", None)
   d["seed"] = int(seed)
@@ -93,19 +98,19 @@ class ModelOps:
     pipeline.run(cfg, str(root), SHARED_STAGES)
     return {}
 
-  def simulator(self, cfg, view: View) -> dict:
+  def simulator(self, cfg, view: Workdir) -> dict:
     from engage_jax import pipeline
     return pipeline.stage_sft(cfg, view, "simulator")
 
-  def search(self, cfg, view: View) -> dict:
+  def search(self, cfg, view: Workdir) -> dict:
     from engage_jax import pipeline
     return pipeline.stage_search(cfg, view)
 
-  def dpo(self, cfg, view: View) -> dict:
+  def dpo(self, cfg, view: Workdir) -> dict:
     from engage_jax import pipeline
     return pipeline.stage_dpo(cfg, view)
 
-  def corpus_mix_pairs(self, cfg, view: View, pairs_dir: Path, n_corpus: int) -> dict:
+  def corpus_mix_pairs(self, cfg, view: Workdir, pairs_dir: Path, n_corpus: int) -> dict:
     """Writes the search's pairs (`pairs_dir`) + corpus pairs into view's pairs/."""
     from engage_jax import pipeline
     from engage_jax.experiments import baselines
@@ -119,7 +124,7 @@ class ModelOps:
     atomic_write_jsonl(str(view.path("pairs", "shard-corpus.jsonl")), cp)
     return {"search_pairs": len(pairs), "corpus_pairs": len(cp)}
 
-  def transfer_pairs(self, cfg, view: View, files: Sequence[Path]) -> dict:
+  def transfer_pairs(self, cfg, view: Workdir, files: Sequence[Path]) -> dict:
     """Copies the other task's pair files into view's pairs/ (their text is tokenised by this
     task's tokenizer at DPO time)."""
     from engage_jax.fileio import atomic_write_jsonl
@@ -128,7 +133,7 @@ class ModelOps:
     tasks = sorted({str(p.get("meta", {}).get("task")) for p in pairs})
     return {"pairs": len(pairs), "source_tasks": tasks, "source": str(Path(files[0]).parents[2]) if files else ""}
 
-  def rft(self, cfg, view: View, pairs_dir: Path, steps: int, lr: float, min_value: float) -> dict:
+  def rft(self, cfg, view: Workdir, pairs_dir: Path, steps: int, lr: float, min_value: float) -> dict:
     """SFT of the SFT agent on the search's chosen turns (value >= min_value) → view's agent/hf."""
     from engage_jax import models, pipeline
     from engage_jax.data import sft as sft_data
@@ -207,6 +212,9 @@ class ModelOps:
             "per_condition_expected": per_condition(rows, "expected")}
 
 
+Result = dict[str, Any]
+
+
 class Experiment:
   """`run()` every variant x seed into `root` (resumed), then `write()` the table."""
 
@@ -219,120 +227,229 @@ class Experiment:
     self.command = command
     self.exp = cfg.experiment
     self.ran: list[str] = []   # steps computed by this run (not resumed), "seed-S/name"
+    self._planning = False     # True in the pass that only checks recorded values (`plan`)
+    self._problems: list[InputError] = []
+    self._flats: dict[tuple[int, str], dict] = {}
+
+  # ------------------------------------------------------------------ step values
+  def _flat(self, seed: int, horizon: str = "") -> dict:
+    """The flattened pipeline config of `seed` (search.reward_horizon = horizon if given)."""
+    if (seed, horizon) not in self._flats:
+      search = {"reward_horizon": horizon} if horizon else {}
+      self._flats[seed, horizon] = flatten(pipeline.config_to_json(pipeline_config(self.cfg, seed, **search)))
+    return self._flats[seed, horizon]
+
+  def _values(self, seed: int, stage: str, horizon: str = "", lineage: bool = True) -> dict:
+    """The config values pipeline `stage` depends on (with its ancestors' unless not `lineage`)."""
+    flat = self._flat(seed, horizon)
+    if lineage:
+      return pipeline.stage_values(flat, stage)
+    return select(flat, pipeline.STAGE_KEYS[stage], pipeline.IGNORED + pipeline.STAGE_EXCLUDE.get(stage, ()))
+
+  def _exp_values(self, *keys: str) -> dict:
+    return {f"experiment.{k}": self.exp.get(k) for k in keys}
+
+  def _agent_values(self, seed: int, v: str) -> dict:
+    """The values the agent of variant `v` depends on (what trained it, and how it decodes)."""
+    if v in ("sft", "best_of_n"):
+      out = self._values(seed, "sft_agent")
+      if v == "best_of_n":
+        out.update(self._values(seed, "sft_simulator"), **self._exp_values("best_of_n"))
+      return out
+    if v in ("future", "turn"):
+      return self._values(seed, "dpo", v)
+    if v == "transfer":
+      return {**self._values(seed, "sft_agent"), **self._values(seed, "dpo", lineage=False),
+              **self._exp_values("transfer_from")}
+    out = self._values(seed, "search", "future")
+    if v == "corpus_mix":
+      return {**out, **self._values(seed, "dpo", lineage=False), **self._exp_values("corpus_pairs")}
+    assert v == "rft", v
+    return {**out, **self._values(seed, "sft_agent", lineage=False),
+            **self._exp_values("rft_steps", "rft_learning_rate", "rft_min_value")}
 
   # ------------------------------------------------------------------ steps
-  def _marker_path(self, seed: int, name: str) -> Path:
-    return self.root / f"seed-{seed}" / "done" / f"{name.replace('/', '__')}.json"
+  def _seed_dir(self, seed: int) -> Path:
+    return self.root / f"seed-{seed}"
 
-  def _marker(self, seed: int, name: str) -> dict | None:
-    """The result of a finished step, or None."""
-    m = self._marker_path(seed, name)
-    return json.loads(m.read_text())["result"] if m.exists() else None
+  def _variant_wd(self, seed: int, v: str) -> Workdir:
+    """The Workdir of variant v's steps; its tokenizer and SFT models are seed-S/base's."""
+    base = self._seed_dir(seed) / "base"
+    return Workdir(self._seed_dir(seed) / v, links={k: base / k for k in BASE_LINKS},
+                   outputs=VARIANT_OUTPUTS)
 
-  def _step(self, seed: int, name: str, fn) -> Any:
-    marker = self._marker_path(seed, name)
-    if marker.exists():
-      return self._marker(seed, name)
-    print(f"[experiment] seed {seed}: {name}", flush=True)
+  def _adopt_legacy(self, seed: int, wd: Workdir, stage: str, label: str, values: Mapping) -> None:
+    """Records the old layout's marker seed-S/done/<label>.json as `stage`'s record in `wd` (this
+    run's values), and moves the marker to done.migrated/ (module doc)."""
+    marker = self._seed_dir(seed) / "done" / f"{label.replace('/', '__')}.json"
+    if self._planning or stage in wd.stages() or not marker.exists():
+      return
+    old = json.loads(marker.read_text(encoding="utf-8"))
+    wd.begin(stage, values)
+    wd.end(stage, float(old.get("seconds", 0.0)), done=True, info=old["result"], adopted=str(marker))
+    moved = self._seed_dir(seed) / "done.migrated" / marker.name
+    moved.parent.mkdir(exist_ok=True)
+    os.replace(marker, moved)
+    print(f"[experiment] seed {seed}: {label}: adopted the old layout's {marker} (moved to {moved})", flush=True)
+
+  def _step(self, seed: int, wd: Workdir, stage: str, values: Mapping, fn: Callable[[], Result],
+            label: str = "") -> Result:
+    """Runs `fn` as `stage` of `wd` unless it is done (then its recorded result); while planning,
+    only collects the conflict of its recorded values with `values`."""
+    label = label or f"{wd.root.name}/{stage}"
+    self._adopt_legacy(seed, wd, stage, label, values)
+    changed = wd.conflicts(stage, values, pipeline.RESUMABLE)
+    if changed:
+      if not self._planning:
+        raise _conflict_error(wd, stage, label, changed)
+      self._problems.append(_conflict_error(wd, stage, label, changed))
+    if wd.is_done(stage):
+      return wd.stages()[stage].get("info", {})
+    if self._planning:
+      return {}
+    print(f"[experiment] seed {seed}: {label}", flush=True)
+    wd.begin(stage, values)
     t0 = time.perf_counter()
-    result = fn()
-    atomic_write_json(marker, {"result": result, "seconds": time.perf_counter() - t0})
-    self.ran.append(f"seed-{seed}/{name}")
+    try:
+      result = fn()
+    except BaseException:
+      wd.end(stage, time.perf_counter() - t0, done=False)
+      raise
+    wd.end(stage, time.perf_counter() - t0, done=True, info=result)
+    self.ran.append(f"seed-{seed}/{label}")
     return result
 
-  def _dirs(self, seed: int):
-    s = self.root / f"seed-{seed}"
-    base = s / "base"
-    return s, base, {k: base / k for k in BASE_LINKS}
+  def _base(self, seed: int) -> None:
+    """The shared pipeline stages of seed S in seed-S/base (pipeline.run's own records)."""
+    base = Workdir(self._seed_dir(seed) / "base")
+    values = {st: self._values(seed, st) for st in SHARED_STAGES}
+    problems = pipeline.plan_conflicts(base, values, SHARED_STAGES, ())
+    if self._planning:
+      self._problems.extend(problems)
+      return
+    if problems:
+      raise InputErrors(problems)
+    if all(base.is_done(st) for st in SHARED_STAGES):
+      return
+    print(f"[experiment] seed {seed}: base", flush=True)
+    self.ops.base(pipeline_config(self.cfg, seed), base.root)
+    self.ran.append(f"seed-{seed}/base")
 
   def _search(self, seed: int, horizon: str) -> Path:
     """Runs (or resumes) the `horizon` search of `seed`; returns its pairs directory."""
-    s, _, links = self._dirs(seed)
+    wd = self._variant_wd(seed, horizon)
     cfg = pipeline_config(self.cfg, seed, reward_horizon=horizon)
-    view = View(s / horizon, links)
-    self._step(seed, f"{horizon}/search", lambda: self.ops.search(cfg, view))
-    return view.path("pairs")
+    self._step(seed, wd, "search", self._values(seed, "search", horizon), lambda: self.ops.search(cfg, wd))
+    return wd.path("pairs")
 
   def _agent(self, seed: int, v: str) -> tuple[Path, int]:
     """(agent HF dir, best_of_n) of variant v, training what it needs."""
-    s, base, links = self._dirs(seed)
+    base = self._seed_dir(seed) / "base"
     cfg = pipeline_config(self.cfg, seed)
     if v in ("sft", "best_of_n"):
       return base / "sft_agent" / "hf", int(self.exp.best_of_n) if v == "best_of_n" else 0
+    wd = self._variant_wd(seed, v)
+    values = self._agent_values(seed, v)
     if v in ("future", "turn"):
       self._search(seed, v)
       cfg = pipeline_config(self.cfg, seed, reward_horizon=v)
-      view = View(s / v, links)
-      self._step(seed, f"{v}/dpo", lambda: self.ops.dpo(cfg, view))
-      return view.path("dpo_agent", "hf"), 0
-    view = View(s / v, links)
+      self._step(seed, wd, "dpo", values, lambda: self.ops.dpo(cfg, wd))
+      return wd.path("dpo_agent", "hf"), 0
     if v == "transfer":
       files = V.transfer_pairs(self.exp.transfer_from, seed)
-      self._step(seed, "transfer/pairs", lambda: self.ops.transfer_pairs(cfg, view, files))
-      self._step(seed, "transfer/dpo", lambda: self.ops.dpo(cfg, view))
-      return view.path("dpo_agent", "hf"), 0
+      self._step(seed, wd, "pairs", self._exp_values("transfer_from"),
+                 lambda: self.ops.transfer_pairs(cfg, wd, files))
+      self._step(seed, wd, "dpo", values, lambda: self.ops.dpo(cfg, wd))
+      return wd.path("dpo_agent", "hf"), 0
     pairs_dir = self._search(seed, "future")
     if v == "corpus_mix":
-      self._step(seed, "corpus_mix/pairs",
-                 lambda: self.ops.corpus_mix_pairs(cfg, view, pairs_dir, int(self.exp.corpus_pairs)))
-      future_dpo = self._marker(seed, "future/dpo")
+      self._step(seed, wd, "pairs", {**self._values(seed, "search", "future"), **self._exp_values("corpus_pairs")},
+                 lambda: self.ops.corpus_mix_pairs(cfg, wd, pairs_dir, int(self.exp.corpus_pairs)))
+      future = self._variant_wd(seed, "future")
+      future_dpo = future.stages().get("dpo", {}).get("info") if future.is_done("dpo") else None
       if future_dpo and future_dpo.get("total_steps"):  # as many DPO steps as "future" (equal compute)
         cfg.dpo.steps = int(future_dpo["total_steps"])
-      self._step(seed, "corpus_mix/dpo", lambda: self.ops.dpo(cfg, view))
-      return view.path("dpo_agent", "hf"), 0
+      self._step(seed, wd, "dpo", values, lambda: self.ops.dpo(cfg, wd))
+      return wd.path("dpo_agent", "hf"), 0
     assert v == "rft", v
-    self._step(seed, "rft/train", lambda: self.ops.rft(cfg, view, pairs_dir, int(self.exp.rft_steps),
-                                                       float(self.exp.rft_learning_rate),
-                                                       float(self.exp.rft_min_value)))
-    return view.path("agent", "hf"), 0
+    self._step(seed, wd, "train", values, lambda: self.ops.rft(cfg, wd, pairs_dir, int(self.exp.rft_steps),
+                                                               float(self.exp.rft_learning_rate),
+                                                               float(self.exp.rft_min_value)))
+    return wd.path("agent", "hf"), 0
 
   def simulators(self, seed: int) -> dict[str, Path]:
     """{"sim-0": the search's simulator, "sim-J": held-out ones (trained here once)}."""
-    s, base, _ = self._dirs(seed)
+    base = self._seed_dir(seed) / "base"
     out = {"sim-0": base / "sft_simulator" / "hf"}
     for j in range(1, int(self.exp.ensemble_size)):
       cfg = pipeline_config(self.cfg, seed + 100 * j)
-      view = View(s / "sims" / f"sim-{j}", {"tokenizer": base / "tokenizer"})
-      self._step(seed, f"sims/sim-{j}", functools.partial(self.ops.simulator, cfg, view))
-      out[f"sim-{j}"] = view.path("sft_simulator", "hf")
+      wd = Workdir(self._seed_dir(seed) / "sims" / f"sim-{j}", links={"tokenizer": base / "tokenizer"})
+      self._step(seed, wd, "sft_simulator", self._values(seed + 100 * j, "sft_simulator"),
+                 functools.partial(self.ops.simulator, cfg, wd), label=f"sims/sim-{j}")
+      out[f"sim-{j}"] = wd.path("sft_simulator", "hf")
     return out
 
   def run_variant(self, seed: int, v: str) -> dict:
-    s, base, _ = self._dirs(seed)
-    result_path = s / v / "result.json"
-    if result_path.exists():  # reused if it has every simulator (and the oracle) asked for now
-      cached = json.loads(result_path.read_text())
-      want = {f"sim-{j}" for j in range(int(self.exp.ensemble_size))}
-      if want <= set(cached["ensemble"]) and (not self.exp.oracle or "oracle" in cached):
-        return cached
+    """Variant v's result for `seed`: {"variant", "seed", "sim", "ensemble": {sim: result}, "oracle"}."""
+    base = self._seed_dir(seed) / "base"
     cfg = pipeline_config(self.cfg, seed)
-    self._step(seed, "base", lambda: self.ops.base(cfg, base))
+    self._base(seed)
     sims = self.simulators(seed)
     agent_dir, n = self._agent(seed, v)
+    wd = self._variant_wd(seed, v)
+    agent = self._agent_values(seed, v)
+    evals = self._values(seed, "eval_sft", lineage=False)
     tok, look = base / "tokenizer", sims["sim-0"]
     if v == "sft":
-      main = self._step(seed, "sft/eval", lambda: self.ops.sft_eval(cfg, base))
+      main = self._step(seed, wd, "eval", self._values(seed, "eval_sft"), lambda: self.ops.sft_eval(cfg, base))
     else:
-      main = self._step(seed, f"{v}/eval", lambda: self.ops.evaluate(cfg, tok, agent_dir, look, s / v / "eval",
-                                                                      n, look))
+      main = self._step(seed, wd, "eval", {**agent, **self._values(seed, "eval_sft")},
+                        lambda: self.ops.evaluate(cfg, tok, agent_dir, look, wd.path("eval"), n, look))
     result = {"variant": v, "seed": seed, "sim": main, "ensemble": {"sim-0": main}}
-    for name, sim_dir in sims.items():
+    # held-out simulators: this run's, and those an earlier run (larger ensemble) evaluated against
+    recorded = [st.split("/")[1] for st in wd.stages() if st.startswith("ens/") and wd.is_done(st)]
+    for name in sorted(set(sims) | set(recorded), key=lambda x: int(x.split("-")[1])):
       if name != "sim-0":
+        j = int(name.split("-")[1])
+        sim_dir = self._seed_dir(seed) / "sims" / name / "sft_simulator" / "hf"
+        sim_values = {f"{name}:{k}": x for k, x in self._values(seed + 100 * j, "sft_simulator").items()}
         result["ensemble"][name] = self._step(
-            seed, f"{v}/ens/{name}", functools.partial(self.ops.evaluate, cfg, tok, agent_dir, sim_dir,
-                                                       s / v / "ens" / name, n, look))
-    if self.exp.oracle:
-      result["oracle"] = self._step(seed, f"{v}/oracle",
-                                    lambda: self.ops.oracle(cfg, tok, agent_dir, s / v / "oracle", n, look))
-    atomic_write_json(result_path, result)
+            seed, wd, f"ens/{name}", {**agent, **evals, **sim_values},
+            functools.partial(self.ops.evaluate, cfg, tok, agent_dir, sim_dir, wd.path("ens", name), n, look))
+    if self.exp.oracle or wd.is_done("oracle"):
+      result["oracle"] = self._step(seed, wd, "oracle", {**agent, **evals},
+                                    lambda: self.ops.oracle(cfg, tok, agent_dir, wd.path("oracle"), n, look))
     return result
+
+  def plan(self) -> None:
+    """Every step's recorded values against this run's, before any work: InputErrors (one line
+    each) for the steps whose values changed. Writes nothing."""
+    self._planning, self._problems = True, []
+    try:
+      for seed in self.seeds:
+        for v in self.variants:
+          self.run_variant(seed, v)
+    finally:
+      self._planning = False
+    if self._problems:
+      raise InputErrors(list({str(p): p for p in self._problems}.values()))
 
   def run(self) -> dict:
     t0 = time.perf_counter()
-    results = {v: {} for v in self.variants}
-    for seed in self.seeds:
-      for v in self.variants:
-        results[v][seed] = self.run_variant(seed, v)
+    self.plan()
+    locked = []
+    try:
+      for seed in self.seeds:  # runs of other seeds may share DIR; one run per seed
+        wd = Workdir(self._seed_dir(seed))
+        wd.lock()
+        locked.append(wd)
+      results = {v: {} for v in self.variants}
+      for seed in self.seeds:
+        for v in self.variants:
+          results[v][seed] = self.run_variant(seed, v)
+    finally:
+      for wd in locked:
+        wd.unlock()
     summary = aggregate(results, self.variants)
     summary.update(command=self.command, wall_seconds=self.wall_seconds(time.perf_counter() - t0),
                    sizes=sizes(self.cfg), seeds=self.seeds)
@@ -340,12 +457,34 @@ class Experiment:
 
   def wall_seconds(self, this_run: float) -> dict:
     """{"this_run", "steps_total" (every finished step, earlier runs included), "by_step"}."""
-    by = {}
-    for m in sorted(self.root.glob("seed-*/done/*.json")):
-      name = m.stem.replace("__", "/")
-      by[name] = by.get(name, 0.0) + json.loads(m.read_text())["seconds"]
+    by: dict[str, float] = {}
+
+    def add(name, seconds):
+      by[name] = by.get(name, 0.0) + seconds
+    for seed_dir in sorted(self.root.glob("seed-*")):
+      base = Workdir(seed_dir / "base").wall_seconds()
+      if any(st in base for st in SHARED_STAGES):
+        add("base", sum(base.get(st, 0.0) for st in SHARED_STAGES))
+      for rec in sorted(seed_dir.glob("sims/sim-*/stages.json")):
+        add(f"sims/{rec.parent.name}", sum(Workdir(rec.parent).wall_seconds().values()))
+      for rec in sorted(seed_dir.glob("*/stages.json")):
+        if rec.parent.name not in ("base", "sims"):
+          for st, sec in Workdir(rec.parent).wall_seconds().items():
+            add(f"{rec.parent.name}/{st}", sec)
     return {"this_run": this_run, "steps_total": float(sum(by.values())),
-            "by_step": {k: round(v, 1) for k, v in by.items()}}
+            "by_step": {k: round(v, 1) for k, v in sorted(by.items())}}
+
+
+# outputs of the variant steps that are not pipeline stages (Workdir.has_outputs)
+VARIANT_OUTPUTS = {"train": ("agent",)}
+
+
+def _conflict_error(wd: Workdir, stage: str, label: str, changed: Mapping[str, tuple]) -> InputError:
+  shown = ", ".join(f"{k}={old!r} -> {new!r}" for k, (old, new) in list(changed.items())[:3])
+  more = f" (+{len(changed) - 3} more)" if len(changed) > 3 else ""
+  return InputError(f"step {label} ran with other values of the config keys it depends on: "
+                    f"{shown}{more}; restore those values, or delete {wd.root} to rerun it",
+                    str(wd.path("stages.json")))
 
 
 def sizes(cfg) -> dict:

@@ -11,6 +11,7 @@ import pytest
 
 from engage_jax.errors import InputError
 from engage_jax.experiments import runner
+from engage_jax.workdir import Workdir
 
 # Tolerances: rewards here are scripted 0/1 values, so means and gains are fractions of 12 (approx,
 # relative 1e-6); permutation p-values are bounded to +-0.002 / 0.02 of their exact value (seeded
@@ -52,7 +53,12 @@ class FakeOps:
             "per_condition": pc}
 
   def base(self, cfg, root):
+    """Records the shared stages done in root/stages.json, as pipeline.run does."""
     self.calls.append(("base", cfg.seed))
+    wd = Workdir(root)
+    for stage in runner.SHARED_STAGES:
+      wd.begin(stage, {})
+      wd.end(stage, 1.0, done=True)
     return {}
 
   def simulator(self, cfg, view):
@@ -238,8 +244,8 @@ def test_transfer_trains_on_the_other_tasks_pairs(tmp_path):
   row = s["variants"]["transfer"]
   # transfer wins conditions 1-3, sft 0-3: one lost unit per seed
   assert row["reward_mean"] == pytest.approx(3 / 12)
-  marker = json.loads((tmp_path / "exp" / "seed-0" / "done" / "transfer__pairs.json").read_text())
-  assert marker["result"]["pairs"] == 3 and marker["result"]["source_tasks"] == ["p4g"]
+  record = json.loads((tmp_path / "exp" / "seed-0" / "transfer" / "stages.json").read_text())["pairs"]
+  assert record["done"] and record["info"]["pairs"] == 3 and record["info"]["source_tasks"] == ["p4g"]
 
 
 @pytest.mark.parametrize("setup, match", [
@@ -258,3 +264,46 @@ def test_transfer_bad_inputs_before_any_work(tmp_path, setup, match):
   with pytest.raises(InputError, match=match):
     runner.Experiment(cfg, tmp_path / "x", ["sft", "transfer"], seeds, ops=ops)
   assert not ops.calls and not (tmp_path / "x").exists()
+
+
+def test_rerun_resumes_and_changed_values_are_refused(tmp_path):
+  """A rerun computes nothing; a step whose config values changed is refused before any work
+  (naming the step and key), and only the steps that depend on the changed key."""
+  runner.Experiment(_cfg(), tmp_path, ["sft", "future", "rft"], [0], ops=FakeOps()).run()
+  ops = FakeOps()
+  again = runner.Experiment(_cfg(), tmp_path, ["sft", "future", "rft"], [0], ops=ops)
+  again.run()
+  assert ops.calls == [] and again.ran == []
+
+  records = {p: p.read_text() for p in tmp_path.rglob("stages.json")}
+  changed = _cfg()
+  changed.dpo.beta = 0.5   # future's DPO (and its evaluations) depend on it; rft does not
+  with pytest.raises(InputError) as e:
+    runner.Experiment(changed, tmp_path, ["sft", "future", "rft"], [0], ops=ops).run()
+  assert "step future/dpo ran with other values" in str(e.value) and "dpo.beta=0.1 -> 0.5" in str(e.value)
+  assert "rft/" not in str(e.value) and "sft/" not in str(e.value)
+  assert ops.calls == [] and {p: p.read_text() for p in tmp_path.rglob("stages.json")} == records
+
+  # a key only rft reads: the other variants are reused, rft is refused
+  steps = _cfg(rft_steps=7)
+  runner.Experiment(steps, tmp_path, ["sft", "future"], [0], ops=ops).run()
+  assert ops.calls == []
+  with pytest.raises(InputError, match=r"step rft/train ran with .*experiment.rft_steps=50 -> 7"):
+    runner.Experiment(steps, tmp_path, ["rft"], [0], ops=ops).run()
+  assert ops.calls == []
+
+
+def test_old_done_markers_are_adopted_once(tmp_path):
+  """The old layout's seed-S/done/<step>.json: adopted as the step's record (not rerun), moved
+  to done.migrated/; its seconds count in by_step."""
+  done = tmp_path / "seed-0" / "done"
+  done.mkdir(parents=True)
+  (done / "future__search.json").write_text(json.dumps({"result": {"pairs": 10}, "seconds": 5.0}))
+  ops = FakeOps()
+  s = runner.Experiment(_cfg(ensemble_size=1), tmp_path, ["future"], [0], ops=ops).run()
+  assert not any(c[0] == "search" for c in ops.calls) and any(c[:3] == ("dpo", 0, "future") for c in ops.calls)
+  assert not (done / "future__search.json").exists()
+  assert (tmp_path / "seed-0" / "done.migrated" / "future__search.json").exists()
+  record = json.loads((tmp_path / "seed-0" / "future" / "stages.json").read_text())["search"]
+  assert record["done"] and record["info"] == {"pairs": 10}
+  assert s["wall_seconds"]["by_step"]["future/search"] == 5.0
