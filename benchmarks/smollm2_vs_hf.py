@@ -14,8 +14,11 @@ own GGUF loader), fp32, torch with 2 threads.
   3-step calls, compile included (a fresh process would pay it: the persistent compilation cache is
   off here), each side's call timed `--reps` times interleaved (medians; engage_jax re-traces per
   call because every call builds a new model and optimizer); `compile_s.sft_step` = engage_jax's
-  first call - 3 x its steady step; `training_steady_speedup` compares steady steps. Also LoRA r=16
-  on all seven projections (`models.lora`, base frozen), steady step.
+  first call - 3 x its steady step; `training_steady_speedup` compares steady steps (engage_jax's
+  from the loop's per-step callback inside one call, without its compile, set-up or final
+  checkpoint). Both with the scanned layers (the default) and with
+  `scan_layers=False` (`*_unrolled`: slower compile, faster step). Also LoRA r=16 on all seven
+  projections (`models.lora`, base frozen, unrolled), steady step.
 Every timing records the 1-minute loadavg beside it (`loadavg`): claim speeds from an idle machine.
 Writes benchmarks/results/smollm2_vs_hf.json (or --out).
 """
@@ -127,28 +130,36 @@ def main(argv=None) -> dict:
       hf(x, labels=x).loss.backward()
       opt.step()
 
+  def steady_s(m, tag: str, what: str) -> float:
+    """Seconds per step over `steps` steps in the middle of one train_sft call of `steps + 2`, from
+    the loop's per-step callback: the first step (compile) and the last (which writes the final
+    checkpoint before its callback) are outside."""
+    marks = []
+    loads.append({"what": what, "loadavg_1m": os.getloadavg()[0]})
+    sft_train.train_sft(m, exs * (steps + 3), TrainConfig.from_any(dict(cfg, steps=steps + 2)),
+                        os.path.join(tmp, tag), on_step=lambda *_: marks.append(time.perf_counter()))
+    return (marks[-2] - marks[0]) / steps
+
   with tempfile.TemporaryDirectory() as tmp:
-    calls = {"jax": [], "hf": []}
-    fresh = [models.from_pretrained(path, dtype=jnp.float32) for _ in range(args.reps)]  # loading is not timed
+    calls = {"jax": [], "jax_unrolled": [], "hf": []}
+    fresh = {k: [models.from_pretrained(path, dtype=jnp.float32, scan_layers=(k == "jax")) for _ in range(args.reps)]
+             for k in ("jax", "jax_unrolled")}  # loading is not timed
     for i in range(args.reps):
-      calls["jax"].append(timed(lambda: sft_train.train_sft(
-          fresh[i], exs * (steps + 1), TrainConfig.from_any(dict(cfg, steps=steps)),  # noqa: B023
-          os.path.join(tmp, f"call{i}")), "training jax call"))  # noqa: B023
+      for k in ("jax", "jax_unrolled"):
+        calls[k].append(timed(lambda: sft_train.train_sft(
+            fresh[k][i], exs * (steps + 1), TrainConfig.from_any(dict(cfg, steps=steps)),  # noqa: B023
+            os.path.join(tmp, f"call{k}{i}")), f"training {k} call"))  # noqa: B023
       calls["hf"].append(timed(torch_call, "training torch call"))
     fresh.clear()
-    sft_train.train_sft(model, exs * 2, TrainConfig.from_any(dict(cfg, steps=1)), os.path.join(tmp, "warm"))
-    jax_train_s = timed(lambda: sft_train.train_sft(model, exs * (steps + 1), TrainConfig.from_any(dict(cfg, steps=steps)),
-                                                    os.path.join(tmp, "timed")), "training jax steady") / steps
-    # the same step with LoRA r=16 on all seven projections (adapters trained, base frozen)
+    jax_train_s = steady_s(model, "timed", "training jax steady")
+    unrolled_train_s = steady_s(models.from_pretrained(path, dtype=jnp.float32, scan_layers=False), "utimed",
+                                "training jax_unrolled steady")
+    # the same step with LoRA r=16 on all seven projections (adapters trained, base frozen), unrolled layers
     from flax import nnx
     from engage_jax.models import lora
-    lmodel = lora.apply_lora(models.from_pretrained(path, dtype=jnp.float32), lora.LoraConfig(rank=16, alpha=32),
-                             rngs=nnx.Rngs(0))
-    sft_train.train_sft(lmodel, exs * 2, TrainConfig.from_any(dict(cfg, steps=1)), os.path.join(tmp, "lwarm"))
-    t0 = time.perf_counter()
-    sft_train.train_sft(lmodel, exs * (steps + 1), TrainConfig.from_any(dict(cfg, steps=steps)),
-                        os.path.join(tmp, "ltimed"))
-    lora_train_s = (time.perf_counter() - t0) / steps
+    lmodel = lora.apply_lora(models.from_pretrained(path, dtype=jnp.float32, scan_layers=False),
+                             lora.LoraConfig(rank=16, alpha=32), rngs=nnx.Rngs(0))
+    lora_train_s = steady_s(lmodel, "ltimed", "training lora steady")
   hf_train_s = timed(torch_call, "training torch steady") / steps
   call = {k: statistics.median(v) for k, v in calls.items()}
   res = {
@@ -158,16 +169,20 @@ def main(argv=None) -> dict:
       "sampling": sampling_res,
       "sampling_speedup": sampling_res["hf"]["seconds_median"] / sampling_res["jax"]["seconds_median"],
       "greedy_identical_rows": f"{same}/4",
-      "training": {"engage_jax_s_per_step": jax_train_s, "transformers_s_per_step": hf_train_s,
+      "training": {"engage_jax_s_per_step": jax_train_s, "engage_jax_unrolled_s_per_step": unrolled_train_s,
+                   "transformers_s_per_step": hf_train_s,
                    "engage_jax_tokens_per_s": tb * tt / jax_train_s, "transformers_tokens_per_s": tb * tt / hf_train_s},
       "training_calls_s": {k: {"median": call[k], "all": v} for k, v in calls.items()},
       "training_speedup": call["hf"] / call["jax"],
+      "training_speedup_unrolled": call["hf"] / call["jax_unrolled"],
       "training_steady_speedup": hf_train_s / jax_train_s,
+      "training_steady_speedup_unrolled": hf_train_s / unrolled_train_s,
       "compile_s": {"sampling": first["jax"] - sampling_res["jax"]["seconds_median"],
-                    "sft_step": call["jax"] - steps * jax_train_s},
+                    "sft_step": call["jax"] - steps * jax_train_s,
+                    "sft_step_unrolled": call["jax_unrolled"] - steps * unrolled_train_s},
       "loadavg": loads,
       "training_lora_r16": {"engage_jax_s_per_step": lora_train_s, "engage_jax_tokens_per_s": tb * tt / lora_train_s,
-                            "speedup_vs_full": jax_train_s / lora_train_s},
+                            "speedup_vs_full_unrolled": unrolled_train_s / lora_train_s},
       "machine": _results.machine(),
   }
   return _results.write(res, args.out)

@@ -193,12 +193,15 @@ def make_train_step(loss_fn: LossFn, tx: optax.GradientTransformation, schedule:
     ws = ws / jnp.maximum(jnp.sum(ws), 1e-30)
     loss = jnp.sum(ws * losses)
     gnorm = optax.tree.norm(grads)
-    updates, new_opt = tx.update(grads, opt_state, params)
-    new_params = optax.apply_updates(params, updates)
     finite = jnp.isfinite(loss) & jnp.isfinite(gnorm)
-    keep = lambda new, old: jnp.where(finite, new, old)
-    new_params = jax.tree.map(keep, new_params, params)
-    new_opt = jax.tree.map(keep, new_opt, opt_state)
+
+    def update(p, o):
+      updates, o = tx.update(grads, o, p)
+      return optax.apply_updates(p, updates), o
+
+    # a non-finite step leaves params and optimizer state as they were; a cond rather than a
+    # select over every array, which cost as much again as the AdamW update itself on CPU
+    new_params, new_opt = jax.lax.cond(finite, update, lambda p, o: (p, o), params, opt_state)
     counts = optax.tree_utils.tree_get_all_with_path(opt_state, "count")
     count = counts[0][1] if counts else None
     metrics = {k: (jnp.sum(v) if k == "tokens" else jnp.sum(ws * v)) for k, v in aux.items()}

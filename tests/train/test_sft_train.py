@@ -1,11 +1,13 @@
 """SFT on sandbox dialogues lowers held-out loss; NaN stops the run naming the step."""
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
 
+from engage_jax import sharding as shd
 from engage_jax.checkpoint import CheckpointManager
 from engage_jax.train import loop
 from engage_jax.train.sft import train_sft
@@ -73,3 +75,29 @@ def test_nan_stops_with_step_and_keeps_last_good_checkpoint(tmp_path):
   assert mgr.all_steps() == [2, 4]
   restored = mgr.restore(nnx.state(H.tiny_model(64, d=32, layers=1), nnx.Param))
   assert all(np.isfinite(np.asarray(v[...])).all() for _, v in nnx.to_flat_state(restored.params))
+
+
+def test_a_non_finite_step_changes_nothing():
+  """The train step on a batch whose loss is NaN returns the parameters and optimizer state it was
+  given, bit for bit, and says finite = 0; a finite batch moves the parameters."""
+  model = H.tiny_model(64, d=32, layers=1)
+  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+  base = loop.lm_loss_fn(graphdef, rest)
+
+  def loss_fn(p, batch):
+    loss, m = base(p, batch)
+    return jnp.where(batch["poison"][0] > 0, jnp.nan, loss), m
+
+  cfg = loop.TrainConfig(steps=2, batch_size=4, learning_rate=1e-2, warmup_steps=0)
+  tx, schedule = loop.make_optimizer(cfg, 2)
+  mesh = shd.make_mesh(data=1, devices=jax.devices()[:1])
+  params, opt, p_sh, o_sh = loop.init_sharded(tx, params, mesh)
+  ids = np.random.default_rng(0).integers(1, 64, (1, 4, 16)).astype(np.int32)
+  batch = {"input_ids": ids, "loss_mask": np.ones_like(ids), "attention_mask": np.ones_like(ids)}
+  step = loop.make_train_step(loss_fn, tx, schedule, mesh, p_sh, o_sh, dict(batch, poison=ids[:, :, 0]), donate=False)
+  for poison, moved in ((1, False), (0, True)):
+    new_p, new_o, m = step(params, opt, dict(batch, poison=np.full((1, 4), poison, np.int32)))
+    assert float(m["finite"]) == float(not poison)
+    same = [np.array_equal(np.asarray(a), np.asarray(b)) for a, b in
+            zip(jax.tree.leaves((new_p, new_o)), jax.tree.leaves((params, opt)))]
+    assert (not any(same[:len(jax.tree.leaves(new_p))])) if moved else all(same), same
