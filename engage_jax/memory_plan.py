@@ -177,13 +177,13 @@ def train_program(cfg, mc, mesh, *, which: str = "agent", train_batch: int, seq_
   optimizer, loss and step; batch_size = train_batch per micro-batch, the config's grad_accum,
   the batch keys and dtypes of `data.sft.BatchIterator`,
   the schedule over max(1, sft.agent_steps) updates), on abstract inputs."""
-  from engage_jax import pipeline
+  from engage_jax import build
   from engage_jax.models import lora
   from engage_jax.train import loop
 
   model = abstract_model(mc, dtype, param_dtype, remat=remat, lcfg=lora_config(cfg, which))
   graphdef, params, frozen, rest = lora.split_trainable(model)
-  tcfg = pipeline.train_config(cfg, cfg.sft, steps=max(1, int(cfg.sft.agent_steps)), max_len=seq_len,
+  tcfg = build.train_config(cfg, cfg.sft, steps=max(1, int(cfg.sft.agent_steps)), max_len=seq_len,
                                batch_size=train_batch)
   tx, schedule = loop.make_optimizer(tcfg, tcfg.steps)
   p_sh = shd.state_sharding(mesh, params)

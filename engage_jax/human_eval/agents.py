@@ -4,7 +4,7 @@
     text, ms = agents.reply("dpo", turns, seed)    # turns: [Turn]; one sampling.generate call
 
 Sampling settings are the evaluation's (`config.eval.agent_sampling` and max_prompt_len, through
-`pipeline.speaker`), so people meet the agents the simulator met. Generation is serialised by a lock
+`build.speaker`), so people meet the agents the simulator met. Generation is serialised by a lock
 (one request at a time; the models are shared between the server's threads).
 """
 from __future__ import annotations
@@ -32,7 +32,7 @@ class Agents:
 
   @classmethod
   def from_workdir(cls, cfg, workdir: str | Path) -> Agents:
-    from engage_jax import pipeline
+    from engage_jax import build, pipeline
     from engage_jax.tokenizer import ChatTokenizer
     from engage_jax.workdir import Workdir
     wd = Path(workdir)
@@ -45,8 +45,8 @@ class Agents:
     for name, d in dirs.items():
       if not (d / "config.json").is_file():
         raise InputError(f"no {name.upper()} agent (HF export) there; run the pipeline first", str(d))
-      model = pipeline.load_model(cfg, d)  # the config's dtype, param_dtype and remat
-      sp = pipeline.speaker(cfg, cfg.eval, model, tok, "agent")
+      model = build.load_model(cfg, d)  # the config's dtype, param_dtype and remat
+      sp = build.speaker(cfg, cfg.eval, model, tok, "agent")
       speakers[name] = lambda msgs, seed, sp=sp: sp.generate([msgs], seed)[0]
     return cls(cfg.task, speakers)
 

@@ -14,11 +14,11 @@ INSTRUCTIONS = {
 
 def pool(cfg, n: int | None = None) -> list[dict]:
   """[{"id", "condition"}] of the first `n` held-out conditions (default config.eval.n_conditions),
-  from `pipeline.roots(cfg, corpus, "eval", n)`."""
-  from engage_jax import pipeline
+  from `build.roots(cfg, corpus, "eval", n)`."""
+  from engage_jax import build
   n = int(n or cfg.eval.n_conditions)
-  corpus = pipeline.load_corpus(cfg) if cfg.data.source != "sandbox" else {}
-  return [{"id": d.id, "condition": dict(d.condition)} for d in pipeline.roots(cfg, corpus, "eval", n)]
+  corpus = build.load_corpus(cfg) if cfg.data.source != "sandbox" else {}
+  return [{"id": d.id, "condition": dict(d.condition)} for d in build.roots(cfg, corpus, "eval", n)]
 
 
 def display(condition: Mapping[str, str]) -> list[list[str]]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import sqlite3
 
-from engage_jax import models, pipeline
+from engage_jax import build, models
 from engage_jax.data import chat
 from engage_jax.data.dialogue import Turn
 from engage_jax.human_eval.agents import Agents
@@ -22,7 +22,7 @@ def test_agents_from_workdir_serve_each_arm_from_its_own_export(es_workdir):
   cfg = _config("sandbox_es", eval__max_prompt_len=96, eval__agent_sampling__max_new_tokens=6)
   agents = Agents.from_workdir(cfg, es_workdir)
   tok = ChatTokenizer.load(es_workdir / "tokenizer")
-  own = {name: pipeline.speaker(cfg, cfg.eval, models.from_pretrained(es_workdir / d / "hf"), tok, "agent")
+  own = {name: build.speaker(cfg, cfg.eval, models.from_pretrained(es_workdir / d / "hf"), tok, "agent")
          for name, d in (("sft", "sft_agent"), ("dpo", "dpo_agent"))}
   turns = [Turn("user", "hi . i feel sad because of my job .")]
   differ = 0
