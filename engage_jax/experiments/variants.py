@@ -26,7 +26,6 @@ VARIANTS = {
     "rft": "SFT on the future search's chosen turns (value >= rft_min_value)",
     "transfer": "DPO on the other task's future-search pairs (experiment.transfer_from)",
 }
-NEEDS_FUTURE_SEARCH = ("future", "corpus_mix", "rft")
 
 
 def parse_list(text, what: str) -> list[str]:

@@ -33,7 +33,6 @@ SUPPORTED_ARCHS = ("llama", "qwen2")
 # pre-tokenizer names (`tokenizer.ggml.pre`, llama.cpp's llama-vocab.cpp) → how to split text.
 # Each is (split regexes applied in order, isolated) before the byte-level mapping; `None`: the
 # GPT-2 regex of `ByteLevel(use_regex=True)`.
-_GPT2 = None
 _LLAMA3_REGEX = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
                  r"|\s*[\r\n]+|\s+(?!\S)|\s+")
 _QWEN2_REGEX = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"

@@ -35,7 +35,6 @@ import numpy as np
 
 from engage_jax import preemption
 from engage_jax.data.dialogue import Dialogue
-from engage_jax.seeding import sub_seed
 from engage_jax.search.base import Env
 from engage_jax.search.imcts import RoundInfo, SearchConfig, search, validate
 from engage_jax.search.pairs import atomic_write_text, extract_pairs, pair_key, read_jsonl, write_jsonl
@@ -53,12 +52,6 @@ def config_from_section(section: Mapping, **overrides) -> SearchConfig:
   is a SearchConfig field (unknown ones are a ValueError)."""
   d = dict(section.to_dict() if hasattr(section, "to_dict") else section)
   return SearchConfig.from_dict({k: v for k, v in d.items() if k not in RUNNER_KEYS}, **overrides)
-
-
-def shard_seed(seed: int, shard: int) -> int:
-  """The search seed of shard `shard` in runs before the per-tree RNG (`RNG_SCHEME`); kept for
-  reading old shard files (their "seed")."""
-  return sub_seed(seed, 7919, shard)
 
 
 def shard_paths(out_dir: str, shard: int, pairs_dir: str | None = None) -> tuple[str, str]:
