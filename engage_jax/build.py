@@ -18,9 +18,16 @@ from pathlib import Path
 
 from flax import nnx
 
-from engage_jax import models
-from engage_jax.models.config import jax_dtype
+from engage_jax import models, readout, rewards, rollout, sharding
+from engage_jax.data import esconv, p4g, sandbox, sft as sft_data
 from engage_jax.data.dialogue import USER, Dialogue
+from engage_jax.models import lora
+from engage_jax.models.config import jax_dtype
+from engage_jax.sampling import SamplingParams
+from engage_jax.search.run import config_from_section
+from engage_jax.seeding import sub_seed
+from engage_jax.tokenizer import ChatTokenizer, train_bpe
+from engage_jax.train.config import DPOConfig, TrainConfig
 from engage_jax.workdir import Workdir
 
 log = logging.getLogger("engage_jax")
@@ -31,15 +38,11 @@ def load_corpus(cfg) -> dict[str, list[Dialogue]]:
   """{"train", "valid", "test"} dialogues of the configured source."""
   src, task, seed = cfg.data.source, cfg.task, cfg.seed
   if src == "sandbox":
-    from engage_jax.data import sandbox
     world = cfg.data.get("sandbox_world", "default")
     return {"train": sandbox.generate(task, cfg.data.sandbox_train, seed, world=world),
             "valid": sandbox.generate(task, cfg.data.sandbox_valid, seed + 1, world=world),
             "test": []}
-  if src == "esconv":
-    from engage_jax.data import esconv as loader
-  else:
-    from engage_jax.data import p4g as loader
+  loader = esconv if src == "esconv" else p4g
   out = {}
   for split in ("train", "valid", "test"):
     loaded = loader.load_split(cfg.data.path, split, skip_bad=cfg.data.skip_bad)
@@ -83,7 +86,6 @@ def roots(cfg, corpus: dict[str, list[Dialogue]], purpose: str, n: int) -> list[
   """Conversation starts (condition + opening turns): `purpose` "search" (training conditions)
   or "eval" (held-out conditions)."""
   if cfg.data.source == "sandbox":
-    from engage_jax.data import sandbox
     offset = {"search": 1000, "eval": 2000}[purpose]
     conds = sandbox.random_conditions(cfg.task, n, cfg.seed + offset)
     return [Dialogue(f"{purpose}-{i}", cfg.task, sandbox.opening_turns(cfg.task, c), c) for i, c in enumerate(conds)]
@@ -107,8 +109,6 @@ def eval_conditions(cfg) -> list[Dialogue]:
 
 # ===================================================================== tokenizer and models
 def make_tokenizer(cfg, wd: Workdir):
-  from engage_jax.data import sft as sft_data
-  from engage_jax.tokenizer import ChatTokenizer, train_bpe
   out = wd.path("tokenizer")
   if cfg.tokenizer.path:
     tok = ChatTokenizer.load(cfg.tokenizer.path)
@@ -117,13 +117,11 @@ def make_tokenizer(cfg, wd: Workdir):
   corpus = load_corpus(cfg)
   texts = list(sft_data.tokenizer_texts(corpus["train"]))
   if cfg.data.source == "sandbox":
-    from engage_jax.data import sandbox
     texts += sandbox.all_texts(cfg.task, cfg.data.get("sandbox_world", "default"))
   return train_bpe(texts, cfg.tokenizer.vocab_size, out)
 
 
 def load_tokenizer(wd: Workdir):
-  from engage_jax.tokenizer import ChatTokenizer
   return ChatTokenizer.load(wd.path("tokenizer"))
 
 
@@ -149,7 +147,6 @@ def new_model(cfg, role: str, tok, adapters: bool = True) -> models.CausalLM:
 def with_lora(cfg, role: str, model, fresh: bool = False, rank: int | None = None):
   """`model` with the LoRA adapters of `model.<role>.lora` (in place; rank 0: unchanged): loaded
   from `lora.path` (a PEFT dir) unless `fresh`, else newly initialised (seeded). rank: override."""
-  from engage_jax.models import lora
   node = cfg.model[role].get("lora")
   lcfg = lora.LoraConfig.from_any(node)
   if rank is not None:
@@ -170,22 +167,18 @@ def load_model(cfg, path) -> models.CausalLM:
 def save_trained(model, out: Path, base: str = "") -> None:
   """`out/hf`: the model (LoRA adapters merged into the weights) for the later stages and
   transformers; with adapters also `out/adapter`, the PEFT adapter dir (base: the base model's path)."""
-  from engage_jax.models import lora
   models.save_pretrained(lora.merge(model), out / "hf")
   if lora.has_lora(model):
     lora.save_peft(model, out / "adapter", base_model_name_or_path=str(base))
 
 
 def make_mesh(cfg):
-  from engage_jax import sharding
   return sharding.make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor)
 
 
 def speaker(cfg, section, model, tok, role: str):
   """The `rollout.Speaker` of `role` ("agent" | "simulator") with a config section's settings
   (`config.search` or `config.eval`): max_prompt_len and `<role>_sampling`; `config.rollout.kv_cache`."""
-  from engage_jax import rollout
-  from engage_jax.sampling import SamplingParams
   return rollout.Speaker(model, tok, section.max_prompt_len,
                          sampling=SamplingParams(**section[f"{role}_sampling"].to_dict()),
                          kv_cache=cfg.rollout.kv_cache)
@@ -197,7 +190,6 @@ def train_config(cfg, section, **overrides):
   or DPOConfig (dpo) whose fields are the section's keys (1:1; an unknown key is an error), less
   the pipeline's own `sft.agent_steps` / `sft.simulator_steps` (passed as `steps=`), plus the
   model's compute dtype and the seed."""
-  from engage_jax.train.config import DPOConfig, TrainConfig
   cls = DPOConfig if section is cfg.dpo else TrainConfig
   fields = {k: v for k, v in section.items() if k not in ("agent_steps", "simulator_steps")}
   return cls.from_any({**fields, "compute_dtype": cfg.model.dtype, "seed": cfg.seed, **overrides})
@@ -206,8 +198,6 @@ def train_config(cfg, section, **overrides):
 def search_config(cfg, round_: int = 1):
   """The SearchConfig of `config.search` (its RUNNER_KEYS, e.g. n_conditions, are the pipeline's);
   round r > 1 of config.search_dpo_rounds searches with its own seed."""
-  from engage_jax.search.run import config_from_section
-  from engage_jax.seeding import sub_seed
   return config_from_section(cfg.search, seed=cfg.seed if round_ == 1 else sub_seed(cfg.seed, 4243, round_))
 
 
@@ -215,11 +205,9 @@ def reward_cfg(cfg, evaluation: bool = False) -> dict:
   """The reward settings (`rewards.RewardSettings`) of `config.reward`. readout "expected" (P4G)
   adds the training corpus's amounts (`readout.outcome_amounts`); `evaluation` then reads out
   "both" (the sampled, parsed outcome recorded beside the expected one)."""
-  from engage_jax import rewards
   out = {"es_pattern": cfg.reward.es_pattern or rewards.DEFAULT_ES_PATTERN, "es_last_n": cfg.reward.es_last_n,
          "donation_cap": cfg.reward.donation_cap}
   if cfg.reward.get("readout", "sampled") == "expected" and cfg.task == "p4g":
-    from engage_jax import readout
     out.update(readout="both" if evaluation else "expected",
                outcome_amounts=readout.outcome_amounts(load_corpus(cfg)["train"], cfg.reward.donation_cap))
   return out

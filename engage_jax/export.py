@@ -15,8 +15,12 @@ import dataclasses
 import shutil
 from pathlib import Path
 
-from engage_jax import checkpoint
+from flax import nnx
+
+from engage_jax import checkpoint, build, models
 from engage_jax.errors import InputError
+from engage_jax.models import lora
+from engage_jax.workdir import Workdir
 
 OUT_DIRS = ("adapter", "base")
 
@@ -103,11 +107,7 @@ def export_run(cfg, workdir: str | Path, run: str, out: str | Path | None = None
 def export_lora(cfg, wd: Path, run: str, ckpt: Path, out: Path, meta: dict, step: int) -> dict:
   """Base model (as the pipeline built it) + the checkpoint's adapter → the merged HF dir `out`, the
   PEFT dir `out/adapter`, and `out/base` when the base is not an HF directory already."""
-  from flax import nnx
 
-  from engage_jax import build, models
-  from engage_jax.models import lora
-  from engage_jax.workdir import Workdir
   role = "simulator" if run == "sft_simulator" else "agent"
   if run == "dpo_agent":
     base_path = str(wd / "sft_agent" / "hf")

@@ -14,10 +14,17 @@ import time
 from pathlib import Path
 from collections.abc import Callable
 
-from engage_jax import build, models
+from engage_jax import build, config_check, evaluate, models, oracle, preflight, progress, report
+from engage_jax.data import sandbox, sft as sft_data
+from engage_jax.errors import InputError, InputErrors
+from engage_jax.fileio import atomic_write_json, atomic_write_jsonl
+from engage_jax.models import lora
 from engage_jax.models.config import DTYPE_NAMES
-from engage_jax.fileio import atomic_write_json
-from engage_jax.workdir import Workdir
+from engage_jax.search.env import ModelEnv
+from engage_jax.search.run import run_search
+from engage_jax.train import dpo as dpo_train, sft as sft_train
+from engage_jax.train.pair_data import read_pair_files
+from engage_jax.workdir import Workdir, flatten, select
 
 log = logging.getLogger("engage_jax")
 
@@ -37,7 +44,6 @@ def config_to_json(cfg) -> dict:
 def check_config(cfg) -> None:
   """Validates what can be checked before any work starts (clear errors, nothing written):
   `config_check.check` reports every problem at once, naming keys and values."""
-  from engage_jax import config_check
   config_check.check(cfg)
   if cfg.task not in ("es", "p4g"):
     raise ValueError(f"config.task must be 'es' or 'p4g'; got {cfg.task!r}")
@@ -85,8 +91,6 @@ def stage_tokenizer(cfg, wd: Workdir) -> dict:
 def stage_sft(cfg, wd: Workdir, role: str) -> dict:
   """SFT of `role` (SFT_ROLES) into `DIR/sft_<role>`; the held-out simulator only with
   config.eval.heldout_simulator (otherwise the stage records that it was not asked for)."""
-  from engage_jax.data import sft as sft_data
-  from engage_jax.train import sft as sft_train
   if role == "heldout_simulator" and not cfg.eval.heldout_simulator:
     return {"skipped": "config.eval.heldout_simulator is off"}
   model_role, seed_offset = SFT_ROLES[role]
@@ -113,7 +117,6 @@ def stage_sft(cfg, wd: Workdir, role: str) -> dict:
 
 
 def stage_evaluate(cfg, wd: Workdir, which: str) -> dict:
-  from engage_jax import preflight
   tok = build.load_tokenizer(wd)
   conds = build.roots(cfg, build.load_corpus(cfg) if cfg.data.source != "sandbox" else {}, "eval", cfg.eval.n_conditions)
   _warn(preflight.check_prompt_room(tok, cfg.task, conds, cfg.eval.max_prompt_len, "config.eval.max_prompt_len"))
@@ -130,7 +133,6 @@ def evaluate_agent(cfg, wd: Workdir, tok, conds, agent_dir: Path, out: Path, pre
   """Chats of the agent in `agent_dir` with the search's simulator (`out`/dialogues.jsonl,
   summary.json) and, with `heldout`, the held-out simulator (`out`/heldout/); returns the summary
   (with "heldout_simulator")."""
-  from engage_jax import evaluate
   agent = build.speaker(cfg, cfg.eval, build.load_model(cfg, agent_dir), tok, "agent")
   settings = {"task": cfg.task, "max_agent_turns": cfg.eval.max_agent_turns,
               "samples_per_condition": cfg.eval.samples_per_condition, "batch_size": cfg.eval.batch_size,
@@ -140,7 +142,6 @@ def evaluate_agent(cfg, wd: Workdir, tok, conds, agent_dir: Path, out: Path, pre
   sims = [("sft_simulator", out, prefix)]
   if heldout:
     sims.append(("sft_heldout_simulator", out / "heldout", f"{prefix}heldout/"))
-  from engage_jax.progress import Scalars
   result = {}
   for sim_stage, sim_out, prefix in sims:
     sim = build.speaker(cfg, cfg.eval, build.load_model(cfg, wd.path(sim_stage, "hf")), tok, "simulator")
@@ -148,7 +149,7 @@ def evaluate_agent(cfg, wd: Workdir, tok, conds, agent_dir: Path, out: Path, pre
                                    out_path=str(sim_out / "dialogues.jsonl"))
     del sim
     atomic_write_json(sim_out / "summary.json", summary)
-    tb = Scalars(sim_out, prefix=prefix)
+    tb = progress.Scalars(sim_out, prefix=prefix)
     tb.write(0, {k: v for k, v in summary.items() if k != "ci95"})
     tb.close()
     if not result:
@@ -181,9 +182,6 @@ def final_agent_dir(cfg, wd: Workdir) -> Path:
 
 def run_search_round(cfg, wd: Workdir, round_: int) -> dict:
   """i×MCTS of round `round_` (`round_paths`) with the search's simulator; summary.json in its dir."""
-  from engage_jax.search.env import ModelEnv
-  from engage_jax.search.run import run_search
-  from engage_jax import preflight
   paths = round_paths(wd, round_)
   tok = build.load_tokenizer(wd)
   scfg = build.search_config(cfg, round_)
@@ -194,7 +192,6 @@ def run_search_round(cfg, wd: Workdir, round_: int) -> dict:
   sim = build.load_model(cfg, wd.path("sft_simulator", "hf"))
   strategy_fn = None
   if cfg.data.source == "sandbox":
-    from engage_jax.data import sandbox
     strategy_fn = lambda text: sandbox.strategy_of(text, cfg.task)
   env = ModelEnv.from_config(agent, sim, tok, scfg, task=cfg.task, reward_cfg=build.reward_cfg(cfg),
                              max_prompt_len=cfg.search.max_prompt_len, strategy_fn=strategy_fn,
@@ -213,7 +210,6 @@ def _warn(msg: str | None) -> None:
 
 def pair_files(wd: Workdir, round_: int = 1) -> list[Path]:
   """The search's shard files that hold pairs (a shard whose trees gave no value gaps is empty)."""
-  from engage_jax.errors import InputError
   pairs = round_paths(wd, round_)["pairs"]
   old = wd.path("search", "pairs")
   if round_ == 1 and old.is_dir() and not pairs.exists():  # the layout before pairs moved to DIR/pairs
@@ -229,7 +225,6 @@ def stage_dpo(cfg, wd: Workdir) -> dict:
 def run_dpo_round(cfg, wd: Workdir, round_: int) -> dict:
   """DPO of round `round_` on its own search's pairs; policy and reference start from the round's
   agent (round 1: the SFT agent; r > 1: round r - 1's DPO agent)."""
-  from engage_jax.train import dpo as dpo_train
   paths = round_paths(wd, round_)
   files = pair_files(wd, round_)
   n_pairs = len(dpo_train.read_pair_files([str(f) for f in files])) if files else 0  # checked before any work
@@ -250,11 +245,9 @@ def train_dpo_agent(cfg, wd: Workdir, pairs: list[str], out: Path, agent_dir: Pa
   """DPO of the agent in `agent_dir` (default the workdir's SFT agent) on `pairs` (JSON-lines files
   or saved datasets, read by train.pair_data) into `out` (checkpoints, hf/); the stage's, the
   rounds' and launch/dpo.py --pairs' one path."""
-  from engage_jax.train import dpo as dpo_train
   agent_dir = agent_dir or wd.path("sft_agent", "hf")
   # LoRA: a fresh adapter on the (merged) starting agent; the reference is that model, adapter off
   policy = build.with_lora(cfg, "agent", build.load_model(cfg, agent_dir), fresh=True)
-  from engage_jax.models import lora
   ref = None if lora.has_lora(policy) else build.load_model(cfg, agent_dir)
   tcfg = build.train_config(cfg, cfg.dpo)
   model, summary = dpo_train.train_dpo(policy, ref, pairs, build.load_tokenizer(wd), tcfg, str(out), mesh=build.make_mesh(cfg))
@@ -291,8 +284,6 @@ def oracle_report(cfg, wd: Workdir) -> dict:
   reward hacking figure). With config.search_dpo_rounds > 1 also "round-r" for the earlier rounds'
   DPO agents (their chats: eval_dpo/round-r). The world's chats of each agent: DIR/oracle/<name>.jsonl
   (outcome "expected": the exact expectation of the strategies played; paired by condition id)."""
-  from engage_jax.fileio import atomic_write_jsonl
-  from engage_jax import evaluate, oracle
   tok = build.load_tokenizer(wd)
   conds = build.eval_conditions(cfg)
   world = cfg.data.get("sandbox_world", "default")
@@ -314,8 +305,6 @@ def oracle_report(cfg, wd: Workdir) -> dict:
 
 
 def stage_report(cfg, wd: Workdir) -> dict:
-  from engage_jax import evaluate, report
-  from engage_jax.train.pair_data import read_pair_files
   files = pair_files(wd)
   pairs = read_pair_files([str(f) for f in files]) if files else []  # a repeated row: one line, not counted twice
   sft = evaluate.load_dialogues(str(wd.path("eval_sft", "dialogues.jsonl")))
@@ -411,7 +400,6 @@ def downstream(stages) -> tuple[str, ...]:
 
 def stage_values(flat: dict, stage: str) -> dict:
   """The config values (flattened keys) that `stage`'s outputs depend on, ancestors' included."""
-  from engage_jax.workdir import select
   out = {}
   for s in (*ancestors(stage), stage):
     out.update(select(flat, STAGE_KEYS[s], IGNORED + STAGE_EXCLUDE.get(s, ())))
@@ -419,7 +407,6 @@ def stage_values(flat: dict, stage: str) -> dict:
 
 
 def _check_names(names, what: str) -> None:
-  from engage_jax.errors import InputError
   bad = [s for s in names if s not in STAGE_FNS]
   if bad:
     raise InputError(f"unknown stage(s) {', '.join(bad)}; stages: {', '.join(STAGES)}", what)
@@ -429,7 +416,6 @@ def missing_dependencies(wd: Workdir, stages, redo, force: bool = False) -> list
   """InputErrors (--stages) for each stage to run whose direct dependencies are neither done (and
   kept) in `wd` nor among `stages` (`run` runs exactly `stages`; the stage launchers add what is
   needed with `with_dependencies`)."""
-  from engage_jax.errors import InputError
   out = []
   for s in stages:
     if wd.is_done(s) and s not in redo and not force:
@@ -445,7 +431,6 @@ def missing_dependencies(wd: Workdir, stages, redo, force: bool = False) -> list
 def plan_conflicts(wd: Workdir, values: dict, stages, redo) -> list:
   """InputErrors for the stages (of `stages` and what they need) whose recorded config values
   differ where they matter; a stage whose ancestor conflicts is not reported again."""
-  from engage_jax.errors import InputError
   bad, out = set(), []
   for s in with_dependencies(stages):
     if s in redo or any(a in bad for a in ancestors(s)):
@@ -472,21 +457,18 @@ def run(cfg, workdir: str, stages: tuple[str, ...] = STAGES, force: bool = False
 
   Everything that can be known up front is checked before anything is written: the config, the
   workdir, and each stage's recorded config values against the current ones (see STAGE_KEYS)."""
-  from engage_jax.errors import InputErrors
   _check_names(stages, "--stages")
   _check_names(redo, "--redo")
   check_config(cfg)
   wd = Workdir(workdir)
   wd.check_root()
   config_json = config_to_json(cfg)
-  from engage_jax.workdir import flatten
   flat = flatten(config_json)
   values = {s: stage_values(flat, s) for s in STAGES}
   redo_all = downstream(redo)
   problems = plan_conflicts(wd, values, stages, redo_all) + missing_dependencies(wd, stages, redo_all, force)
   if problems:
     raise InputErrors(problems)
-  from engage_jax import preflight
   problems = preflight.problems(cfg)  # opens the model / tokenizer files: before anything is written
   if problems:
     raise InputErrors(problems)
@@ -510,7 +492,6 @@ def run(cfg, workdir: str, stages: tuple[str, ...] = STAGES, force: bool = False
       print(f"[engage_jax] stage {stage}: running{note}", flush=True)
       t0 = time.perf_counter()
       try:
-        from engage_jax import progress
         with progress.heartbeat(stage, metrics=_stage_metrics(wd, stage)):
           info = STAGE_FNS[stage](cfg, wd) or {}
       except BaseException as e:

@@ -12,6 +12,9 @@ implicit margin per epoch; engage_jax/train/dpo_sweep.py) and prints the chosen 
 import _common
 from absl import flags
 
+from engage_jax import build, pipeline
+from engage_jax.train import dpo_sweep
+
 _LRS = flags.DEFINE_list("learning_rates", ["5e-4", "2e-3"], "Learning rates to try.")
 _BETAS = flags.DEFINE_list("betas", ["0.1"], "DPO betas to try.")
 _EPOCHS = flags.DEFINE_integer("num_epochs", 4, "Epochs of every run (the curve gives the best epoch).")
@@ -19,8 +22,6 @@ _HELDOUT = flags.DEFINE_float("heldout_fraction", 0.1, "Share of the search tree
 
 
 def main():
-  from engage_jax import build, pipeline
-  from engage_jax.train import dpo_sweep
   cfg, wd_dir = _common.config(), _common.workdir()
   wd = pipeline.run(cfg, wd_dir, pipeline.with_dependencies(("search",)))
   tok = build.load_tokenizer(wd)

@@ -18,6 +18,8 @@ from collections.abc import Callable, Mapping, Sequence
 from engage_jax.data import chat
 from engage_jax.data.dialogue import Turn
 from engage_jax.errors import InputError
+from engage_jax import build, pipeline
+from engage_jax.workdir import Workdir
 
 AGENT_DIRS = {"sft": ("sft_agent", "hf"), "dpo": ("dpo_agent", "hf")}  # dpo: the last round's (search_dpo_rounds)
 
@@ -33,8 +35,6 @@ class Agents:
 
   @classmethod
   def from_workdir(cls, cfg, workdir: str | Path) -> Agents:
-    from engage_jax import build, pipeline
-    from engage_jax.workdir import Workdir
     wd = Workdir(str(workdir))
     tok_dir = wd.path("tokenizer")
     if not (tok_dir / "tokenizer.json").is_file():
