@@ -19,7 +19,6 @@ from engage_jax.data import sandbox, sft as sft_data
 from engage_jax.errors import InputError, InputErrors
 from engage_jax.fileio import atomic_write_json, atomic_write_jsonl
 from engage_jax.models import lora
-from engage_jax.models.config import DTYPE_NAMES
 from engage_jax.search.env import ModelEnv
 from engage_jax.search.run import run_search
 from engage_jax.train import dpo as dpo_train, sft as sft_train
@@ -39,47 +38,6 @@ SFT_ROLES = {"agent": ("agent", 0), "simulator": ("simulator", 0), "heldout_simu
 # ===================================================================== config checks
 def config_to_json(cfg) -> dict:
   return json.loads(cfg.to_json())
-
-
-def check_config(cfg) -> None:
-  """Validates what can be checked before any work starts (clear errors, nothing written):
-  `config_check.check` reports every problem at once, naming keys and values."""
-  config_check.check(cfg)
-  if cfg.task not in ("es", "p4g"):
-    raise ValueError(f"config.task must be 'es' or 'p4g'; got {cfg.task!r}")
-  src = cfg.data.source
-  if src not in ("sandbox", "esconv", "p4g"):
-    raise ValueError(f"config.data.source must be sandbox, esconv or p4g; got {src!r}")
-  if src != "sandbox":
-    expected_task = {"esconv": "es", "p4g": "p4g"}[src]
-    if cfg.task != expected_task:
-      raise ValueError(f"config.data.source={src!r} needs config.task={expected_task!r}; got {cfg.task!r}")
-    if not cfg.data.path:
-      raise ValueError(f"config.data.path is required for data.source={src!r} (e.g. ../shared/data/{src})")
-    path = Path(cfg.data.path)
-    needed = ["train.txt", "valid.txt", "test.txt"] if src == "esconv" else ["full_dialog.csv", "full_info.csv"]
-    missing = [n for n in needed if not (path / n).is_file()]
-    if missing:
-      raise FileNotFoundError(f"config.data.path={str(path)!r}: missing {', '.join(missing)}")
-  for role in ("agent", "simulator"):
-    p = cfg.model[role].path
-    if p and models.gguf.is_gguf(p):
-      if not Path(p).is_file():
-        raise FileNotFoundError(f"config.model.{role}.path={p!r}: no such GGUF file")
-    elif p and not (Path(p) / "config.json").is_file():
-      raise FileNotFoundError(f"config.model.{role}.path={p!r}: no config.json there")
-  tp = cfg.tokenizer.path
-  if tp and models.gguf.is_gguf(tp):
-    if not Path(tp).is_file():
-      raise FileNotFoundError(f"config.tokenizer.path={tp!r}: no such GGUF file")
-  elif tp and not (Path(tp) / "tokenizer.json").is_file():
-    raise FileNotFoundError(f"config.tokenizer.path={tp!r}: no tokenizer.json there")
-  if cfg.model.dtype not in DTYPE_NAMES or cfg.model.param_dtype not in DTYPE_NAMES:
-    raise ValueError(f"config.model.dtype/param_dtype must be one of {sorted(DTYPE_NAMES)}")
-  if cfg.search.k < 2:
-    raise ValueError(f"config.search.k must be >= 2 (pairs need siblings); got {cfg.search.k}")
-  if cfg.search.budget < 1 or cfg.search.n_conditions < 1:
-    raise ValueError("config.search.budget and config.search.n_conditions must be >= 1")
 
 
 # ===================================================================== stages
@@ -459,7 +417,7 @@ def run(cfg, workdir: str, stages: tuple[str, ...] = STAGES, force: bool = False
   workdir, and each stage's recorded config values against the current ones (see STAGE_KEYS)."""
   _check_names(stages, "--stages")
   _check_names(redo, "--redo")
-  check_config(cfg)
+  config_check.check(cfg)  # every problem of the config at once, before anything is written
   wd = Workdir(workdir)
   wd.check_root()
   config_json = config_to_json(cfg)
