@@ -147,7 +147,7 @@ def main(argv=None):
   args = ap.parse_args(argv)
 
   import jax
-  from engage_jax.pipeline import search_config
+  from engage_jax.build import search_config
   config = load_config(args)
   if args.trees is None:
     args.trees = int(config.search.trees_per_shard)

@@ -45,8 +45,11 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
+import jax.numpy as jnp
 
 from engage_jax.errors import InputError
+from engage_jax import errors, models, sharding, multihost
+from engage_jax.models import CausalLM, ModelConfig
 
 log = logging.getLogger(__name__)
 
@@ -76,10 +79,8 @@ def unflatten_params(template: nnx.State, flat: Mapping[str, Any]) -> nnx.State:
 
 def nonfinite_params(params: nnx.State) -> str | None:
   """The name of the first parameter holding NaN / inf, or None."""
-  import jax.numpy as jnp
   for p, v in nnx.to_flat_state(params):
     x = v[...]
-    from engage_jax import sharding
     if jnp.issubdtype(x.dtype, jnp.floating) and not bool(sharding.to_host(jnp.isfinite(x).all())):
       return param_path(p)
   return None
@@ -144,7 +145,6 @@ def _quiet():
   the asyncio logger muted; at the end the buffer is written to stderr if the yielded object's
   `replay` is True (set it False when a step failed: the output is its tracebacks), and dropped
   otherwise. ENGAGE_DEBUG=1: nothing is buffered."""
-  from engage_jax import errors
   state = types.SimpleNamespace(replay=True)
   if errors.debug():
     yield state
@@ -280,7 +280,6 @@ class CheckpointManager:
     def move():
       os.makedirs(dest_dir, exist_ok=True)
       os.replace(os.path.join(self.directory, str(step)), dest)
-    from engage_jax import multihost
     multihost.main_write(move, what=dest_dir)  # process 0 moves it; every process then reloads
     self._mgr.reload()
     return dest
@@ -324,8 +323,6 @@ def restore_model(model: nnx.Module, directory: str, step: int | None = None, va
 
 def model_from_checkpoint(directory: str, step: int | None = None, dtype=None):
   """A `CausalLM` built from the checkpoint's `model_config` meta, with its parameters."""
-  import jax.numpy as jnp
-  from engage_jax.models import CausalLM, ModelConfig
   mgr = CheckpointManager(directory, read_only=True)
   try:
     meta = None
@@ -353,7 +350,6 @@ def export_hf(checkpoint_dir: str, out_dir: str, step: int | None = None, model=
   """Writes the checkpoint as an HF model dir (config.json + safetensors) via
   `models.save_pretrained`. model: an instance of the right architecture (default: built from
   the checkpoint's model_config). Returns out_dir."""
-  from engage_jax import models
   if model is None:
     model = model_from_checkpoint(checkpoint_dir, step)
   else:

@@ -11,9 +11,13 @@ import re
 import sys
 import traceback
 from collections.abc import Callable, Sequence
+import os
+
+from absl import flags, app
 
 from engage_jax import errors, preemption
 from engage_jax.errors import InputError
+from engage_jax.config_check import renamed
 
 
 def _chain(exc: BaseException) -> list[BaseException]:
@@ -40,7 +44,6 @@ def _overrides(argv: Sequence[str]) -> list[str]:
 
 def _frame_in(exc: BaseException, path: str) -> str | None:
   """'file:line' of the innermost traceback frame of `exc` inside `path`, if any."""
-  import os
   want = os.path.abspath(path)
   where = None
   for fs in traceback.extract_tb(exc.__traceback__):
@@ -51,7 +54,6 @@ def _frame_in(exc: BaseException, path: str) -> str | None:
 
 def flag_error(exc: BaseException, argv: Sequence[str]) -> InputError:
   """The InputError of a failure while parsing the command line (config file included)."""
-  from absl import flags
   cfg_path = _config_path(argv) or "--config"
   chain = _chain(exc)
   for c in chain:
@@ -63,7 +65,6 @@ def flag_error(exc: BaseException, argv: Sequence[str]) -> InputError:
       key = name.split("'")[1] if "'" in name else name
       for o in _overrides(argv):
         if key in o.split("."):
-          from engage_jax.config_check import renamed
           if renamed(o):
             return InputError(f"config key {o!r} was renamed to {renamed(o)!r}", f"--config.{o}")
           hint = re.search(r"[Dd]id you mean[^?]*\?", name)
@@ -89,7 +90,6 @@ def flag_error(exc: BaseException, argv: Sequence[str]) -> InputError:
 
 def parse_flags(argv: Sequence[str]) -> list[str]:
   """absl flags_parser: FLAGS(argv), with any failure → one line and exit 2."""
-  from absl import flags
   try:
     return flags.FLAGS(list(argv))
   except Exception as e:
@@ -111,7 +111,6 @@ def stopped_line(e: preemption.Preempted) -> str:
 
 def run_app(main: Callable[[list[str]], None]) -> None:
   """app.run(main) with one-line errors (parsing, usage and main's own exceptions)."""
-  from absl import app
 
   def _main(argv):
     try:

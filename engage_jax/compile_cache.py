@@ -16,6 +16,8 @@ import os
 import warnings
 from pathlib import Path
 
+import jax
+
 ENV = "ENGAGE_JAX_COMPILATION_CACHE"
 MIN_COMPILE_SECONDS = 0.2  # cache executables that took at least this long to compile
 
@@ -33,7 +35,6 @@ def enable(path: str | os.PathLike | None = None,
   """Turns the persistent cache on at `path` (default `default_dir()`) for executables that took at
   least `min_compile_seconds` to compile; "" / "off" turn it off. Returns the directory used, or
   None when off. Call before the first compilation."""
-  import jax
   path = default_dir() if path is None else str(path)
   if path.strip().lower() in ("", "off", "none", "0"):
     jax.config.update("jax_compilation_cache_dir", None)

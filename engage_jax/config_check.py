@@ -20,11 +20,17 @@ from pathlib import Path
 from typing import Any
 from collections.abc import Callable
 
+import jax
+
 from engage_jax.data.dialogue import TASKS
 from engage_jax.errors import InputError, InputErrors
-from engage_jax.models.config import SUPPORTED_MODEL_TYPES as MODEL_TYPES
+from engage_jax.models.config import SUPPORTED_MODEL_TYPES as MODEL_TYPES, DTYPE_NAMES
 from engage_jax.rewards import CONFIG_READOUTS
 from engage_jax.train.config import LOSS_TYPES
+from engage_jax.search.selection import SELECTION_RULES
+from engage_jax.data import esconv, p4g
+from engage_jax.tokenizer import SPECIAL_TOKENS
+from engage_jax.search.run import config_from_section
 SOURCES = {"sandbox": None, "esconv": "es", "p4g": "p4g"}
 DATA_FILES = {"esconv": ("train.txt", "valid.txt", "test.txt"), "p4g": ("full_dialog.csv", "full_info.csv")}
 GGUF_MAGIC = b"GGUF"
@@ -179,7 +185,6 @@ def _search(c: _Checker) -> None:
   c.int_ge("search.budget", 1)
   c.int_ge("search.max_depth", 1)
   c.int_ge("search.max_turns", 1)
-  from engage_jax.search.selection import SELECTION_RULES
   c.one_of("search.selection", tuple(SELECTION_RULES))
   c.num("search.c", 0.0)
   c.num("search.margin", 0.0)
@@ -189,7 +194,6 @@ def _search(c: _Checker) -> None:
   c.int_ge("search.max_live", 0, " (0: no cap)")
   if len(c.problems) == before:
     try:
-      from engage_jax.search.run import config_from_section
       config_from_section(c.cfg.search, seed=c.cfg.seed)
     except (ValueError, TypeError) as e:
       c.add("search", str(e))
@@ -306,7 +310,6 @@ def _lora(c: _Checker, k: str) -> None:
 
 
 def _model(c: _Checker) -> None:
-  from engage_jax.models.config import DTYPE_NAMES
   c.one_of("model.dtype", DTYPE_NAMES)
   c.one_of("model.param_dtype", DTYPE_NAMES)
   c.boolean("model.remat")
@@ -367,7 +370,6 @@ def _tokenizer(c: _Checker) -> None:
           if bad:
             c.add("tokenizer.path", bad)
   else:
-    from engage_jax.tokenizer import SPECIAL_TOKENS
     c.int_ge("tokenizer.vocab_size", 257 + len(SPECIAL_TOKENS), " (bytes + special tokens + merges)")
 
 
@@ -380,7 +382,6 @@ def _mesh(c: _Checker, devices: int | None) -> None:
     c.add("mesh", f"at most one axis may be -1; got {sizes}")
     return
   if devices is None:
-    import jax
     devices = jax.device_count()
   known = math.prod(v for v in sizes.values() if v != -1)
   if -1 in sizes.values():
@@ -423,7 +424,6 @@ def _data(c: _Checker, load: bool) -> None:
   path = c.need("data.path", lambda v: isinstance(v, str) and v, f"is required for data.source={src!r}")
   if not path:
     return
-  from engage_jax.data import esconv, p4g
   d = esconv.esconv_dir(path) if src == "esconv" else p4g.p4g_dir(path)
   missing = [n for n in DATA_FILES[src] if not (d / n).is_file()]
   if missing:
@@ -440,7 +440,6 @@ def _data(c: _Checker, load: bool) -> None:
 
 def _load_splits(c: _Checker, src: str, path: str) -> None:
   """Parses every split (as the pipeline will); a parse error or an empty split is a problem."""
-  from engage_jax.data import esconv, p4g
   loader = esconv if src == "esconv" else p4g
   skip_bad = bool(c.cfg.data.skip_bad)
   for split in ("train", "valid", "test"):

@@ -11,11 +11,11 @@ import numpy as np
 
 from engage_jax.data import chat, sandbox
 from engage_jax.data.dialogue import AGENT, Turn
+from engage_jax.sampling import sequence_logprobs
 
 
 def es_simulator_table(sim_model, tok) -> dict[tuple[str, str], float]:
   """{(emotion, strategy): P(engaged reply | opening, one agent turn)} under the simulator."""
-  from engage_jax.sampling import sequence_logprobs
   rows, prompts, completions = [], [], []
   for emo in sandbox.EMOTIONS:
     cond = {"emotion_type": emo, "problem_type": sandbox.PROBLEMS[0],

@@ -28,6 +28,7 @@ import json
 import math
 from typing import Any
 from collections.abc import Callable, Mapping, Sequence
+import inspect
 
 import numpy as np
 
@@ -327,7 +328,7 @@ def chat_seed(seed: int, sample: int, index: int) -> int:
 
 
 def _default_simulate() -> Callable:
-  from engage_jax import rollout  # imported lazily: evaluate's statistics need no model code
+  from engage_jax import rollout  # noqa: PLC0415 (lazy: evaluate's statistics need no model code)
   return rollout.simulate
 
 
@@ -361,7 +362,6 @@ def evaluate(agent_speaker, simulator_speaker, conditions: Sequence[Dialogue], c
     if c.task != st.task:
       raise ValueError(f"evaluate: condition {c.id!r} has task {c.task!r}, config task is {st.task!r}")
   simulate = simulate_fn if simulate_fn is not None else _default_simulate()
-  import inspect
   params = inspect.signature(simulate).parameters
   extra = {"progress": True} if "progress" in params else {}
   bs = st.batch_size or len(conditions)

@@ -15,8 +15,12 @@ import dataclasses
 import shutil
 from pathlib import Path
 
-from engage_jax import checkpoint
+from flax import nnx
+
+from engage_jax import checkpoint, build, models
 from engage_jax.errors import InputError
+from engage_jax.models import lora
+from engage_jax.workdir import Workdir
 
 OUT_DIRS = ("adapter", "base")
 
@@ -103,17 +107,14 @@ def export_run(cfg, workdir: str | Path, run: str, out: str | Path | None = None
 def export_lora(cfg, wd: Path, run: str, ckpt: Path, out: Path, meta: dict, step: int) -> dict:
   """Base model (as the pipeline built it) + the checkpoint's adapter → the merged HF dir `out`, the
   PEFT dir `out/adapter`, and `out/base` when the base is not an HF directory already."""
-  from flax import nnx
 
-  from engage_jax import models, pipeline
-  from engage_jax.models import lora
   role = "simulator" if run == "sft_simulator" else "agent"
   if run == "dpo_agent":
     base_path = str(wd / "sft_agent" / "hf")
-    model = pipeline.load_model(cfg, base_path)
+    model = build.load_model(cfg, base_path)
   else:
     base_path = cfg.model[role].path
-    model = pipeline.new_model(cfg, role, pipeline.load_tokenizer(pipeline.Workdir(str(wd))), adapters=False)
+    model = build.new_model(cfg, role, build.load_tokenizer(Workdir(str(wd))), adapters=False)
   out = {"hf": out}
   if not (Path(base_path) / "config.json").is_file():  # seed-initialised or GGUF: PEFT needs an HF base
     out["base"] = models.save_pretrained(model, out["hf"] / "base")

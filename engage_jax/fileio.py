@@ -10,6 +10,8 @@ import tempfile
 from typing import Any
 from collections.abc import Iterable
 
+from engage_jax import multihost, paths
+
 
 _UMASK: list[int] = []
 
@@ -29,12 +31,10 @@ def umask_mode(path: str | os.PathLike) -> None:
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-  from engage_jax import multihost
   multihost.main_write(_atomic_write_text, path, text, what=os.fspath(path))
 
 
 def _atomic_write_text(path: str | os.PathLike, text: str) -> None:
-  from engage_jax import paths
   if paths.is_remote(path):
     return paths.write_text(path, text)
   path = os.fspath(path)

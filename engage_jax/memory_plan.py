@@ -5,15 +5,15 @@ abstract inputs (no weights), and their per-device bytes against the device HBM.
     print(format_plan(plan)); json.dump(plan.to_json(), f)
 
 The train step is the trainer's own: `train.loop.make_optimizer` of the config's `sft` section
-(`pipeline.train_config`), `train.loop.lm_loss_fn`, `train.loop.make_train_step` with the loop's
-parameter / optimizer-state shardings, on the model as `pipeline.new_model` builds it (dtypes,
+(`build.train_config`), `train.loop.lm_loss_fn`, `train.loop.make_train_step` with the loop's
+parameter / optimizer-state shardings, on the model as `build.new_model` builds it (dtypes,
 `model.remat`, LoRA adapters; abstract, `nnx.eval_shape`) and a batch `[grad_accum, B, T]` of
 `jax.ShapeDtypeStruct`s. It is lowered with remat off ("train") and on ("train_remat"), or, with
 LoRA, as configured ("train_lora"). Sampling: the sampler's own jitted cores, as the search's
 speakers run them (`sampling_programs`): "generate" (`sampling.core_program`: prefill + the
 while-loop decode of `sampling.generate`, the KV cache allocated inside) and, with
 `rollout.kv_cache`, "generate_chat_cache" (`chat_cache.core_program`: a turn that continues kept
-prefixes), on the model as `pipeline.load_model` builds it (params in `param_dtype`, `remat`) and
+prefixes), on the model as `build.load_model` builds it (params in `param_dtype`, `remat`) and
 unsharded, as the speakers hold it. The sampling figures are those of the program (of the two)
 that needs the most: the KV caches it holds at once (`KVCache` keys [L, B, KV, hd, S], values
 [L, B, KV, S, hd], S = the bucketed kept + prompt + new slots) and its prefill transient.
@@ -137,7 +137,7 @@ def lora_config(cfg, which: str):
 
 def abstract_model(mc, dtype, param_dtype, *, remat: bool = False, lcfg=None) -> nnx.Module:
   """CausalLM(mc) of ShapeDtypeStructs (nnx.eval_shape: no memory), with `remat` and, when
-  `lcfg` is enabled, freshly initialised LoRA adapters (as pipeline.new_model builds it)."""
+  `lcfg` is enabled, freshly initialised LoRA adapters (as build.new_model builds it)."""
   from engage_jax.models import CausalLM, lora
 
   def build():
@@ -185,13 +185,13 @@ def train_program(cfg, mc, mesh, *, which: str = "agent", train_batch: int, seq_
   optimizer, loss and step; batch_size = train_batch per micro-batch, the config's grad_accum,
   the batch keys and dtypes of `data.sft.BatchIterator`,
   the schedule over max(1, sft.agent_steps) updates), on abstract inputs."""
-  from engage_jax import pipeline
+  from engage_jax import build
   from engage_jax.models import lora
   from engage_jax.train import loop
 
   model = abstract_model(mc, dtype, param_dtype, remat=remat, lcfg=lora_config(cfg, which))
   graphdef, params, frozen, rest = lora.split_trainable(model)
-  tcfg = pipeline.train_config(cfg, cfg.sft, steps=max(1, int(cfg.sft.agent_steps)), max_len=seq_len,
+  tcfg = build.train_config(cfg, cfg.sft, steps=max(1, int(cfg.sft.agent_steps)), max_len=seq_len,
                                batch_size=train_batch)
   tx, schedule = loop.make_optimizer(tcfg, tcfg.steps)
   p_sh = shd.state_sharding(mesh, params)
@@ -209,7 +209,7 @@ def train_program(cfg, mc, mesh, *, which: str = "agent", train_batch: int, seq_
 
 
 def sampler_state(mc, dtype, param_dtype, remat: bool = False):
-  """(graphdef, abstract state) of the model as the search's speakers hold it: `pipeline.load_model`
+  """(graphdef, abstract state) of the model as the search's speakers hold it: `build.load_model`
   (params in `param_dtype`, computing in `dtype`, `remat`), unsharded (the speakers' models are not
   placed on the mesh, and `rollout.Speaker` places no batch)."""
   return nnx.split(abstract_model(mc, dtype, param_dtype, remat=remat))
@@ -536,7 +536,7 @@ def format_plan(plan: Plan) -> str:
   log(f"  {'prefill transient (analytic)':<40s}{g(plan.prefill_transient)}")
   log(f"  {'TOTAL':<40s}{g(plan.sampling_total)}  -> {'fits' if plan.sampling_fits else 'does NOT fit'}")
   if not plan.sampling_fits and n_dev > 1:
-    log("  (the search's speakers hold their models on one device: pipeline.load_model does not shard them)")
+    log("  (the search's speakers hold their models on one device: build.load_model does not shard them)")
   if d["compiled"]:
     log("\ncompiled on the CPU backend (memory_analysis per device; CPU keeps all gathered weights alive, "
         "so temp is an upper bound, for information):")

@@ -23,6 +23,12 @@ import threading
 from typing import Any
 from collections.abc import Callable
 
+import jax
+import numpy as np
+from jax.experimental import multihost_utils
+
+from engage_jax.errors import InputError
+
 _LOCAL = threading.local()
 
 
@@ -30,14 +36,12 @@ def active() -> bool:
   """True in a multi-process JAX program (jax.distributed initialised with > 1 process)."""
   if "jax" not in sys.modules:
     return False
-  import jax
   return bool(jax.distributed.is_initialized()) and jax.process_count() > 1
 
 
 def process_index() -> int:
   if not active():
     return 0
-  import jax
   return jax.process_index()
 
 
@@ -48,14 +52,11 @@ def is_main() -> bool:
 def barrier(name: str) -> None:
   """All processes wait here (multihost_utils.sync_global_devices); no-op with one process."""
   if active():
-    from jax.experimental import multihost_utils
     multihost_utils.sync_global_devices(name)
 
 
 def _broadcast_ok(ok: bool) -> bool:
   """Process 0's `ok`, on every process (a collective: also the closing barrier)."""
-  import numpy as np
-  from jax.experimental import multihost_utils
   return bool(multihost_utils.broadcast_one_to_all(np.int32(1 if ok else 0)))
 
 
@@ -104,9 +105,6 @@ def check_shared_dir(root: str | os.PathLike) -> None:
   compares with process 0's token: a workdir that some processes cannot see is an error there."""
   if not active():
     return
-  import numpy as np
-  from jax.experimental import multihost_utils
-  from engage_jax.errors import InputError
   path = os.path.join(os.fspath(root), ".process0-marker")
   token = np.frombuffer(os.urandom(8), np.int32) if is_main() else np.zeros(2, np.int32)
 

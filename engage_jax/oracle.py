@@ -31,6 +31,7 @@ import numpy as np
 
 from engage_jax.data import chat, sandbox
 from engage_jax.data.dialogue import AGENT, USER, Dialogue, Turn
+from engage_jax.evaluate import bootstrap_ci
 
 UNMATCHED = "<unmatched>"
 
@@ -176,7 +177,6 @@ def _simulate_delayed(agent, starts: Sequence[Dialogue], task: str, seed: int) -
 
 def summarize(dialogues: Sequence[Dialogue], seed: int = 0) -> dict:
   """Oracle block of a set of `simulate_world` chats (see module doc)."""
-  from engage_jax.evaluate import bootstrap_ci
   if not dialogues:
     raise ValueError("oracle.summarize: no dialogues")
   r = np.array([d.outcome["reward"] for d in dialogues])

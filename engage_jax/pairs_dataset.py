@@ -36,6 +36,7 @@ import numpy as np
 from engage_jax.data.chat import agent_messages
 from engage_jax.data.dialogue import Dialogue, Turn
 from engage_jax.errors import InputError
+from engage_jax.train import pair_data
 
 FORMATS = ("dpo", "kto")
 MESSAGES = datasets.List({"role": datasets.Value("string"), "content": datasets.Value("string")})
@@ -217,7 +218,6 @@ def export_dataset(workdir: str | os.PathLike, out: str | os.PathLike, fmt: str 
                    command: str = "", force: bool = False) -> dict:
   """Writes the workdir's search output as a `fmt` dataset + README.md into `out`; returns
   {"format", "rows", "out"} (+ "desirable", "undesirable" for kto)."""
-  from engage_jax.train import pair_data
   if fmt not in FORMATS:
     raise InputError(f"unknown format {fmt!r}; expected one of {FORMATS}", "--format")
   wd = Path(workdir)

@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 import pathlib
 
+from etils import epath
+
 
 def is_remote(p: str | os.PathLike) -> bool:
   """True for URLs such as gs://bucket/dir (anything with a scheme)."""
@@ -19,7 +21,6 @@ def is_remote(p: str | os.PathLike) -> bool:
 def path(p: str | os.PathLike):
   """`p` as a path object: epath.Path for remote URLs, pathlib.Path for local paths."""
   if is_remote(p):
-    from etils import epath
     return epath.Path(os.fspath(p))
   return pathlib.Path(p)
 

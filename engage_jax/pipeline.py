@@ -1,25 +1,29 @@
 """The pipeline's stages as functions of (config, workdir): tokenizer → SFT agent + simulator (+ the
 held-out simulator) → evaluate SFT → i×MCTS → DPO → evaluate DPO → report. Launchers in launch/ call these.
+What a stage builds from the config (tokenizer, models, speakers, data, trainer settings) comes from
+engage_jax.build.
 
 Each stage reads its inputs from the workdir, writes its outputs there, and marks itself done
 (see engage_jax.workdir); a done stage is skipped, an interrupted one resumes.
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import time
 from pathlib import Path
 from collections.abc import Callable
 
-from flax import nnx
-
-from engage_jax import models
-from engage_jax.models.config import DTYPE_NAMES, jax_dtype
-from engage_jax.data.dialogue import USER, Dialogue
-from engage_jax.fileio import atomic_write_json
-from engage_jax.workdir import Workdir
+from engage_jax import build, config_check, evaluate, models, oracle, preflight, progress, report
+from engage_jax.data import sandbox, sft as sft_data
+from engage_jax.errors import InputError, InputErrors
+from engage_jax.fileio import atomic_write_json, atomic_write_jsonl
+from engage_jax.models import lora
+from engage_jax.search.env import ModelEnv
+from engage_jax.search.run import run_search
+from engage_jax.train import dpo as dpo_train, sft as sft_train
+from engage_jax.train.pair_data import read_pair_files
+from engage_jax.workdir import Workdir, flatten, select
 
 log = logging.getLogger("engage_jax")
 
@@ -36,237 +40,22 @@ def config_to_json(cfg) -> dict:
   return json.loads(cfg.to_json())
 
 
-def check_config(cfg) -> None:
-  """Validates what can be checked before any work starts (clear errors, nothing written):
-  `config_check.check` reports every problem at once, naming keys and values."""
-  from engage_jax import config_check
-  config_check.check(cfg)
-  if cfg.task not in ("es", "p4g"):
-    raise ValueError(f"config.task must be 'es' or 'p4g'; got {cfg.task!r}")
-  src = cfg.data.source
-  if src not in ("sandbox", "esconv", "p4g"):
-    raise ValueError(f"config.data.source must be sandbox, esconv or p4g; got {src!r}")
-  if src != "sandbox":
-    expected_task = {"esconv": "es", "p4g": "p4g"}[src]
-    if cfg.task != expected_task:
-      raise ValueError(f"config.data.source={src!r} needs config.task={expected_task!r}; got {cfg.task!r}")
-    if not cfg.data.path:
-      raise ValueError(f"config.data.path is required for data.source={src!r} (e.g. ../shared/data/{src})")
-    path = Path(cfg.data.path)
-    needed = ["train.txt", "valid.txt", "test.txt"] if src == "esconv" else ["full_dialog.csv", "full_info.csv"]
-    missing = [n for n in needed if not (path / n).is_file()]
-    if missing:
-      raise FileNotFoundError(f"config.data.path={str(path)!r}: missing {', '.join(missing)}")
-  for role in ("agent", "simulator"):
-    p = cfg.model[role].path
-    if p and models.gguf.is_gguf(p):
-      if not Path(p).is_file():
-        raise FileNotFoundError(f"config.model.{role}.path={p!r}: no such GGUF file")
-    elif p and not (Path(p) / "config.json").is_file():
-      raise FileNotFoundError(f"config.model.{role}.path={p!r}: no config.json there")
-  tp = cfg.tokenizer.path
-  if tp and models.gguf.is_gguf(tp):
-    if not Path(tp).is_file():
-      raise FileNotFoundError(f"config.tokenizer.path={tp!r}: no such GGUF file")
-  elif tp and not (Path(tp) / "tokenizer.json").is_file():
-    raise FileNotFoundError(f"config.tokenizer.path={tp!r}: no tokenizer.json there")
-  if cfg.model.dtype not in DTYPE_NAMES or cfg.model.param_dtype not in DTYPE_NAMES:
-    raise ValueError(f"config.model.dtype/param_dtype must be one of {sorted(DTYPE_NAMES)}")
-  if cfg.search.k < 2:
-    raise ValueError(f"config.search.k must be >= 2 (pairs need siblings); got {cfg.search.k}")
-  if cfg.search.budget < 1 or cfg.search.n_conditions < 1:
-    raise ValueError("config.search.budget and config.search.n_conditions must be >= 1")
-
-
-# ===================================================================== data
-def load_corpus(cfg) -> dict[str, list[Dialogue]]:
-  """{"train", "valid", "test"} dialogues of the configured source."""
-  src, task, seed = cfg.data.source, cfg.task, cfg.seed
-  if src == "sandbox":
-    from engage_jax.data import sandbox
-    world = cfg.data.get("sandbox_world", "default")
-    return {"train": sandbox.generate(task, cfg.data.sandbox_train, seed, world=world),
-            "valid": sandbox.generate(task, cfg.data.sandbox_valid, seed + 1, world=world),
-            "test": []}
-  if src == "esconv":
-    from engage_jax.data import esconv as loader
-  else:
-    from engage_jax.data import p4g as loader
-  out = {}
-  for split in ("train", "valid", "test"):
-    loaded = loader.load_split(cfg.data.path, split, skip_bad=cfg.data.skip_bad)
-    if getattr(loaded, "skipped", 0):
-      log.warning("%s/%s: skipped %d bad records", cfg.data.path, split, loaded.skipped)
-    out[split] = list(loaded)
-  if cfg.data.max_train_dialogues:
-    out["train"] = out["train"][:cfg.data.max_train_dialogues]
-  if cfg.data.get("max_valid_dialogues"):
-    out["valid"] = out["valid"][:cfg.data.max_valid_dialogues]
-  keys = [k.strip() for k in cfg.data.get("condition_keys", "").split(",") if k.strip()]
-  if keys:  # every view (SFT, search, evaluation) then sees only these condition fields
-    for split in out.values():
-      for d in split:
-        d.condition = {k: d.condition[k] for k in keys if k in d.condition}
-  return out
-
-
-def _opening(d: Dialogue) -> list:
-  """Turns up to and including the first user turn that follows the agent's first chance to
-  speak: ES the seeker's opening; P4G none (the persuader opens)."""
-  if d.task == "p4g":
-    return []
-  for i, t in enumerate(d.turns):
-    if t.role == USER:
-      return list(d.turns[:i + 1])
-  return []
-
-
-def train_dialogues(cfg, corpus: dict[str, list[Dialogue]], role: str) -> list[Dialogue]:
-  """The SFT dialogues of `role`: all training dialogues, except with config.eval.heldout_simulator,
-  where the search's simulator trains on the even-indexed half and the held-out simulator on the
-  odd-indexed half (disjoint: a gain that exists only for the search's simulator shows up as such)."""
-  train = corpus["train"]
-  if not cfg.eval.heldout_simulator or role == "agent":
-    return train
-  return train[0::2] if role == "simulator" else train[1::2]
-
-
-def roots(cfg, corpus: dict[str, list[Dialogue]], purpose: str, n: int) -> list[Dialogue]:
-  """Conversation starts (condition + opening turns): `purpose` "search" (training conditions)
-  or "eval" (held-out conditions)."""
-  if cfg.data.source == "sandbox":
-    from engage_jax.data import sandbox
-    offset = {"search": 1000, "eval": 2000}[purpose]
-    conds = sandbox.random_conditions(cfg.task, n, cfg.seed + offset)
-    return [Dialogue(f"{purpose}-{i}", cfg.task, sandbox.opening_turns(cfg.task, c), c) for i, c in enumerate(conds)]
-  split = {"search": "train", "eval": "test"}[purpose]
-  pool = corpus[split]
-  if purpose == "search":  # a tree needs a condition for its simulator (4 P4G dialogues have no persona)
-    empty = [d.id for d in pool if not d.condition]
-    if empty:
-      log.warning("%d %s dialogues without a condition are not search roots: %s", len(empty), split, empty[:3])
-      pool = [d for d in pool if d.condition]
-  if len(pool) < n:
-    log.warning("only %d %s dialogues for %d %s roots", len(pool), split, n, purpose)
-  return [Dialogue(f"{purpose}-{d.id}", d.task, _opening(d), dict(d.condition)) for d in pool[:n]]
-
-
-# ===================================================================== models
-def make_tokenizer(cfg, wd: Workdir):
-  from engage_jax.data import sft as sft_data
-  from engage_jax.tokenizer import ChatTokenizer, train_bpe
-  out = wd.path("tokenizer")
-  if cfg.tokenizer.path:
-    tok = ChatTokenizer.load(cfg.tokenizer.path)
-    tok.save(out)
-    return tok
-  corpus = load_corpus(cfg)
-  texts = list(sft_data.tokenizer_texts(corpus["train"]))
-  if cfg.data.source == "sandbox":
-    from engage_jax.data import sandbox
-    texts += sandbox.all_texts(cfg.task, cfg.data.get("sandbox_world", "default"))
-  return train_bpe(texts, cfg.tokenizer.vocab_size, out)
-
-
-def load_tokenizer(wd: Workdir):
-  from engage_jax.tokenizer import ChatTokenizer
-  return ChatTokenizer.load(wd.path("tokenizer"))
-
-
-def new_model(cfg, role: str, tok, adapters: bool = True) -> models.CausalLM:
-  """The initial model of `role`: pretrained from `model.<role>.path` or a fresh random one;
-  with `model.<role>.lora.rank` > 0 (and `adapters`) carrying LoRA adapters (`with_lora`)."""
-  mc = cfg.model[role]
-  dtype, param_dtype = jax_dtype(cfg.model.dtype), jax_dtype(cfg.model.param_dtype)
-  if mc.path:
-    model = load_model(cfg, mc.path)
-    return with_lora(cfg, role, model) if adapters else model
-  config = models.ModelConfig(
-      model_type=mc.model_type, vocab_size=tok.vocab_size, hidden_size=mc.hidden_size,
-      intermediate_size=mc.intermediate_size, num_hidden_layers=mc.num_hidden_layers,
-      num_attention_heads=mc.num_attention_heads, num_key_value_heads=mc.num_key_value_heads,
-      max_position_embeddings=mc.max_position_embeddings, tie_word_embeddings=mc.tie_word_embeddings,
-      rope_theta=mc.rope_theta, bos_token_id=tok.bos_id, eos_token_id=tok.eos_id, pad_token_id=tok.pad_id)
-  seed = cfg.seed + (0 if role == "agent" else 1)
-  model = models.CausalLM(config, dtype=dtype, param_dtype=param_dtype, rngs=nnx.Rngs(seed), remat=cfg.model.remat,
-                           scan_layers=cfg.model.scan_layers)
-  return with_lora(cfg, role, model) if adapters else model
-
-
-def with_lora(cfg, role: str, model, fresh: bool = False, rank: int | None = None):
-  """`model` with the LoRA adapters of `model.<role>.lora` (in place; rank 0: unchanged): loaded
-  from `lora.path` (a PEFT dir) unless `fresh`, else newly initialised (seeded). rank: override."""
-  from engage_jax.models import lora
-  node = cfg.model[role].get("lora")
-  lcfg = lora.LoraConfig.from_any(node)
-  if rank is not None:
-    lcfg = dataclasses.replace(lcfg, rank=rank)
-  if not lcfg.enabled:
-    return model
-  if lcfg.path and not fresh:
-    return lora.load_peft(model, lcfg.path)
-  seed = cfg.seed + 100 + (0 if role == "agent" else 1)
-  return lora.apply_lora(model, lcfg, rngs=nnx.Rngs(seed), where=f"config.model.{role}.lora")
-
-
-def save_trained(model, out: Path, base: str = "") -> None:
-  """`out/hf`: the model (LoRA adapters merged into the weights) for the later stages and
-  transformers; with adapters also `out/adapter`, the PEFT adapter dir (base: the base model's path)."""
-  from engage_jax.models import lora
-  models.save_pretrained(lora.merge(model), out / "hf")
-  if lora.has_lora(model):
-    lora.save_peft(model, out / "adapter", base_model_name_or_path=str(base))
-
-
-def load_model(cfg, path) -> models.CausalLM:
-  return models.from_pretrained(path, dtype=jax_dtype(cfg.model.dtype), param_dtype=jax_dtype(cfg.model.param_dtype),
-                                remat=cfg.model.remat, scan_layers=cfg.model.scan_layers)
-
-
-def make_mesh(cfg):
-  from engage_jax import sharding
-  return sharding.make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor)
-
-
-def speaker(cfg, section, model, tok, role: str):
-  """The `rollout.Speaker` of `role` ("agent" | "simulator") with a config section's settings
-  (`config.search` or `config.eval`): max_prompt_len and `<role>_sampling`; `config.rollout.kv_cache`."""
-  from engage_jax import rollout
-  from engage_jax.sampling import SamplingParams
-  return rollout.Speaker(model, tok, section.max_prompt_len,
-                         sampling=SamplingParams(**section[f"{role}_sampling"].to_dict()),
-                         kv_cache=cfg.rollout.kv_cache)
-
-
 # ===================================================================== stages
 def stage_tokenizer(cfg, wd: Workdir) -> dict:
-  tok = make_tokenizer(cfg, wd)
+  tok = build.make_tokenizer(cfg, wd)
   return {"vocab_size": tok.vocab_size}
-
-
-def train_config(cfg, section, **overrides):
-  """The trainer's settings of the `sft` or `dpo` config section: a train.config.TrainConfig (sft)
-  or DPOConfig (dpo) whose fields are the section's keys (1:1; an unknown key is an error), less
-  the pipeline's own `sft.agent_steps` / `sft.simulator_steps` (passed as `steps=`), plus the
-  model's compute dtype and the seed."""
-  from engage_jax.train.config import DPOConfig, TrainConfig
-  cls = DPOConfig if section is cfg.dpo else TrainConfig
-  fields = {k: v for k, v in section.items() if k not in ("agent_steps", "simulator_steps")}
-  return cls.from_any({**fields, "compute_dtype": cfg.model.dtype, "seed": cfg.seed, **overrides})
 
 
 def stage_sft(cfg, wd: Workdir, role: str) -> dict:
   """SFT of `role` (SFT_ROLES) into `DIR/sft_<role>`; the held-out simulator only with
   config.eval.heldout_simulator (otherwise the stage records that it was not asked for)."""
-  from engage_jax.data import sft as sft_data
-  from engage_jax.train import sft as sft_train
   if role == "heldout_simulator" and not cfg.eval.heldout_simulator:
     return {"skipped": "config.eval.heldout_simulator is off"}
   model_role, seed_offset = SFT_ROLES[role]
-  tok = load_tokenizer(wd)
-  corpus = load_corpus(cfg)
+  tok = build.load_tokenizer(wd)
+  corpus = build.load_corpus(cfg)
   buckets = sft_data.default_buckets(cfg.data.max_len, cfg.sft.min_bucket)
-  dialogues = train_dialogues(cfg, corpus, role)
+  dialogues = build.train_dialogues(cfg, corpus, role)
   train, stats = sft_data.build_arrays(dialogues, tok, model_role, cfg.data.max_len, buckets)
   valid = (sft_data.build_arrays(corpus["valid"], tok, model_role, cfg.data.max_len, buckets)[0]
            if corpus["valid"] else None)
@@ -275,20 +64,19 @@ def stage_sft(cfg, wd: Workdir, role: str) -> dict:
   if steps == 0:  # no SFT: the pretrained model as it is (e.g. a prompted simulator)
     if not cfg.model[model_role].path:
       raise ValueError(f"config.sft.{model_role}_steps=0 needs a pretrained config.model.{model_role}.path")
-    save_trained(new_model(cfg, model_role, tok), out, cfg.model[model_role].path)
+    build.save_trained(build.new_model(cfg, model_role, tok), out, cfg.model[model_role].path)
     return {"examples": 0, "step": 0, "pretrained_as_is": True}
-  model = new_model(cfg, model_role, tok)
-  tcfg = train_config(cfg, cfg.sft, steps=steps, max_len=cfg.data.max_len, seed=cfg.seed + seed_offset)
-  model, summary = sft_train.train_sft(model, train, tcfg, str(out), mesh=make_mesh(cfg), eval_data=valid)
-  save_trained(model, out, cfg.model[model_role].path)
+  model = build.new_model(cfg, model_role, tok)
+  tcfg = build.train_config(cfg, cfg.sft, steps=steps, max_len=cfg.data.max_len, seed=cfg.seed + seed_offset)
+  model, summary = sft_train.train_sft(model, train, tcfg, str(out), mesh=build.make_mesh(cfg), eval_data=valid)
+  build.save_trained(model, out, cfg.model[model_role].path)
   return {"examples": stats.get("examples"), "dialogues": len(dialogues),
           **{k: v for k, v in summary.items() if _jsonable(v)}}
 
 
 def stage_evaluate(cfg, wd: Workdir, which: str) -> dict:
-  from engage_jax import preflight
-  tok = load_tokenizer(wd)
-  conds = roots(cfg, load_corpus(cfg) if cfg.data.source != "sandbox" else {}, "eval", cfg.eval.n_conditions)
+  tok = build.load_tokenizer(wd)
+  conds = build.roots(cfg, build.load_corpus(cfg) if cfg.data.source != "sandbox" else {}, "eval", cfg.eval.n_conditions)
   _warn(preflight.check_prompt_room(tok, cfg.task, conds, cfg.eval.max_prompt_len, "config.eval.max_prompt_len"))
   if which == "dpo" and int(cfg.search_dpo_rounds) > 1:  # the earlier rounds' agents too (report extra.rounds)
     for r in range(1, int(cfg.search_dpo_rounds)):
@@ -303,25 +91,23 @@ def evaluate_agent(cfg, wd: Workdir, tok, conds, agent_dir: Path, out: Path, pre
   """Chats of the agent in `agent_dir` with the search's simulator (`out`/dialogues.jsonl,
   summary.json) and, with `heldout`, the held-out simulator (`out`/heldout/); returns the summary
   (with "heldout_simulator")."""
-  from engage_jax import evaluate
-  agent = speaker(cfg, cfg.eval, load_model(cfg, agent_dir), tok, "agent")
+  agent = build.speaker(cfg, cfg.eval, build.load_model(cfg, agent_dir), tok, "agent")
   settings = {"task": cfg.task, "max_agent_turns": cfg.eval.max_agent_turns,
               "samples_per_condition": cfg.eval.samples_per_condition, "batch_size": cfg.eval.batch_size,
-              "reward": reward_cfg(cfg, evaluation=True)}
+              "reward": build.reward_cfg(cfg, evaluation=True)}
   # the search's simulator, then (config.eval.heldout_simulator) the held-out one in eval_<which>/heldout,
   # with the same conditions and seeds: the report pairs them per condition
   sims = [("sft_simulator", out, prefix)]
   if heldout:
     sims.append(("sft_heldout_simulator", out / "heldout", f"{prefix}heldout/"))
-  from engage_jax.progress import Scalars
   result = {}
   for sim_stage, sim_out, prefix in sims:
-    sim = speaker(cfg, cfg.eval, load_model(cfg, wd.path(sim_stage, "hf")), tok, "simulator")
+    sim = build.speaker(cfg, cfg.eval, build.load_model(cfg, wd.path(sim_stage, "hf")), tok, "simulator")
     summary, _ = evaluate.evaluate(agent, sim, conds, settings, seed=cfg.seed + 7,
                                    out_path=str(sim_out / "dialogues.jsonl"))
     del sim
     atomic_write_json(sim_out / "summary.json", summary)
-    tb = Scalars(sim_out, prefix=prefix)
+    tb = progress.Scalars(sim_out, prefix=prefix)
     tb.write(0, {k: v for k, v in summary.items() if k != "ci95"})
     tb.close()
     if not result:
@@ -329,28 +115,6 @@ def evaluate_agent(cfg, wd: Workdir, tok, conds, agent_dir: Path, out: Path, pre
     else:
       result["heldout_simulator"] = summary
   return result
-
-
-def reward_cfg(cfg, evaluation: bool = False) -> dict:
-  """The reward settings (`rewards.RewardSettings`) of `config.reward`. readout "expected" (P4G)
-  adds the training corpus's amounts (`readout.outcome_amounts`); `evaluation` then reads out
-  "both" (the sampled, parsed outcome recorded beside the expected one)."""
-  from engage_jax import rewards
-  out = {"es_pattern": cfg.reward.es_pattern or rewards.DEFAULT_ES_PATTERN, "es_last_n": cfg.reward.es_last_n,
-         "donation_cap": cfg.reward.donation_cap}
-  if cfg.reward.get("readout", "sampled") == "expected" and cfg.task == "p4g":
-    from engage_jax import readout
-    out.update(readout="both" if evaluation else "expected",
-               outcome_amounts=readout.outcome_amounts(load_corpus(cfg)["train"], cfg.reward.donation_cap))
-  return out
-
-
-def search_config(cfg, round_: int = 1):
-  """The SearchConfig of `config.search` (its RUNNER_KEYS, e.g. n_conditions, are the pipeline's);
-  round r > 1 of config.search_dpo_rounds searches with its own seed."""
-  from engage_jax.search.run import config_from_section
-  from engage_jax.seeding import sub_seed
-  return config_from_section(cfg.search, seed=cfg.seed if round_ == 1 else sub_seed(cfg.seed, 4243, round_))
 
 
 def stage_search(cfg, wd: Workdir) -> dict:
@@ -376,22 +140,18 @@ def final_agent_dir(cfg, wd: Workdir) -> Path:
 
 def run_search_round(cfg, wd: Workdir, round_: int) -> dict:
   """i×MCTS of round `round_` (`round_paths`) with the search's simulator; summary.json in its dir."""
-  from engage_jax.search.env import ModelEnv
-  from engage_jax.search.run import run_search
-  from engage_jax import preflight
   paths = round_paths(wd, round_)
-  tok = load_tokenizer(wd)
-  scfg = search_config(cfg, round_)
-  corpus = load_corpus(cfg) if cfg.data.source != "sandbox" else {}
-  rts = roots(cfg, corpus, "search", cfg.search.n_conditions)
+  tok = build.load_tokenizer(wd)
+  scfg = build.search_config(cfg, round_)
+  corpus = build.load_corpus(cfg) if cfg.data.source != "sandbox" else {}
+  rts = build.roots(cfg, corpus, "search", cfg.search.n_conditions)
   _warn(preflight.check_prompt_room(tok, cfg.task, rts, cfg.search.max_prompt_len, "config.search.max_prompt_len"))
-  agent = load_model(cfg, paths["agent"])
-  sim = load_model(cfg, wd.path("sft_simulator", "hf"))
+  agent = build.load_model(cfg, paths["agent"])
+  sim = build.load_model(cfg, wd.path("sft_simulator", "hf"))
   strategy_fn = None
   if cfg.data.source == "sandbox":
-    from engage_jax.data import sandbox
     strategy_fn = lambda text: sandbox.strategy_of(text, cfg.task)
-  env = ModelEnv.from_config(agent, sim, tok, scfg, task=cfg.task, reward_cfg=reward_cfg(cfg),
+  env = ModelEnv.from_config(agent, sim, tok, scfg, task=cfg.task, reward_cfg=build.reward_cfg(cfg),
                              max_prompt_len=cfg.search.max_prompt_len, strategy_fn=strategy_fn,
                              kv_cache=cfg.rollout.kv_cache)
   summary = run_search(env, rts, scfg, str(paths["search"]), trees_per_shard=cfg.search.trees_per_shard,
@@ -408,7 +168,6 @@ def _warn(msg: str | None) -> None:
 
 def pair_files(wd: Workdir, round_: int = 1) -> list[Path]:
   """The search's shard files that hold pairs (a shard whose trees gave no value gaps is empty)."""
-  from engage_jax.errors import InputError
   pairs = round_paths(wd, round_)["pairs"]
   old = wd.path("search", "pairs")
   if round_ == 1 and old.is_dir() and not pairs.exists():  # the layout before pairs moved to DIR/pairs
@@ -424,7 +183,6 @@ def stage_dpo(cfg, wd: Workdir) -> dict:
 def run_dpo_round(cfg, wd: Workdir, round_: int) -> dict:
   """DPO of round `round_` on its own search's pairs; policy and reference start from the round's
   agent (round 1: the SFT agent; r > 1: round r - 1's DPO agent)."""
-  from engage_jax.train import dpo as dpo_train
   paths = round_paths(wd, round_)
   files = pair_files(wd, round_)
   n_pairs = len(dpo_train.read_pair_files([str(f) for f in files])) if files else 0  # checked before any work
@@ -435,7 +193,7 @@ def run_dpo_round(cfg, wd: Workdir, round_: int) -> dict:
            "started from. Raise config.search.budget / n_conditions / max_turns or lower config.search.margin")
     log.warning(msg)
     print(f"[engage_jax] warning: {msg}", flush=True)
-    models.save_pretrained(load_model(cfg, paths["agent"]), out / "hf")
+    models.save_pretrained(build.load_model(cfg, paths["agent"]), out / "hf")
     return {"pairs": 0, "skipped": "no preference pairs"}
   summary = train_dpo_agent(cfg, wd, [str(f) for f in files], out, paths["agent"])
   return {"pairs": n_pairs, **{k: v for k, v in summary.items() if _jsonable(v)}}
@@ -445,15 +203,13 @@ def train_dpo_agent(cfg, wd: Workdir, pairs: list[str], out: Path, agent_dir: Pa
   """DPO of the agent in `agent_dir` (default the workdir's SFT agent) on `pairs` (JSON-lines files
   or saved datasets, read by train.pair_data) into `out` (checkpoints, hf/); the stage's, the
   rounds' and launch/dpo.py --pairs' one path."""
-  from engage_jax.train import dpo as dpo_train
   agent_dir = agent_dir or wd.path("sft_agent", "hf")
   # LoRA: a fresh adapter on the (merged) starting agent; the reference is that model, adapter off
-  policy = with_lora(cfg, "agent", load_model(cfg, agent_dir), fresh=True)
-  from engage_jax.models import lora
-  ref = None if lora.has_lora(policy) else load_model(cfg, agent_dir)
-  tcfg = train_config(cfg, cfg.dpo)
-  model, summary = dpo_train.train_dpo(policy, ref, pairs, load_tokenizer(wd), tcfg, str(out), mesh=make_mesh(cfg))
-  save_trained(model, out, agent_dir)
+  policy = build.with_lora(cfg, "agent", build.load_model(cfg, agent_dir), fresh=True)
+  ref = None if lora.has_lora(policy) else build.load_model(cfg, agent_dir)
+  tcfg = build.train_config(cfg, cfg.dpo)
+  model, summary = dpo_train.train_dpo(policy, ref, pairs, build.load_tokenizer(wd), tcfg, str(out), mesh=build.make_mesh(cfg))
+  build.save_trained(model, out, agent_dir)
   return summary
 
 
@@ -478,12 +234,6 @@ def stage_rounds(cfg, wd: Workdir) -> dict:
   return out if out else {"skipped": "config.search_dpo_rounds = 1"}
 
 
-def eval_conditions(cfg) -> list[Dialogue]:
-  """The held-out conditions of the evaluation (`roots` "eval", config.eval.n_conditions)."""
-  corpus = load_corpus(cfg) if cfg.data.source != "sandbox" else {}
-  return roots(cfg, corpus, "eval", cfg.eval.n_conditions)
-
-
 def oracle_report(cfg, wd: Workdir) -> dict:
   """report.json's `oracle` (sandbox only): per model ("sft", "dpo") the live world evaluation
   (`oracle.summarize` of `oracle.evaluate_world` on the evaluation conditions, seed cfg.seed + 11)
@@ -492,10 +242,8 @@ def oracle_report(cfg, wd: Workdir) -> dict:
   reward hacking figure). With config.search_dpo_rounds > 1 also "round-r" for the earlier rounds'
   DPO agents (their chats: eval_dpo/round-r). The world's chats of each agent: DIR/oracle/<name>.jsonl
   (outcome "expected": the exact expectation of the strategies played; paired by condition id)."""
-  from engage_jax.fileio import atomic_write_jsonl
-  from engage_jax import evaluate, oracle
-  tok = load_tokenizer(wd)
-  conds = eval_conditions(cfg)
+  tok = build.load_tokenizer(wd)
+  conds = build.eval_conditions(cfg)
   world = cfg.data.get("sandbox_world", "default")
   out = {}
   agents = [("sft", wd.path("sft_agent", "hf"), "eval_sft")]
@@ -503,7 +251,7 @@ def oracle_report(cfg, wd: Workdir) -> dict:
              for r in range(1, int(cfg.search_dpo_rounds))]
   agents.append(("dpo", final_agent_dir(cfg, wd), "eval_dpo"))
   for name, agent_dir, chats in agents:
-    agent = speaker(cfg, cfg.eval, load_model(cfg, agent_dir), tok, "agent")
+    agent = build.speaker(cfg, cfg.eval, build.load_model(cfg, agent_dir), tok, "agent")
     rows = oracle.evaluate_world(agent, conds, cfg.task, cfg.eval.samples_per_condition, cfg.seed + 11, world)
     atomic_write_jsonl(wd.path("oracle", f"{name}.jsonl"), [d.to_json() for d in rows])
     block = oracle.summarize(rows)
@@ -515,8 +263,6 @@ def oracle_report(cfg, wd: Workdir) -> dict:
 
 
 def stage_report(cfg, wd: Workdir) -> dict:
-  from engage_jax import evaluate, report
-  from engage_jax.train.pair_data import read_pair_files
   files = pair_files(wd)
   pairs = read_pair_files([str(f) for f in files]) if files else []  # a repeated row: one line, not counted twice
   sft = evaluate.load_dialogues(str(wd.path("eval_sft", "dialogues.jsonl")))
@@ -612,7 +358,6 @@ def downstream(stages) -> tuple[str, ...]:
 
 def stage_values(flat: dict, stage: str) -> dict:
   """The config values (flattened keys) that `stage`'s outputs depend on, ancestors' included."""
-  from engage_jax.workdir import select
   out = {}
   for s in (*ancestors(stage), stage):
     out.update(select(flat, STAGE_KEYS[s], IGNORED + STAGE_EXCLUDE.get(s, ())))
@@ -620,7 +365,6 @@ def stage_values(flat: dict, stage: str) -> dict:
 
 
 def _check_names(names, what: str) -> None:
-  from engage_jax.errors import InputError
   bad = [s for s in names if s not in STAGE_FNS]
   if bad:
     raise InputError(f"unknown stage(s) {', '.join(bad)}; stages: {', '.join(STAGES)}", what)
@@ -630,7 +374,6 @@ def missing_dependencies(wd: Workdir, stages, redo, force: bool = False) -> list
   """InputErrors (--stages) for each stage to run whose direct dependencies are neither done (and
   kept) in `wd` nor among `stages` (`run` runs exactly `stages`; the stage launchers add what is
   needed with `with_dependencies`)."""
-  from engage_jax.errors import InputError
   out = []
   for s in stages:
     if wd.is_done(s) and s not in redo and not force:
@@ -646,7 +389,6 @@ def missing_dependencies(wd: Workdir, stages, redo, force: bool = False) -> list
 def plan_conflicts(wd: Workdir, values: dict, stages, redo) -> list:
   """InputErrors for the stages (of `stages` and what they need) whose recorded config values
   differ where they matter; a stage whose ancestor conflicts is not reported again."""
-  from engage_jax.errors import InputError
   bad, out = set(), []
   for s in with_dependencies(stages):
     if s in redo or any(a in bad for a in ancestors(s)):
@@ -673,21 +415,18 @@ def run(cfg, workdir: str, stages: tuple[str, ...] = STAGES, force: bool = False
 
   Everything that can be known up front is checked before anything is written: the config, the
   workdir, and each stage's recorded config values against the current ones (see STAGE_KEYS)."""
-  from engage_jax.errors import InputErrors
   _check_names(stages, "--stages")
   _check_names(redo, "--redo")
-  check_config(cfg)
+  config_check.check(cfg)  # every problem of the config at once, before anything is written
   wd = Workdir(workdir)
   wd.check_root()
   config_json = config_to_json(cfg)
-  from engage_jax.workdir import flatten
   flat = flatten(config_json)
   values = {s: stage_values(flat, s) for s in STAGES}
   redo_all = downstream(redo)
   problems = plan_conflicts(wd, values, stages, redo_all) + missing_dependencies(wd, stages, redo_all, force)
   if problems:
     raise InputErrors(problems)
-  from engage_jax import preflight
   problems = preflight.problems(cfg)  # opens the model / tokenizer files: before anything is written
   if problems:
     raise InputErrors(problems)
@@ -711,7 +450,6 @@ def run(cfg, workdir: str, stages: tuple[str, ...] = STAGES, force: bool = False
       print(f"[engage_jax] stage {stage}: running{note}", flush=True)
       t0 = time.perf_counter()
       try:
-        from engage_jax import progress
         with progress.heartbeat(stage, metrics=_stage_metrics(wd, stage)):
           info = STAGE_FNS[stage](cfg, wd) or {}
       except BaseException as e:

@@ -16,7 +16,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from engage_jax.data import chat
 from engage_jax.errors import InputError
+from engage_jax.models import gguf, hf
+from engage_jax.tokenizer import ChatTokenizer
 
 ROLES = ("agent", "simulator")
 
@@ -27,7 +30,6 @@ def _flat(e: BaseException) -> str:
 
 def _model_dims(path: str, opened: dict) -> tuple[int, int]:
   """(vocab size, max positions) of a pretrained model path; raises on unreadable files."""
-  from engage_jax.models import gguf, hf
   if gguf.is_gguf(path):
     mc = _gguf(path, opened).model_config()
   else:
@@ -38,7 +40,6 @@ def _model_dims(path: str, opened: dict) -> tuple[int, int]:
 
 def _gguf(path: str, opened: dict):
   """One GGUFFile per path (reading the metadata of a 100 MB file takes seconds)."""
-  from engage_jax.models import gguf
   key = str(Path(path).resolve())
   if key not in opened:
     opened[key] = gguf.open_gguf(path)
@@ -46,8 +47,6 @@ def _gguf(path: str, opened: dict):
 
 
 def _load_tokenizer(path: str, opened: dict):
-  from engage_jax.models import gguf
-  from engage_jax.tokenizer import ChatTokenizer
   if gguf.is_gguf(path):
     return ChatTokenizer(_gguf(path, opened).hf_tokenizer(), str(path))
   return ChatTokenizer.load(path)
@@ -55,7 +54,6 @@ def _load_tokenizer(path: str, opened: dict):
 
 def _system_ids(tok, task: str) -> dict[str, int]:
   """Prompt tokens of each role's system prompt alone (empty condition), with the generation prompt."""
-  from engage_jax.data import chat
   return {"agent": len(tok.apply_chat(chat.agent_messages(task, []), add_generation_prompt=True)),
           "simulator": len(tok.apply_chat(chat.simulator_messages(task, {}, []), add_generation_prompt=True))}
 
@@ -66,7 +64,6 @@ def check_prompt_room(tok, task: str, conds, max_prompt_len: int, key: str) -> s
   condition, has more than `max_prompt_len` tokens (no prompt can be whole). Returns a warning
   line (or None) when the simulator's system prompt of some of `conds` (with their condition) is
   longer: those prompts are cut inside their system prompt (rollout.Speaker.prompt)."""
-  from engage_jax.data import chat
   msgs = [chat.agent_messages(task, []), chat.simulator_messages(task, {}, [])]
   msgs += [chat.simulator_messages(task, d.condition, []) for d in conds]
   lens = [len(ids) for ids in tok.encode_batch([tok.render_chat(m, add_generation_prompt=True) for m in msgs])]

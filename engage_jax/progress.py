@@ -19,6 +19,8 @@ import time
 from pathlib import Path
 from collections.abc import Mapping
 
+import jax
+
 HEARTBEAT_S = float(os.environ.get("ENGAGE_HEARTBEAT_S", "180"))
 
 
@@ -73,10 +75,9 @@ class Scalars:
     self.prefix = prefix
     self._writer = None
     try:
-      import jax
       if jax.process_index() != 0:
         return
-      from tensorboardX import SummaryWriter
+      from tensorboardX import SummaryWriter  # noqa: PLC0415 (optional dependency: the tensorboard writer)
     except ImportError:
       return
     self._writer = SummaryWriter(str(Path(workdir) / "tb"), flush_secs=30)

@@ -31,7 +31,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from engage_jax import evaluate as ev
+from engage_jax import evaluate as ev, multihost
 from engage_jax.data.dialogue import Dialogue
 from engage_jax.fileio import atomic_write_text
 
@@ -369,9 +369,9 @@ def render_markdown(report: Mapping) -> str:
 
 
 def _plots(workdir: str, report: Mapping, sft_dialogues, dpo_dialogues, search_stats) -> list[str]:
-  import matplotlib
+  import matplotlib  # noqa: PLC0415 (optional dependency: matplotlib (plots only))
   matplotlib.use("Agg", force=True)
-  from matplotlib import pyplot as plt
+  from matplotlib import pyplot as plt  # noqa: PLC0415 (optional dependency: matplotlib)
 
   task, written = report["task"], []
   colors = {"sft": "#7f8c8d", "dpo": "#2e86de"}
@@ -443,7 +443,6 @@ def write_report(workdir: str, report: Mapping, *, sft_dialogues: Sequence[Dialo
   "turns.png" when dialogues are given, "search.png" when search_stats has margins/depths).
   """
   validate_report(report)
-  from engage_jax import multihost
   return multihost.main_write(_write_report, workdir, report, sft_dialogues, dpo_dialogues, search_stats,
                               plots, what=os.path.join(workdir, "report.json")) or {}
 

@@ -40,7 +40,7 @@ from __future__ import annotations
 import dataclasses
 import re
 from typing import Any
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 DEFAULT_ES_PATTERN = (
     r"\bfeel(?:ing|s)? (?:so |much |a lot |a bit |way )?better\b"
@@ -267,9 +267,3 @@ def reward(task: str, user_texts: Sequence[str], cfg: Any = None, outcome: Mappi
       return float(min(max(float(outcome["donation"]), 0.0), cap))
     return None
   raise ValueError(f"reward: unknown task {task!r}; expected 'es' or 'p4g'")
-
-
-def mean_reward(task: str, items: Iterable[Any], cfg: Any = None) -> float | None:
-  """Mean of `reward` over the user texts of each conversation, unparsed ones left out; None if none left."""
-  values = [v for v in (reward(task, x, cfg) for x in items) if v is not None]
-  return sum(values) / len(values) if values else None

@@ -29,6 +29,8 @@ import dataclasses
 from typing import Any
 from collections.abc import Callable, Sequence
 
+from tqdm.auto import tqdm
+
 from engage_jax import readout, rewards, sampling
 from engage_jax.chat_cache import ConversationCache
 from engage_jax.data import chat
@@ -190,7 +192,6 @@ def simulate(agent: Speaker, simulator: Speaker, starts: list[Dialogue], *, task
   active: list[int] = []
   limit = max_rows or len(rows)
   calls = 0
-  from tqdm.auto import tqdm
   bar = tqdm(total=max_agent_turns, desc=f"chats x{len(rows)}", unit="turn", leave=False,
              disable=not progress or not rows)
   while active or waiting:

@@ -34,6 +34,7 @@ import jax
 import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.experimental import multihost_utils
 
 MESH_AXES = ("data", "fsdp", "tensor")
 
@@ -262,6 +263,5 @@ def to_host(tree):
       return np.asarray(jax.device_get(x))
     if x.is_fully_replicated:
       return np.asarray(x.addressable_data(0))
-    from jax.experimental import multihost_utils
     return np.asarray(multihost_utils.process_allgather(x, tiled=True))
   return jax.tree.map(one, tree)

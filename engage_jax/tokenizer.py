@@ -19,6 +19,11 @@ import os
 from pathlib import Path
 from collections.abc import Iterable, Sequence
 
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+from engage_jax import multihost
+from engage_jax.models import gguf
+
 BOS, EOS, PAD = "<|bos|>", "<|eos|>", "<|pad|>"
 SYSTEM, USER, ASSISTANT, END = "<|system|>", "<|user|>", "<|assistant|>", "<|end|>"
 SPECIAL_TOKENS = (PAD, BOS, EOS, SYSTEM, USER, ASSISTANT, END)  # ids 0..6 in a trained BPE
@@ -37,7 +42,7 @@ def _load_hf(path: Path):
   """The dir's tokenizer.json (+ tokenizer_config.json: special tokens, chat template) as a fast
   tokenizer. Not `AutoTokenizer`: its import chain loads torch when torch is installed, and a
   second native runtime in the JAX process is only a liability."""
-  from transformers import PreTrainedTokenizerFast
+  from transformers import PreTrainedTokenizerFast  # noqa: PLC0415 (optional dependency: transformers)
   return PreTrainedTokenizerFast.from_pretrained(str(path))
 
 
@@ -78,7 +83,6 @@ class ChatTokenizer:
   def load(cls, path: str | os.PathLike) -> ChatTokenizer:
     """Loads an HF tokenizer dir, or the tokenizer in a `.gguf` file's metadata; ValueError if the
     dir has no tokenizer.json."""
-    from engage_jax.models import gguf
     if gguf.is_gguf(path):
       return cls(gguf.open_gguf(path).hf_tokenizer(), str(path))
     path = Path(path)
@@ -88,7 +92,6 @@ class ChatTokenizer:
 
   def save(self, path: str | os.PathLike) -> None:
     """Writes an HF tokenizer dir (loadable by `transformers.AutoTokenizer`); process 0 only."""
-    from engage_jax import multihost
     multihost.main_write(_save_hf, self.hf, path, what=str(path))
 
   # ---- text ----
@@ -125,7 +128,7 @@ class ChatTokenizer:
     if not hasattr(self, "_template"):
       self._template = None
       try:
-        from transformers.utils.chat_template_utils import _compile_jinja_template
+        from transformers.utils.chat_template_utils import _compile_jinja_template  # noqa: PLC0415 (optional dependency: transformers)
         self._template = _compile_jinja_template(self.hf.chat_template)
         self._template_kwargs = dict(self.hf.special_tokens_map)
       except Exception:  # private helper moved: fall back to the public API
@@ -195,8 +198,7 @@ def train_bpe(texts: Iterable[str], vocab_size: int, out_dir: str | os.PathLike,
   Special tokens get ids 0..6 in the order of `SPECIAL_TOKENS` (pad first). The byte alphabet
   (256 symbols) is always included, so any text is encodable; `vocab_size` must exceed 263.
   """
-  from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-  from transformers import PreTrainedTokenizerFast
+  from transformers import PreTrainedTokenizerFast  # noqa: PLC0415 (optional dependency: transformers)
   n_min = 256 + len(SPECIAL_TOKENS)
   if vocab_size <= n_min:
     raise ValueError(f"train_bpe: vocab_size must be > {n_min} (bytes + specials), got {vocab_size}")
@@ -212,7 +214,6 @@ def train_bpe(texts: Iterable[str], vocab_size: int, out_dir: str | os.PathLike,
       additional_special_tokens=[SYSTEM, USER, ASSISTANT, END], clean_up_tokenization_spaces=False)
   hf.chat_template = CHAT_TEMPLATE
   out = Path(out_dir)
-  from engage_jax import multihost
   multihost.main_write(_save_hf, hf, out, what=str(out))  # then every process loads process 0's files
   return ChatTokenizer.load(out)
 

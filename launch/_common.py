@@ -9,11 +9,13 @@ written), OS and data errors. ENGAGE_DEBUG=1 keeps the traceback.
 from __future__ import annotations
 
 import logging
+import os
 
-from absl import app, flags
+from absl import app, flags, logging as absl_logging
 from ml_collections import config_flags
+import jax
 
-from engage_jax import cli
+from engage_jax import cli, preemption, compile_cache, multihost, pipeline
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/sandbox_es.py.",
                                           lock_config=True)
@@ -56,16 +58,12 @@ def run(main_fn, require_workdir: bool = True, require_config: bool = True) -> N
     if require_workdir and not _WORKDIR.value:
       raise app.UsageError("--workdir is required")
     logging.getLogger("engage_jax").setLevel(logging.INFO)
-    from absl import logging as absl_logging
     absl_logging.set_verbosity(absl_logging.WARNING)  # Orbax logs every save at INFO
     dist = distributed_args(_DISTRIBUTED.value, _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
     if dist is not None:
-      import jax
       jax.distributed.initialize(**dist)
     _log_writes()
-    from engage_jax import preemption
     preemption.install()  # SIGTERM / SIGINT stop a stage at its next safe point (engage_jax/preemption.py)
-    from engage_jax import compile_cache
     compile_cache.enable(_COMPILATION_CACHE.value)
     main_fn()
 
@@ -98,7 +96,6 @@ def distributed_args(distributed: bool, coordinator: str | None, num_processes: 
     raise app.UsageError(f"--process_id={process_id} is out of range 0..{num_processes - 1} "
                          f"(--num_processes={num_processes})")
   out = {"coordinator_address": coordinator, "num_processes": num_processes, "process_id": process_id}
-  import os
   if os.environ.get("ENGAGE_HEARTBEAT_TIMEOUT_S"):  # local tests: notice a dead peer sooner
     out["heartbeat_timeout_seconds"] = int(os.environ["ENGAGE_HEARTBEAT_TIMEOUT_S"])
   return out
@@ -106,10 +103,8 @@ def distributed_args(distributed: bool, coordinator: str | None, num_processes: 
 
 def _log_writes() -> None:
   """ENGAGE_WRITE_LOG=DIR: record this process's file writes under --workdir (tests)."""
-  import os
   log_dir = os.environ.get("ENGAGE_WRITE_LOG")
   if log_dir and _WORKDIR.value:
-    from engage_jax import multihost
     multihost.log_writes(log_dir, _WORKDIR.value)
 
 
@@ -117,7 +112,6 @@ def run_stages(stages: tuple[str, ...]) -> None:
   """Launcher body for one stage: runs `stages` and whatever they need that is not done yet."""
 
   def main():
-    from engage_jax import pipeline
     pipeline.run(config(), workdir(), pipeline.with_dependencies(stages), redo=redo())
 
   run(main)

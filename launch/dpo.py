@@ -16,14 +16,15 @@ from pathlib import Path
 import _common
 from absl import flags
 
+from engage_jax import pipeline
+from engage_jax.train import pair_data
+
 _PAIRS = flags.DEFINE_list("pairs", None, "Train on this preference dataset dir (or JSON-lines files) "
                            "instead of the search's pairs.")
 _OUT = flags.DEFINE_string("out", None, "With --pairs: output dir (default <workdir>/dpo_pairs).")
 
 
 def main():
-  from engage_jax import pipeline
-  from engage_jax.train import pair_data
   cfg, workdir = _common.config(), _common.workdir()
   if not _PAIRS.value:
     pipeline.run(cfg, workdir, pipeline.with_dependencies(("dpo",)), redo=_common.redo())

@@ -12,21 +12,22 @@ from __future__ import annotations
 
 import shlex
 import sys
+from pathlib import Path
 
 import _common
 from absl import flags
+
+from engage_jax.experiments import runner, variants
+from engage_jax.errors import InputError
 
 _VARIANTS = flags.DEFINE_list("variants", None, "Variants to run (default: config.experiment.variants).")
 _SEEDS = flags.DEFINE_list("seeds", None, "Seeds (default: config.experiment.seeds).")
 
 
 def main():
-  from pathlib import Path
 
-  from engage_jax.experiments import runner, variants
   cfg = _common.config()
   if "experiment" not in cfg:
-    from engage_jax.errors import InputError
     raise InputError("the config has no experiment section (use a file under configs/experiments/)", "--config")
   names = variants.parse_list(_VARIANTS.value if _VARIANTS.value else cfg.experiment.variants, "variants")
   seeds = variants.parse_seeds(_SEEDS.value if _SEEDS.value else cfg.experiment.seeds)

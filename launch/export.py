@@ -30,6 +30,8 @@ import sys
 import _common
 from absl import app, flags
 
+from engage_jax import export, pairs_dataset
+
 _MODEL = flags.DEFINE_enum("model", "dpo_agent", ["sft_agent", "sft_simulator", "dpo_agent"], "Run to export.")
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
 _OUT = flags.DEFINE_string("out", None, "Output dir (default: <workdir>/export/<model>); must be empty.")
@@ -42,7 +44,6 @@ _FORMAT = flags.DEFINE_enum("format", "dpo", ["dpo", "kto"], "With --dataset_out
 
 def main():
   if _DATASET_OUT.value:
-    from engage_jax import pairs_dataset
     command = shlex.join(["python", "launch/export.py", *sys.argv[1:]])
     got = pairs_dataset.export_dataset(_common.workdir(), _DATASET_OUT.value, _FORMAT.value, command=command,
                                        force=_FORCE.value)
@@ -51,7 +52,6 @@ def main():
     return
   if _common.config() is None:
     raise app.UsageError("--config is required, e.g. --config=configs/sandbox_es.py (or --dataset_out)")
-  from engage_jax import export
   got = export.export_run(_common.config(), _common.workdir(), _MODEL.value, _OUT.value, _STEP.value,
                           _FORCE.value)
   ckpt = f"{_common.workdir()}/{_MODEL.value}/checkpoints/{got['step']}"

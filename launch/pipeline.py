@@ -14,11 +14,12 @@ from __future__ import annotations
 import _common
 from absl import flags
 
+from engage_jax import pipeline
+
 _STAGES = flags.DEFINE_list("stages", None, "Run only these stages (default: all, in order).")
 
 
 def main():
-  from engage_jax import pipeline
   stages = tuple(_STAGES.value) if _STAGES.value else pipeline.STAGES
   wd = pipeline.run(_common.config(), _common.workdir(), stages, redo=_common.redo())
   report = wd.path("report.json")

@@ -75,8 +75,8 @@ def ensure_host_devices(n: int) -> None:
 
 def _check(cfg, devices: int) -> None:
   """The config's values (not its paths or data files: a plan needs neither), before any work."""
-  from engage_jax import config_check
-  from engage_jax.errors import InputErrors
+  from engage_jax import config_check  # noqa: PLC0415 (engage_jax is importable after __main__'s sys.path insert)
+  from engage_jax.errors import InputErrors  # noqa: PLC0415 (engage_jax is importable after __main__'s sys.path insert)
   skip = re.compile(r"config\.(model\.\w+\.path|tokenizer\.path|data\.path|data\.source)$")
   found = [p for p in config_check.problems(cfg, devices=devices, load_data=False) if not skip.match(p.where)]
   if found:
@@ -92,7 +92,7 @@ def main(argv):
   shape = mesh_sizes(cfg, _DEVICES.value)
   _check(cfg, math.prod(shape))
   ensure_host_devices(math.prod(shape))
-  from engage_jax import memory_plan   # after the host devices are set: this imports jax
+  from engage_jax import memory_plan  # noqa: PLC0415 (after ensure_host_devices: XLA_FLAGS before JAX starts)
   plan = memory_plan.make_plan(cfg, shape, which=_MODEL.value, train_batch=_TRAIN_BATCH.value,
                                seq_len=_SEQ_LEN.value, sample_batch=_SAMPLE_BATCH.value,
                                sample_len=_SAMPLE_LEN.value, compile_mode=_COMPILE.value,

@@ -13,6 +13,8 @@ from absl import flags
 
 import _common
 
+from engage_jax.human_eval import study
+
 _INVITE = flags.DEFINE_integer("invite", 0, "Create this many invite links, print them and exit.")
 _REPORT = flags.DEFINE_bool("report", False, "Write the human block into report.json / report.md and exit.")
 _HOST = flags.DEFINE_string("host", "127.0.0.1", "Address to bind (127.0.0.1 unless told otherwise).")
@@ -33,7 +35,6 @@ _WARM_UP = flags.DEFINE_bool("warm_up", True, "Compile the sampler before servin
 
 
 def main():
-  from engage_jax.human_eval import study
   cfg, wd = _common.config(), _common.workdir()
   study.check_port(_PORT.value)
   base = _BASE_URL.value or f"http://{_HOST.value}:{_PORT.value}"
@@ -53,7 +54,7 @@ def main():
       warm_up=_WARM_UP.value, scenarios=_SCENARIOS.value, max_chars=_MAX_CHARS.value,
       max_agent_turns=_MAX_AGENT_TURNS.value, min_user_turns=_MIN_USER_TURNS.value,
       allowed_hosts=study.allowed_hosts(_HOST.value, base, _ALLOWED_HOSTS.value))
-  from engage_jax.human_eval.app import serve
+  from engage_jax.human_eval.app import serve  # noqa: PLC0415 (optional dependency: starlette, serving only)
   print(f"admin token: {token}", flush=True)
   print(f"serving on {base} (invite links: launch/rate.py ... --invite=N)", flush=True)
   serve(app, _HOST.value, _PORT.value)

@@ -191,6 +191,14 @@ def test_invalid_tokenizer_files_are_named(cli, tmp_path, name):
   assert "not valid JSON" in line
 
 
+def test_esconv_data_path_may_be_the_folder_above_esconv(tmp_path):
+  """pipeline.run validates data.path as config_check and the loaders read it (`esconv.esconv_dir`:
+  DIR/esconv/ when it exists): the folder above the split files is accepted up front."""
+  d = _esconv_dir(tmp_path / "data")
+  wd = pipeline.run(_config("esconv_tiny", data__path=str(d.parent)), str(tmp_path / "wd"), stages=())
+  assert wd.path("config.json").is_file()
+
+
 def test_esconv_missing_files(cli, tmp_path):
   _run_bad(cli, tmp_path, _config("esconv_tiny", data__path=str(tmp_path / "none")), "missing train.txt",
            "config.data.path")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from engage_jax import pipeline
+from engage_jax import build
 from tests.test_bad_inputs import _config
 
 
@@ -22,9 +22,9 @@ def _content(d) -> str:
 def test_real_corpus_eval_conditions_are_disjoint_from_sft_and_search(name, data_dir):
   cfg = _config(name, data__path=str(data_dir / name.split("_")[0]), eval__n_conditions=500,
                 search__n_conditions=500)
-  corpus = pipeline.load_corpus(cfg)
-  held_out = pipeline.eval_conditions(cfg)
-  search = pipeline.roots(cfg, corpus, "search", cfg.search.n_conditions)
+  corpus = build.load_corpus(cfg)
+  held_out = build.eval_conditions(cfg)
+  search = build.roots(cfg, corpus, "search", cfg.search.n_conditions)
   assert len(held_out) >= 60 and len(search) == 500
   train_ids = {d.id for d in corpus["train"]}
   eval_ids = {_source_id(r) for r in held_out}
@@ -42,8 +42,8 @@ def test_sandbox_eval_conditions_are_another_draw_than_the_search_roots():
   """The sandbox draws conditions from a small space, so single conditions may repeat; the ids
   differ and the evaluation's sequence of conditions is not the search's (another seed)."""
   cfg = _config("sandbox_es", eval__n_conditions=24, search__n_conditions=24)
-  held_out = pipeline.eval_conditions(cfg)
-  search = pipeline.roots(cfg, {}, "search", 24)
+  held_out = build.eval_conditions(cfg)
+  search = build.roots(cfg, {}, "search", 24)
   assert not {r.id for r in held_out} & {r.id for r in search}
   assert [r.condition for r in held_out] != [r.condition for r in search]
-  assert [r.condition for r in held_out] == [r.condition for r in pipeline.eval_conditions(cfg)]
+  assert [r.condition for r in held_out] == [r.condition for r in build.eval_conditions(cfg)]

@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from engage_jax import evaluate, pipeline, report
+from engage_jax import build, evaluate, pipeline, report
 from engage_jax.data.dialogue import Dialogue, Turn
 from tests.test_stage_resume import _cfg
 
@@ -18,13 +18,13 @@ STAGES = ("tokenizer", "sft_agent", "sft_simulator", "sft_heldout_simulator", "e
 def test_the_two_simulators_train_on_disjoint_halves():
   cfg = _cfg(eval__heldout_simulator=True)
   corpus = {"train": [Dialogue(f"d{i}", "es", [], {}) for i in range(7)]}
-  ids = {role: [d.id for d in pipeline.train_dialogues(cfg, corpus, role)]
+  ids = {role: [d.id for d in build.train_dialogues(cfg, corpus, role)]
          for role in ("agent", "simulator", "heldout_simulator")}
   assert ids["agent"] == [f"d{i}" for i in range(7)]
   assert not set(ids["simulator"]) & set(ids["heldout_simulator"])
   assert sorted(ids["simulator"] + ids["heldout_simulator"]) == sorted(ids["agent"])
   off = _cfg()  # the default: every role trains on everything, the held-out stage does nothing
-  assert [d.id for d in pipeline.train_dialogues(off, corpus, "simulator")] == ids["agent"]
+  assert [d.id for d in build.train_dialogues(off, corpus, "simulator")] == ids["agent"]
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ import sqlite3
 
 import pytest
 
-from engage_jax import errors, pipeline
+from engage_jax import build, errors, pipeline
 from engage_jax.train import pair_data
 from engage_jax.workdir import Workdir
 from tests.test_bad_inputs import cli  # noqa: F401  (a pytest fixture, used by name)
@@ -56,8 +56,8 @@ def test_dpo_stage_checks_the_pairs_before_loading_a_model(cli, tmp_path, monkey
   wd.path("pairs").mkdir(parents=True)
   rows = _pairs(2)
   (wd.path("pairs") / "shard-00000.jsonl").write_text("\n".join([*rows, rows[0]]) + "\n")
-  monkeypatch.setattr(pipeline, "load_tokenizer", lambda wd: None)
-  monkeypatch.setattr(pipeline, "load_model", lambda *a, **k: pytest.fail("loaded a model before the pairs check"))
+  monkeypatch.setattr(build, "load_tokenizer", lambda wd: None)
+  monkeypatch.setattr(build, "load_model", lambda *a, **k: pytest.fail("loaded a model before the pairs check"))
   line, = cli(pipeline.stage_dpo, None, wd)
   assert line.endswith(f"({wd.path('pairs', 'shard-00000.jsonl')}:3)") and "duplicate pair" in line
 
@@ -164,8 +164,8 @@ def test_lora_export_over_a_seed_initialised_base_loads_in_peft(tmp_path, monkey
   from tests.test_bad_inputs import _config
   cfg = _config(model__agent__lora__rank=4, model__agent__lora__init="random")
   tok = types.SimpleNamespace(vocab_size=64, bos_id=1, eos_id=2, pad_id=0)
-  monkeypatch.setattr(pipeline, "load_tokenizer", lambda wd: tok)
-  model = pipeline.new_model(cfg, "agent", tok)   # seeded base + seeded random adapters, as SFT starts
+  monkeypatch.setattr(build, "load_tokenizer", lambda wd: tok)
+  model = build.new_model(cfg, "agent", tok)   # seeded base + seeded random adapters, as SFT starts
   params = nnx.state(model, nnx.LoRAParam)
   mgr = checkpoint.CheckpointManager(str(tmp_path / "sft_agent" / "checkpoints"))
   mgr.save(5, params, optax.sgd(0.1).init(params), model_meta(model))
@@ -264,9 +264,9 @@ def test_evaluation_runs_in_batches_of_eval_batch_size(cli, tmp_path, monkeypatc
   monkeypatch.setattr(evaluate, "_default_simulate", lambda: fake_simulate)
   from engage_jax.tokenizer import ChatTokenizer
   tok = ChatTokenizer.load(small_files[1])
-  monkeypatch.setattr(pipeline, "load_tokenizer", lambda wd: tok)
-  monkeypatch.setattr(pipeline, "load_model", lambda *a, **k: None)
-  monkeypatch.setattr(pipeline, "speaker", lambda *a, **k: None)
+  monkeypatch.setattr(build, "load_tokenizer", lambda wd: tok)
+  monkeypatch.setattr(build, "load_model", lambda *a, **k: None)
+  monkeypatch.setattr(build, "speaker", lambda *a, **k: None)
   cfg = _config(eval__n_conditions=300, eval__samples_per_condition=1, eval__batch_size=128)
   summary = pipeline.stage_evaluate(cfg, Workdir(tmp_path / "wd"), "sft")
   assert calls == [128, 128, 44] and summary["n"] == 300
@@ -380,8 +380,8 @@ def test_max_prompt_len_under_a_trained_tokenizers_system_prompt_is_one_line(cli
   from engage_jax.tokenizer import ChatTokenizer
   from tests.test_bad_inputs import _config
   tok = ChatTokenizer.load(small_files[1])
-  monkeypatch.setattr(pipeline, "load_tokenizer", lambda wd: tok)
-  monkeypatch.setattr(pipeline, "load_model", lambda *a, **k: pytest.fail("loaded a model before the check"))
+  monkeypatch.setattr(build, "load_tokenizer", lambda wd: tok)
+  monkeypatch.setattr(build, "load_model", lambda *a, **k: pytest.fail("loaded a model before the check"))
   for stage, key in ((lambda c, w: pipeline.stage_evaluate(c, w, "sft"), "eval"), (pipeline.stage_search, "search")):
     cfg = _config(**{f"{key}__max_prompt_len": 12})
     line, = cli(stage, cfg, Workdir(tmp_path / "wd"))

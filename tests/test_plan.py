@@ -86,7 +86,7 @@ def test_plan_lowers_the_trainers_train_step(tmp_path, monkeypatch, remat, grad_
   import jax.numpy as jnp
   import numpy as np
 
-  from engage_jax import pipeline, sharding as shd
+  from engage_jax import build, sharding as shd
   from engage_jax.train import loop, sft as sft_train
 
   cfg = _tiny_base(grad_accum=grad_accum)
@@ -110,11 +110,11 @@ def test_plan_lowers_the_trainers_train_step(tmp_path, monkeypatch, remat, grad_
 
   monkeypatch.setattr(loop, "make_train_step", recording_make_train_step)
   tok = types.SimpleNamespace(vocab_size=64, bos_id=1, eos_id=2, pad_id=0)
-  model = pipeline.new_model(cfg, "agent", tok)
+  model = build.new_model(cfg, "agent", tok)
   rng = np.random.default_rng(0)
   ids = rng.integers(3, 64, (8, 16)).astype(np.int32)
   data = {16: {"input_ids": ids, "loss_mask": np.ones_like(ids), "attention_mask": np.ones_like(ids)}}
-  tcfg = pipeline.train_config(cfg, cfg.sft, steps=cfg.sft.agent_steps, max_len=cfg.data.max_len, progress=False)
+  tcfg = build.train_config(cfg, cfg.sft, steps=cfg.sft.agent_steps, max_len=cfg.data.max_len, progress=False)
   sft_train.train_sft(model, data, tcfg, str(tmp_path / "sft"), mesh=mesh)
   trainer = recorded["step"].lower(*recorded["args"]).as_text()
   assert jax.tree.map(lambda x: (x.shape, x.dtype), recorded["args"]) == \
@@ -124,7 +124,7 @@ def test_plan_lowers_the_trainers_train_step(tmp_path, monkeypatch, remat, grad_
 
 def test_plan_lowers_the_samplers_own_cores(tmp_path, monkeypatch):
   """The plan's sampling programs and the ones the search's speakers run (a model loaded as
-  pipeline.load_model loads it; sampling.generate, then a conversation-cache turn that keeps a
+  build.load_model loads it; sampling.generate, then a conversation-cache turn that keeps a
   prefix), recorded on their calls with the very arguments, lower to the same programs."""
   import types
 
@@ -132,15 +132,15 @@ def test_plan_lowers_the_samplers_own_cores(tmp_path, monkeypatch):
   import jax.numpy as jnp
   from flax import nnx
 
-  from engage_jax import chat_cache, models, pipeline, sampling
+  from engage_jax import build, chat_cache, models, sampling
 
   cfg = _tiny_base()
   cfg.model.update(dtype="bfloat16", param_dtype="float32", remat=True)   # as configs/esconv_llama3_8b.py
   remat = True
   dtype, param_dtype = jnp.dtype(cfg.model.dtype), jnp.dtype(cfg.model.param_dtype)
   tok = types.SimpleNamespace(vocab_size=64, bos_id=1, eos_id=2, pad_id=0)
-  models.save_pretrained(pipeline.new_model(cfg, "agent", tok), tmp_path / "hf")
-  model = pipeline.load_model(cfg, tmp_path / "hf")
+  models.save_pretrained(build.new_model(cfg, "agent", tok), tmp_path / "hf")
+  model = build.load_model(cfg, tmp_path / "hf")
   mc, _ = memory_plan.resolve_model_config(cfg, "agent")
   sp = sampling.SamplingParams(max_new_tokens=5, temperature=0.9, top_p=0.9, stop_token_ids=(2,))
 

@@ -178,6 +178,5 @@ def test_reward_helper():
   assert rewards.reward("p4g", ["I donate 0"]) is None  # free text: no bare numbers
   unparsed = Dialogue("c", "p4g", [Turn("user", "ok")], {}, {"outcome_text": "hmm", "donation": None})
   assert rewards.reward("p4g", _user_texts(unparsed), outcome=unparsed.outcome) is None
-  assert rewards.mean_reward("p4g", [["$1"], ["hmm"], ["$0.50"]]) == pytest.approx(0.75)
   with pytest.raises(ValueError, match="task"):
     rewards.reward("xx", [])

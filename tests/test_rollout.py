@@ -144,7 +144,7 @@ def test_sandbox_config_sampling_equals_the_old_flat_values(tok):
   import importlib.util
   import sys
   from pathlib import Path
-  from engage_jax import pipeline
+  from engage_jax import build
   configs = Path(__file__).resolve().parents[1] / "configs"
   spec = importlib.util.spec_from_file_location("cfg_sandbox_es_sampling", configs / "sandbox_es.py")
   mod = importlib.util.module_from_spec(spec)
@@ -158,11 +158,11 @@ def test_sandbox_config_sampling_equals_the_old_flat_values(tok):
          ("eval", "agent"): (32, 0.7, 0.9, 0), ("eval", "simulator"): (32, 1.0, 1.0, 0)}
   stops = tuple(dict.fromkeys(t for t in (tok.end_of_turn_id, tok.eos_id) if t is not None))
   for (section, role), (n, t, p, k) in old.items():
-    sp = pipeline.speaker(cfg, cfg[section], None, tok, role)
+    sp = build.speaker(cfg, cfg[section], None, tok, role)
     assert sp.max_prompt_len == 256
     assert sp.sampling == SamplingParams(max_new_tokens=n, temperature=t, top_p=p, top_k=k, stop_token_ids=stops)
     assert type(sp.sampling.max_new_tokens) is int and type(sp.sampling.temperature) is float
-  scfg = pipeline.search_config(cfg)
+  scfg = build.search_config(cfg)
   assert scfg.agent_sampling == SamplingParams(max_new_tokens=32, temperature=0.9, top_p=0.9, top_k=0)
   assert scfg.simulator_sampling == SamplingParams(max_new_tokens=32, temperature=1.0, top_p=1.0, top_k=0)
 

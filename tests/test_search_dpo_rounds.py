@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from engage_jax import evaluate, pipeline
+from engage_jax import build, evaluate, pipeline
 from engage_jax.workdir import Workdir
 from tests.test_stage_resume import _cfg
 
@@ -26,7 +26,7 @@ def test_each_round_starts_from_the_previous_rounds_dpo_agent(tmp_path):
   assert len({str(p[k]) for p in (one, two, three) for k in ("search", "pairs", "dpo")}) == 9
   assert pipeline.final_agent_dir(_cfg(search_dpo_rounds=3), wd) == three["dpo"] / "hf"
   # rounds search with seeds of their own (round 1 keeps the pipeline's seed)
-  seeds = [pipeline.search_config(_cfg(), r).seed for r in (1, 2, 3)]
+  seeds = [build.search_config(_cfg(), r).seed for r in (1, 2, 3)]
   assert seeds[0] == _cfg().seed and len(set(seeds)) == 3
 
 

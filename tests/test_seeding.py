@@ -1,6 +1,6 @@
 """The one seed-derivation module: every derived seed pinned to the value it had before the helpers
 that computed it (search.env._sub_seed, rollout._call_seed, evaluate.sample_seed,
-human_eval.store.turn_seed, search.run.shard_seed) shared it (issue 15)."""
+human_eval.store.turn_seed) shared it (issue 15)."""
 from __future__ import annotations
 
 import numpy as np
@@ -8,7 +8,6 @@ import pytest
 
 from engage_jax import evaluate, seeding
 from engage_jax.human_eval.store import turn_seed
-from engage_jax.search.run import shard_seed
 
 
 def _old_sub_seed(seed, *keys):
@@ -27,7 +26,6 @@ def test_pinned_values():
   assert [seeding.sample_seed(0, 0, 0), seeding.sample_seed(5, 2, 3),
           seeding.sample_seed(10 ** 9, 7, 9)] == [0, 5020032, 1470040744]
   assert evaluate.sample_seed is seeding.sample_seed
-  assert [shard_seed(0, 1), shard_seed(99, 4)] == [1184047323, 290242450]
   assert [turn_seed(1, 2, 3), turn_seed(-4, 0, 9)] == [1674706048, 581129592]
 
 

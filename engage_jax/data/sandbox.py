@@ -88,6 +88,7 @@ from __future__ import annotations
 import random
 import re
 from collections.abc import Mapping, Sequence
+import itertools
 
 from engage_jax.data.dialogue import AGENT, USER, Dialogue, Turn
 
@@ -259,7 +260,6 @@ def world_table(task: str, world: str = "delayed", n_turns: int = DELAYED_TURNS)
   "greedy_plan", "uniform", "margin"}. optimum: max expected reward over all sequences; greedy:
   the final expected reward of the policy that maximises each turn's expected immediate reward
   (`immediate_reward`; ties to the first strategy in order); uniform: the corpus agent's mean."""
-  import itertools
   names, _, _ = _world(task)
   cond = _sample_condition(task, random.Random(0))
   seqs = list(itertools.product(names, repeat=n_turns))

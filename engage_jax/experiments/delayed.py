@@ -88,9 +88,9 @@ def targets(summary: Mapping, table: Mapping) -> dict:
 
 def plot(summary: Mapping, table: Mapping, path: Path, task: str) -> None:
   """runner.plot's bars with the world's long-run optimum, greedy turn-level value and uniform agent."""
-  import matplotlib  # optional dependency (plots only)
+  import matplotlib  # noqa: PLC0415 (optional dependency: matplotlib (plots only))
   matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
+  import matplotlib.pyplot as plt  # noqa: PLC0415 (optional dependency: matplotlib)
   names = list(summary["variants"])
   rows = [summary["variants"][n] for n in names]
   fig, ax = plt.subplots(figsize=(1.3 * len(names) + 2, 3.8))

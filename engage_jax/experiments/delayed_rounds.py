@@ -115,9 +115,9 @@ def render(s: Mapping) -> str:
 
 
 def plot(s: Mapping, path: Path) -> None:
-  import matplotlib  # optional dependency (plots only)
+  import matplotlib  # noqa: PLC0415 (optional dependency: matplotlib (plots only))
   matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
+  import matplotlib.pyplot as plt  # noqa: PLC0415 (optional dependency: matplotlib)
   fig, ax = plt.subplots(figsize=(5.5, 3.6))
   x = [row["round"] for row in s["by_round"]]
   for h, color in zip(HORIZONS, ("tab:blue", "tab:orange"), strict=True):

@@ -165,9 +165,9 @@ def render(s: Mapping) -> str:
 
 
 def plot(s: Mapping, path: str | Path) -> None:
-  import matplotlib  # optional dependency: only the figure needs it
+  import matplotlib  # noqa: PLC0415 (optional dependency: matplotlib (the figure only))
   matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
+  import matplotlib.pyplot as plt  # noqa: PLC0415 (optional dependency: matplotlib)
   sims = [("search's simulator", s)] + ([("held-out simulator", s["heldout_simulator"])] if "heldout_simulator" in s else [])
   fig, ax = plt.subplots(figsize=(6, 3.5))
   for i, (_label, block) in enumerate(sims):

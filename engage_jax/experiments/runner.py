@@ -50,7 +50,7 @@ from collections.abc import Callable, Mapping, Sequence
 import ml_collections
 import numpy as np
 
-from engage_jax import pipeline
+from engage_jax import build, pipeline
 from engage_jax.errors import InputError, InputErrors
 from engage_jax.experiments import variants as V
 from engage_jax.fileio import atomic_write_json
@@ -112,13 +112,12 @@ class ModelOps:
 
   def corpus_mix_pairs(self, cfg, view: Workdir, pairs_dir: Path, n_corpus: int) -> dict:
     """Writes the search's pairs (`pairs_dir`) + corpus pairs into view's pairs/."""
-    from engage_jax import pipeline
     from engage_jax.experiments import baselines
     from engage_jax.fileio import atomic_write_jsonl
     pairs = read_pairs(shard_files(pairs_dir))
-    tok = pipeline.load_tokenizer(view)
-    agent = pipeline.speaker(cfg, cfg.search, pipeline.load_model(cfg, view.path("sft_agent", "hf")), tok, "agent")
-    corpus = pipeline.load_corpus(cfg)["train"]
+    tok = build.load_tokenizer(view)
+    agent = build.speaker(cfg, cfg.search, build.load_model(cfg, view.path("sft_agent", "hf")), tok, "agent")
+    corpus = build.load_corpus(cfg)["train"]
     cp = baselines.corpus_pairs(cfg.task, corpus, agent, n_corpus or len(pairs), seed=cfg.seed + 13)
     atomic_write_jsonl(str(view.path("pairs", "shard-00000.jsonl")), pairs)
     atomic_write_jsonl(str(view.path("pairs", "shard-corpus.jsonl")), cp)
@@ -135,36 +134,35 @@ class ModelOps:
 
   def rft(self, cfg, view: Workdir, pairs_dir: Path, steps: int, lr: float, min_value: float) -> dict:
     """SFT of the SFT agent on the search's chosen turns (value >= min_value) → view's agent/hf."""
-    from engage_jax import models, pipeline
+    from engage_jax import build, models
     from engage_jax.data import sft as sft_data
     from engage_jax.experiments import baselines
     from engage_jax.train import sft as sft_train
     pairs = read_pairs(shard_files(pairs_dir))
-    tok = pipeline.load_tokenizer(view)
+    tok = build.load_tokenizer(view)
     msgs = baselines.rft_examples(pairs, min_value)
     out = view.path("agent")
-    model = pipeline.load_model(cfg, view.path("sft_agent", "hf"))
+    model = build.load_model(cfg, view.path("sft_agent", "hf"))
     if not msgs:
       models.save_pretrained(model, out / "hf")
       return {"examples": 0, "skipped": f"no chosen turn with value >= {min_value}"}
     exs = [e for m in msgs for e in sft_data.examples_from_messages(tok, m, cfg.data.max_len, targets=[len(m) - 1])]
     data = sft_data.pad_to_buckets(exs, tok.pad_id, cfg.data.max_len,
                                    sft_data.default_buckets(cfg.data.max_len, cfg.sft.min_bucket))
-    tcfg = pipeline.train_config(cfg, cfg.sft, steps=steps, learning_rate=lr,
+    tcfg = build.train_config(cfg, cfg.sft, steps=steps, learning_rate=lr,
                                  warmup_steps=max(1, steps // 10), max_len=cfg.data.max_len)
-    model, summary = sft_train.train_sft(model, data, tcfg, str(out), mesh=pipeline.make_mesh(cfg))
+    model, summary = sft_train.train_sft(model, data, tcfg, str(out), mesh=build.make_mesh(cfg))
     models.save_pretrained(model, out / "hf")
     return {"examples": len(exs), "step": summary.get("step")}
 
   # ------------------------------------------------------------------ evaluation
   def _agent(self, cfg, tok, agent_dir, best_of_n: int, lookahead_dir):
-    from engage_jax import pipeline
-    agent = pipeline.speaker(cfg, cfg.eval, pipeline.load_model(cfg, agent_dir), tok, "agent")
+    agent = build.speaker(cfg, cfg.eval, build.load_model(cfg, agent_dir), tok, "agent")
     if not best_of_n:
       return agent, None
     from engage_jax.experiments import baselines
-    look = pipeline.speaker(cfg, cfg.eval, pipeline.load_model(cfg, lookahead_dir), tok, "simulator")
-    policy = baselines.BestOfN(agent, look, best_of_n, cfg.task, cfg.eval.max_agent_turns, pipeline.reward_cfg(cfg))
+    look = build.speaker(cfg, cfg.eval, build.load_model(cfg, lookahead_dir), tok, "simulator")
+    policy = baselines.BestOfN(agent, look, best_of_n, cfg.task, cfg.eval.max_agent_turns, build.reward_cfg(cfg))
     return policy, baselines.simulate_best_of_n
 
   def sft_eval(self, cfg, base: Path) -> dict:
@@ -174,14 +172,14 @@ class ModelOps:
   def evaluate(self, cfg, tok_dir: Path, agent_dir: Path, sim_dir: Path, out_dir: Path,
                best_of_n: int = 0, lookahead_dir: Path | None = None) -> dict:
     """The pipeline's evaluation (same conditions, settings and seed as stage_evaluate)."""
-    from engage_jax import evaluate, pipeline
+    from engage_jax import build, evaluate
     from engage_jax.tokenizer import ChatTokenizer
     tok = ChatTokenizer.load(tok_dir)
     agent, fn = self._agent(cfg, tok, agent_dir, best_of_n, lookahead_dir)
-    sim = pipeline.speaker(cfg, cfg.eval, pipeline.load_model(cfg, sim_dir), tok, "simulator")
-    conds = pipeline.eval_conditions(cfg)
+    sim = build.speaker(cfg, cfg.eval, build.load_model(cfg, sim_dir), tok, "simulator")
+    conds = build.eval_conditions(cfg)
     settings = {"task": cfg.task, "max_agent_turns": cfg.eval.max_agent_turns,
-                "samples_per_condition": cfg.eval.samples_per_condition, "reward": pipeline.reward_cfg(cfg)}
+                "samples_per_condition": cfg.eval.samples_per_condition, "reward": build.reward_cfg(cfg)}
     _, dialogues = evaluate.evaluate(agent, sim, conds, settings, seed=cfg.seed + 7,
                                      out_path=str(out_dir / "dialogues.jsonl"), simulate_fn=fn)
     return self._result(cfg, dialogues)
@@ -200,12 +198,12 @@ class ModelOps:
   def oracle(self, cfg, tok_dir: Path, agent_dir: Path, out_dir: Path, best_of_n: int = 0,
              lookahead_dir: Path | None = None) -> dict:
     """Live chats with the sandbox world as the user on the evaluation conditions."""
-    from engage_jax import oracle, pipeline
+    from engage_jax import build, oracle
     from engage_jax.fileio import atomic_write_jsonl
     from engage_jax.tokenizer import ChatTokenizer
     tok = ChatTokenizer.load(tok_dir)
     agent, _ = self._agent(cfg, tok, agent_dir, best_of_n, lookahead_dir)
-    rows = oracle.evaluate_world(agent, pipeline.eval_conditions(cfg), cfg.task, cfg.eval.samples_per_condition,
+    rows = oracle.evaluate_world(agent, build.eval_conditions(cfg), cfg.task, cfg.eval.samples_per_condition,
                                  seed=cfg.seed + 11, world=cfg.data.get("sandbox_world", "default"))
     atomic_write_jsonl(str(out_dir / "dialogues.jsonl"), [d.to_json() for d in rows])
     return {"summary": oracle.summarize(rows), "per_condition": per_condition(rows),

@@ -15,6 +15,9 @@
 """
 from __future__ import annotations
 
+from pathlib import Path
+import json
+
 from engage_jax.errors import InputError
 
 VARIANTS = {
@@ -26,7 +29,6 @@ VARIANTS = {
     "rft": "SFT on the future search's chosen turns (value >= rft_min_value)",
     "transfer": "DPO on the other task's future-search pairs (experiment.transfer_from)",
 }
-NEEDS_FUTURE_SEARCH = ("future", "corpus_mix", "rft")
 
 
 def parse_list(text, what: str) -> list[str]:
@@ -49,7 +51,6 @@ def parse_seeds(text) -> list[int]:
 
 def transfer_pairs(source, seed: int) -> list:
   """The pair files of the other task's "future" search for `seed` under experiment dir `source`."""
-  from pathlib import Path
   return sorted((Path(source) / f"seed-{seed}" / "future" / "pairs").glob("shard-*.jsonl"))
 
 
@@ -81,7 +82,6 @@ def check(cfg, variants: list[str], seeds: list[int]) -> None:
       raise InputError("the transfer variant needs config.experiment.transfer_from: the other task's "
                        "experiment directory (its variant future run for the same seeds)",
                        "config.experiment.transfer_from")
-    import json
     with open(transfer_pairs(source, seeds[0])[0]) as f:
       first = f.readline()
     task = json.loads(first).get("meta", {}).get("task") if first.strip() else None

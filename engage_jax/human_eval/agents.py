@@ -3,8 +3,9 @@
     agents = Agents.from_workdir(cfg, workdir)
     text, ms = agents.reply("dpo", turns, seed)    # turns: [Turn]; one sampling.generate call
 
-Sampling settings are the evaluation's (`config.eval.agent_sampling` and max_prompt_len, through
-`pipeline.speaker`), so people meet the agents the simulator met. Generation is serialised by a lock
+Tokenizer, models and sampling settings are the evaluation's (`build.load_tokenizer`,
+`build.load_model`: the config's dtype, param_dtype and remat; `build.speaker`:
+`config.eval.agent_sampling` and max_prompt_len), so people meet the agents the simulator met. Generation is serialised by a lock
 (one request at a time; the models are shared between the server's threads).
 """
 from __future__ import annotations
@@ -17,6 +18,8 @@ from collections.abc import Callable, Mapping, Sequence
 from engage_jax.data import chat
 from engage_jax.data.dialogue import Turn
 from engage_jax.errors import InputError
+from engage_jax import build, pipeline
+from engage_jax.workdir import Workdir
 
 AGENT_DIRS = {"sft": ("sft_agent", "hf"), "dpo": ("dpo_agent", "hf")}  # dpo: the last round's (search_dpo_rounds)
 
@@ -32,21 +35,19 @@ class Agents:
 
   @classmethod
   def from_workdir(cls, cfg, workdir: str | Path) -> Agents:
-    from engage_jax import pipeline
-    from engage_jax.tokenizer import ChatTokenizer
-    from engage_jax.workdir import Workdir
-    wd = Path(workdir)
-    tok_dir = wd / "tokenizer"
+    wd = Workdir(str(workdir))
+    tok_dir = wd.path("tokenizer")
     if not (tok_dir / "tokenizer.json").is_file():
       raise InputError("no tokenizer in the workdir; run the pipeline first", str(tok_dir))
-    tok = ChatTokenizer.load(tok_dir)
+    tok = build.load_tokenizer(wd)
     speakers = {}
-    dirs = {"sft": wd.joinpath(*AGENT_DIRS["sft"]), "dpo": pipeline.final_agent_dir(cfg, Workdir(str(wd)))}
+    dirs = {"sft": wd.path(*AGENT_DIRS["sft"]), "dpo": pipeline.final_agent_dir(cfg, wd)}
     for name, d in dirs.items():
       if not (d / "config.json").is_file():
         raise InputError(f"no {name.upper()} agent (HF export) there; run the pipeline first", str(d))
-      model = pipeline.load_model(cfg, d)  # the config's dtype, param_dtype and remat
-      sp = pipeline.speaker(cfg, cfg.eval, model, tok, "agent")
+      # the config's dtype, param_dtype and remat; LoRA adapters are merged into the HF exports
+      model = build.load_model(cfg, d)
+      sp = build.speaker(cfg, cfg.eval, model, tok, "agent")
       speakers[name] = lambda msgs, seed, sp=sp: sp.generate([msgs], seed)[0]
     return cls(cfg.task, speakers)
 

@@ -40,7 +40,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from engage_jax.data.dialogue import AGENT, USER, Turn
-from engage_jax.human_eval import conditions, items as items_mod
+from engage_jax.human_eval import conditions, items as items_mod, stats
 from engage_jax.human_eval.store import SLOTS, Store, StoreError, turn_seed
 
 log = logging.getLogger("engage_jax.human_eval")
@@ -211,7 +211,7 @@ def create_app(store: Store, agents, pool: list[dict], settings: Settings, admin
     """An async endpoint: parses the JSON body, runs `fn(request, body)` in a worker thread (model
     calls and SQLite never block the event loop) and answers its dict as JSON."""
     async def endpoint(request: Request):
-      from starlette.concurrency import run_in_threadpool
+      from starlette.concurrency import run_in_threadpool  # noqa: PLC0415 (optional dependency: starlette)
       obj = await body(request)
       return JSONResponse(await run_in_threadpool(fn, request, obj))
     return endpoint
@@ -306,7 +306,6 @@ def create_app(store: Store, agents, pool: list[dict], settings: Settings, admin
 
   def admin_report(request: Request):
     admin(request)
-    from engage_jax.human_eval import stats
     block = stats.human_block(store.sessions(), task_items, latencies_ms=store.latencies_ms(),
                               invites={k: v for k, v in store.counts().items() if k in ("invites", "claimed")},
                               seed=settings.seed, n_boot=2000)
@@ -335,13 +334,13 @@ def create_app(store: Store, agents, pool: list[dict], settings: Settings, admin
   app = Starlette(routes=routes, exception_handlers={StoreError: on_store_error, HTTPException: on_http,
                                                      Exception: on_crash})
   if allowed_hosts is not None:
-    from starlette.middleware.trustedhost import TrustedHostMiddleware
+    from starlette.middleware.trustedhost import TrustedHostMiddleware  # noqa: PLC0415 (optional dependency: starlette)
     app.add_middleware(TrustedHostMiddleware, allowed_hosts=list(allowed_hosts), www_redirect=False)
   app.add_middleware(_Headers)
   return app
 
 
 def serve(app, host: str = "127.0.0.1", port: int = 8000) -> None:
-  import uvicorn
+  import uvicorn  # noqa: PLC0415 (optional dependency: uvicorn)
   uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from engage_jax import build
+
 INSTRUCTIONS = {
     "es": ("Imagine you are the person described below and talk about it with the agent, in your own "
            "words. You will chat with agent A, then with agent B, and then rate both."),
@@ -14,11 +16,10 @@ INSTRUCTIONS = {
 
 def pool(cfg, n: int | None = None) -> list[dict]:
   """[{"id", "condition"}] of the first `n` held-out conditions (default config.eval.n_conditions),
-  from `pipeline.roots(cfg, corpus, "eval", n)`."""
-  from engage_jax import pipeline
+  from `build.roots(cfg, corpus, "eval", n)`."""
   n = int(n or cfg.eval.n_conditions)
-  corpus = pipeline.load_corpus(cfg) if cfg.data.source != "sandbox" else {}
-  return [{"id": d.id, "condition": dict(d.condition)} for d in pipeline.roots(cfg, corpus, "eval", n)]
+  corpus = build.load_corpus(cfg) if cfg.data.source != "sandbox" else {}
+  return [{"id": d.id, "condition": dict(d.condition)} for d in build.roots(cfg, corpus, "eval", n)]
 
 
 def display(condition: Mapping[str, str]) -> list[list[str]]:

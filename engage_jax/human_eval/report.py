@@ -13,6 +13,7 @@ from pathlib import Path
 from collections.abc import Mapping
 
 from engage_jax.fileio import atomic_write_json, atomic_write_text
+from engage_jax import report as run_report
 
 BEGIN, END = "<!-- human_eval:begin -->", "<!-- human_eval:end -->"
 
@@ -66,7 +67,6 @@ def _replace_section(md: str, section: str) -> str:
 def write(workdir: str | Path, block: Mapping) -> dict[str, str]:
   """Adds `block` to DIR/report.json (extra.human) and DIR/report.md when they exist, and writes
   DIR/human_eval/summary.json. Returns {name: path} of what was written."""
-  from engage_jax import report as run_report
   wd = Path(workdir)
   out = {}
   summary = wd / "human_eval" / "summary.json"

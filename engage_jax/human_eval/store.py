@@ -26,6 +26,7 @@ from typing import Any
 from collections.abc import Iterator, Mapping, Sequence
 
 from engage_jax import errors
+from engage_jax.seeding import sub_seed
 
 MODELS = ("sft", "dpo")
 SLOTS = ("A", "B")
@@ -98,7 +99,6 @@ def new_secret() -> str:
 
 def turn_seed(study_seed: int, conversation_id: int, idx: int) -> int:
   """The sampling seed of the agent turn at index `idx` of a conversation (deterministic)."""
-  from engage_jax.seeding import sub_seed
   return sub_seed(study_seed, conversation_id, idx)
 
 

@@ -5,10 +5,13 @@ import logging
 import os
 import secrets
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from engage_jax.errors import InputError
-from engage_jax.human_eval import items as items_mod
+from engage_jax.human_eval import items as items_mod, conditions, report as human_report, stats
 from engage_jax.human_eval.store import Store
+from engage_jax.human_eval.agents import Agents
+from engage_jax import evaluate
 
 log = logging.getLogger("engage_jax.human_eval")
 DB_NAME = os.path.join("human_eval", "rate.sqlite")
@@ -32,7 +35,6 @@ def check_port(port: int) -> None:
 def allowed_hosts(host: str, base_url: str = "", extra=()) -> list[str]:
   """Host header values the server answers (TrustedHostMiddleware): loopback names, --host, the
   host of --base_url (the printed links) and `extra` (--allowed_hosts)."""
-  from urllib.parse import urlsplit
   names = ["127.0.0.1", "localhost", "[::1]", host, urlsplit(base_url).hostname or "", *extra]
   return list(dict.fromkeys(n for n in names if n))
 
@@ -59,7 +61,7 @@ def invite(cfg, workdir, n: int, base_url: str, db: str | None = None) -> list[s
 
 def settings(cfg, *, scenarios: int = 1, max_chars: int = 500, max_agent_turns: int = 0,
              min_user_turns: int = 1):
-  from engage_jax.human_eval.app import Settings
+  from engage_jax.human_eval.app import Settings  # noqa: PLC0415 (optional dependency: starlette)
   for name, v in (("--scenarios", scenarios), ("--max_chars", max_chars), ("--min_user_turns", min_user_turns)):
     if v < 1:
       raise InputError(f"must be positive, got {v}", name)
@@ -74,9 +76,7 @@ def build_app(cfg, workdir, *, db: str | None = None, n_conditions: int = 0, adm
               warm_up: bool = True, allowed_hosts: list[str] | None = None, **settings_kw):
   """(app, admin token): the workdir's agents loaded, the held-out scenario pool built.
   allowed_hosts: the Host header allow-list (None: any; launch/rate.py always passes one)."""
-  from engage_jax.human_eval import conditions
-  from engage_jax.human_eval.agents import Agents
-  from engage_jax.human_eval.app import create_app
+  from engage_jax.human_eval.app import create_app  # noqa: PLC0415 (optional dependency: starlette)
   st = settings(cfg, **settings_kw)
   if n_conditions < 0:
     raise InputError(f"must be >= 0 (0 = config.eval.n_conditions), got {n_conditions}", "--n_conditions")
@@ -91,7 +91,6 @@ def build_app(cfg, workdir, *, db: str | None = None, n_conditions: int = 0, adm
 
 def sim_dialogues(workdir) -> dict:
   """{"sft"|"dpo": dialogues} of the pipeline's evaluation runs that exist in the workdir."""
-  from engage_jax import evaluate
   out = {}
   for m in ("sft", "dpo"):
     p = Path(workdir) / f"eval_{m}" / "dialogues.jsonl"
@@ -102,7 +101,6 @@ def sim_dialogues(workdir) -> dict:
 
 def report(cfg, workdir, db: str | None = None, n_boot: int = 10_000) -> tuple[dict, dict]:
   """(human block, {name: path written}): statistics of the study into the run's report."""
-  from engage_jax.human_eval import report as human_report, stats
   path = db_path(workdir, db)
   if not path.is_file():
     raise InputError("no study database; create invites and collect ratings first", str(path))

@@ -16,7 +16,7 @@ DTYPE_ALIASES = {"fp32": "float32", "bf16": "bfloat16"}
 def jax_dtype(name: str, aliases: bool = False):
   """"float32" → jnp.float32, "bfloat16" → jnp.bfloat16 (with aliases: also "fp32", "bf16");
   KeyError on any other name."""
-  import jax.numpy as jnp  # here, not at the top: this module stays free of jax imports
+  import jax.numpy as jnp  # noqa: PLC0415 (lazy: this module stays free of jax imports)
   canonical = DTYPE_ALIASES.get(name, name) if aliases else name
   if canonical not in DTYPE_NAMES:
     raise KeyError(name)

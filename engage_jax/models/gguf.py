@@ -24,8 +24,11 @@ import json
 import os
 from pathlib import Path
 from typing import Any
+import importlib.util
 
 import numpy as np
+from safetensors.numpy import save_file
+from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers
 
 from engage_jax.models.config import ModelConfig
 
@@ -33,7 +36,6 @@ SUPPORTED_ARCHS = ("llama", "qwen2")
 # pre-tokenizer names (`tokenizer.ggml.pre`, llama.cpp's llama-vocab.cpp) → how to split text.
 # Each is (split regexes applied in order, isolated) before the byte-level mapping; `None`: the
 # GPT-2 regex of `ByteLevel(use_regex=True)`.
-_GPT2 = None
 _LLAMA3_REGEX = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
                  r"|\s*[\r\n]+|\s+(?!\S)|\s+")
 _QWEN2_REGEX = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
@@ -97,7 +99,7 @@ class GGUFFile:
     if not self.path.is_file():
       raise FileNotFoundError(f"{self.path}: no such GGUF file")
     try:
-      from gguf import GGUFReader
+      from gguf import GGUFReader  # noqa: PLC0415 (optional in practice: a missing gguf package is a one-line error)
     except ImportError:
       raise ValueError(f"{self.path}: reading GGUF files needs the `gguf` package (pip install gguf)") from None
     try:
@@ -174,8 +176,8 @@ class GGUFFile:
   # ------------------------------------------------------------------ weights
   def tensor(self, name: str) -> np.ndarray:
     """One tensor dequantized to float32, in numpy (torch) layout: [out, in] for a projection."""
-    from gguf import GGMLQuantizationType
-    from gguf.quants import dequantize
+    from gguf import GGMLQuantizationType  # noqa: PLC0415 (optional, as in GGUFFile)
+    from gguf.quants import dequantize  # noqa: PLC0415 (optional, as in GGUFFile)
     t = self.tensors[name]
     qtype = GGMLQuantizationType(t.tensor_type)
     try:
@@ -206,8 +208,7 @@ class GGUFFile:
   # ------------------------------------------------------------------ tokenizer
   def hf_tokenizer(self):
     """A `transformers.PreTrainedTokenizerFast` built from `tokenizer.ggml.*` (byte-level BPE)."""
-    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
+    from transformers import PreTrainedTokenizerFast  # noqa: PLC0415 (optional dependency: transformers)
     kind = self.get("tokenizer.ggml.model")
     if kind is None or "tokenizer.ggml.tokens" not in self.metadata:
       raise ValueError(f"{self.path}: no tokenizer metadata (tokenizer.ggml.model / tokens); pass an HF "
@@ -266,7 +267,6 @@ def convert_gguf(path: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
   """Writes a standard HF directory: config.json + model.safetensors (float32) + tokenizer.json +
   tokenizer_config.json (chat template, special tokens). transformers and
   `engage_jax.tokenizer.ChatTokenizer` load it."""
-  from safetensors.numpy import save_file
   f = open_gguf(path)
   config = f.model_config()
   tensors = f.hf_tensors(config)
@@ -285,7 +285,6 @@ def convert_gguf(path: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
 def installed_file(package: str, filename: str, pip_spec: str) -> str:
   """The path of `filename` inside the installed `package`, found without importing the package
   (SmolLM2's wheel imports a CLI it does not ship). FileNotFoundError saying how to install it."""
-  import importlib.util
   spec = importlib.util.find_spec(package)
   locations = list(spec.submodule_search_locations or []) if spec else []
   for loc in locations:

@@ -23,6 +23,8 @@ from safetensors.flax import save_file
 from engage_jax.fileio import umask_mode
 from engage_jax.models.config import ModelConfig
 from engage_jax.models.llama import CausalLM
+from engage_jax.models import gguf
+from engage_jax import sharding, multihost
 
 SAFE_INDEX = "model.safetensors.index.json"
 
@@ -97,7 +99,6 @@ def from_pretrained(model_dir: str | os.PathLike, dtype=jnp.float32, param_dtype
   """Loads an HF Llama/Mistral/Qwen2 directory, or a `.gguf` file (engage_jax.models.gguf), into a
   `CausalLM` (params in `param_dtype`, default = `dtype`; `remat`, `scan_layers` as in `CausalLM`). Raises naming
   the tensor on any missing or mis-shaped weight."""
-  from engage_jax.models import gguf
   if gguf.is_gguf(model_dir):
     f = gguf.open_gguf(model_dir)
     config = f.model_config()
@@ -149,7 +150,6 @@ def _checked(tensors: dict, path: tuple, layer: int | None, shape: tuple, source
 def hf_state(model: CausalLM) -> dict[str, np.ndarray]:
   """The model's parameters as host arrays under transformers' names and layout (per layer,
   `[out, in]` weights). A collective on several processes (every process calls it)."""
-  from engage_jax import sharding
   out = {}
   for path, var in nnx.to_flat_state(nnx.state(model, nnx.Param)):
     arr = sharding.to_host(var[...])  # every process joins the gather
@@ -161,7 +161,6 @@ def hf_state(model: CausalLM) -> dict[str, np.ndarray]:
 
 def save_pretrained(model: CausalLM, out_dir: str | os.PathLike, dtype=None) -> Path:
   """Writes `config.json` + `model.safetensors` that `transformers.AutoModelForCausalLM` loads."""
-  from engage_jax import multihost
   out_dir = Path(out_dir)
   tensors = {name: jnp.asarray(arr, dtype=dtype or arr.dtype) for name, arr in hf_state(model).items()}
   multihost.main_write(_write_hf, model, out_dir, tensors, dtype, what=str(out_dir))  # process 0 writes

@@ -36,9 +36,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from safetensors.numpy import save_file
+from safetensors import SafetensorError, safe_open
 
 from engage_jax.errors import InputError
 from engage_jax.fileio import umask_mode
+from engage_jax.models.llama import Linear, stack_modules, CausalLM
+from engage_jax.models.hf import hf_name, is_stacked
 
 TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 INITS = ("default", "random")
@@ -122,7 +126,6 @@ def check(lcfg: LoraConfig, where: str = "lora") -> None:
 
 # ---------------------------------------------------------------------------- adapters
 def _linears(model: nnx.Module) -> Iterator[tuple[tuple, nnx.Module]]:
-  from engage_jax.models.llama import Linear
   for path, module in nnx.iter_modules(model):
     if isinstance(module, Linear):
       yield path, module
@@ -149,7 +152,6 @@ def apply_lora(model: nnx.Module, lcfg: LoraConfig, rngs: nnx.Rngs | None = None
   rngs = rngs if rngs is not None else nnx.Rngs(0)
   b_init = (nnx.initializers.zeros if lcfg.init == "default"
             else nnx.initializers.normal(1.0 / math.sqrt(lcfg.rank)))
-  from engage_jax.models.llama import stack_modules
   targeted = [(path, lin) for path, lin in _linears(model) if str(path[-1]) in lcfg.targets]
 
   def new_lora(lin):
@@ -214,7 +216,6 @@ def merge(model: nnx.Module) -> nnx.Module:
   the base dtype). A model without adapters is returned as is."""
   if not has_lora(model):
     return model
-  from engage_jax.models.llama import CausalLM
   first = next(iter(nnx.to_flat_state(nnx.state(model, nnx.Param))))[1]
   plain = nnx.eval_shape(lambda: CausalLM(model.config, dtype=model.dtype,
                                           param_dtype=first[...].dtype, rngs=nnx.Rngs(0), remat=model.remat,
@@ -235,7 +236,6 @@ def merge(model: nnx.Module) -> nnx.Module:
 def _module_names(path: tuple, lin: nnx.Module) -> list[tuple[int | None, str]]:
   """NNX path of a Linear → [(layer, transformers module name)]: one per layer for a stacked
   projection (0, model.layers.0.self_attn.q_proj), ...; [(None, name)] for an unstacked one."""
-  from engage_jax.models.hf import hf_name, is_stacked
   path = tuple(path) + ("kernel",)
   layers = range(lin.kernel.shape[0]) if is_stacked(path) else [None]
   return [(i, hf_name(path, i)[0][:-len(".weight")]) for i in layers]
@@ -255,7 +255,6 @@ def peft_config(model: nnx.Module, base_model_name_or_path: str = "") -> dict:
 
 def save_peft(model: nnx.Module, out_dir: str | os.PathLike, base_model_name_or_path: str = "") -> Path:
   """Writes the adapters as a PEFT LoRA dir that `peft.PeftModel.from_pretrained(base, dir)` loads."""
-  from safetensors.numpy import save_file
   mods = adapted(model)
   if not mods:
     raise ValueError("save_peft: the model has no LoRA adapters")
@@ -315,7 +314,6 @@ def _peft_lora_config(adapter_dir: Path) -> tuple[LoraConfig, dict]:
 def load_peft(model: nnx.Module, adapter_dir: str | os.PathLike) -> nnx.Module:
   """Attaches the adapters of a PEFT LoRA dir to `model` (a base model without adapters), in
   place. InputError naming the field / tensor when the adapter does not fit the base model."""
-  from safetensors import SafetensorError, safe_open
   d = Path(adapter_dir)
   lcfg, _ = _peft_lora_config(d)
   if has_lora(model):

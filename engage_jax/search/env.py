@@ -10,6 +10,9 @@ from collections.abc import Callable, Mapping, Sequence
 from engage_jax.data.dialogue import AGENT, USER, Dialogue, Turn
 from engage_jax.search.base import UNPARSED, Expansion, RolloutResult, row_seeds
 from engage_jax.seeding import sub_seed
+from engage_jax import rewards, rollout
+from engage_jax.data import chat
+from engage_jax.sampling import sequence_logprobs
 
 
 def _scored_reward(outcome: Mapping) -> float:
@@ -21,7 +24,6 @@ def turn_reward(task: str, e: Expansion, reward_cfg: Any = None) -> float:
   """The user's immediate reaction to `e.agent` (SearchConfig.reward_horizon "turn"): ES 1.0 if
   the reply `e.user` alone matches the regex; P4G the donation that reply states (free text,
   0.0 if none), or the chat's outcome `e.reward` when the reply ended it (UNPARSED stays NaN)."""
-  from engage_jax import rewards
   st = rewards.RewardSettings.from_any(reward_cfg)
   if task == "es":
     return 1.0 if rewards.es_engaged([e.user.text], st.es_pattern, 1) else 0.0
@@ -70,7 +72,6 @@ class ModelEnv:
                   strategy_fn: Callable[[str], str | None] | None = None, kv_cache: bool = True) -> ModelEnv:
     """Builds both Speakers from a `SearchConfig` (agent_sampling / simulator_sampling, turn cap);
     kv_cache: the Speakers keep their chats' KV caches between calls (`rollout.Speaker`)."""
-    from engage_jax import rollout
     agent = rollout.Speaker(agent_model, tokenizer, max_prompt_len, sampling=cfg.agent_sampling,
                             kv_cache=kv_cache)
     sim = rollout.Speaker(simulator_model, tokenizer, max_prompt_len, sampling=cfg.simulator_sampling,
@@ -81,7 +82,6 @@ class ModelEnv:
                logprobs=logprobs, strategy_fn=strategy_fn)
 
   def expand(self, histories: list[Dialogue], k: int, seed) -> list[list[Expansion]]:
-    from engage_jax.data import chat
     seeds = row_seeds(seed, len(histories))
     rows = [(i, h) for i, h in enumerate(histories) for _ in range(k)]
     cand = [(seeds[i], j) for i in range(len(histories)) for j in range(k)]  # (history seed, candidate)
@@ -89,7 +89,6 @@ class ModelEnv:
     a_ids = self.agent.generate_ids(a_prompts, 0, [sub_seed(s, 0, j) for s, j in cand])  # [len(rows)] ragged
     a_texts = [self.tokenizer.decode(ids).strip() for ids in a_ids]
     if self.logprobs:
-      from engage_jax.sampling import sequence_logprobs
       a_lp = sequence_logprobs(self.agent.model, a_prompts, a_ids)
     else:
       a_lp = [0.0] * len(rows)
@@ -126,13 +125,11 @@ class ModelEnv:
     """Rewards of chats the simulator has ended (`rollout.score_finished`, as `simulate` does);
     UNPARSED for a P4G outcome without a donation. seed: one per dialogue or one int
     (`base.row_seeds`)."""
-    from engage_jax import rollout
     seeds = row_seeds(seed, len(dialogues))
     return [_scored_reward(x) for x in rollout.score_finished(self.simulator, dialogues, task=self.task,
                                                         reward_cfg=self.reward_cfg, row_seeds=seeds)]
 
   def rollout(self, histories: list[Dialogue], seed) -> list[RolloutResult]:
-    from engage_jax import rollout
     done = rollout.simulate(self.agent, self.simulator, list(histories), task=self.task,
                             max_agent_turns=self.max_turns, reward_cfg=self.reward_cfg,
                             row_seeds=row_seeds(seed, len(histories)))

@@ -19,22 +19,16 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 
-
-from engage_jax.data.dialogue import AGENT, Turn
+from engage_jax.data import chat
+from engage_jax.data.dialogue import Turn
 from engage_jax.fileio import atomic_write_jsonl as write_jsonl  # noqa: F401 (re-exported API)
 from engage_jax.fileio import atomic_write_text, read_jsonl  # noqa: F401 (re-exported API)
 from engage_jax.search.tree import Trees
 
 
 def agent_messages(task: str, turns: Sequence[Turn]) -> list[dict]:
-  """The agent's view of a history: `engage_jax.data.chat.agent_messages` when available."""
-  try:
-    from engage_jax.data import chat
-  except ImportError:
-    chat = None
-  if chat is not None and hasattr(chat, "agent_messages"):
-    return list(chat.agent_messages(task, list(turns)))
-  return [{"role": "assistant" if t.role == AGENT else "user", "content": t.text} for t in turns]
+  """The agent's view of a history (`engage_jax.data.chat.agent_messages`)."""
+  return list(chat.agent_messages(task, list(turns)))
 
 
 def pair_key(pair: dict) -> str:

@@ -32,14 +32,15 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
+from tqdm.auto import tqdm
 
-from engage_jax import preemption
+from engage_jax import preemption, multihost
 from engage_jax.data.dialogue import Dialogue
-from engage_jax.seeding import sub_seed
 from engage_jax.search.base import Env
 from engage_jax.search.imcts import RoundInfo, SearchConfig, search, validate
 from engage_jax.search.pairs import atomic_write_text, extract_pairs, pair_key, read_jsonl, write_jsonl
 from engage_jax.search.tree import Trees
+from engage_jax.progress import Scalars
 
 
 # keys of the launcher's `config.search` section that the runner and pipeline read, not i×MCTS:
@@ -53,12 +54,6 @@ def config_from_section(section: Mapping, **overrides) -> SearchConfig:
   is a SearchConfig field (unknown ones are a ValueError)."""
   d = dict(section.to_dict() if hasattr(section, "to_dict") else section)
   return SearchConfig.from_dict({k: v for k, v in d.items() if k not in RUNNER_KEYS}, **overrides)
-
-
-def shard_seed(seed: int, shard: int) -> int:
-  """The search seed of shard `shard` in runs before the per-tree RNG (`RNG_SCHEME`); kept for
-  reading old shard files (their "seed")."""
-  return sub_seed(seed, 7919, shard)
 
 
 def shard_paths(out_dir: str, shard: int, pairs_dir: str | None = None) -> tuple[str, str]:
@@ -92,7 +87,6 @@ def tree_has_variance(tree_stats: dict) -> bool:
 def _log_shard(out_dir: str, shard: int, stats: dict, seconds: float) -> None:
   """One line per shard in `<out_dir>/metrics.jsonl` + TensorBoard: pairs, expansions/s, and the
   within-tree variance of node values (no variance → no pairs)."""
-  from engage_jax.progress import Scalars
   variances = []
   for t in stats["trees"]:
     vals = tree_values(t)
@@ -102,7 +96,6 @@ def _log_shard(out_dir: str, shard: int, stats: dict, seconds: float) -> None:
          "expansions_per_s": stats["expansions"] / max(seconds, 1e-9),
          "reward_var": float(np.mean(variances)) if variances else 0.0,
          "trees_with_variance": sum(v > 0 for v in variances), "unparsed": stats.get("unparsed", 0)}
-  from engage_jax import multihost
 
   def append():
     with open(os.path.join(out_dir, "metrics.jsonl"), "a", encoding="utf-8") as f:
@@ -150,7 +143,6 @@ def run_search(env: Env, roots: Sequence[Dialogue], cfg: SearchConfig, out_dir: 
   else:
     atomic_write_text(man_path, json.dumps(manifest, indent=1))
 
-  from tqdm.auto import tqdm
 
   n_shards = -(-len(roots) // trees_per_shard)
   seen: set[str] = set()

@@ -9,9 +9,9 @@ __all__ = ["NonFiniteLossError", "TrainConfig", "DPOConfig", "read_metrics", "tr
 
 def __getattr__(name):  # lazy: importing the package stays light
   if name == "train_sft":
-    from engage_jax.train.sft import train_sft
+    from engage_jax.train.sft import train_sft  # noqa: PLC0415 (lazy package attribute: importing engage_jax.train stays light)
     return train_sft
   if name == "train_dpo":
-    from engage_jax.train.dpo import train_dpo
+    from engage_jax.train.dpo import train_dpo  # noqa: PLC0415 (lazy package attribute: importing engage_jax.train stays light)
     return train_dpo
   raise AttributeError(name)

@@ -24,13 +24,13 @@ from jax.sharding import Mesh
 from engage_jax import multihost
 from engage_jax.data import sft as sft_data
 from engage_jax.models import lora
-from engage_jax.train import loop
+from engage_jax.train import loop, heldout as heldout_lib
 from engage_jax.train.config import DTYPES, DPOConfig
 from engage_jax.train.dpo_loss import dpo_loss, dpo_loss_fn
-from engage_jax.train import heldout as heldout_lib
 from engage_jax.train.pair_data import (count_pair_tokens, read_pair_files, source_files, split_heldout, tokenize_pairs,
                                         tree_key, write_pairs)
 from engage_jax.train.reference import cache_key, cached_ref_logps, with_ref
+from engage_jax.train.sft import model_meta
 
 
 def train_dpo(policy_model: nnx.Module, ref_model: nnx.Module | None, pairs_paths: str | Sequence[str], tokenizer,
@@ -100,7 +100,6 @@ def train_dpo(policy_model: nnx.Module, ref_model: nnx.Module | None, pairs_path
   def make_batches(state):
     return sft_data.BatchIterator(train_buckets, micro, seed=cfg.seed, **(state or {}))
 
-  from engage_jax.train.sft import model_meta
   old = loop.set_compute_dtype(policy_model, dt)
   try:
     graphdef, params, frozen, rest = lora.split_trainable(policy_model)

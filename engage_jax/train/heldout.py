@@ -48,9 +48,9 @@ def plot(curves: Mapping[str, list[dict]], path: str) -> bool:
   """Held-out accuracy and margin against epochs, one line per named curve; False (nothing
   written) without matplotlib."""
   try:
-    import matplotlib  # optional dependency
+    import matplotlib  # noqa: PLC0415 (optional dependency: matplotlib)
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # noqa: PLC0415 (optional dependency: matplotlib)
   except ImportError:
     return False
   fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))

@@ -16,7 +16,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh
 
-from engage_jax import sharding as shd
+from engage_jax import sharding as shd, multihost
 from engage_jax.data import sft as sft_data
 from engage_jax.train.config import DPOConfig
 from engage_jax.train.dpo_loss import sequence_logps
@@ -86,7 +86,6 @@ def cached_ref_logps(path: str, key: str, ref_model, buckets, batch_size, mesh):
     tmp = path + ".tmp.npz"
     np.savez(tmp, key=np.asarray(key), chosen=chosen, rejected=rejected)
     os.replace(tmp, path)
-  from engage_jax import multihost
   multihost.main_write(write, what=path)  # process 0 writes; every process computed the same values
   return chosen, rejected
 

@@ -5,7 +5,11 @@ from __future__ import annotations
 
 import sqlite3
 
-from engage_jax import models, pipeline
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from engage_jax import build, models
 from engage_jax.data import chat
 from engage_jax.data.dialogue import Turn
 from engage_jax.human_eval.agents import Agents
@@ -22,7 +26,7 @@ def test_agents_from_workdir_serve_each_arm_from_its_own_export(es_workdir):
   cfg = _config("sandbox_es", eval__max_prompt_len=96, eval__agent_sampling__max_new_tokens=6)
   agents = Agents.from_workdir(cfg, es_workdir)
   tok = ChatTokenizer.load(es_workdir / "tokenizer")
-  own = {name: pipeline.speaker(cfg, cfg.eval, models.from_pretrained(es_workdir / d / "hf"), tok, "agent")
+  own = {name: build.speaker(cfg, cfg.eval, models.from_pretrained(es_workdir / d / "hf"), tok, "agent")
          for name, d in (("sft", "sft_agent"), ("dpo", "dpo_agent"))}
   turns = [Turn("user", "hi . i feel sad because of my job .")]
   differ = 0
@@ -33,6 +37,20 @@ def test_agents_from_workdir_serve_each_arm_from_its_own_export(es_workdir):
     assert got == want, (seed, got, want)
     differ += want["sft"] != want["dpo"]
   assert differ >= 2
+
+
+def test_agents_load_each_export_with_the_configs_model_settings(es_workdir, monkeypatch):
+  """The served models are built as the evaluation builds them (`build.load_model`): the config's
+  compute dtype, parameter dtype and remat, not the export's float32 defaults."""
+  cfg = _config("sandbox_es", model__dtype="bfloat16", model__param_dtype="bfloat16", model__remat=True)
+  served, real = [], build.speaker
+  monkeypatch.setattr(build, "speaker", lambda c, section, model, tok, role: (
+      served.append(model), real(c, section, model, tok, role))[1])
+  Agents.from_workdir(cfg, es_workdir)
+  assert len(served) == 2
+  for model in served:
+    assert model.dtype == jnp.bfloat16 and model.remat is True
+    assert {x.dtype for x in jax.tree.leaves(nnx.state(model, nnx.Param))} == {jnp.dtype(jnp.bfloat16)}
 
 
 class _TwoVoices:

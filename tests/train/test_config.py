@@ -1,5 +1,5 @@
 """train.config: TrainConfig / DPOConfig fields are the config files' keys (1:1, unknown keys an
-error), and every config's sft / dpo section becomes one through pipeline.train_config."""
+error), and every config's sft / dpo section becomes one through build.train_config."""
 from __future__ import annotations
 
 import importlib.util
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from engage_jax import pipeline
+from engage_jax import build
 from engage_jax.train.config import DPOConfig, TrainConfig
 
 REPO = Path(__file__).resolve().parents[2]
@@ -39,8 +39,8 @@ def test_dpo_config_extends_train_config():
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
 def test_every_config_section_maps_one_to_one(path):
   cfg = _config(path)
-  sft = pipeline.train_config(cfg, cfg.sft, steps=int(cfg.sft.agent_steps))
-  dpo = pipeline.train_config(cfg, cfg.dpo)
+  sft = build.train_config(cfg, cfg.sft, steps=int(cfg.sft.agent_steps))
+  dpo = build.train_config(cfg, cfg.dpo)
   assert type(sft) is TrainConfig and type(dpo) is DPOConfig
   for section, out in ((cfg.sft, sft), (cfg.dpo, dpo)):
     for key, value in section.items():
