@@ -85,7 +85,7 @@ def get_config() -> ml_collections.ConfigDict:
       dtype="float32",              # compute dtype: float32 | bfloat16
       param_dtype="float32",
       remat=False,                  # recompute layer activations in the backward pass (big models)
-      scan_layers=True,             # one lax.scan over the layers; False: unrolled (slower compile, faster CPU backward)
+      scan_layers=True,             # one lax.scan over the layers; False: unrolled (compile grows with depth)
       agent=model_config(),
       simulator=model_config(),
   ))

@@ -38,7 +38,6 @@ def get_config():
   c.tokenizer.path = gguf             # the tokenizer (BPE, specials, chat template) from the GGUF
   for role in ("agent", "simulator"):
     c.model[role].path = gguf
-  c.model.scan_layers = False        # unrolled layers: a slower compile, a faster CPU backward (docs/measured.md)
   c.sft.agent_steps = 160
   c.sft.simulator_steps = 210
   c.sft.batch_size = 8

@@ -45,8 +45,10 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from engage_jax import chat_cache, sampling
+from engage_jax import build, chat_cache, sampling
 from engage_jax import sharding as shd
+from engage_jax.models import CausalLM, ModelConfig, lora, read_config
+from engage_jax.train import loop
 from engage_jax.sampling import SamplingParams
 
 GiB = 2 ** 30
@@ -115,7 +117,6 @@ class Plan:
 def resolve_model_config(cfg, which: str = "agent"):
   """(ModelConfig of cfg.model.<which>, where it came from): <path>/config.json when that exists,
   else the config's fields."""
-  from engage_jax.models import ModelConfig, read_config
   m = cfg.model[which]
   path = str(m.get("path", "") or "")
   if path and os.path.isfile(os.path.join(path, "config.json")):
@@ -131,14 +132,12 @@ def resolve_model_config(cfg, which: str = "agent"):
 
 def lora_config(cfg, which: str):
   """The models.lora.LoraConfig of cfg.model.<which>.lora (rank 0 when the key is absent)."""
-  from engage_jax.models import lora
   return lora.LoraConfig.from_any(cfg.model[which].get("lora"))
 
 
 def abstract_model(mc, dtype, param_dtype, *, remat: bool = False, lcfg=None) -> nnx.Module:
   """CausalLM(mc) of ShapeDtypeStructs (nnx.eval_shape: no memory), with `remat` and, when
   `lcfg` is enabled, freshly initialised LoRA adapters (as build.new_model builds it)."""
-  from engage_jax.models import CausalLM, lora
 
   def build():
     m = CausalLM(mc, dtype=dtype, param_dtype=param_dtype, rngs=nnx.Rngs(0), remat=remat)
@@ -185,9 +184,6 @@ def train_program(cfg, mc, mesh, *, which: str = "agent", train_batch: int, seq_
   optimizer, loss and step; batch_size = train_batch per micro-batch, the config's grad_accum,
   the batch keys and dtypes of `data.sft.BatchIterator`,
   the schedule over max(1, sft.agent_steps) updates), on abstract inputs."""
-  from engage_jax import build
-  from engage_jax.models import lora
-  from engage_jax.train import loop
 
   model = abstract_model(mc, dtype, param_dtype, remat=remat, lcfg=lora_config(cfg, which))
   graphdef, params, frozen, rest = lora.split_trainable(model)
@@ -306,7 +302,6 @@ def measure_activations(mc, dtype, local_batch: int, seq_len: int, remat: bool, 
   """temp bytes of one device's fwd+bwd of the trainer's loss (`train.loop.lm_loss_fn`; unsharded,
   local batch [B, T]) compiled for `layers` depths, extrapolated linearly to mc.num_hidden_layers.
   Parameters use the compute dtype (no casts)."""
-  from engage_jax.train import loop
   temps = []
   for n_layers in layers:
     m = dataclasses.replace(mc, num_hidden_layers=n_layers)

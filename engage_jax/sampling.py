@@ -220,7 +220,8 @@ def inverse_cdf_draw(logits: jax.Array, u: jax.Array) -> jax.Array:
   """Token ids [B] int32 drawn from softmax(logits [B, V]) (-inf = excluded) with one uniform
   u [B] in [0, 1) per row: the first token whose cumulative probability exceeds u · total, so a
   token of probability 0 is never drawn. One uniform per row instead of the V Gumbel variates of
-  `jax.random.categorical`, whose generation dominated a sampled decode step on CPU (V = 49k)."""
+  `jax.random.categorical` (on 2 CPU cores, B=32, V=49k: 5 vs 22 ms a draw; a few percent of a
+  sampled SmolLM2 generate call, whose time is the model's forward)."""
   probs = jnp.exp(logits - jnp.max(logits, axis=-1, keepdims=True))      # [B, V], 0 where excluded
   cdf = jnp.cumsum(probs, axis=-1)
   idx = jnp.sum(cdf <= (u * cdf[:, -1])[:, None], axis=-1)

@@ -33,6 +33,8 @@ from pathlib import Path
 from typing import Any
 from collections.abc import Iterable, Mapping
 
+from engage_jax import multihost, paths
+from engage_jax.config_check import check_workdir
 from engage_jax.errors import InputError
 from engage_jax.fileio import atomic_write_json
 
@@ -111,7 +113,6 @@ class Workdir:
 
   def __init__(self, root: str | os.PathLike, links: Mapping[str, os.PathLike] | None = None,
                outputs: Mapping[str, tuple[str, ...]] | None = None):
-    from engage_jax import paths
     self.root = paths.path(root)  # pathlib.Path, or etils.epath.Path for gs://... (untested)
     self.links = {k: paths.path(v) for k, v in (links or {}).items()}
     self.outputs = {**OUTPUTS, **(outputs or {})}
@@ -124,7 +125,6 @@ class Workdir:
   # --------------------------------------------------------------- checks (write nothing)
   def check_root(self) -> None:
     """InputError if DIR is a file, cannot be created, or holds other files but no config.json."""
-    from engage_jax.config_check import check_workdir
     check_workdir(self.root)
     others = [p for p in self.root.iterdir() if p.name not in ("logs", LOCK)] if self.root.is_dir() else []
     if others and not self.path("config.json").exists():
@@ -200,7 +200,6 @@ class Workdir:
   def open(self, config_json: dict) -> None:
     """Creates DIR and records `config_json` as the latest run's config (unchanged: untouched).
     Several processes: process 0 does it, then every process checks that it sees DIR."""
-    from engage_jax import multihost
     multihost.main_write(self._open, config_json, what=str(self.path("config.json")))
     multihost.check_shared_dir(self.root)
 
@@ -222,7 +221,6 @@ class Workdir:
     """Takes DIR/.lock for this run (process 0 writes it; a refusal is raised on every process).
     A lock held by a live process is an InputError naming its pid and host; a lock whose process is
     gone (killed with -9; same host) is taken over with a line that says so."""
-    from engage_jax import multihost
     multihost.main_write(self._lock, what=str(self.path(LOCK)))
 
   def _lock(self) -> None:
@@ -256,7 +254,6 @@ class Workdir:
   def unlock(self) -> None:
     """Removes DIR/.lock if this process holds it (process 0; no barrier, so it is safe in a
     `finally` after a failure on another process)."""
-    from engage_jax import multihost
 
     def _unlock():
       path = self.path(LOCK)
@@ -272,7 +269,6 @@ class Workdir:
     """Removes the outputs and done markers of `stages` (and finishes a killed earlier redo):
     marks them pending first, then moves each output aside and deletes it. Returns the stages
     cleared (on every process; process 0 removes)."""
-    from engage_jax import multihost
     st = self.stages()
     todo = sorted(set(stages) | {s for s, e in st.items() if e.get("redo_pending")})
     multihost.main_write(self._clear, stages, what=f"{self.root} redo")

@@ -53,7 +53,7 @@ import numpy as np
 
 from engage_jax import buckets as buckets_lib
 from engage_jax.data import hf_datasets
-from engage_jax.data.chat import OUTCOME_REQUEST, agent_messages, outcome_line, simulator_messages
+from engage_jax.data.chat import END_MARKER, OUTCOME_REQUEST, agent_messages, outcome_line, simulator_messages
 from engage_jax.data.dialogue import USER, Dialogue
 
 ARRAY_KEYS = ("input_ids", "loss_mask", "attention_mask")
@@ -246,7 +246,6 @@ def simulator_examples(dialogues: Sequence[Dialogue], tok, max_len: int, *,
 def tokenizer_texts(dialogues: Sequence[Dialogue]) -> Iterator[str]:
   """Every text a tokenizer for these dialogues must cover well: both views' system prompts
   (with conditions), turn texts, END_MARKER, OUTCOME_REQUEST and outcome lines."""
-  from engage_jax.data.chat import END_MARKER
   yield END_MARKER
   yield OUTCOME_REQUEST
   for d in dialogues:

@@ -50,10 +50,15 @@ from collections.abc import Callable, Mapping, Sequence
 import ml_collections
 import numpy as np
 
-from engage_jax import build, pipeline
+from engage_jax import build, evaluate, models, oracle, pipeline
+from engage_jax.data import sft as sft_data
 from engage_jax.errors import InputError, InputErrors
-from engage_jax.experiments import variants as V
-from engage_jax.fileio import atomic_write_json
+from engage_jax.evaluate import bootstrap_ci
+from engage_jax.experiments import baselines, variants as V
+from engage_jax.fileio import atomic_write_json, atomic_write_jsonl
+from engage_jax.search.pairs import read_jsonl
+from engage_jax.tokenizer import ChatTokenizer
+from engage_jax.train import sft as sft_train
 from engage_jax.workdir import Workdir, flatten, select
 
 SHARED_STAGES = ("tokenizer", "sft_agent", "sft_simulator", "sft_heldout_simulator", "eval_sft")
@@ -71,7 +76,6 @@ def pipeline_config(cfg, seed: int, **search):
 
 def per_condition(dialogues, key: str = "reward") -> dict[str, float]:
   """{condition id: mean outcome[key]} over scored dialogues."""
-  from engage_jax import evaluate
   g: dict[str, list[float]] = {}
   for d in evaluate.scored(dialogues) if key == "reward" else dialogues:
     g.setdefault(evaluate.condition_id(d), []).append(float(d.outcome[key]))
@@ -85,7 +89,6 @@ def shard_files(pairs_dir: Path) -> list[Path]:
 
 def read_pairs(files) -> list[dict]:
   """The pair records of `files`, in order (empty shards give none)."""
-  from engage_jax.search.pairs import read_jsonl
   return [p for f in files for p in read_jsonl(str(f))]
 
 
@@ -94,26 +97,20 @@ class ModelOps:
 
   # ------------------------------------------------------------------ training
   def base(self, cfg, root: Path) -> dict:
-    from engage_jax import pipeline
     pipeline.run(cfg, str(root), SHARED_STAGES)
     return {}
 
   def simulator(self, cfg, view: Workdir) -> dict:
-    from engage_jax import pipeline
     return pipeline.stage_sft(cfg, view, "simulator")
 
   def search(self, cfg, view: Workdir) -> dict:
-    from engage_jax import pipeline
     return pipeline.stage_search(cfg, view)
 
   def dpo(self, cfg, view: Workdir) -> dict:
-    from engage_jax import pipeline
     return pipeline.stage_dpo(cfg, view)
 
   def corpus_mix_pairs(self, cfg, view: Workdir, pairs_dir: Path, n_corpus: int) -> dict:
     """Writes the search's pairs (`pairs_dir`) + corpus pairs into view's pairs/."""
-    from engage_jax.experiments import baselines
-    from engage_jax.fileio import atomic_write_jsonl
     pairs = read_pairs(shard_files(pairs_dir))
     tok = build.load_tokenizer(view)
     agent = build.speaker(cfg, cfg.search, build.load_model(cfg, view.path("sft_agent", "hf")), tok, "agent")
@@ -126,7 +123,6 @@ class ModelOps:
   def transfer_pairs(self, cfg, view: Workdir, files: Sequence[Path]) -> dict:
     """Copies the other task's pair files into view's pairs/ (their text is tokenised by this
     task's tokenizer at DPO time)."""
-    from engage_jax.fileio import atomic_write_jsonl
     pairs = read_pairs(files)
     atomic_write_jsonl(str(view.path("pairs", "shard-00000.jsonl")), pairs)
     tasks = sorted({str(p.get("meta", {}).get("task")) for p in pairs})
@@ -134,10 +130,6 @@ class ModelOps:
 
   def rft(self, cfg, view: Workdir, pairs_dir: Path, steps: int, lr: float, min_value: float) -> dict:
     """SFT of the SFT agent on the search's chosen turns (value >= min_value) → view's agent/hf."""
-    from engage_jax import build, models
-    from engage_jax.data import sft as sft_data
-    from engage_jax.experiments import baselines
-    from engage_jax.train import sft as sft_train
     pairs = read_pairs(shard_files(pairs_dir))
     tok = build.load_tokenizer(view)
     msgs = baselines.rft_examples(pairs, min_value)
@@ -160,20 +152,16 @@ class ModelOps:
     agent = build.speaker(cfg, cfg.eval, build.load_model(cfg, agent_dir), tok, "agent")
     if not best_of_n:
       return agent, None
-    from engage_jax.experiments import baselines
     look = build.speaker(cfg, cfg.eval, build.load_model(cfg, lookahead_dir), tok, "simulator")
     policy = baselines.BestOfN(agent, look, best_of_n, cfg.task, cfg.eval.max_agent_turns, build.reward_cfg(cfg))
     return policy, baselines.simulate_best_of_n
 
   def sft_eval(self, cfg, base: Path) -> dict:
-    from engage_jax import evaluate
     return self._result(cfg, evaluate.load_dialogues(str(base / "eval_sft" / "dialogues.jsonl")))
 
   def evaluate(self, cfg, tok_dir: Path, agent_dir: Path, sim_dir: Path, out_dir: Path,
                best_of_n: int = 0, lookahead_dir: Path | None = None) -> dict:
     """The pipeline's evaluation (same conditions, settings and seed as stage_evaluate)."""
-    from engage_jax import build, evaluate
-    from engage_jax.tokenizer import ChatTokenizer
     tok = ChatTokenizer.load(tok_dir)
     agent, fn = self._agent(cfg, tok, agent_dir, best_of_n, lookahead_dir)
     sim = build.speaker(cfg, cfg.eval, build.load_model(cfg, sim_dir), tok, "simulator")
@@ -185,10 +173,8 @@ class ModelOps:
     return self._result(cfg, dialogues)
 
   def _result(self, cfg, dialogues) -> dict:
-    from engage_jax import evaluate
     res = {"summary": evaluate.summarize(dialogues, n_boot=2000), "per_condition": per_condition(dialogues)}
     if cfg.data.source == "sandbox":
-      from engage_jax import oracle
       res["transcript"] = oracle.transcript_scores(cfg.task, dialogues, cfg.data.get("sandbox_world", "default"))
     samples = [d.outcome["agent_samples"] for d in dialogues if "agent_samples" in d.outcome]
     if samples:
@@ -198,9 +184,6 @@ class ModelOps:
   def oracle(self, cfg, tok_dir: Path, agent_dir: Path, out_dir: Path, best_of_n: int = 0,
              lookahead_dir: Path | None = None) -> dict:
     """Live chats with the sandbox world as the user on the evaluation conditions."""
-    from engage_jax import build, oracle
-    from engage_jax.fileio import atomic_write_jsonl
-    from engage_jax.tokenizer import ChatTokenizer
     tok = ChatTokenizer.load(tok_dir)
     agent, _ = self._agent(cfg, tok, agent_dir, best_of_n, lookahead_dir)
     rows = oracle.evaluate_world(agent, build.eval_conditions(cfg), cfg.task, cfg.eval.samples_per_condition,
@@ -506,7 +489,6 @@ def _units(results_v: Mapping, block: str, key: str = "per_condition", sim: str 
 
 
 def _paired_p(a: Mapping, b: Mapping) -> float | None:
-  from engage_jax import evaluate
   common = [k for k in a if k in b]
   if not common:
     return None
@@ -515,7 +497,6 @@ def _paired_p(a: Mapping, b: Mapping) -> float | None:
 
 def aggregate(results: Mapping[str, Mapping[int, dict]], variants: Sequence[str]) -> dict:
   """The table (see module doc) from per-(variant, seed) results."""
-  from engage_jax.evaluate import bootstrap_ci
   units = {v: _units(results[v], "sim") for v in variants}
   ounits = {v: _units(results[v], "oracle") for v in variants}
   eunits = {v: _units(results[v], "oracle", "per_condition_expected") for v in variants}
@@ -589,9 +570,9 @@ def render_markdown(summary: Mapping, task: str) -> str:
 
 
 def plot(summary: Mapping, path: Path, task: str) -> None:
-  import matplotlib
+  import matplotlib  # noqa: PLC0415 (optional dependency: matplotlib (plots only))
   matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
+  import matplotlib.pyplot as plt  # noqa: PLC0415 (optional dependency)
   names = list(summary["variants"])
   rows = [summary["variants"][n] for n in names]
   x = np.arange(len(names))

@@ -16,10 +16,11 @@ Scanned layers: `model.layers` is ONE `DecoderLayer` whose parameters (and LoRA 
 stacked over a leading layer axis [L, ...] (state path `layers/self_attn/q_proj/kernel`, shape
 [L, D, H*hd]); every forward runs it with one `jax.lax.scan` (`CausalLM.run_layers`), so the
 traced and compiled program holds one layer body whatever the depth. `scan_layers=False` runs the
-same stacked layers as an unrolled Python loop over their slices instead: the same numbers, a
-compile time that grows with depth, and on XLA:CPU a faster backward pass (SmolLM2-135M, 2 cores:
-the layers' forward + backward at B=8 x 256 took 8.1 s unrolled against 10.1 s scanned;
-benchmarks/README.md), so the CPU configs of the small real model use it. HF / GGUF / PEFT names stay
+same stacked layers as an unrolled Python loop over their slices instead: the same numbers, and a
+compile time that grows with depth, for backends where the unrolled program runs faster (the
+compile-vs-runtime knob of MaxText's `scan_layers`). On this project's 2-core CPU it did not pay:
+SmolLM2-135M's SFT step at B=8 x 256 took 13.1 s unrolled vs 13.4 s scanned, and a 3-step call
+with compilation 64 s vs 52 s (benchmarks/results/smollm2_vs_hf.json). HF / GGUF / PEFT names stay
 per layer (`model.layers.3...`): the importers stack, the exporters unstack (`models.hf`,
 `models.lora`).
 

@@ -42,6 +42,7 @@ import functools
 import json
 import math
 import os
+import sys
 import time
 from typing import Any
 from collections.abc import Callable, Iterable, Mapping
@@ -52,9 +53,11 @@ import numpy as np
 import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from tqdm.auto import tqdm
 
-from engage_jax import preemption, sharding as shd
+from engage_jax import checkpoint as ckpt_lib, multihost, preemption, sharding as shd
 from engage_jax.logprobs import token_logps
+from engage_jax.progress import Scalars
 from engage_jax.train.config import TrainConfig
 
 LossFn = Callable[[nnx.State, Mapping[str, jax.Array]], tuple[jax.Array, dict]]
@@ -253,14 +256,12 @@ class MetricsWriter:
     os.replace(tmp, self.path)
 
   def write(self, rec: dict) -> None:
-    from engage_jax import multihost
     if not multihost.is_main():  # process 0 keeps the metrics
       return
     with open(self.path, "a", encoding="utf-8") as f:
       f.write(json.dumps(rec) + "\n")
       f.flush()
     if not hasattr(self, "_tb"):
-      from engage_jax.progress import Scalars
       self._tb = Scalars(os.path.dirname(self.path))
     split = rec.get("split", "train")
     self._tb.write(int(rec.get("step", 0)), {f"{split}/{k}": v for k, v in rec.items() if k not in ("step", "split")})
@@ -329,8 +330,6 @@ def run(loss_fn: LossFn, params: nnx.State, make_batches: BatchesFactory, cfg: T
   loss needs but that are not trained (LoRA's base model): placed by the sharding rules, passed
   as `loss_fn(params, batch, frozen)`, never in the optimizer state or the checkpoints.
   """
-  from engage_jax import checkpoint as ckpt_lib
-  from tqdm.auto import tqdm
 
   os.makedirs(workdir, exist_ok=True)
   mesh = mesh if mesh is not None else shd.make_mesh(data=1, devices=jax.devices()[:1])
@@ -355,7 +354,6 @@ def run(loss_fn: LossFn, params: nnx.State, make_batches: BatchesFactory, cfg: T
     rng = np.asarray(restored.meta.get("rng", np.asarray(rng).tolist()), np.uint32)
     interval = _Interval.from_json(restored.meta.get("metrics_interval"))
     print(f"resumed from {manager.directory} at step {step}")
-  from engage_jax import multihost
   multihost.main_write(writer.truncate_after, step, what=writer.path)
   if step == 0 and not resume and os.path.exists(writer.path):
     multihost.main_write(os.remove, writer.path, what=writer.path)
@@ -473,7 +471,6 @@ class _Interval:
 
 
 def _warn(msg: str) -> None:
-  import sys
   print(f"warning: {msg}", file=sys.stderr, flush=True)
 
 
