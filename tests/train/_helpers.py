@@ -5,9 +5,11 @@ import json
 import os
 import random
 
+import jax.numpy as jnp
 from flax import nnx
 
 from engage_jax.data import chat, sandbox, sft
+from engage_jax.train import loop
 from engage_jax.models import CausalLM, ModelConfig
 from engage_jax.tokenizer import ChatTokenizer, train_bpe
 
@@ -27,6 +29,19 @@ def tiny_model(vocab: int, seed: int = 0, layers: int = 2, d: int = 64) -> Causa
   cfg = ModelConfig(vocab_size=vocab, hidden_size=d, intermediate_size=2 * d, num_hidden_layers=layers,
                     num_attention_heads=4, num_key_value_heads=2)
   return CausalLM(cfg, rngs=nnx.Rngs(seed))
+
+
+def poisoned_lm_loss(vocab: int = 64):
+  """(params, loss_fn) of a 1-layer tiny model whose SFT loss is NaN on a batch with "poison" [B]
+  set (its first row), for the non-finite-step tests."""
+  graphdef, params, rest = nnx.split(tiny_model(vocab, d=32, layers=1), nnx.Param, ...)
+  base = loop.lm_loss_fn(graphdef, rest)
+
+  def loss_fn(p, batch):
+    loss, m = base(p, batch)
+    return jnp.where(batch["poison"][0] > 0, jnp.nan, loss), m
+
+  return params, loss_fn
 
 
 def sft_arrays(tok, n_train: int = 32, n_eval: int = 8, max_len: int = 128):

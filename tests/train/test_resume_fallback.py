@@ -43,13 +43,7 @@ class Stop(Exception):
 
 
 def _train(workdir, stop_at=None, poison=0, **over):
-  model = H.tiny_model(64, d=32, layers=1)
-  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-  base = loop.lm_loss_fn(graphdef, rest)
-
-  def loss_fn(p, batch):
-    loss, m = base(p, batch)
-    return jnp.where(batch["poison"][0] > 0, jnp.nan, loss), m
+  params, loss_fn = H.poisoned_lm_loss()
 
   def on_step(step, _):
     if step == stop_at:

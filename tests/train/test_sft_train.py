@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
@@ -44,13 +43,7 @@ def test_schedule_warmup_then_cosine():
 def test_nan_stops_with_step_and_keeps_last_good_checkpoint(tmp_path):
   """A loss that turns NaN on the 5th batch: the run stops naming step 5; checkpoints 2 and 4 are
   finite and nothing later is written."""
-  model = H.tiny_model(64, d=32, layers=1)
-  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-  base = loop.lm_loss_fn(graphdef, rest)
-
-  def loss_fn(p, batch):
-    loss, m = base(p, batch)
-    return jnp.where(batch["poison"][0] > 0, jnp.nan, loss), m
+  params, loss_fn = H.poisoned_lm_loss()
 
   def make_batches(state):
     class It:
@@ -80,13 +73,7 @@ def test_nan_stops_with_step_and_keeps_last_good_checkpoint(tmp_path):
 def test_a_non_finite_step_changes_nothing():
   """The train step on a batch whose loss is NaN returns the parameters and optimizer state it was
   given, bit for bit, and says finite = 0; a finite batch moves the parameters."""
-  model = H.tiny_model(64, d=32, layers=1)
-  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-  base = loop.lm_loss_fn(graphdef, rest)
-
-  def loss_fn(p, batch):
-    loss, m = base(p, batch)
-    return jnp.where(batch["poison"][0] > 0, jnp.nan, loss), m
+  params, loss_fn = H.poisoned_lm_loss()
 
   cfg = loop.TrainConfig(steps=2, batch_size=4, learning_rate=1e-2, warmup_steps=0)
   tx, schedule = loop.make_optimizer(cfg, 2)
