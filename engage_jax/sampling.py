@@ -8,9 +8,8 @@
   stops has exactly `max_new_tokens` tokens).
 * `temperature=0.0` is greedy argmax, token for token what transformers'
   `generate(do_sample=False)` gives for the same fp32 weights. Otherwise logits / temperature,
-  then top-k (0 = off), then top-p (1.0 = off), then a categorical draw (one uniform per row
-  through the cumulative distribution, `inverse_cdf_draw`) with an explicit PRNG key derived from
-  `seed` (same seed → same samples).
+  then top-k (0 = off), then top-p (1.0 = off), then a categorical draw with an explicit PRNG key
+  derived from `seed` (same seed → same samples).
 
 Shapes and compilation. Prompts are left-padded to `P` (a power of two, at least 16) and the batch
 to `B` (a power of two or 1.5x one, at least 8: `bucket`); the cache has `S = P + N` slots, `N` =
@@ -153,18 +152,15 @@ def _largest_key_with(keys: jax.Array, enough) -> jax.Array:
   return lo
 
 
-NUCLEUS_CANDIDATES = 256  # top-p's fast path looks at this many largest logits (`filter_mask`)
-
-
 def filter_mask(logits: jax.Array, top_p: jax.Array, top_k: jax.Array) -> jax.Array:
   """Which tokens survive top-k then top-p (transformers' order): bool [B, V] from fp32 [B, V].
 
   top-k keeps the logits >= the k-th largest (ties kept; k <= 0 = off); top-p then keeps the
   smallest set of largest probabilities (renormalised after top-k) whose mass reaches top_p, i.e.
   every logit >= the largest threshold whose kept mass is >= top_p (ties kept; the most likely
-  token always kept; p >= 1 = off). The top-k threshold is found by exact bisection on the floats'
-  bit patterns instead of a [B, V] sort, which XLA:CPU runs slowly; the top-p threshold from the
-  sorted NUCLEUS_CANDIDATES largest logits when they hold top_p of the mass (else by bisection).
+  token always kept; p >= 1 = off). Thresholds are found by exact bisection on the floats' bit
+  patterns instead of a [B, V] sort, which XLA:CPU runs slowly, row by row: a row's mask never
+  depends on the other rows of its batch.
   """
   keys = _sortable_key(logits)
   v = logits.shape[-1]
@@ -175,20 +171,9 @@ def filter_mask(logits: jax.Array, top_p: jax.Array, top_k: jax.Array) -> jax.Ar
   keep = keys >= kth
   probs = jax.nn.softmax(jnp.where(keep, logits, -jnp.inf), axis=-1)
 
-  def bisect():
+  def nucleus():
     mass = lambda m: jnp.sum(jnp.where(m, probs, 0.0), -1, keepdims=True) >= top_p
     return _largest_key_with(jnp.where(keep, keys, jnp.uint32(0)), mass)
-
-  def nucleus():
-    # Fast path: the threshold is the logit at which the top-NUCLEUS_CANDIDATES' sorted cumulative
-    # mass first reaches top_p; exact when those candidates hold that mass in every row (the
-    # usual case at top_p <= 0.95), else the bisection over all V.
-    kept = jnp.where(keep, logits, -jnp.inf)
-    vals, _ = jax.lax.top_k(kept, min(NUCLEUS_CANDIDATES, v))                # [B, K] descending
-    cum = jnp.cumsum(jnp.exp(vals - jax.nn.logsumexp(kept, axis=-1, keepdims=True)), axis=-1)
-    j = jnp.minimum(jnp.sum(cum < top_p, axis=-1, keepdims=True), vals.shape[-1] - 1)
-    fast = _sortable_key(jnp.take_along_axis(vals, j, axis=-1))
-    return jax.lax.cond(jnp.all(cum[:, -1] >= top_p), lambda: fast, bisect)
 
   thresh = jax.lax.cond(top_p < 1.0, nucleus, lambda: kth)
   return keep & (keys >= thresh)
@@ -210,23 +195,8 @@ def sample_logits(logits: jax.Array, key: jax.Array, temperature: jax.Array, top
   elif mode != "sample":
     raise ValueError(f"sample_logits: unknown mode {mode!r}")
   if key.ndim == 1:  # per-row keys [B]: row b's draw depends on its key alone
-    u = jax.vmap(lambda k: jax.random.uniform(k, ()))(key)
-  else:
-    u = jax.random.uniform(key, logits.shape[:-1])
-  return inverse_cdf_draw(logits, u)
-
-
-def inverse_cdf_draw(logits: jax.Array, u: jax.Array) -> jax.Array:
-  """Token ids [B] int32 drawn from softmax(logits [B, V]) (-inf = excluded) with one uniform
-  u [B] in [0, 1) per row: the first token whose cumulative probability exceeds u · total, so a
-  token of probability 0 is never drawn. One uniform per row instead of the V Gumbel variates of
-  `jax.random.categorical` (on 2 CPU cores, B=32, V=49k: 5 vs 22 ms a draw; a few percent of a
-  sampled SmolLM2 generate call, whose time is the model's forward)."""
-  probs = jnp.exp(logits - jnp.max(logits, axis=-1, keepdims=True))      # [B, V], 0 where excluded
-  cdf = jnp.cumsum(probs, axis=-1)
-  idx = jnp.sum(cdf <= (u * cdf[:, -1])[:, None], axis=-1)
-  last = logits.shape[-1] - 1 - jnp.argmax((probs > 0)[:, ::-1], axis=-1)  # rounding at u -> 1
-  return jnp.minimum(idx, last).astype(jnp.int32)
+    return jax.vmap(lambda k, x: jax.random.categorical(k, x))(key, logits).astype(jnp.int32)
+  return jax.random.categorical(key, logits, axis=-1).astype(jnp.int32)
 
 
 def _mode(temperature: float, top_p: float, top_k: int) -> str:
