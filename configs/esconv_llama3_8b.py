@@ -37,19 +37,16 @@ def llama3_8b(path: str = LLAMA3_8B_PATH):
 def get_config():
   c = base.get_config()
   c.name = "esconv_llama3_8b"
-  c.task = "es"
-  c.seed = 0
 
   c.data.source = "esconv"
   c.data.path = "/path/to/esconv"                    # placeholder: dir with ESConv.json
   c.data.max_len = 1024                              # SFT example length (tokens)
-  c.data.max_train_dialogues = 0
 
   c.tokenizer.path = LLAMA3_8B_PATH                  # placeholder: the checkpoint's tokenizer
   c.tokenizer.vocab_size = 128256                    # used by plan.py without a checkpoint
 
   c.model.dtype = "bfloat16"                         # compute
-  c.model.param_dtype = "float32"                    # fp32 master weights (AdamW); see plan.py
+  # model.param_dtype: the default ("float32"): fp32 master weights (AdamW); see plan.py
   c.model.remat = True                               # plan.py: training fits only with remat
   c.model.agent = llama3_8b()
   c.model.simulator = llama3_8b()
@@ -58,7 +55,6 @@ def get_config():
   # 8×H100 (80 GB): data=1, fsdp=8, tensor=1.
   c.mesh.data = 1
   c.mesh.fsdp = 16
-  c.mesh.tensor = 1
 
   c.sft.agent_steps = 1000
   c.sft.simulator_steps = 1000
@@ -68,13 +64,9 @@ def get_config():
   c.sft.warmup_steps = 50
   c.sft.weight_decay = 0.0
   c.sft.log_every = 10
-  c.sft.eval_every = 200
-  c.sft.checkpoint_every = 200
 
-  c.dpo.beta = 0.1
-  c.dpo.loss_type = "sigmoid"
   c.dpo.steps = 300
-  c.dpo.batch_size = 16                              # pairs; chosen + rejected = 32 sequences
+  # dpo.batch_size: the default (16): pairs; chosen + rejected = 32 sequences
   c.dpo.learning_rate = 5e-7
   c.dpo.warmup_steps = 20
   c.dpo.max_len = 1024
@@ -82,16 +74,10 @@ def get_config():
   c.dpo.checkpoint_every = 50
 
   c.search.n_conditions = 512                        # training conditions (one tree each), chosen
-  c.search.trees_per_shard = 16
-  c.search.k = 3
   c.search.budget = 20                               # expansions per tree (GDP-Zero: 20), chosen
   c.search.max_depth = 5
   c.search.max_turns = 10
   c.search.selection = "puct"
-  c.search.c = 1.0
-  c.search.margin = 0.2
-  c.search.agent_sampling.temperature = 0.9
-  c.search.agent_sampling.top_p = 0.9
   c.search.agent_sampling.max_new_tokens = 96
   c.search.simulator_sampling.temperature = 0.3
   c.search.simulator_sampling.max_new_tokens = 64
@@ -100,13 +86,9 @@ def get_config():
   c.eval.n_conditions = 128                          # held-out conditions (64.06% = 82/128)
   c.eval.samples_per_condition = 1
   c.eval.max_agent_turns = 10
-  c.eval.agent_sampling.temperature = 0.7
-  c.eval.agent_sampling.top_p = 0.9
   c.eval.agent_sampling.max_new_tokens = 96
   c.eval.simulator_sampling.temperature = 0.3
   c.eval.simulator_sampling.max_new_tokens = 64
   c.eval.max_prompt_len = 1024
 
-  c.reward.es_pattern = ""                           # engage_jax.rewards.DEFAULT_ES_PATTERN
-  c.reward.es_last_n = 2
   return c

@@ -39,9 +39,7 @@ PLAN = {"1xH100_80GB": {"train_remat": 32.264, "sampling": 39.145},
 def get_config():
   c = esconv_llama3_8b.get_config()
   c.name = "esconv_llama3_8b_lora"
-  c.model.dtype = "bfloat16"
   c.model.param_dtype = "bfloat16"                   # frozen base in bf16 (adapters are fp32)
-  c.model.remat = True
   for role in ("agent", "simulator"):
     c.model[role].lora = base.lora_config(rank=16, alpha=32.0, targets="q,k,v,o,gate,up,down")
 

@@ -29,11 +29,8 @@ def get_config():
   gguf = smollm2_135m_instruct()
   c = base.get_config()
   c.name = "esconv_smollm2"
-  c.task = "es"
   c.data.source = "esconv"
   c.data.path = os.path.normpath(os.path.join(DATA, "esconv"))
-  c.data.max_len = 256
-  c.data.max_train_dialogues = 0     # all 910
   c.data.max_valid_dialogues = 48    # the validation loss of the base model and each SFT'd role
   c.tokenizer.path = gguf             # the tokenizer (BPE, specials, chat template) from the GGUF
   for role in ("agent", "simulator"):
@@ -49,16 +46,12 @@ def get_config():
   c.sft.checkpoint_every = 50
   c.sft.min_bucket = 256           # one length bucket: each bucket of this 30-layer model compiles for ~1 min
   c.search.n_conditions = 48
-  c.search.trees_per_shard = 16
   # 16 trees x k=3 = 48 rows per expand call (a batch bucket: no padding rows), a finished tree's
   # place going to the next waiting one. Why 48: benchmarks/README.md "sampling_batch_curve".
   # Evaluation keeps base's eval.batch_size (256): all its chats in one refilled simulate call.
   c.search.trees_in_flight = 16
-  c.search.k = 3
   c.search.budget = 6
-  c.search.max_depth = 3
   c.search.max_turns = 8
-  c.search.margin = 0.2
   c.search.agent_sampling.max_new_tokens = 40
   c.search.simulator_sampling.max_new_tokens = 40
   c.search.max_prompt_len = 512    # 8 agent turns and their replies do not fit in 256
@@ -75,7 +68,6 @@ def get_config():
   c.eval.max_prompt_len = 512
   c.eval.simulator_sampling.temperature = 0.7
   c.eval.simulator_sampling.top_p = 0.9
-  c.dpo.max_len = 256
   c.dpo.batch_size = 8
   c.dpo.num_epochs = 3
   c.dpo.learning_rate = 1e-5

@@ -13,17 +13,14 @@ import base
 def get_config():
   c = base.get_config()
   c.name = "esconv_tiny"
-  c.task = "es"
   c.data.source = "esconv"
-  c.data.path = ""                 # set --config.data.path=../shared/data/esconv
-  c.data.max_len = 256
+  # data.path: set --config.data.path=../shared/data/esconv
   c.tokenizer.vocab_size = 4096
   for role in ("agent", "simulator"):
     c.model[role].hidden_size = 192
     c.model[role].intermediate_size = 512
     c.model[role].num_hidden_layers = 3
     c.model[role].num_attention_heads = 6
-    c.model[role].num_key_value_heads = 2
     c.model[role].max_position_embeddings = 1024
   c.sft.agent_steps = 300
   c.sft.simulator_steps = 300
@@ -36,12 +33,9 @@ def get_config():
   c.search.budget = 4
   c.search.agent_sampling.max_new_tokens = 40
   c.search.simulator_sampling.max_new_tokens = 40
-  c.search.max_prompt_len = 256
   c.eval.n_conditions = 64
   c.eval.samples_per_condition = 1
   c.eval.max_agent_turns = 8
   c.eval.agent_sampling.max_new_tokens = 40
   c.eval.simulator_sampling.max_new_tokens = 40
-  c.eval.max_prompt_len = 256
-  c.dpo.max_len = 256
   return c

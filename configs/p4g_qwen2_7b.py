@@ -50,5 +50,4 @@ def get_config():
   c.search.max_turns = 15                            # GDP-Zero's 15-turn cap
   c.search.margin = 0.1                              # dollars
   c.eval.max_agent_turns = 15
-  c.reward.donation_cap = 2.0
   return c

@@ -14,6 +14,4 @@ import base
 def get_config():
   c = base.get_config()
   c.name = "sandbox_es"
-  c.task = "es"
-  c.data.source = "sandbox"
   return c

@@ -13,5 +13,4 @@ def get_config():
   c = base.get_config()
   c.name = "sandbox_p4g"
   c.task = "p4g"
-  c.data.source = "sandbox"
   return c

@@ -38,7 +38,7 @@ def load_corpus(cfg) -> dict[str, list[Dialogue]]:
   """{"train", "valid", "test"} dialogues of the configured source."""
   src, task, seed = cfg.data.source, cfg.task, cfg.seed
   if src == "sandbox":
-    world = cfg.data.get("sandbox_world", "default")
+    world = cfg.data.sandbox_world
     return {"train": sandbox.generate(task, cfg.data.sandbox_train, seed, world=world),
             "valid": sandbox.generate(task, cfg.data.sandbox_valid, seed + 1, world=world),
             "test": []}
@@ -51,9 +51,9 @@ def load_corpus(cfg) -> dict[str, list[Dialogue]]:
     out[split] = list(loaded)
   if cfg.data.max_train_dialogues:
     out["train"] = out["train"][:cfg.data.max_train_dialogues]
-  if cfg.data.get("max_valid_dialogues"):
+  if cfg.data.max_valid_dialogues:
     out["valid"] = out["valid"][:cfg.data.max_valid_dialogues]
-  keys = [k.strip() for k in cfg.data.get("condition_keys", "").split(",") if k.strip()]
+  keys = [k.strip() for k in cfg.data.condition_keys.split(",") if k.strip()]
   if keys:  # every view (SFT, search, evaluation) then sees only these condition fields
     for split in out.values():
       for d in split:
@@ -117,7 +117,7 @@ def make_tokenizer(cfg, wd: Workdir):
   corpus = load_corpus(cfg)
   texts = list(sft_data.tokenizer_texts(corpus["train"]))
   if cfg.data.source == "sandbox":
-    texts += sandbox.all_texts(cfg.task, cfg.data.get("sandbox_world", "default"))
+    texts += sandbox.all_texts(cfg.task, cfg.data.sandbox_world)
   return train_bpe(texts, cfg.tokenizer.vocab_size, out)
 
 
@@ -148,7 +148,7 @@ def new_model(cfg, role: str, tok, adapters: bool = True) -> models.CausalLM:
 def with_lora(cfg, role: str, model, fresh: bool = False, rank: int | None = None):
   """`model` with the LoRA adapters of `model.<role>.lora` (in place; rank 0: unchanged): loaded
   from `lora.path` (a PEFT dir) unless `fresh`, else newly initialised (seeded). rank: override."""
-  node = cfg.model[role].get("lora")
+  node = cfg.model[role].lora
   lcfg = lora.LoraConfig.from_any(node)
   if rank is not None:
     lcfg = dataclasses.replace(lcfg, rank=rank)
@@ -187,13 +187,15 @@ def speaker(cfg, section, model, tok, role: str):
 
 # ===================================================================== stage settings
 def train_config(cfg, section, **overrides):
-  """The trainer's settings of the `sft` or `dpo` config section: a train.config.TrainConfig (sft)
-  or DPOConfig (dpo) whose fields are the section's keys (1:1; an unknown key is an error), less
-  the pipeline's own `sft.agent_steps` / `sft.simulator_steps` (passed as `steps=`), plus the
-  model's compute dtype and the seed."""
-  cls = DPOConfig if section is cfg.dpo else TrainConfig
-  fields = {k: v for k, v in section.items() if k not in ("agent_steps", "simulator_steps")}
-  return cls.from_any({**fields, "compute_dtype": cfg.model.dtype, "seed": cfg.seed, **overrides})
+  """The trainer's settings of the `sft` or `dpo` config section: a train.config.TrainConfig (sft:
+  its TrainConfig fields, max_len = config.data.max_len; the pipeline passes `steps=`) or a
+  DPOConfig (dpo: its fields 1:1), with the model's compute dtype and the seed."""
+  if section is cfg.dpo:
+    return DPOConfig.from_any({**section.to_dict(), "compute_dtype": cfg.model.dtype, "seed": cfg.seed, **overrides})
+  names = {f.name for f in dataclasses.fields(TrainConfig)}
+  fields = {k: v for k, v in section.items() if k in names}
+  return TrainConfig.from_any({**fields, "max_len": cfg.data.max_len, "compute_dtype": cfg.model.dtype,
+                               "seed": cfg.seed, **overrides})
 
 
 def search_config(cfg, round_: int = 1):
@@ -208,7 +210,7 @@ def reward_cfg(cfg, evaluation: bool = False) -> dict:
   "both" (the sampled, parsed outcome recorded beside the expected one)."""
   out = {"es_pattern": cfg.reward.es_pattern or rewards.DEFAULT_ES_PATTERN, "es_last_n": cfg.reward.es_last_n,
          "donation_cap": cfg.reward.donation_cap}
-  if cfg.reward.get("readout", "sampled") == "expected" and cfg.task == "p4g":
+  if cfg.reward.readout == "expected" and cfg.task == "p4g":
     out.update(readout="both" if evaluation else "expected",
                outcome_amounts=readout.outcome_amounts(load_corpus(cfg)["train"], cfg.reward.donation_cap))
   return out

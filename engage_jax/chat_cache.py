@@ -41,6 +41,7 @@ from flax import nnx, struct
 from engage_jax import sampling
 from engage_jax.buckets import bucket
 from engage_jax.models.llama import KVCache
+from engage_jax.sampling import SamplingParams
 
 MIN_KEPT_BUCKET = 16
 
@@ -201,8 +202,9 @@ class ConversationCache:
       kept.append(max(keep, 0))
     return src, kept
 
-  def generate(self, model, prompts: Sequence[Sequence[int]], max_new_tokens: int = 64,
-               temperature: float = 0.0, top_p: float = 1.0, top_k: int = 0, seed: int = 0,
+  def generate(self, model, prompts: Sequence[Sequence[int]], max_new_tokens: int = SamplingParams.max_new_tokens,
+               temperature: float = SamplingParams.temperature, top_p: float = SamplingParams.top_p,
+               top_k: int = SamplingParams.top_k, seed: int = 0,
                stop_token_ids: Sequence[int] | None = None,
                row_seeds: Sequence[int] | None = None) -> list[list[int]]:
     """`sampling.generate(model, prompts, ...)` (same arguments, checks and result, per-row seeds

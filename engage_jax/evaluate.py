@@ -33,6 +33,7 @@ import inspect
 import numpy as np
 
 from engage_jax.data.dialogue import Dialogue
+from engage_jax.fields import Int, field
 from engage_jax.fileio import atomic_write_jsonl
 from engage_jax.seeding import sample_seed  # evaluate.sample_seed: the seed of one simulate call
 from engage_jax.seeding import sub_seed
@@ -269,18 +270,19 @@ def paired_samples(sft: Sequence[Dialogue], dpo: Sequence[Dialogue]) -> tuple[np
 # ----------------------------------------------------------------------------- driver
 @dataclasses.dataclass(frozen=True)
 class EvalSettings:
-  """What `evaluate` reads from its config (attribute or mapping access; `cfg.eval` if present).
+  """What `evaluate` reads from its config (attribute or mapping access; `cfg.eval` if present);
+  the defaults are config.eval's (engage_jax/schema.py `EvalConfig` adds the pipeline's keys).
 
-  task: "es" | "p4g"; max_agent_turns: turn cap per conversation; samples_per_condition:
-  repeats per held-out condition (different seeds, same for every agent); batch_size: chats in
-  flight (0 = all at once; with a simulate that has no `max_rows`: conditions per call); reward:
-  reward config passed through to `simulate`.
+  task: "es" | "p4g" (config.task); reward: the reward config passed through to `simulate`
+  (config.reward).
   """
-  task: str
-  max_agent_turns: int
-  samples_per_condition: int = 1
-  batch_size: int = 0
-  reward: Any = None
+  task: str = field("es", "es | p4g (the pipeline's config.task)", key=False)
+  max_agent_turns: int = field(4, "turn cap per conversation", Int(1))
+  samples_per_condition: int = field(2, "chats per held-out condition (different seeds, the same for every "
+                                        "agent)", Int(1))
+  batch_size: int = field(256, "chats in flight (0: all at once); a finished chat's row is refilled",
+                          Int(0, " (0: all conditions in one call)"))
+  reward: Any = field(None, "the reward settings (the pipeline's config.reward)", key=False)
 
 
 def _get(cfg: Any, name: str, default: Any = None) -> Any:
@@ -295,30 +297,27 @@ def _get(cfg: Any, name: str, default: Any = None) -> Any:
 
 
 def eval_settings(cfg: Any) -> EvalSettings:
-  """Reads EvalSettings from a full config (`cfg.eval`, `cfg.task`, `cfg.reward`) or a flat one."""
+  """Reads EvalSettings from a full config (`cfg.eval`, `cfg.task`, `cfg.reward`) or a flat one;
+  a missing key takes EvalSettings' default."""
   sub = _get(cfg, "eval", None)
   src = [s for s in (sub, cfg) if s is not None]
 
-  def find(name, default=None):
+  def find(name):
     for s in src:
       v = _get(s, name, None)
       if v is not None:
         return v
-    return default
+    return {f.name: f.default for f in dataclasses.fields(EvalSettings)}[name]
 
-  task = find("task")
+  task = _get(cfg, "task", None)
   if task not in ("es", "p4g"):
     raise ValueError(f"evaluate: config task must be 'es' or 'p4g', got {task!r}")
-  max_turns = find("max_agent_turns")
-  if max_turns is None:
-    raise ValueError("evaluate: config has no max_agent_turns (cfg.eval.max_agent_turns)")
-  spc = int(find("samples_per_condition", 1))
-  bs = int(find("batch_size", 0))
+  spc, bs = int(find("samples_per_condition")), int(find("batch_size"))
   if spc < 1:
     raise ValueError(f"evaluate: samples_per_condition must be >= 1, got {spc}")
   if bs < 0:
     raise ValueError(f"evaluate: batch_size must be >= 0, got {bs}")
-  return EvalSettings(task=task, max_agent_turns=int(max_turns), samples_per_condition=spc,
+  return EvalSettings(task=task, max_agent_turns=int(find("max_agent_turns")), samples_per_condition=spc,
                       batch_size=bs, reward=find("reward"))
 
 

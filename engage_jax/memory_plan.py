@@ -132,7 +132,7 @@ def resolve_model_config(cfg, which: str = "agent"):
 
 def lora_config(cfg, which: str):
   """The models.lora.LoraConfig of cfg.model.<which>.lora (rank 0 when the key is absent)."""
-  return lora.LoraConfig.from_any(cfg.model[which].get("lora"))
+  return lora.LoraConfig.from_any(cfg.model[which].lora)
 
 
 def abstract_model(mc, dtype, param_dtype, *, remat: bool = False, lcfg=None) -> nnx.Module:
@@ -349,7 +349,7 @@ def make_plan(cfg, mesh_shape: tuple[int, int, int], *, which: str = "agent", tr
   seq_len = seq_len or int(cfg.data.max_len)
   div = shd.batch_divisor(mesh)
   if not sample_batch:
-    in_flight = int(cfg.search.get("trees_in_flight", 0) or cfg.search.trees_per_shard)
+    in_flight = int(cfg.search.trees_in_flight or cfg.search.trees_per_shard)
     sample_batch = shd.round_to_batch(in_flight * int(cfg.search.k), mesh)
   sample_len = sample_len or int(cfg.search.max_prompt_len) + int(cfg.search.agent_sampling.max_new_tokens)
   prompt_len = min(int(cfg.search.max_prompt_len), sample_len)
@@ -424,7 +424,7 @@ def make_plan(cfg, mesh_shape: tuple[int, int, int], *, which: str = "agent", tr
   # -- sampling: the sampler's own jitted cores as the search's speakers run them
   t = time.time()
   sp = SamplingParams(**{**cfg.search.agent_sampling.to_dict(), "max_new_tokens": max(1, sample_len - prompt_len)})
-  kv_cache = bool(cfg.get("rollout", {}).get("kv_cache", False))
+  kv_cache = bool(cfg.rollout.kv_cache)
   remat_s = bool(cfg.model.remat)
   progs = sampling_programs(mc, sample_batch, prompt_len, sp, dtype, param_dtype, remat=remat_s, kv_cache=kv_cache)
   for name, prog_s in progs.items():

@@ -155,7 +155,7 @@ def run_search_round(cfg, wd: Workdir, round_: int) -> dict:
                              max_prompt_len=cfg.search.max_prompt_len, strategy_fn=strategy_fn,
                              kv_cache=cfg.rollout.kv_cache)
   summary = run_search(env, rts, scfg, str(paths["search"]), trees_per_shard=cfg.search.trees_per_shard,
-                       pairs_dir=str(paths["pairs"]), trees_in_flight=cfg.search.get("trees_in_flight", 0))
+                       pairs_dir=str(paths["pairs"]), trees_in_flight=cfg.search.trees_in_flight)
   atomic_write_json(paths["search"] / "summary.json", summary)
   return summary
 
@@ -244,7 +244,7 @@ def oracle_report(cfg, wd: Workdir) -> dict:
   (outcome "expected": the exact expectation of the strategies played; paired by condition id)."""
   tok = build.load_tokenizer(wd)
   conds = build.eval_conditions(cfg)
-  world = cfg.data.get("sandbox_world", "default")
+  world = cfg.data.sandbox_world
   out = {}
   agents = [("sft", wd.path("sft_agent", "hf"), "eval_sft")]
   agents += [(f"round-{r}", round_paths(wd, r)["dpo"] / "hf", f"eval_dpo/round-{r}")

@@ -42,6 +42,8 @@ import re
 from typing import Any
 from collections.abc import Mapping, Sequence
 
+from engage_jax.fields import Check, Int, Num, OneOf, field
+
 DEFAULT_ES_PATTERN = (
     r"\bfeel(?:ing|s)? (?:so |much |a lot |a bit |way )?better\b"
     r"|\b(?:that|this|it|you) (?:really |truly )?help(?:s|ed)\b"
@@ -210,17 +212,37 @@ def es_engaged(user_texts: Sequence[str], pattern: str = DEFAULT_ES_PATTERN,
   return any(rx.search(t or "") for t in list(user_texts)[-last_n:])
 
 
+class _Regex(Check):
+  what = "must be a valid regular expression (empty: the default)"
+
+  def __call__(self, v) -> bool:
+    if not isinstance(v, str):
+      return False
+    try:
+      re.compile(v)
+    except re.error:
+      return False
+    return True
+
+
 @dataclasses.dataclass(frozen=True)
 class RewardSettings:
   """The reward's knobs: ES regex and how many of the user's last turns it searches; P4G cap;
   P4G readout ("sampled": sample the outcome answer and parse it; "expected": the simulator's
   mean over the canonical answers for `outcome_amounts`, engage_jax/readout.py; "both": the
   expected value as the reward, the sampled one recorded beside it, for evaluation)."""
-  es_pattern: str = DEFAULT_ES_PATTERN
-  es_last_n: int = DEFAULT_ES_LAST_N
-  donation_cap: float = DONATION_CAP
-  readout: str = "sampled"
-  outcome_amounts: tuple[float, ...] = ()
+  es_pattern: str = field(DEFAULT_ES_PATTERN, "ES: the regex of an engaged user turn (empty: the default)",
+                          _Regex(), encode=lambda p: "" if p == DEFAULT_ES_PATTERN else p)
+  es_last_n: int = field(DEFAULT_ES_LAST_N, "ES: the user's last turns the regex searches", Int(1))
+  donation_cap: float = field(DONATION_CAP, "P4G: donations are capped at this many dollars", Num(0.0, lo_open=True))
+  readout: str = field("sampled", "P4G outcome: sampled (sample the answer, parse it) | expected (the simulator's "
+                                  "mean over the corpus amounts, engage_jax/readout.py)", OneOf(CONFIG_READOUTS))
+  outcome_amounts: tuple[float, ...] = field((), "the canonical amounts of readout expected (from the corpus)",
+                                             key=False)
+
+  def __post_init__(self):
+    if not self.es_pattern:
+      object.__setattr__(self, "es_pattern", DEFAULT_ES_PATTERN)
 
   @classmethod
   def from_any(cls, cfg: Any = None) -> RewardSettings:
@@ -228,17 +250,16 @@ class RewardSettings:
     None or empty values take the defaults."""
     if isinstance(cfg, cls):
       return cfg
-    def get(key, default):
-      if cfg is None:
-        return default
-      v = cfg.get(key) if isinstance(cfg, Mapping) else getattr(cfg, key, None)
-      return default if v is None or v == "" else v
-    readout = str(get("readout", "sampled"))
+    kw = {}
+    for f in dataclasses.fields(cls):
+      v = None if cfg is None else cfg.get(f.name) if isinstance(cfg, Mapping) else getattr(cfg, f.name, None)
+      if v is not None and v != "":
+        kw[f.name] = v
+    readout = str(kw.get("readout", "sampled"))
     if readout not in READOUTS:
       raise ValueError(f"reward readout must be one of {READOUTS}, got {readout!r}")
-    return cls(str(get("es_pattern", DEFAULT_ES_PATTERN)), int(get("es_last_n", DEFAULT_ES_LAST_N)),
-               float(get("donation_cap", DONATION_CAP)), readout,
-               tuple(float(x) for x in get("outcome_amounts", ())))
+    return cls(**{**kw, "readout": readout,
+                  "outcome_amounts": tuple(float(x) for x in kw.get("outcome_amounts", ()))})
 
 
 def reward(task: str, user_texts: Sequence[str], cfg: Any = None, outcome: Mapping | None = None

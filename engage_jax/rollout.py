@@ -56,7 +56,7 @@ class Speaker:
   """
   model: Any
   tokenizer: Any
-  max_prompt_len: int = 512
+  max_prompt_len: int = 256
   sampling: SamplingParams = dataclasses.field(default_factory=SamplingParams)
   kv_cache: bool = True
   cache: ConversationCache = dataclasses.field(default_factory=ConversationCache, repr=False, compare=False)

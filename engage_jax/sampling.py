@@ -39,7 +39,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -47,6 +47,7 @@ import numpy as np
 from flax import nnx, struct
 
 from engage_jax import sharding
+from engage_jax.fields import Int, Num, field
 from engage_jax.buckets import bucket  # sampling.bucket: the rung of one size (batch, prompt, new tokens)
 from engage_jax.logprobs import token_logps
 from engage_jax.models.llama import KVCache
@@ -60,11 +61,13 @@ MAX_STOP_IDS = 8  # stop ids are padded to this many (static shape); more is a V
 @dataclasses.dataclass(frozen=True)
 class SamplingParams:
   """Sampling settings of one `generate` call (see `generate`)."""
-  max_new_tokens: int = 64
-  temperature: float = 0.0
-  top_p: float = 1.0
-  top_k: int = 0
-  stop_token_ids: tuple[int, ...] = ()
+  KEY_KIND: ClassVar[str] = "sampling"   # config_check: "unknown sampling key"
+  max_new_tokens: int = field(64, "longest reply in tokens", Int(1))
+  temperature: float = field(0.0, "softmax temperature (0: greedy)", Num(0.0))
+  top_p: float = field(1.0, "nucleus sampling mass (1.0: off)", Num(0.0, 1.0, lo_open=True))
+  top_k: int = field(0, "sample among the k most likely tokens (0: off)", Int(0, " (0: off)"))
+  stop_token_ids: tuple[int, ...] = field((), "ids that end a reply (rollout.Speaker: the tokenizer's "
+                                              "end-of-turn / eos)", key=False)
 
   def validate(self) -> None:
     _check_params(self.max_new_tokens, self.temperature, self.top_p, self.top_k, self.stop_token_ids)
@@ -402,8 +405,9 @@ def core_program(graphdef, state, batch: int, prompt_len: int, params: SamplingP
   return CoreProgram(_compiled(graphdef, n, mode), args, shapes, mode)
 
 
-def generate(model, prompts: Sequence[Sequence[int]], max_new_tokens: int = 64,
-             temperature: float = 0.0, top_p: float = 1.0, top_k: int = 0, seed: int = 0,
+def generate(model, prompts: Sequence[Sequence[int]], max_new_tokens: int = SamplingParams.max_new_tokens,
+             temperature: float = SamplingParams.temperature, top_p: float = SamplingParams.top_p,
+             top_k: int = SamplingParams.top_k, seed: int = 0,
              stop_token_ids: Sequence[int] | None = None, *, mesh=None,
              row_seeds: Sequence[int] | None = None) -> list[list[int]]:
   """New tokens for each prompt (see module docstring).

@@ -71,7 +71,7 @@ def _intensity(value: Any, where: str, field: str) -> int:
 
 
 def record_to_dialogue(rec: Any, dialogue_id: str, where: str, *, merge: bool = True,
-                       es_pattern: str = rewards.DEFAULT_ES_PATTERN, es_last_n: int = 2
+                       es_pattern: str = rewards.DEFAULT_ES_PATTERN, es_last_n: int = rewards.DEFAULT_ES_LAST_N
                        ) -> Dialogue:
   """One ESConv record (HF or raw layout) → Dialogue. `where` prefixes error messages."""
   if not isinstance(rec, dict):

@@ -175,7 +175,7 @@ class ModelOps:
   def _result(self, cfg, dialogues) -> dict:
     res = {"summary": evaluate.summarize(dialogues, n_boot=2000), "per_condition": per_condition(dialogues)}
     if cfg.data.source == "sandbox":
-      res["transcript"] = oracle.transcript_scores(cfg.task, dialogues, cfg.data.get("sandbox_world", "default"))
+      res["transcript"] = oracle.transcript_scores(cfg.task, dialogues, cfg.data.sandbox_world)
     samples = [d.outcome["agent_samples"] for d in dialogues if "agent_samples" in d.outcome]
     if samples:
       res["agent_samples_per_chat"] = float(np.mean(samples))
@@ -187,7 +187,7 @@ class ModelOps:
     tok = ChatTokenizer.load(tok_dir)
     agent, _ = self._agent(cfg, tok, agent_dir, best_of_n, lookahead_dir)
     rows = oracle.evaluate_world(agent, build.eval_conditions(cfg), cfg.task, cfg.eval.samples_per_condition,
-                                 seed=cfg.seed + 11, world=cfg.data.get("sandbox_world", "default"))
+                                 seed=cfg.seed + 11, world=cfg.data.sandbox_world)
     atomic_write_jsonl(str(out_dir / "dialogues.jsonl"), [d.to_json() for d in rows])
     return {"summary": oracle.summarize(rows), "per_condition": per_condition(rows),
             "per_condition_expected": per_condition(rows, "expected")}

@@ -40,6 +40,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from engage_jax.data.dialogue import AGENT, USER, Turn
+from engage_jax.rewards import DONATION_CAP
 from engage_jax.human_eval import conditions, items as items_mod, stats
 from engage_jax.human_eval.store import SLOTS, Store, StoreError, turn_seed
 
@@ -67,7 +68,7 @@ class Settings:
   min_user_turns: int = 1
   max_chars: int = 500
   scenarios: int = 1
-  donation_cap: float = 2.0
+  donation_cap: float = DONATION_CAP
   seed: int = 0
 
 

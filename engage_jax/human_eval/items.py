@@ -11,6 +11,8 @@ import math
 from typing import Any
 from collections.abc import Mapping
 
+from engage_jax.rewards import DONATION_CAP
+
 
 @dataclasses.dataclass(frozen=True)
 class Item:
@@ -25,7 +27,7 @@ class Item:
             "step": 1 if self.kind == "likert" else 0.01}
 
 
-def items(task: str, donation_cap: float = 2.0) -> tuple[Item, ...]:
+def items(task: str, donation_cap: float = DONATION_CAP) -> tuple[Item, ...]:
   """The rating items of `task` ("es" | "p4g"); the first is the primary one."""
   if task == "es":
     return (Item("feeling_better", "After this chat I feel better"),

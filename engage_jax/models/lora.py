@@ -40,6 +40,7 @@ from safetensors.numpy import save_file
 from safetensors import SafetensorError, safe_open
 
 from engage_jax.errors import InputError
+from engage_jax.fields import Bool, Check, Int, Num, OneOf, Str, field
 from engage_jax.fileio import umask_mode
 from engage_jax.models.llama import Linear, stack_modules, CausalLM
 from engage_jax.models.hf import hf_name, is_stacked
@@ -56,16 +57,36 @@ def _target_name(t: str) -> str:
   return t if t.endswith("_proj") else f"{t}_proj"
 
 
+class _NoDropout(Check):
+  what = "LoRA dropout is not implemented; must be 0.0"
+
+  def __call__(self, v) -> bool:
+    return v == 0
+
+
+class _Targets(Check):
+  """Comma-separated projections (or a list of them), each one of TARGETS, with or without `_proj`."""
+  what = f"must be a comma-separated list of projections ({', '.join(t.removesuffix('_proj') for t in TARGETS)})"
+
+  def __call__(self, v) -> bool:
+    names = v.split(",") if isinstance(v, str) else list(v)
+    names = [_target_name(str(x)) for x in names if str(x).strip()]
+    return bool(names) and all(n in TARGETS for n in names)
+
+
 @dataclasses.dataclass(frozen=True)
 class LoraConfig:
   """rank 0 = no adapters. targets: projection names ("q" or "q_proj"; TARGETS)."""
-  rank: int = 0
-  alpha: float = 16.0
-  dropout: float = 0.0
-  targets: tuple[str, ...] = TARGETS
-  init: str = "default"
-  rslora: bool = False
-  path: str = ""            # a PEFT adapter dir to start from (load_peft) instead of a fresh init
+  rank: int = field(0, "adapter rank r (0: LoRA off, full fine-tuning)", Int(0, " (0 = LoRA off)"))
+  alpha: float = field(16.0, "scale alpha / r (PEFT's lora_alpha)", Num(0.0, lo_open=True))
+  dropout: float = field(0.0, "adapter dropout (only 0.0 is implemented)", _NoDropout())
+  targets: tuple[str, ...] = field(TARGETS, "projections with adapters (comma-separated: q,k,v,o,gate,up,down)",
+                                   _Targets(), encode=lambda t: ",".join(x.removesuffix("_proj") for x in t))
+  init: str = field("default", "default: B = 0 (the model unchanged at start); random: B random too",
+                    OneOf(INITS))
+  rslora: bool = field(False, "rank-stabilised scale alpha / sqrt(r)", Bool())
+  path: str = field("", "a PEFT adapter dir to start from (load_peft) instead of a fresh init",
+                    Str("must be a string (empty: a fresh adapter)"))
 
   def __post_init__(self):
     t = self.targets.split(",") if isinstance(self.targets, str) else list(self.targets)

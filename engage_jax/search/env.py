@@ -68,8 +68,8 @@ class ModelEnv:
 
   @classmethod
   def from_config(cls, agent_model, simulator_model, tokenizer, cfg, *, task: str, reward_cfg: Any,
-                  max_prompt_len: int = 512, logprobs: bool | None = None,
-                  strategy_fn: Callable[[str], str | None] | None = None, kv_cache: bool = True) -> ModelEnv:
+                  max_prompt_len: int = rollout.Speaker.max_prompt_len, logprobs: bool | None = None,
+                  strategy_fn: Callable[[str], str | None] | None = None, kv_cache: bool = rollout.Speaker.kv_cache) -> ModelEnv:
     """Builds both Speakers from a `SearchConfig` (agent_sampling / simulator_sampling, turn cap);
     kv_cache: the Speakers keep their chats' KV caches between calls (`rollout.Speaker`)."""
     agent = rollout.Speaker(agent_model, tokenizer, max_prompt_len, sampling=cfg.agent_sampling,

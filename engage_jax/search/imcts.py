@@ -27,6 +27,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
+from engage_jax.fields import Bool, Int, Num, OneOf, Optional, field
 from engage_jax.data.dialogue import AGENT, REQUIRED_CONDITION, Dialogue
 from engage_jax.sampling import SamplingParams
 from engage_jax.seeding import sub_seed
@@ -76,26 +77,31 @@ class SearchConfig:
   required_condition: condition fields every root needs; None = the task's
     (`data.dialogue.REQUIRED_CONDITION`).
   """
-  k: int = 3
-  budget: int = 20
-  max_depth: int = 6
-  max_turns: int = 10
-  selection: str = "uct"
-  c: float = 1.0
-  prior_temperature: float = 1.0
-  q_normalize: bool = True
-  prune_similarity: float | None = 0.9
-  similarity: str = "difflib"
-  max_live: int = 0
-  margin: float = 0.2
-  pair_min_visits: int = 1
-  agent_sampling: SamplingParams = dataclasses.field(
-      default_factory=lambda: SamplingParams(max_new_tokens=64, temperature=0.9, top_p=0.9))
-  simulator_sampling: SamplingParams = dataclasses.field(
-      default_factory=lambda: SamplingParams(max_new_tokens=64, temperature=0.3))
-  reward_horizon: str = "future"
-  seed: int = 0
-  required_condition: tuple[str, ...] | None = None
+  k: int = field(3, "candidates generated per expanded leaf", Int(2, " (pairs need siblings)"))
+  budget: int = field(8, "expansions per tree", Int(1))
+  max_depth: int = field(3, "search steps below the root that may still be expanded", Int(1))
+  max_turns: int = field(4, "cap on agent turns in a conversation (root turns included)", Int(1))
+  selection: str = field("uct", "uct | puct (search/selection.py)", OneOf(SELECTION_RULES))
+  c: float = field(1.0, "exploration constant", Num(0.0))
+  prior_temperature: float = field(1.0, "puct: softmax temperature of the siblings' prior", Num(0.0, lo_open=True))
+  q_normalize: bool = field(True, "min-max normalise Q over the tree's visited nodes before scoring", Bool())
+  prune_similarity: float | None = field(0.95, "drop a candidate at least this similar to an earlier sibling "
+                                               "(None: keep all)", Optional(Num(0.0, 1.0, lo_open=True)))
+  similarity: str = field("difflib", "difflib | jaccard (search/similarity.py)", OneOf(SIMILARITIES))
+  max_live: int = field(0, "cap on live (expandable) leaves per tree (0: no cap)", Int(0, " (0: no cap)"))
+  margin: float = field(0.2, "children whose mean values differ by at least this give a pair", Num(0.0))
+  pair_min_visits: int = field(1, "visits both children of a pair need", Int(1))
+  agent_sampling: SamplingParams = field(
+      doc="the agent's candidates", factory=lambda: SamplingParams(max_new_tokens=32, temperature=0.9, top_p=0.9))
+  # the simulator samples the user's reactions at T=1 so that their learned probabilities are
+  # kept (T<1 sharpens them away)
+  simulator_sampling: SamplingParams = field(
+      doc="the simulator's replies", factory=lambda: SamplingParams(max_new_tokens=32, temperature=1.0))
+  reward_horizon: str = field("future", "future: the end-of-chat outcome (rollouts); turn: the next user turn only",
+                              OneOf(REWARD_HORIZONS))
+  seed: int = field(0, "all randomness derives from it (the pipeline's config.seed)", key=False)
+  required_condition: tuple[str, ...] | None = field(None, "condition fields every root needs (None: the task's)",
+                                                     key=False)
 
   def __post_init__(self):
     if self.reward_horizon not in REWARD_HORIZONS:

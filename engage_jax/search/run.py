@@ -41,11 +41,33 @@ from engage_jax.search.imcts import RoundInfo, SearchConfig, search, validate
 from engage_jax.search.pairs import atomic_write_text, extract_pairs, pair_key, read_jsonl, write_jsonl
 from engage_jax.search.tree import Trees
 from engage_jax.progress import Scalars
+from engage_jax.fields import Int, field
+from engage_jax.rollout import Speaker
 
 
-# keys of the launcher's `config.search` section that the runner and pipeline read, not i×MCTS:
-# the number of trees (roots), trees per shard, trees in flight, and the Speakers' prompt length.
-RUNNER_KEYS = ("n_conditions", "trees_per_shard", "trees_in_flight", "max_prompt_len")
+@dataclasses.dataclass(frozen=True)
+class SearchSection(SearchConfig):
+  """config.search: the algorithm's SearchConfig + where and how much the pipeline searches."""
+  n_conditions: int = field(96, "trees (one per training condition)", Int(1))
+  trees_per_shard: int = field(16, "trees per shard file (resume granularity)", Int(1))
+  trees_in_flight: int = field(0, "trees searched at once, across shards (0: trees_per_shard); a finished tree "
+                                  "is replaced at once, so generate calls hold trees_in_flight x k rows", Int(0))
+  max_prompt_len: int = field(Speaker.max_prompt_len, "prompt tokens kept (a longer chat drops its oldest "
+                              "messages and is prefilled afresh)", Int(1))
+
+  @staticmethod
+  def cross_problems(cfg, key: str) -> list[tuple[str, str]]:
+    """The algorithm's own validation (SearchConfig's __post_init__ / from_dict) of the section."""
+    try:
+      config_from_section(cfg.search, seed=cfg.seed)
+    except (ValueError, TypeError) as e:
+      return [(key, str(e))]
+    return []
+
+
+# config.search's keys that the runner and pipeline read, not i×MCTS
+RUNNER_KEYS = tuple(f.name for f in dataclasses.fields(SearchSection)
+                    if f.name not in {g.name for g in dataclasses.fields(SearchConfig)})
 RNG_SCHEME = "per_tree"  # the manifest's "rng": rows seeded by imcts.node_seed (older runs: per shard)
 
 
@@ -107,8 +129,8 @@ def _log_shard(out_dir: str, shard: int, stats: dict, seconds: float) -> None:
 
 
 def run_search(env: Env, roots: Sequence[Dialogue], cfg: SearchConfig, out_dir: str, *,
-               trees_per_shard: int = 16, progress: bool = True, pairs_dir: str | None = None,
-               after_shard: Callable[[int], None] | None = None, trees_in_flight: int = 0) -> dict:
+               trees_per_shard: int = SearchSection.trees_per_shard, progress: bool = True, pairs_dir: str | None = None,
+               after_shard: Callable[[int], None] | None = None, trees_in_flight: int = SearchSection.trees_in_flight) -> dict:
   """Searches all roots shard by shard into `out_dir`; returns a summary dict.
   pairs_dir: where the pair shards go (default `<out_dir>/pairs`; the pipeline: `<workdir>/pairs`).
   trees_in_flight: trees searched at once across shards (0 = trees_per_shard); the generate

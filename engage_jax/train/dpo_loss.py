@@ -15,13 +15,14 @@ import jax.numpy as jnp
 from flax import nnx
 
 from engage_jax.logprobs import token_logps
-from engage_jax.train.config import LOSS_TYPES
+from engage_jax.train.config import LOSS_TYPES, DPOConfig
 from engage_jax.train import loop
 
 
 
 def dpo_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps,
-             beta: float = 0.1, loss_type: str = "sigmoid", label_smoothing: float = 0.0):
+             beta: float = DPOConfig.beta, loss_type: str = DPOConfig.loss_type,
+             label_smoothing: float = DPOConfig.label_smoothing):
   """DPO losses per pair. All inputs [B] (sequence log-probs; for IPO pass length-averaged ones).
 
   Δ = (π_c - π_r) - (ref_c - ref_r), ε = label_smoothing:
@@ -73,7 +74,7 @@ def sequence_logps(model: nnx.Module, batch: Mapping[str, jax.Array]) -> tuple[j
   return seq[:b], seq[b:], cnt[:b], cnt[b:]
 
 
-def dpo_loss_fn(graphdef, rest, beta: float, loss_type: str, label_smoothing: float, rpo_alpha: float = 0.0):
+def dpo_loss_fn(graphdef, rest, beta: float, loss_type: str, label_smoothing: float, rpo_alpha: float):
   """loss_fn(params, batch) for the loop: weighted mean DPO loss + TRL-style metrics.
 
   rpo_alpha > 0 adds TRL's RPO term: rpo_alpha × the chosen completions' mean per-token NLL, which

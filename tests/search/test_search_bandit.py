@@ -19,7 +19,7 @@ def _best_child(trees, b):
 @pytest.mark.parametrize("selection", ["uct", "puct"])
 def test_most_visits_on_best_arm_noise_free(selection):
   env = BanditEnv(ARMS, max_turns=6, bernoulli=False)
-  cfg = SearchConfig(budget=20, max_turns=6, prune_similarity=None, selection=selection)
+  cfg = SearchConfig(budget=20, max_turns=6, max_depth=6, prune_similarity=None, selection=selection)
   trees = search(env, es_roots(6), cfg)
   assert all(_best_child(trees, b) == "good" for b in range(6))
   assert (trees.expansions == 20).all()
@@ -32,7 +32,7 @@ def test_most_visits_on_best_arm_noise_free(selection):
 
 def test_pairs_prefer_best_arm_with_bernoulli_rewards():
   env = BanditEnv(ARMS, max_turns=6, p_end=0.1)
-  cfg = SearchConfig(budget=20, max_turns=6, prune_similarity=None, seed=3)
+  cfg = SearchConfig(budget=20, max_turns=6, max_depth=6, prune_similarity=None, seed=3)
   trees = search(env, es_roots(16), cfg)
   best = sum(_best_child(trees, b) == "good" for b in range(16))
   assert best >= 11, best

@@ -11,7 +11,7 @@ import pytest
 from engage_jax.train import dpo_sweep, pair_data
 from tests.train import _helpers as H
 
-CFG = dict(batch_size=4, learning_rate=3e-3, max_len=96, max_completion_len=32, min_bucket=32,
+CFG = dict(num_epochs=1, batch_size=4, learning_rate=3e-3, max_len=96, max_completion_len=32, min_bucket=32,
            checkpoint_every=0, **H.FAST)
 
 

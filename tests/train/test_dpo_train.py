@@ -15,7 +15,7 @@ from tests.train import _helpers as H
 # their scale (rtol 1e-5) or absolutely at 1e-3 for sums of ~30 tokens (~1e-5 relative). Both hold
 # on any x86-64 CPU; AVX2 vs AVX-512 only move the last ulps.
 
-CFG = dict(steps=10, batch_size=8, learning_rate=3e-3, max_len=96, max_completion_len=32, min_bucket=32,
+CFG = dict(steps=10, batch_size=8, learning_rate=3e-3, max_len=96, max_completion_len=32, min_bucket=32, rpo_alpha=0.0,
            checkpoint_every=0, **H.FAST)
 
 
