@@ -74,7 +74,7 @@ def bench_jax(s):
   tx, sched = loop.make_optimizer(cfg, 100)
   params, opt, p_sh, o_sh = loop.init_sharded(tx, params, mesh)
   mb = loop.stack_micro(batch, 1)
-  step = loop.make_train_step(dpo_loss.dpo_loss_fn(graphdef, rest, 0.1, "sigmoid", 0.0), tx, sched, mesh,
+  step = loop.make_train_step(dpo_loss.dpo_loss_fn(graphdef, rest, 0.1, "sigmoid", 0.0, 0.0), tx, sched, mesh,
                               p_sh, o_sh, mb)
   t = time.perf_counter()
   for _ in range(s["warmup"]):

@@ -217,6 +217,26 @@ class PipelineConfig:
   reward: RewardSettings = field(doc="the user's reaction as a reward", factory=RewardSettings)
 
 
+@dataclasses.dataclass(frozen=True)
+class ExperimentConfig:
+  """config.experiment: the ablation grids' own section (engage_jax/experiments/runner.py; only in
+  configs/experiments/*.py, the pipeline runs without it)."""
+  variants: str = field("sft,future,turn,corpus_mix,rft,best_of_n", "comma-separated variants (--variants "
+                                                                     "overrides; experiments/variants.py)", Str())
+  seeds: str = field("0,1,2", "comma-separated seeds (--seeds overrides)", Str())
+  ensemble_size: int = field(2, "simulators: the search's own + (ensemble_size - 1) held out", Int(1))
+  oracle: bool = field(True, "evaluate every agent against the sandbox world as well", Bool())
+  best_of_n: int = field(2, "candidates per turn of the best_of_n variant", Int(1))
+  corpus_pairs: int = field(0, "corpus pairs of corpus_mix (0: as many as the search's pairs)", Int(0))
+  rft_steps: int = field(50, "SFT steps of the rft variant", Int(1))
+  rft_learning_rate: float = field(1e-3, "the rft variant's learning rate", Num(0.0, lo_open=True))
+  rft_min_value: float = field(0.5, "chosen turns with at least this search value are RFT data", Num(0.0))
+  transfer_from: str = field("", "the other task's experiment dir (the transfer variant reads its pairs)", Str())
+
+
+OPTIONAL_SECTIONS = {"experiment": ExperimentConfig}   # sections a config may add to PipelineConfig's
+
+
 # ------------------------------------------------------------------------------ walking the schema
 def key_fields(obj_or_cls) -> list[dataclasses.Field]:
   """The fields of a dataclass that are config keys (not `key=False`, not in `NOT_KEYS`)."""
@@ -291,7 +311,12 @@ def problems(cfg) -> list[tuple[str, str]]:
   cross-key checks where its own fields passed."""
   if not isinstance(cfg, ml_collections.ConfigDict):
     cfg = ml_collections.ConfigDict(cfg)
-  return _section_problems(cfg, PipelineConfig(), "", cfg)
+  extra = {k: cls for k, cls in OPTIONAL_SECTIONS.items() if k in cfg}
+  main = {k: v for k, v in cfg.items() if k not in extra}
+  out = _section_problems(main, PipelineConfig(), "", cfg)
+  for k, cls in extra.items():
+    out += _section_problems(cfg[k], cls(), k, cfg)
+  return out
 
 
 def describe(obj: Any = None, prefix: str = "") -> list[str]:

@@ -114,7 +114,7 @@ def test_dpo_pairs_and_a_step_with_the_real_tokenizer(small_real, tmp_path):
   path = tmp_path / "pairs.jsonl"
   path.write_text("".join(json.dumps(p) + "\n" for p in pairs))
   policy, ref = models.from_pretrained(model_dir), models.from_pretrained(model_dir)
-  cfg = dict(beta=0.1, max_len=64, min_bucket=64, batch_size=2, steps=1, learning_rate=1e-5, warmup_steps=0,
+  cfg = dict(beta=0.1, rpo_alpha=0.0, max_len=64, min_bucket=64, batch_size=2, steps=1, learning_rate=1e-5, warmup_steps=0,
              checkpoint_every=0, log_every=1, progress=False)
   _, summary = dpo.train_dpo(policy, ref, [str(path)], tok, cfg, str(tmp_path / "dpo"))
   m = summary["last_train"]

@@ -6,6 +6,8 @@ import os
 
 import ml_collections
 
+from engage_jax import schema
+
 
 def pipeline_config(name: str) -> ml_collections.ConfigDict:
   """configs/<name>.py's get_config(), loaded by path (this directory has files of the same names)."""
@@ -17,18 +19,8 @@ def pipeline_config(name: str) -> ml_collections.ConfigDict:
 
 
 def experiment_section(**overrides) -> ml_collections.ConfigDict:
-  e = ml_collections.ConfigDict(dict(
-      variants="sft,future,turn,corpus_mix,rft,best_of_n",
-      seeds="0,1,2",
-      ensemble_size=2,         # simulators: the search's own + (ensemble_size - 1) held out
-      oracle=True,             # evaluate every agent against the sandbox world as well
-      best_of_n=2,             # candidates per turn of the best_of_n variant
-      corpus_pairs=0,          # corpus pairs of corpus_mix (0: as many as the search's pairs)
-      rft_steps=50,
-      rft_learning_rate=1e-3,
-      rft_min_value=0.5,       # chosen turns with at least this search value are RFT data
-      transfer_from="",        # the other task's experiment dir (variant transfer reads its pairs)
-  ))
+  """config.experiment with every default (engage_jax/schema.py ExperimentConfig), `overrides` set."""
+  e = schema.config_dict(schema.ExperimentConfig())
   e.update(overrides)
   return e
 

@@ -46,7 +46,7 @@ def test_ipo_is_length_normalised_and_rows_of_weight_0_count_for_nothing(setup):
   batch = _batch(tok, pairs, [1, 1, 0, 1, 1, 0])
   model = H.tiny_model(tok.vocab_size, layers=1, d=32)
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-  fn = dpo_loss.dpo_loss_fn(graphdef, rest, beta, "ipo", 0.0)
+  fn = dpo_loss.dpo_loss_fn(graphdef, rest, beta, "ipo", 0.0, 0.0)
   loss, _ = fn(params, batch)
   pc, pr, nc, nr = (np.asarray(x, np.float64) for x in dpo_loss.sequence_logps(model, batch))
   assert not np.array_equal(nc, nr)  # completions of other lengths, so the normalisation matters
@@ -67,7 +67,7 @@ def test_ipo_is_length_normalised_and_rows_of_weight_0_count_for_nothing(setup):
   other["ref_chosen"][[2, 5]] = [1e4, -1e4]
   grad_fn = lambda b: nnx.to_flat_state(jax.grad(lambda p: fn(p, b)[0])(params))
   for loss_type in ("ipo", "sigmoid"):
-    f = dpo_loss.dpo_loss_fn(graphdef, rest, beta, loss_type, 0.0)
+    f = dpo_loss.dpo_loss_fn(graphdef, rest, beta, loss_type, 0.0, 0.0)
     (la, ma), (lb, mb) = f(params, batch), f(params, other)
     # the real rows are the same computation; other rows of a batch may change its rounding
     assert float(lb) == pytest.approx(float(la), rel=1e-5), loss_type

@@ -107,7 +107,7 @@ def test_rpo_term_adds_alpha_times_chosen_nll(setup):
   batch.update(ref_chosen=np.zeros(4, np.float32), ref_rejected=np.zeros(4, np.float32),
                row_weight=np.ones(4, np.float32))
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-  base, m0 = dpo_obj.dpo_loss_fn(graphdef, rest, 0.1, "sigmoid", 0.0)(params, batch)
+  base, m0 = dpo_obj.dpo_loss_fn(graphdef, rest, 0.1, "sigmoid", 0.0, 0.0)(params, batch)
   with_rpo, m1 = dpo_obj.dpo_loss_fn(graphdef, rest, 0.1, "sigmoid", 0.0, rpo_alpha=0.5)(params, batch)
   pc, _, nc, _ = dpo_obj.sequence_logps(model, batch)
   nll = float(np.mean(-np.asarray(pc) / np.asarray(nc)))

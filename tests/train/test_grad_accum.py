@@ -71,4 +71,4 @@ def test_dpo_accumulation_equals_one_batch_with_padding_rows(tmp_path):
                row_weight=np.array([1, 1, 1, 1, 1, 0, 0, 0], np.float32))
   model = H.tiny_model(tok.vocab_size, layers=1, d=32)
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-  _check(dpo_loss.dpo_loss_fn(graphdef, rest, 0.1, "sigmoid", 0.0), params, batch, accum=4)
+  _check(dpo_loss.dpo_loss_fn(graphdef, rest, 0.1, "sigmoid", 0.0, 0.0), params, batch, accum=4)
