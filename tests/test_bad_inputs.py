@@ -6,7 +6,6 @@ cases call `pipeline.run` in-process through `errors.guard` (what the launchers 
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -17,6 +16,7 @@ import pytest
 
 from engage_jax import config_check, errors, pipeline
 from engage_jax.data import esconv, p4g
+from tests import config_files
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -26,14 +26,7 @@ ES_RECORD = {"emotion_type": "anxiety", "problem_type": "job crisis", "situation
 
 
 def _config(name: str = "sandbox_es", **overrides):
-  spec = importlib.util.spec_from_file_location(f"cfg_{name}", REPO / "configs" / f"{name}.py")
-  mod = importlib.util.module_from_spec(spec)
-  sys.path.insert(0, str(REPO / "configs"))
-  try:
-    spec.loader.exec_module(mod)
-  finally:
-    sys.path.remove(str(REPO / "configs"))
-  cfg = mod.get_config()
+  cfg = config_files.get_config(REPO / "configs" / f"{name}.py")
   for key, value in overrides.items():
     *parents, last = key.split("__")
     node = cfg

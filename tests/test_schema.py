@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
-import importlib.util
 import inspect
-import sys
 from pathlib import Path
 
 import pytest
@@ -20,20 +18,10 @@ from engage_jax.search.run import config_from_section, run_search
 from engage_jax.train.dpo_loss import dpo_loss
 from engage_jax.train.config import DPOConfig, TrainConfig
 from engage_jax.workdir import flatten
+from tests import config_files
 
 REPO = Path(__file__).resolve().parents[1]
 SECTIONS = {f.name for f in dataclasses.fields(schema.PipelineConfig)}
-
-
-def _load(path: Path):
-  spec = importlib.util.spec_from_file_location(f"cfg_{path.stem}", path)
-  mod = importlib.util.module_from_spec(spec)
-  sys.path.insert(0, str(REPO / "configs"))
-  try:
-    spec.loader.exec_module(mod)
-  finally:
-    sys.path.remove(str(REPO / "configs"))
-  return mod
 
 
 def _schema_classes():
@@ -56,8 +44,7 @@ def _default(f: dataclasses.Field):
 
 
 def test_base_config_is_the_schema_and_defines_no_value():
-  base = _load(REPO / "configs" / "base.py")
-  assert base.get_config().to_dict() == schema.defaults().to_dict()
+  assert config_files.get_config(REPO / "configs" / "base.py").to_dict() == schema.defaults().to_dict()
   tree = ast.parse((REPO / "configs" / "base.py").read_text())
   literals = [n.value for n in ast.walk(tree) if isinstance(n, ast.Constant) and isinstance(n.value, (int, float))]
   assert literals == [], f"configs/base.py defines values {literals}: defaults belong in the schema's fields"
@@ -83,14 +70,7 @@ def test_no_field_restates_an_inherited_default():
 
 def _config_of_source(path: Path, source: str) -> dict:
   """The flattened get_config() of configs file `path` with its text replaced by `source`."""
-  spec = importlib.util.spec_from_file_location(f"cfg_{path.stem}_probe", path)
-  mod = importlib.util.module_from_spec(spec)
-  sys.path.insert(0, str(REPO / "configs"))
-  try:
-    exec(compile(source, str(path), "exec"), mod.__dict__)
-    return flatten(mod.get_config().to_dict())
-  finally:
-    sys.path.remove(str(REPO / "configs"))
+  return flatten(config_files.get_config(path, source).to_dict())
 
 
 def _restated(path: Path) -> list[str]:
