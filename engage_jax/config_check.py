@@ -83,14 +83,14 @@ def _dims(c: _Checker, key: str, d: dict, source: str) -> None:
       c.add(key, f"{f} must be a positive integer in {source}; got {v!r}")
       return
   for f, what in schema.dims_problems(d, where=f" (in {source})"):
-    c.add(key, what if f in what else f"{f} {what}")
+    c.add(key, f"{f}: {what}")
 
 
 def _adapter(c: _Checker, k: str) -> None:
   """model.<role>.lora.path: a PEFT adapter dir whose r equals lora.rank."""
-  lora = c.cfg.model[k.split(".")[1]].get("lora")
-  path, rank = (lora.get("path"), lora.get("rank")) if lora is not None else ("", 0)
-  if not (isinstance(path, str) and path and is_int(rank) and rank > 0):
+  lora = c.cfg.model[k.split(".")[1]].lora
+  path, rank = lora.path, lora.rank
+  if not (path and rank > 0):
     return
   cfg_file = Path(path) / "adapter_config.json"
   obj, bad = _json_object(cfg_file) if cfg_file.is_file() else (None, f"no adapter_config.json in {path!r}")
@@ -100,12 +100,13 @@ def _adapter(c: _Checker, k: str) -> None:
     c.add(f"{k}.lora.rank", f"must equal the adapter's r={obj.get('r')!r} ({cfg_file}); got {rank}")
 
 
+# Each runs only on a config whose keys the schema found valid.
 def _model(c: _Checker) -> None:
   for role in ("agent", "simulator"):
     k = f"model.{role}"
     _adapter(c, k)
-    path = c.cfg.model[role].get("path")
-    if not (isinstance(path, str) and path):
+    path = c.cfg.model[role].path
+    if not path:
       continue
     p = Path(path)
     if p.suffix.lower() == ".gguf":
@@ -126,8 +127,8 @@ def _model(c: _Checker) -> None:
 
 
 def _tokenizer(c: _Checker) -> None:
-  path = c.cfg.tokenizer.get("path")
-  if not (isinstance(path, str) and path):
+  path = c.cfg.tokenizer.path
+  if not path:
     return
   p = Path(path)
   if p.suffix.lower() == ".gguf":
@@ -146,9 +147,7 @@ def _tokenizer(c: _Checker) -> None:
 
 
 def _mesh(c: _Checker, devices: int | None) -> None:
-  sizes = {a: c.cfg.mesh.get(a) for a in ("data", "fsdp", "tensor")}
-  if not all(is_int(v) and (v >= 1 or v == -1) for v in sizes.values()):
-    return  # the schema has said which
+  sizes = {a: c.cfg.mesh[a] for a in ("data", "fsdp", "tensor")}
   if list(sizes.values()).count(-1) > 1:
     c.add("mesh", f"at most one axis may be -1; got {sizes}")
     return
@@ -165,16 +164,16 @@ def _mesh(c: _Checker, devices: int | None) -> None:
     return
   extent = sizes["data"] * sizes["fsdp"]
   for s in ("sft", "dpo"):
-    b = c.cfg[s].get("batch_size")
-    if is_int(b) and b >= 1 and b % extent:
+    b = c.cfg[s].batch_size
+    if b % extent:
       c.add(f"{s}.batch_size", f"{b} is not divisible by the data x fsdp mesh extent {extent}")
 
 
 # ---------------------------------------------------------------------------- data
 def _data(c: _Checker, load: bool) -> None:
   """The real data's files (data.source esconv | p4g; the schema has checked the keys)."""
-  src, path = c.cfg.data.get("source"), c.cfg.data.get("path")
-  if src not in DATA_FILES or not (isinstance(path, str) and path):
+  src, path = c.cfg.data.source, c.cfg.data.path
+  if src not in DATA_FILES:
     return
   d = esconv.esconv_dir(path) if src == "esconv" else p4g.p4g_dir(path)
   missing = [n for n in DATA_FILES[src] if not (d / n).is_file()]
