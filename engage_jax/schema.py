@@ -100,18 +100,16 @@ class RoleModelConfig:
 
   @staticmethod
   def cross_problems(cfg, key: str) -> list[tuple[str, str]]:
-    node, out = cfg_node(cfg, key), []
-    lora = node.get("lora")
-    if lora is not None and lora.get("rank") == 0 and lora.get("path"):
+    node, out = cfg_node(cfg, key), []   # its own fields have passed their checks
+    if node.lora.rank == 0 and node.lora.path:
       out.append((f"{key}.lora.rank", "must be > 0 (the adapter's r) when lora.path is set; got 0"))
     if node.path:
       return out
-    d = {f: node.get(f) for f in ARCH_KEYS}
-    if all(is_int(v) and v >= 1 for v in d.values()):
-      out += [(f"{key}{'.' + k if k else ''}", what) for k, what in dims_problems(d)]
-    mpe, ml = node.get("max_position_embeddings"), cfg.data.get("max_len")
-    if is_int(mpe) and is_int(ml) and ml > mpe:
-      out.append((f"{key}.max_position_embeddings", f"must be >= data.max_len={ml}; got {mpe}"))
+    out += [(f"{key}.{k}", what) for k, what in dims_problems({f: node[f] for f in ARCH_KEYS})]
+    max_len = cfg.data.get("max_len")
+    if is_int(max_len) and max_len > node.max_position_embeddings:
+      out.append((f"{key}.max_position_embeddings",
+                  f"must be >= data.max_len={max_len}; got {node.max_position_embeddings}"))
     return out
 
 
