@@ -24,10 +24,11 @@ from engage_jax import schema
 from engage_jax.data import esconv, p4g
 from engage_jax.errors import InputError, InputErrors
 from engage_jax.fields import is_int
+from engage_jax.sampling import SamplingParams
 
 DATA_FILES = {"esconv": ("train.txt", "valid.txt", "test.txt"), "p4g": ("full_dialog.csv", "full_info.csv")}
 GGUF_MAGIC = b"GGUF"
-SAMPLING_KEYS = ("max_new_tokens", "temperature", "top_p", "top_k")  # <section>.<role>_sampling
+SAMPLING_KEYS = tuple(f.name for f in schema.key_fields(SamplingParams))  # <section>.<role>_sampling
 # flat keys of config.search / config.eval before the sampling sub-sections -> their new names
 RENAMED = {f"{s}.{prefix}{k}": f"{s}.{role}_sampling.{k}" for s in ("search", "eval")
            for role, prefix in (("agent", ""), ("simulator", "sim_")) for k in SAMPLING_KEYS}

@@ -301,13 +301,14 @@ def eval_settings(cfg: Any) -> EvalSettings:
   a missing key takes EvalSettings' default."""
   sub = _get(cfg, "eval", None)
   src = [s for s in (sub, cfg) if s is not None]
+  defaults = {f.name: f.default for f in dataclasses.fields(EvalSettings)}
 
   def find(name):
     for s in src:
       v = _get(s, name, None)
       if v is not None:
         return v
-    return {f.name: f.default for f in dataclasses.fields(EvalSettings)}[name]
+    return defaults[name]
 
   task = _get(cfg, "task", None)
   if task not in ("es", "p4g"):

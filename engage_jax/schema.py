@@ -59,10 +59,10 @@ class DataConfig:
 
   @staticmethod
   def cross_problems(cfg, key: str) -> list[tuple[str, str]]:
-    src, task = cfg.data.source, cfg.task
-    if src in SOURCES and SOURCES[src] not in (None, task) and task in TASKS:
+    src, task = cfg.data.source, cfg.task   # source has passed its check (one of SOURCES)
+    if SOURCES[src] not in (None, task) and task in TASKS:
       return [(f"{key}.source", f"{src!r} needs config.task={SOURCES[src]!r}; got task={task!r}")]
-    if src in SOURCES and SOURCES[src] and not cfg.data.path:
+    if SOURCES[src] and not cfg.data.path:
       return [(f"{key}.path", f"is required for data.source={src!r}; got ''")]
     return []
 
